@@ -1,0 +1,32 @@
+# make test  - create .venv if needed, install wsgi_bg with its test dependencies, run the tests
+# make demo  - serve the ported web.py example on http://127.0.0.1:8080
+# make bench - run the benchmarks in bench/ (not part of make test)
+# make lint  - ruff and mypy on the package
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e . --group tests --group typing
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/wsgi-bg demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check wsgi_bg tests examples
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

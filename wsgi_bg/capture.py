@@ -1,0 +1,102 @@
+"""Output capture: file descriptors 1 and 2 of a job onto one pipe, relayed in batches.
+
+In the job's process (:func:`redirect_stdio`), fds 1 and 2 both become the
+write end of one pipe, so everything lands there in the order it was written:
+``print``, ``sys.stderr``, logging handlers, and the output of child processes
+(``os.system``, ``subprocess`` without capture), which inherit the fds.
+``sys.stdout`` and ``sys.stderr`` are made line-buffered, as on a terminal, so
+a printed line reaches the pipe at once even without ``flush``.
+
+In the supervisor (:class:`Relay`), what the pipe delivers is decoded
+incrementally and sent to the store in batches: at most every
+``interval`` seconds or ``max_batch`` characters, so a job printing 100,000
+lines costs a few hundred store calls, not 100,000.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import sys
+import time
+from typing import Any
+
+from .store import Store
+
+
+def redirect_stdio(out_fd: int) -> None:
+    """Point fds 1 and 2 at ``out_fd``, stdin at /dev/null, and rebuild
+    ``sys.stdout``/``sys.stderr`` line-buffered on them."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.close(out_fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = _line_stream(1)
+    sys.stderr = _line_stream(2)
+
+
+def _line_stream(fd: int) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+
+
+class Relay:
+    """Batches a job's output and progress on their way to the store."""
+
+    def __init__(
+        self, store: Store, job_id: str, *, interval: float = 0.05,
+        max_batch: int = 65536,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval = interval
+        self.max_batch = max_batch
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending: list[str] = []
+        self._size = 0
+        self._progress: dict[str, Any] | None = None
+        self._first_pending = 0.0  # when the oldest unsent data arrived
+        self.last_sent = time.monotonic()
+
+    def feed(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            if not self._pending:
+                self._first_pending = time.monotonic()
+            self._pending.append(text)
+            self._size += len(text)
+
+    def progress(self, report: dict[str, Any]) -> None:
+        if self._progress is None and not self._pending:
+            self._first_pending = time.monotonic()
+        self._progress = report
+
+    def due_in(self) -> float:
+        """Seconds until the next batch is due (0 if due now)."""
+        if not self._pending and self._progress is None:
+            return self.interval
+        if self._size >= self.max_batch:
+            return 0.0
+        return max(0.0, self._first_pending + self.interval - time.monotonic())
+
+    def send(self, *, final: bool = False) -> tuple[bool, float | None]:
+        """Send what is pending (even nothing: the answer says whether the job
+        was asked to stop). Returns ``(cancel_requested, grace)``."""
+        if final:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                self._pending.append(tail)
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._size = 0
+        progress, self._progress = self._progress, None
+        self.last_sent = time.monotonic()
+        return self.store.relay(self.job_id, text, progress)

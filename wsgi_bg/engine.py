@@ -1,0 +1,332 @@
+"""The job engine: submit, cancel, retention, shutdown, whatever runs the jobs.
+
+The engine owns a :class:`~wsgi_bg.store.Store` and a runner and starts both on
+the first submit, in the calling process, so that importing an app, building
+the middleware, or the Werkzeug reloader's watcher process never start a
+worker. Everything it starts, :meth:`Engine.shutdown` stops; it also runs at
+interpreter exit, before :mod:`concurrent.futures` would wait for running jobs.
+
+State lives in the store, never here: the engine keeps only the pickled call
+of each job not yet finished, to run it again on a fresh pool should a pool
+worker die before the job started.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .exceptions import QueueFull
+from .jobs import Job, JobState, new_job_id
+from .runner import ProcessRunner
+from .store import MemoryStore, Store, StoreManager, start_manager
+
+#: Attribute set by @background / @backgrounder on what they mark.
+OPTIONS_ATTR = "__wsgi_bg__"
+
+
+def default_start_method() -> str:
+    """forkserver on Linux (a threaded server must not fork), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+def callable_name(fn: Any) -> str:
+    """``module.qualname`` of a function, for names and messages."""
+    module = getattr(fn, "__module__", None) or "?"
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}.{qualname}"
+
+
+def dump_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """Pickle a call for a worker process, or say exactly what cannot go.
+
+    :raises TypeError: naming the function or the argument that cannot be
+        pickled, and how to fix it.
+    """
+    if not callable(fn):
+        raise TypeError(f"a job must be a callable, got {fn!r}")
+    try:
+        return pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass  # find the culprit, for a message that says what to change
+    name = callable_name(fn)
+    qualname = getattr(fn, "__qualname__", "")
+    if "<lambda>" in qualname:
+        raise TypeError(
+            f"cannot run the lambda {name} as a job: a worker process can only"
+            " import functions by name. Define it with def at module level."
+        )
+    if "<locals>" in qualname:
+        raise TypeError(
+            f"cannot run the nested function {name} as a job: a worker process"
+            " can only import functions by name. Move it to module level."
+        )
+    try:
+        pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"cannot send {name} to a worker process: {exc}. Pass a function"
+            " defined at module level, importable as module.name."
+        ) from None
+    labelled = [(f"argument {i}", v) for i, v in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(
+                f"{label} of {name} ({type(value).__qualname__}) cannot be pickled"
+                f" to a worker process: {exc}. Pass plain data (ids, paths,"
+                " numbers, strings) and open files, connections or locks inside"
+                " the job."
+            ) from None
+    raise TypeError(f"the call of {name} cannot be pickled to a worker process")
+
+
+def _check_number(name: str, value: Any, *, minimum: float, allow_none: bool = False,
+                  integer: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        what = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
+
+
+class Engine:
+    """Runs jobs and keeps their records; what :class:`BackgroundMiddleware`
+    delegates to. Options are documented there."""
+
+    def __init__(
+        self, *, max_workers: int | None = None, max_jobs: int = 1000,
+        job_ttl: float = 86400, max_output_bytes: int = 1_048_576,
+        max_queued: int = 1000, cancel_grace: float = 5.0,
+        start_method: str | None = None,
+        executor_factory: Callable[[], Executor] | None = None,
+    ) -> None:
+        _check_number("max_workers", max_workers, minimum=1, allow_none=True,
+                      integer=True)
+        _check_number("max_jobs", max_jobs, minimum=1, integer=True)
+        _check_number("job_ttl", job_ttl, minimum=0)
+        _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
+        _check_number("max_queued", max_queued, minimum=1, integer=True)
+        _check_number("cancel_grace", cancel_grace, minimum=0)
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(
+                f"start_method must be one of {methods}, got {start_method!r}"
+            )
+        if executor_factory is not None and not callable(executor_factory):
+            raise TypeError(
+                "executor_factory must be a callable returning a"
+                f" concurrent.futures.Executor, got {executor_factory!r}"
+            )
+        self.max_workers = max_workers
+        self.max_jobs = max_jobs
+        self.job_ttl = job_ttl
+        self.max_output_bytes = max_output_bytes
+        self.max_queued = max_queued
+        self.cancel_grace = cancel_grace
+        self.start_method = start_method or default_start_method()
+        self.executor_factory = executor_factory
+        self._lock = threading.RLock()
+        # Until the first submit, reads see an empty local store: nothing started.
+        self._store: Store = self._local_store()
+        self._manager: StoreManager | None = None
+        self._runner: ProcessRunner | None = None
+        self._calls: dict[str, tuple[bytes, float | None]] = {}
+        self._futures: dict[str, Future[str | None]] = {}
+        self._closed = False
+
+    def _local_store(self) -> MemoryStore:
+        return MemoryStore(max_jobs=self.max_jobs, job_ttl=self.job_ttl,
+                           max_output_bytes=self.max_output_bytes)
+
+    @property
+    def store(self) -> Store:
+        """The store the jobs live in (a snapshot of it after shutdown)."""
+        return self._store
+
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
+
+    def _start(self) -> ProcessRunner:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this BackgroundMiddleware was shut down")
+            if self._runner is None:
+                ctx = multiprocessing.get_context(self.start_method)
+                manager = start_manager(
+                    ctx, max_jobs=self.max_jobs, job_ttl=self.job_ttl,
+                    max_output_bytes=self.max_output_bytes,
+                )
+                self._manager = manager
+                self._store = manager.get_store()  # type: ignore[attr-defined]
+                self._runner = ProcessRunner(
+                    address=manager.address, authkey=bytes(ctx.current_process().authkey),
+                    max_workers=self.max_workers, mp_context=ctx,
+                    executor_factory=self.executor_factory,
+                )
+                _register_exit(self)
+            return self._runner
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+        *, name: str | None = None, timeout: float | None = None,
+        url_for: Callable[[str], str | None] | None = None,
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`."""
+        options = getattr(fn, OPTIONS_ATTR, None) or {}
+        if timeout is None:
+            timeout = options.get("timeout")
+        _check_number("timeout", timeout, minimum=0, allow_none=True)
+        payload = dump_call(fn, args, kwargs)
+        runner = self._start()
+        job_id = new_job_id()
+        record = {
+            "id": job_id, "name": name or callable_name(fn),
+            "created_at": time.time(), "started_at": None, "ended_at": None,
+            "result": None, "error": None, "progress": None, "timeout": timeout,
+            "cancel_requested": False, "cancel_grace": None,
+            "url": url_for(job_id) if url_for else None, "pid": None,
+        }
+        if not self._store.create(record, self.max_queued):
+            raise QueueFull(
+                f"{self.max_queued} jobs are already waiting (max_queued): try"
+                " again later, or raise max_queued or max_workers"
+            )
+        with self._lock:
+            self._calls[job_id] = (payload, timeout)
+            self._dispatch(runner, job_id)
+        return Job(self, job_id)
+
+    def _dispatch(self, runner: ProcessRunner, job_id: str) -> None:
+        payload, timeout = self._calls[job_id]
+        try:
+            future = runner.submit(job_id, payload, timeout, self.cancel_grace)
+        except BrokenProcessPool:
+            runner.replace_broken()
+            future = runner.submit(job_id, payload, timeout, self.cancel_grace)
+        self._futures[job_id] = future
+        future.add_done_callback(lambda f: self._done(job_id, f))
+
+    def _done(self, job_id: str, future: Future[str | None]) -> None:
+        with self._lock:
+            if self._futures.get(job_id) is not future:
+                return  # superseded by a resubmission
+            del self._futures[job_id]
+            call = self._calls.pop(job_id, None)
+            if future.cancelled():
+                return  # only cancelled after the store said cancelled
+            exc = future.exception()
+            if exc is None:
+                return
+            record = self._store.get(job_id)
+            if (isinstance(exc, BrokenProcessPool) and call is not None
+                    and record is not None and record["state"] == JobState.QUEUED
+                    and not self._closed and self._runner is not None):
+                # A worker died before this job started: run it on a fresh pool.
+                self._calls[job_id] = call
+                self._dispatch(self._runner, job_id)
+                return
+        self._store.finish(job_id, JobState.CRASHED.value, None,
+                           f"the worker process running this job failed: {exc!r}")
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None`` if it is unknown or was dropped."""
+        if not isinstance(job_id, str) or self._store.get(job_id) is None:
+            return None
+        return Job(self, job_id)
+
+    def jobs(self, limit: int | None = None) -> list[Job]:
+        """Stored jobs, newest first."""
+        return [Job(self, r["id"]) for r in self._store.list(limit)]
+
+    def cancel(self, job_id: str, grace: float | None = None) -> bool:
+        """See :meth:`Job.cancel`."""
+        outcome = self._store.request_cancel(job_id, grace)
+        if outcome == "cancelled":
+            with self._lock:
+                future = self._futures.get(job_id)
+            if future is not None:
+                future.cancel()  # may be too late (already handed to a worker):
+                # then the worker sees the store's "cancelled" and does not run it
+        return outcome != ""
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop everything started; see :meth:`BackgroundMiddleware.shutdown`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            runner, manager = self._runner, self._manager
+        if runner is None or manager is None:
+            return
+        store = self._store
+        try:
+            for job_id in store.ids_in_state(JobState.QUEUED.value):
+                self.cancel(job_id)
+            grace = self.cancel_grace if wait else 0.0
+            for job_id in store.ids_in_state(JobState.RUNNING.value):
+                store.request_cancel(job_id, grace)
+            runner.shutdown()
+            snapshot: Store = store.snapshot()  # type: ignore[attr-defined]
+        except (OSError, EOFError):  # the manager is gone already
+            snapshot = self._local_store()
+        self._store = snapshot
+        manager.shutdown()
+        _stop_helpers(self.start_method)
+
+
+def _stop_helpers(start_method: str) -> None:
+    """Stop multiprocessing's forkserver and resource tracker when we used them;
+    both restart by themselves if anything else needs them later."""
+    from multiprocessing import forkserver, resource_tracker
+
+    if start_method == "forkserver":
+        stop = getattr(forkserver._forkserver, "_stop", None)
+        if stop is not None:
+            stop()
+    if start_method in ("forkserver", "spawn"):
+        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+
+
+def _register_exit(engine: Engine) -> None:
+    # threading's exit hooks run before concurrent.futures' own (registered at
+    # its import, so later in reverse order), which would wait for running
+    # jobs to finish; ours gives them cancel_grace, then kills them.
+    ref = weakref.ref(engine)
+
+    def at_exit() -> None:
+        engine = ref()
+        if engine is not None:
+            engine.shutdown(wait=True)
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError
+        register(at_exit)
+    except RuntimeError:
+        import atexit
+
+        atexit.register(at_exit)

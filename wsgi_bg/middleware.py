@@ -1,0 +1,153 @@
+"""BackgroundMiddleware: run marked work in a process pool, serve its status pages.
+
+Wrap any WSGI app; requests outside ``prefix`` reach it untouched::
+
+    from wsgi_bg import BackgroundMiddleware
+
+    app = BackgroundMiddleware(app, prefix="/_jobs")
+
+Views then start jobs by calling :func:`~wsgi_bg.background` functions, or
+code anywhere calls :meth:`BackgroundMiddleware.submit`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, ParamSpec
+
+from . import context
+from .engine import Engine
+from .jobs import Job
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+P = ParamSpec("P")
+
+#: environ key under which the middleware serving a request can be found.
+ENVIRON_KEY = "wsgi_bg.middleware"
+
+_request_environ: contextvars.ContextVar[WSGIEnvironment | None] = (
+    contextvars.ContextVar("wsgi_bg.environ", default=None)
+)
+
+
+class BackgroundMiddleware:
+    """Runs marked work in background processes and serves its status pages.
+
+    Nothing starts when it is built: the first submit starts the store's
+    manager process and the worker pool, in the calling process. Everything
+    started stops on :meth:`shutdown`, on leaving a ``with`` block, or at
+    interpreter exit.
+
+    :param app: the WSGI application to wrap.
+    :param prefix: where the status pages are served, below the middleware's
+        own mount point (``SCRIPT_NAME``).
+    :param max_workers: jobs that run at once (pool workers); default: the
+        number of CPUs.
+    :param max_jobs: finished jobs kept; past it the oldest finished are dropped.
+    :param job_ttl: seconds a finished job is kept.
+    :param max_output_bytes: output kept per job; past it the head and the tail
+        are kept, with a marker saying how much was dropped. Counted in
+        characters of the decoded text (bytes, for ASCII output).
+    :param max_queued: jobs that may wait for a worker; one more raises
+        :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
+    :param cancel_grace: seconds a running job gets to stop after a cancel (or
+        shutdown) before its process is killed.
+    :param start_method: multiprocessing start method of the pool and the
+        manager; default ``"forkserver"`` on Linux (a threaded server must not
+        fork), else ``"spawn"``.
+    :param executor_factory: a callable returning the
+        :class:`concurrent.futures.Executor` to run jobs on, instead of the
+        default :class:`~concurrent.futures.ProcessPoolExecutor`. Its workers
+        must be processes (each job is forked from one).
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self, app: WSGIApplication, *, prefix: str = "/_jobs",
+        max_workers: int | None = None, max_jobs: int = 1000,
+        job_ttl: float = 86400, max_output_bytes: int = 1_048_576,
+        max_queued: int = 1000, cancel_grace: float = 5.0,
+        start_method: str | None = None,
+        executor_factory: Callable[[], Executor] | None = None,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+            raise ValueError(
+                f"prefix must be a path such as '/_jobs' (starting with '/', not"
+                f" the root), got {prefix!r}"
+            )
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+        self.engine = Engine(
+            max_workers=max_workers, max_jobs=max_jobs, job_ttl=job_ttl,
+            max_output_bytes=max_output_bytes, max_queued=max_queued,
+            cancel_grace=cancel_grace, start_method=start_method,
+            executor_factory=executor_factory,
+        )
+        self._script_name = ""  # where we were last seen mounted
+
+    # -- WSGI ---------------------------------------------------------------------
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        self._script_name = environ.get("SCRIPT_NAME", "")
+        environ[ENVIRON_KEY] = self
+        token = context.active_middleware.set(self)
+        env_token = _request_environ.set(environ)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            _request_environ.reset(env_token)
+            context.active_middleware.reset(token)
+
+    # -- jobs ---------------------------------------------------------------------
+    def url_for(self, job_id: str) -> str:
+        """The path of a job's status page, as mounted."""
+        environ = _request_environ.get()
+        script_name = (
+            environ.get("SCRIPT_NAME", "") if environ is not None else self._script_name
+        )
+        return f"{script_name}{self.prefix}/{job_id}"
+
+    def submit(
+        self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job:
+        """Queue ``fn(*args, **kwargs)`` to run in a worker process; return its
+        :class:`~wsgi_bg.Job` at once.
+
+        ``fn`` must be a module-level function (plain or
+        :func:`~wsgi_bg.background`, whose options such as ``timeout`` apply)
+        and every argument must pickle.
+
+        :raises TypeError: if the function or an argument cannot be sent to a
+            worker process; nothing is queued.
+        :raises QueueFull: if ``max_queued`` jobs are already waiting.
+        :raises RuntimeError: after :meth:`shutdown`.
+        """
+        return self.engine.submit(fn, args, kwargs, url_for=self.url_for)
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None`` if unknown or already dropped."""
+        return self.engine.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Every stored job, newest first."""
+        return self.engine.jobs()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop every process started: queued jobs end cancelled; running jobs
+        get ``cancel_grace`` seconds to finish (none if ``wait`` is false), then
+        are killed. Returns when all processes are gone. Job handles stay
+        readable afterwards; submitting raises :exc:`RuntimeError`.
+        """
+        self.engine.shutdown(wait=wait)
+
+    def __enter__(self) -> BackgroundMiddleware:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
