@@ -18,8 +18,10 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from . import context
-from .engine import Engine
+from .auth import default_authorize
+from .engine import Engine, _check_number
 from .jobs import Job
+from .status import StatusApp
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -29,9 +31,14 @@ P = ParamSpec("P")
 #: environ key under which the middleware serving a request can be found.
 ENVIRON_KEY = "wsgi_bg.middleware"
 
-_request_environ: contextvars.ContextVar[WSGIEnvironment | None] = (
-    contextvars.ContextVar("wsgi_bg.environ", default=None)
+# The middleware's own SCRIPT_NAME for the request being served: apps below
+# (DispatcherMiddleware) change environ["SCRIPT_NAME"] in place.
+_request_script_name: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "wsgi_bg.script_name", default=None
 )
+
+#: ``authorize(environ, action, job) -> bool``; see :mod:`wsgi_bg.auth`.
+Authorize = Callable[["WSGIEnvironment", str, "Job | None"], bool]
 
 
 class BackgroundMiddleware:
@@ -63,6 +70,15 @@ class BackgroundMiddleware:
         :class:`concurrent.futures.Executor` to run jobs on, instead of the
         default :class:`~concurrent.futures.ProcessPoolExecutor`. Its workers
         must be processes (each job is forked from one).
+    :param max_body_bytes: request body a marked app may receive; a larger
+        one is answered ``413`` and starts no job.
+    :param authorize: ``authorize(environ, action, job) -> bool`` deciding who
+        may ``"list"`` jobs, ``"view"`` one, or ``"cancel"`` one. Default:
+        a job's pages and cancel are open to whoever holds its id; the list is
+        refused. See :mod:`wsgi_bg.auth`.
+    :param status_url: absolute path where links to job pages point, when
+        :attr:`status_app` is mounted elsewhere; default: ``SCRIPT_NAME +
+        prefix``.
 
     .. versionadded:: 0.1
     """
@@ -74,14 +90,29 @@ class BackgroundMiddleware:
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
         executor_factory: Callable[[], Executor] | None = None,
+        max_body_bytes: int = 1_048_576,
+        authorize: Authorize | None = None,
+        status_url: str | None = None,
     ) -> None:
-        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
-            raise ValueError(
-                f"prefix must be a path such as '/_jobs' (starting with '/', not"
-                f" the root), got {prefix!r}"
+        for label, path in (("prefix", prefix), ("status_url", status_url)):
+            if path is None and label == "status_url":
+                continue
+            if not isinstance(path, str) or not path.startswith("/") or path == "/":
+                raise ValueError(
+                    f"{label} must be a path such as '/_jobs' (starting with '/',"
+                    f" not the root), got {path!r}"
+                )
+        if authorize is not None and not callable(authorize):
+            raise TypeError(
+                "authorize must be a callable (environ, action, job) -> bool,"
+                f" got {authorize!r}"
             )
+        _check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
         self.app = app
         self.prefix = prefix.rstrip("/")
+        self.status_url = status_url.rstrip("/") if status_url else None
+        self.max_body_bytes = max_body_bytes
+        self.authorize: Authorize = authorize or default_authorize
         self.engine = Engine(
             max_workers=max_workers, max_jobs=max_jobs, job_ttl=job_ttl,
             max_output_bytes=max_output_bytes, max_queued=max_queued,
@@ -89,28 +120,40 @@ class BackgroundMiddleware:
             executor_factory=executor_factory,
         )
         self._script_name = ""  # where we were last seen mounted
+        #: The status pages as a standalone WSGI app, to mount elsewhere, e.g.
+        #: ``DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})`` (then
+        #: pass ``status_url="/admin/jobs"`` so that job links point there).
+        self.status_app = StatusApp(self)
 
     # -- WSGI ---------------------------------------------------------------------
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        self._script_name = environ.get("SCRIPT_NAME", "")
+        script_name = environ.get("SCRIPT_NAME", "")
+        self._script_name = script_name
+        path = environ.get("PATH_INFO", "")
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            # Mount the pages as werkzeug's DispatcherMiddleware would.
+            environ["SCRIPT_NAME"] = script_name + self.prefix
+            environ["PATH_INFO"] = path[len(self.prefix) :]
+            return self.status_app(environ, start_response)
         environ[ENVIRON_KEY] = self
         token = context.active_middleware.set(self)
-        env_token = _request_environ.set(environ)
+        mount_token = _request_script_name.set(script_name)
         try:
             return self.app(environ, start_response)
         finally:
-            _request_environ.reset(env_token)
+            _request_script_name.reset(mount_token)
             context.active_middleware.reset(token)
 
     # -- jobs ---------------------------------------------------------------------
     def url_for(self, job_id: str) -> str:
         """The path of a job's status page, as mounted."""
-        environ = _request_environ.get()
-        script_name = (
-            environ.get("SCRIPT_NAME", "") if environ is not None else self._script_name
-        )
+        if self.status_url is not None:
+            return f"{self.status_url}/{job_id}"
+        script_name = _request_script_name.get()
+        if script_name is None:
+            script_name = self._script_name
         return f"{script_name}{self.prefix}/{job_id}"
 
     def submit(
