@@ -14,19 +14,24 @@
 
 from __future__ import annotations
 
+from .auth import allow_all, allow_local
 from .context import current_job
-from .exceptions import QueueFull, ResultUnavailable, WsgiBgError
+from .exceptions import AppFailed, QueueFull, ResultUnavailable, WsgiBgError
 from .jobs import Job, JobState
-from .marks import background
+from .marks import background, backgrounder
 from .middleware import BackgroundMiddleware
 
 __all__ = [
+    "AppFailed",
     "BackgroundMiddleware",
     "Job",
     "JobState",
     "QueueFull",
     "ResultUnavailable",
     "WsgiBgError",
+    "allow_all",
+    "allow_local",
     "background",
+    "backgrounder",
     "current_job",
 ]

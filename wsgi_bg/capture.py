@@ -10,7 +10,9 @@ a printed line reaches the pipe at once even without ``flush``.
 In the supervisor (:class:`Relay`), what the pipe delivers is decoded
 incrementally and sent to the store in batches: at most every
 ``interval`` seconds or ``max_batch`` characters, so a job printing 100,000
-lines costs a few hundred store calls, not 100,000.
+lines costs a few hundred store calls, not 100,000. Within a batch, progress
+bar redraws (``\r``) collapse to the line's latest state, and a tqdm bar
+becomes the job's progress unless the job reports its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from typing import Any
 
 from .store import Store
+from .terminal import RedrawCollapser, parse_progress
 
 
 def redirect_stdio(out_fd: int) -> None:
@@ -64,6 +67,8 @@ class Relay:
         self._size = 0
         self._progress: dict[str, Any] | None = None
         self._first_pending = 0.0  # when the oldest unsent data arrived
+        self._redraws = RedrawCollapser()
+        self._explicit_progress = False
         self.last_sent = time.monotonic()
 
     def feed(self, data: bytes) -> None:
@@ -75,6 +80,7 @@ class Relay:
             self._size += len(text)
 
     def progress(self, report: dict[str, Any]) -> None:
+        self._explicit_progress = True  # the job reports its own: ignore bars
         if self._progress is None and not self._pending:
             self._first_pending = time.monotonic()
         self._progress = report
@@ -94,9 +100,11 @@ class Relay:
             tail = self._decoder.decode(b"", final=True)
             if tail:
                 self._pending.append(tail)
-        text = "".join(self._pending)
+        text = self._redraws.feed("".join(self._pending), final=final)
         self._pending.clear()
         self._size = 0
         progress, self._progress = self._progress, None
+        if progress is None and not self._explicit_progress and "%|" in text:
+            progress = parse_progress(text)  # a tqdm bar, as the page's progress
         self.last_sent = time.monotonic()
         return self.store.relay(self.job_id, text, progress)

@@ -27,3 +27,7 @@ class ResultUnavailable(WsgiBgError):
     Raised by :attr:`wsgi_bg.Job.result` when the job has not succeeded, or when
     its pickled return value cannot be loaded in this process.
     """
+
+
+class AppFailed(WsgiBgError):
+    """A marked app, run as a job, answered with a 5xx status: the job failed."""

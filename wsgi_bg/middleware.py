@@ -13,14 +13,20 @@ code anywhere calls :meth:`BackgroundMiddleware.submit`.
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
 
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.wrappers import Request, Response
+
 from . import context
 from .auth import default_authorize
 from .engine import Engine, _check_number
+from .exceptions import QueueFull
 from .jobs import Job
+from .marks import MIDDLEWARE_KEY, MarkedApp, run_app, snapshot_environ
 from .status import StatusApp
 
 if TYPE_CHECKING:
@@ -28,8 +34,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 
-#: environ key under which the middleware serving a request can be found.
-ENVIRON_KEY = "wsgi_bg.middleware"
 
 # The middleware's own SCRIPT_NAME for the request being served: apps below
 # (DispatcherMiddleware) change environ["SCRIPT_NAME"] in place.
@@ -137,7 +141,7 @@ class BackgroundMiddleware:
             environ["SCRIPT_NAME"] = script_name + self.prefix
             environ["PATH_INFO"] = path[len(self.prefix) :]
             return self.status_app(environ, start_response)
-        environ[ENVIRON_KEY] = self
+        environ[MIDDLEWARE_KEY] = self
         token = context.active_middleware.set(self)
         mount_token = _request_script_name.set(script_name)
         try:
@@ -146,15 +150,58 @@ class BackgroundMiddleware:
             _request_script_name.reset(mount_token)
             context.active_middleware.reset(token)
 
+    def start_app_job(
+        self, app: MarkedApp, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Run a request to a marked app as a job; answer with the way to it.
+
+        Called by :class:`~wsgi_bg.marks.MarkedApp`; the answer is ``303 See
+        Other`` to the job's page, or ``202`` with JSON when the client prefers
+        ``application/json``.
+        """
+        request = Request(environ)
+        request.max_content_length = self.max_body_bytes
+        try:
+            body = request.get_data(cache=False)  # 413 past max_body_bytes
+            job = self.engine.submit(
+                run_app, (app, snapshot_environ(environ), body), {},
+                name=f"{request.method} {request.script_root}{request.path}",
+                timeout=app.timeout, url_for=self.url_for,
+            )
+        except QueueFull as exc:
+            error: HTTPException = ServiceUnavailable(str(exc), retry_after=5)
+            return error(environ, start_response)
+        except HTTPException as exc:
+            return exc(environ, start_response)
+        url = self.url_for(job.id)
+        best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+        if best == "application/json":
+            api_url = f"{self._status_base()}/api/jobs/{job.id}"
+            response = Response(
+                json.dumps({"id": job.id, "url": url, "api_url": api_url}),
+                status=202, mimetype="application/json",
+            )
+        else:
+            response = Response(
+                f"Started job {job.id}: see {url}\n", status=303, mimetype="text/plain"
+            )
+        response.headers["Location"] = url
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"  # the URL is a capability
+        return response(environ, start_response)
+
     # -- jobs ---------------------------------------------------------------------
-    def url_for(self, job_id: str) -> str:
-        """The path of a job's status page, as mounted."""
+    def _status_base(self) -> str:
         if self.status_url is not None:
-            return f"{self.status_url}/{job_id}"
+            return self.status_url
         script_name = _request_script_name.get()
         if script_name is None:
             script_name = self._script_name
-        return f"{script_name}{self.prefix}/{job_id}"
+        return script_name + self.prefix
+
+    def url_for(self, job_id: str) -> str:
+        """The path of a job's status page, as mounted."""
+        return f"{self._status_base()}/{job_id}"
 
     def submit(
         self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs
