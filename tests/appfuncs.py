@@ -46,3 +46,16 @@ def tqdm_job(n):
 
     for _ in tqdm.tqdm(range(n), desc="Crunching", mininterval=0, miniters=1):
         pass
+
+
+def make_flask_app():
+    """A Flask app whose view starts a @background job and redirects to it."""
+    from flask import Flask, redirect
+
+    flask_app = Flask("appfuncs")
+
+    @flask_app.post("/count/<int:n>")
+    def count(n):
+        return redirect(longrunning(n).url, code=303)
+
+    return flask_app

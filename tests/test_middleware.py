@@ -188,3 +188,40 @@ def test_tqdm_bar_becomes_progress_and_redraws_collapse(mw):
     # 3000 redraws were written; a batch keeps only the latest state of the line.
     assert job.output.count("Crunching") < 300
     assert "Crunching: 100%" in render_lines(job.output).splitlines()[-1]
+
+
+def test_queue_full_in_a_view_answers_503(make_mw, tmp_path):
+    import jobfuncs
+
+    def view(environ, start_response):
+        appfuncs.longrunning(1)
+        start_response("200 OK", [])
+        return [b""]
+
+    mw = make_mw(view, max_workers=1, max_queued=1)
+    gate = tmp_path / "gate"
+    blocker = mw.submit(jobfuncs.wait_file, str(gate))
+    wait_for(lambda: blocker.state is JobState.RUNNING, message="blocker running")
+    app = webtest.TestApp(mw)
+    app.get("/", status=200)  # queued: the one place left
+    response = app.get("/", status=503)
+    assert response.headers["Retry-After"] == "5"
+    gate.touch()
+
+
+def test_flask_view_starts_a_job_and_redirects_to_it(make_mw, tmp_path):
+    import jobfuncs
+
+    mw = make_mw(appfuncs.make_flask_app().wsgi_app, max_workers=1, max_queued=1)
+    app = webtest.TestApp(mw)
+    response = app.post("/count/3", status=303)
+    job = _job_of(mw, response)
+    assert response.headers["Location"] == job.url
+    assert job.wait(timeout=20).output == "0: line\n1: line\n2: line\n"
+    # Flask renders QueueFull, a werkzeug HTTPException, as 503 by itself.
+    gate = tmp_path / "gate"
+    blocker = mw.submit(jobfuncs.wait_file, str(gate))
+    wait_for(lambda: blocker.state is JobState.RUNNING, message="blocker running")
+    app.post("/count/1", status=303)
+    assert app.post("/count/1", status=503).headers["Retry-After"] == "5"
+    gate.touch()

@@ -7,18 +7,28 @@ counterpart and get classes of their own.
 
 from __future__ import annotations
 
+from werkzeug.exceptions import ServiceUnavailable
+
 
 class WsgiBgError(Exception):
     """Base class of the exceptions wsgi_bg defines."""
 
 
-class QueueFull(WsgiBgError):
+class QueueFull(WsgiBgError, ServiceUnavailable):
     """More jobs are waiting than ``max_queued`` allows; nothing was queued.
 
-    The status pages answer this with ``503 Service Unavailable`` and a
-    ``Retry-After`` header. Raise ``max_queued`` or ``max_workers`` if it happens
-    under normal load.
+    It is also Werkzeug's :exc:`~werkzeug.exceptions.ServiceUnavailable`: raised
+    in a view (by a :func:`~wsgi_bg.background` call) and not caught, Flask, any
+    Werkzeug app and the middleware itself answer ``503`` with a
+    ``Retry-After`` header. Raise ``max_queued`` or ``max_workers`` if it
+    happens under normal load.
     """
+
+    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
+        ServiceUnavailable.__init__(self, description, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return str(self.description)
 
 
 class ResultUnavailable(WsgiBgError):

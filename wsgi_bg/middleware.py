@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from . import context
@@ -146,6 +146,8 @@ class BackgroundMiddleware:
         mount_token = _request_script_name.set(script_name)
         try:
             return self.app(environ, start_response)
+        except QueueFull as exc:  # a @background call in a view found no room
+            return exc(environ, start_response)
         finally:
             _request_script_name.reset(mount_token)
             context.active_middleware.reset(token)
@@ -168,10 +170,7 @@ class BackgroundMiddleware:
                 name=f"{request.method} {request.script_root}{request.path}",
                 timeout=app.timeout, url_for=self.url_for,
             )
-        except QueueFull as exc:
-            error: HTTPException = ServiceUnavailable(str(exc), retry_after=5)
-            return error(environ, start_response)
-        except HTTPException as exc:
+        except HTTPException as exc:  # 413, or QueueFull's 503
             return exc(environ, start_response)
         url = self.url_for(job.id)
         best = request.accept_mimetypes.best_match(["text/html", "application/json"])
