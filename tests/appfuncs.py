@@ -1,6 +1,5 @@
 """Module-level WSGI apps marked with backgrounder, for the tests."""
-from wsgi_bg import background
-from wsgi_bg import backgrounder
+from wsgi_bg import background, backgrounder
 
 
 @background
@@ -14,7 +13,8 @@ def report(environ, start_response):
     if environ["PATH_INFO"] == "/fail":
         start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
         return [b"failed\n"]
-    print("Started", environ["SCRIPT_NAME"], environ["PATH_INFO"], environ["QUERY_STRING"])
+    print("Started", environ["SCRIPT_NAME"], environ["PATH_INFO"],
+          environ["QUERY_STRING"])
     print("body:", environ["wsgi.input"].read())
     longrunning(3)
     start_response("200 OK", [("Content-Type", "text/plain")])

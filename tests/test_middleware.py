@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 
-import appfuncs
 import pytest
 import webtest
-from helpers import wait_for
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+import appfuncs
+from helpers import wait_for
 from wsgi_bg import BackgroundMiddleware, JobState, backgrounder
 from wsgi_bg.terminal import render_lines
 

@@ -152,7 +152,7 @@ class MarkedApp:
         self.ref = ref
         self.target = target
         self.timeout = timeout
-        functools.update_wrapper(self, target, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(self, target, updated=())
 
     def __repr__(self) -> str:
         return f"<backgrounder {self.ref}>"
@@ -177,7 +177,7 @@ class MarkedApp:
                 "This page runs as a background job, but the server is not set"
                 " up for background jobs."
             )(environ, start_response)
-        return middleware.start_app_job(self, environ, start_response)  # type: ignore[no-any-return]
+        return middleware.start_app_job(self, environ, start_response)
 
 
 def _resolve(ref: str) -> MarkedApp:

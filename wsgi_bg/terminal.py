@@ -78,11 +78,10 @@ def _latest(line: str, mark: str) -> str:
 def parse_progress(text: str) -> dict[str, Any] | None:
     """The last tqdm-style bar in ``text`` as ``{"done", "total", "message"}``,
     or ``None`` if there is none."""
-    last = None
-    for last in _TQDM.finditer(text):
-        pass
-    if last is None:
+    matches = list(_TQDM.finditer(text))
+    if not matches:
         return None
+    last = matches[-1]
     done = float(last["done"]) * _SCALE[last["dscale"]]
     total = float(last["total"]) * _SCALE[last["tscale"]]
     if total <= 0:
