@@ -10,7 +10,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 import appfuncs
 from helpers import wait_for
 from wsgi_bg import BackgroundMiddleware, JobState, backgrounder
-from wsgi_bg.terminal import render_lines
+from wsgi_bg.terminal import render_terminal
 
 
 def _job_of(mw, response):
@@ -187,7 +187,7 @@ def test_tqdm_bar_becomes_progress_and_redraws_collapse(mw):
     assert job.progress == {"done": 3000, "total": 3000, "message": "Crunching"}
     # 3000 redraws were written; a batch keeps only the latest state of the line.
     assert job.output.count("Crunching") < 300
-    assert "Crunching: 100%" in render_lines(job.output).splitlines()[-1]
+    assert "Crunching: 100%" in render_terminal(job.output).splitlines()[-1]
 
 
 def test_queue_full_in_a_view_answers_503(make_mw, tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from wsgi_bg.terminal import RedrawCollapser, parse_progress, render_lines
+from wsgi_bg.terminal import RedrawCollapser, parse_progress, render_terminal
 
 
 @pytest.mark.parametrize(
@@ -41,8 +41,8 @@ def test_thousands_of_redraws_keep_one_copy():
         ("x\r\ry", "y"),
     ],
 )
-def test_render_lines(text, shown):
-    assert render_lines(text) == shown
+def test_render_terminal(text, shown):
+    assert render_terminal(text) == shown
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# A line break, or a lone carriage return ("\r\n" is a line break: the "\r"
+# sets the pending flag, the "\n" ends the line, which keeps it).
+_CONTROL = re.compile(r"(\r|\n)")
+
 _SCALE = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 
 # "desc:  45%|████▌     | 45/100 [00:01<00:01, 44.5it/s]" (tqdm's default format;
@@ -52,17 +56,66 @@ class RedrawCollapser:
         return "\n".join(lines)
 
 
-def render_lines(text: str) -> str:
-    """What a terminal would show for ``text``: each line as its last
-    non-empty ``\\r``-separated state (an approximation: a redraw replaces
-    the whole line, as progress bars draw it)."""
-    if "\r" not in text:
-        return text
-    lines = text.replace("\r\n", "\n").split("\n")
-    for i, line in enumerate(lines):
-        if "\r" in line:
-            lines[i] = _latest(line, "")
-    return "\n".join(lines)
+class Screen:
+    """What a terminal shows of some output, fed piece by piece.
+
+    ``"\\n"`` ends the current line. A lone ``"\\r"`` returns to the start of
+    the line: the next text written replaces the line (so a redrawn progress
+    bar shows only its latest state), while a ``"\\n"`` right after it keeps
+    the line as it is (``"\\r\\n"`` is a plain line break).
+
+    .. code-block:: python
+
+        screen = Screen()
+        screen.feed("10%\\r50%")
+        screen.feed("\\r100%\\ndone\\n")
+        assert screen.text() == "100%\\ndone\\n"
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("done", "line", "pending_cr")
+
+    def __init__(self) -> None:
+        #: Finished lines, each ending with "\n", joined.
+        self.done = ""
+        #: The line being written.
+        self.line = ""
+        #: Whether a carriage return was written and the line not yet replaced.
+        self.pending_cr = False
+
+    def feed(self, text: str) -> None:
+        """Apply more output."""
+        finished: list[str] = []
+        for piece in _CONTROL.split(text):
+            if piece == "\n":
+                finished.append(self.line + "\n")
+                self.line = ""
+                self.pending_cr = False
+            elif piece == "\r":
+                self.pending_cr = True
+            elif piece:
+                if self.pending_cr:
+                    self.line = ""
+                    self.pending_cr = False
+                self.line += piece
+        if finished:
+            self.done += "".join(finished)
+
+    def text(self) -> str:
+        """Everything shown: the finished lines and the current one."""
+        return self.done + self.line
+
+
+def render_terminal(text: str) -> str:
+    """``text`` as a terminal shows it; see :class:`Screen`.
+
+    :param text: raw output, possibly holding carriage returns.
+    :return: the output with each line in its latest state.
+    """
+    screen = Screen()
+    screen.feed(text)
+    return screen.text()
 
 
 def _latest(line: str, mark: str) -> str:

@@ -1,15 +1,11 @@
-"""Status pages (being written)."""
+"""The status pages: HTML, JSON and Server-Sent Events of the jobs.
+
+:class:`StatusApp` is built by :class:`~wsgi_bg.BackgroundMiddleware` as
+``mw.status_app``; see :mod:`wsgi_bg.status.app` for its routes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from .app import StatusApp
 
-from werkzeug.exceptions import NotFound
-
-
-class StatusApp:
-    def __init__(self, middleware: Any) -> None:
-        self.middleware = middleware
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        return NotFound()(environ, start_response)
+__all__ = ["StatusApp"]

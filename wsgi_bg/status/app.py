@@ -1,0 +1,330 @@
+"""StatusApp: the status pages of a :class:`~wsgi_bg.BackgroundMiddleware`.
+
+The middleware serves them under its ``prefix``; ``mw.status_app`` is the same
+WSGI app, to mount anywhere else::
+
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app = DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})
+
+Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
+
+    GET  /                          HTML list of jobs        authorize "list"
+    GET  /api/jobs                  the same as JSON         authorize "list"
+    GET  /<id>                      HTML page of one job     authorize "view"
+    GET  /api/jobs/<id>[?since=N]   JSON: to_dict() + output + next
+    GET  /api/jobs/<id>/events      Server-Sent Events       authorize "view"
+    POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
+    GET  /static/status.js|css      the pages' script and style
+
+Every answer carries a Content-Security-Policy without inline script,
+``nosniff``, ``Referrer-Policy: no-referrer`` (a job's URL is a capability) and
+``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Iterable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound
+from werkzeug.routing import BaseConverter, Map, Rule
+from werkzeug.utils import redirect
+from werkzeug.wrappers import Request, Response
+
+from ..jobs import Job
+from . import render
+from .events import dump_json, job_events
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from ..middleware import BackgroundMiddleware
+
+#: Sent with every answer. No inline script or style: the pages load theirs
+#: from /static. A meta refresh is not governed by CSP.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none';"
+        " base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+_STATIC = {"status.js": "text/javascript", "status.css": "text/css"}
+
+_LIST_REFUSED = (
+    "The job list is not enabled. Each job's page stays open to whoever holds"
+    " its link. To allow the list, pass authorize=wsgi_bg.allow_all (anyone),"
+    " authorize=wsgi_bg.allow_local (clients on this machine) or your own"
+    " callable authorize(environ, action, job) -> bool to BackgroundMiddleware."
+)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class JobIdConverter(BaseConverter):
+    """Matches only strings shaped like a job id (43 URL-safe characters), so
+    anything else is a 404 before any lookup."""
+
+    regex = r"[A-Za-z0-9_-]{43}"
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of a URL, or ``None`` if it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not scheme or not parts.hostname:
+        return None
+    return scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def check_same_origin(request: Request) -> None:
+    """Refuse a state-changing request made by another site's page.
+
+    Browsers state where a request comes from; a page cannot forge it:
+
+    - ``Sec-Fetch-Site``, when sent, must be ``same-origin`` (or ``none``:
+      typed by the user);
+    - ``Origin``, when sent, must be this server's own (scheme, host, port).
+      ``Origin: null`` is accepted only with ``Sec-Fetch-Site: same-origin``:
+      under ``Referrer-Policy: no-referrer`` browsers send ``null`` for our own
+      pages' form posts, but sandboxed or ``data:`` documents send it too;
+    - else ``Referer``, when sent, must be of this server's origin.
+
+    A request with none of them (curl, scripts) is not from a browser and is
+    allowed.
+
+    :raises Forbidden: when the request comes from another origin.
+    """
+    headers = request.headers
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden(
+            f"cross-site requests may not change jobs (Sec-Fetch-Site: {site})"
+        )
+    own = _origin(request.host_url)
+    origin = headers.get("Origin")
+    if origin is not None:
+        if origin == "null" and site == "same-origin":
+            return
+        if own is None or _origin(origin) != own:
+            raise Forbidden("requests from another origin may not change jobs")
+        return
+    referer = headers.get("Referer")
+    if referer is not None and (own is None or _origin(referer) != own):
+        raise Forbidden("requests from another origin may not change jobs")
+
+
+def parse_offset(value: str | None, what: str) -> int | None:
+    """A non-negative integer offset from a query or header value.
+
+    :raises BadRequest: if present and not a non-negative integer.
+    """
+    if value is None:
+        return None
+    # isascii: int() would accept other scripts' digits, and whitespace.
+    if not (value.isascii() and value.isdigit()):
+        raise BadRequest(f"{what} must be a non-negative integer, got {value!r}")
+    try:
+        return int(value)
+    except ValueError:  # longer than int() accepts
+        raise BadRequest(f"{what} is too large, got {value[:20]!r}…") from None
+
+
+class StatusApp:
+    """The status pages of one :class:`~wsgi_bg.BackgroundMiddleware`, as a
+    WSGI app.
+
+    Built by the middleware (``mw.status_app``), which mounts it at its
+    ``prefix``; mount it elsewhere as well with Werkzeug's
+    :class:`~werkzeug.middleware.dispatcher.DispatcherMiddleware`.
+
+    :param middleware: the middleware whose jobs the pages show; its
+        ``authorize`` decides who may see and cancel them.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Seconds of silence after which an event stream sends a comment, which
+    #: keeps proxies from closing it and tells a gone client apart.
+    heartbeat: float = 15.0
+    #: Seconds between two looks at the store by an event stream.
+    poll_interval: float = 0.2
+    #: Jobs shown at most by the list page and the list API (newest first).
+    list_limit: int = 500
+
+    def __init__(self, middleware: BackgroundMiddleware) -> None:
+        self.middleware = middleware
+        self.heartbeat = StatusApp.heartbeat
+        self.poll_interval = StatusApp.poll_interval
+        self.list_limit = StatusApp.list_limit
+        folder = resources.files(__package__).joinpath("static")
+        self._files = {
+            name: (folder.joinpath(name).read_bytes(), mimetype)
+            for name, mimetype in _STATIC.items()
+        }
+        self._streams = 0
+        self._streams_lock = threading.Lock()  # held only to count
+        self.url_map = Map(
+            [
+                Rule("/", endpoint="list_page", methods=["GET"]),
+                Rule("/api/jobs", endpoint="list_api", methods=["GET"]),
+                Rule("/api/jobs/<jobid:job_id>", endpoint="job_api", methods=["GET"]),
+                Rule("/api/jobs/<jobid:job_id>/events", endpoint="events",
+                     methods=["GET"]),
+                Rule("/api/jobs/<jobid:job_id>/cancel", endpoint="cancel",
+                     methods=["POST"]),
+                Rule("/static/<name>", endpoint="static", methods=["GET"]),
+                Rule("/<jobid:job_id>", endpoint="job_page", methods=["GET"]),
+            ],
+            converters={"jobid": JobIdConverter},
+        )
+
+    @property
+    def open_streams(self) -> int:
+        """Event streams being served now (each holds a server thread)."""
+        return self._streams
+
+    # -- WSGI -------------------------------------------------------------------
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            endpoint, values = self.url_map.bind_to_environ(environ).match()
+            response = getattr(self, f"_{endpoint}")(request, **values)
+        except HTTPException as exc:
+            response = self._error(request, exc)
+        response.headers.update(SECURITY_HEADERS)
+        return response(environ, start_response)  # type: ignore[no-any-return]
+
+    def _error(self, request: Request, exc: HTTPException) -> Response:
+        response = exc.get_response(request.environ)
+        if (exc.code or 500) >= 400 and request.path.startswith("/api/"):
+            # API clients get the same message as JSON.
+            body = {"error": exc.name, "message": exc.description}
+            response.set_data(dump_json(body))
+            response.mimetype = "application/json"
+        return response
+
+    # -- helpers ----------------------------------------------------------------
+    def _job(self, request: Request, job_id: str, action: str) -> Job:
+        """The job, if it exists and ``authorize`` allows ``action`` on it."""
+        job = self.middleware.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id} (unknown, or finished and dropped)")
+        try:
+            allowed = self.middleware.authorize(request.environ, action, job)
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        if not allowed:
+            raise Forbidden(f"you may not {action} this job")
+        return job
+
+    def _list(self, request: Request) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        if not self.middleware.authorize(request.environ, "list", None):
+            raise Forbidden(_LIST_REFUSED)
+        engine = self.middleware.engine
+        jobs = []
+        for job in engine.jobs(limit=self.list_limit):
+            try:
+                jobs.append(job.to_dict())
+            except LookupError:
+                continue  # dropped while we were listing
+        return jobs, engine.store.counts()
+
+    @staticmethod
+    def _json(data: Any, status: int = 200) -> Response:
+        return Response(dump_json(data), status=status, mimetype="application/json")
+
+    # -- endpoints --------------------------------------------------------------
+    def _list_page(self, request: Request) -> Response:
+        jobs, counts = self._list(request)
+        page = render.list_page(request.script_root, jobs, counts)
+        return Response(page, mimetype="text/html")
+
+    def _list_api(self, request: Request) -> Response:
+        jobs, counts = self._list(request)
+        return self._json({"jobs": jobs, "counts": counts})
+
+    def _job_page(self, request: Request, job_id: str) -> Response:
+        job = self._job(request, job_id, "view")
+        try:
+            data = job.to_dict()
+            output, offset = job.read_output(0)
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        page = render.job_page(request.script_root, data, output, offset)
+        return Response(page, mimetype="text/html")
+
+    def _job_api(self, request: Request, job_id: str) -> Response:
+        since = parse_offset(request.args.get("since"), "since") or 0
+        job = self._job(request, job_id, "view")
+        try:
+            data = job.to_dict()
+            data["output"], data["next"] = job.read_output(since)
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        return self._json(data)
+
+    def _events(self, request: Request, job_id: str) -> Response:
+        since = parse_offset(request.args.get("since"), "since")
+        # A reconnecting EventSource resends its first URL; the id of the last
+        # event it saw is where it really is.
+        last = parse_offset(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+        job = self._job(request, job_id, "view")
+        try:
+            job.state  # noqa: B018 - gone already: 404, not an empty stream
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        stream = job_events(
+            job, last if last is not None else since or 0,
+            heartbeat=self.heartbeat, poll_interval=self.poll_interval,
+            sock=request.environ.get("werkzeug.socket"),
+        )
+        response = Response(self._counted(stream), mimetype="text/event-stream")
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer
+        return response
+
+    def _counted(
+        self, stream: Generator[bytes, None, None]
+    ) -> Generator[bytes, None, None]:
+        with self._streams_lock:
+            self._streams += 1
+        try:
+            yield from stream
+        finally:
+            stream.close()  # at once, not when garbage-collected
+            with self._streams_lock:
+                self._streams -= 1
+
+    def _cancel(self, request: Request, job_id: str) -> Response:
+        check_same_origin(request)
+        job = self._job(request, job_id, "cancel")
+        cancelled = job.cancel()
+        try:
+            state = job.state.value
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+        if best == "text/html":
+            # The page's form (no script): back to the page, as a GET.
+            return redirect(f"{request.script_root}/{job_id}", 303)
+        return self._json({"cancelled": cancelled, "state": state})
+
+    def _static(self, request: Request, name: str) -> Response:
+        if name not in self._files:
+            raise NotFound()
+        data, mimetype = self._files[name]
+        return Response(data, mimetype=mimetype)
