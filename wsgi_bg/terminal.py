@@ -86,6 +86,15 @@ class Screen:
 
     def feed(self, text: str) -> None:
         """Apply more output."""
+        if not self.pending_cr and "\r" not in text:
+            # The common case, plain lines: no need to split line by line.
+            cut = text.rfind("\n")
+            if cut < 0:
+                self.line += text
+            else:
+                self.done += self.line + text[: cut + 1]
+                self.line = text[cut + 1 :]
+            return
         finished: list[str] = []
         for piece in _CONTROL.split(text):
             if piece == "\n":
