@@ -8,7 +8,6 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))  # job modules importable by workers
 
 from helpers import assert_no_children  # noqa: E402
-
 from wsgi_bg import BackgroundMiddleware  # noqa: E402
 
 

@@ -38,7 +38,8 @@ def live_children() -> list[psutil.Process]:
 def assert_no_children(timeout: float = 10.0) -> None:
     """Every process the test started has exited (within ``timeout``)."""
     try:
-        wait_for(lambda: not live_children(), timeout, message="child processes to exit")
+        wait_for(lambda: not live_children(), timeout,
+                 message="child processes to exit")
     except AssertionError:
         left = [(p.pid, p.name(), " ".join(p.cmdline())[:120]) for p in live_children()]
         raise AssertionError(f"processes left behind: {left}") from None

@@ -1,5 +1,4 @@
 import jobfuncs
-
 from wsgi_bg import JobState
 
 

@@ -10,8 +10,9 @@ a printed line reaches the pipe at once even without ``flush``.
 In the supervisor (:class:`Relay`), what the pipe delivers is decoded
 incrementally and sent to the store in batches: at most every
 ``interval`` seconds or ``max_batch`` characters, so a job printing 100,000
-lines costs a few hundred store calls, not 100,000. Within a batch, progress
-bar redraws (``\r``) collapse to the line's latest state, and a tqdm bar
+lines costs a few hundred store calls, not 100,000. A silent job still costs
+one call every ``poll`` seconds: its answer carries cancel requests. Within a
+batch, progress bar redraws (``\r``) collapse to the line's latest state, and a tqdm bar
 becomes the job's progress unless the job reports its own.
 """
 
@@ -56,11 +57,12 @@ class Relay:
 
     def __init__(
         self, store: Store, job_id: str, *, interval: float = 0.05,
-        max_batch: int = 65536,
+        max_batch: int = 65536, poll: float = 0.1,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.interval = interval
+        self.poll = poll
         self.max_batch = max_batch
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending: list[str] = []
@@ -86,9 +88,14 @@ class Relay:
         self._progress = report
 
     def due_in(self) -> float:
-        """Seconds until the next batch is due (0 if due now)."""
+        """Seconds until the next batch is due (0 if due now).
+
+        With nothing pending a batch still falls due every ``poll`` seconds:
+        an empty :meth:`send` is how the supervisor learns of a cancel
+        request, and a job that prints nothing must be cancellable too.
+        """
         if not self._pending and self._progress is None:
-            return self.interval
+            return max(0.0, self.last_sent + self.poll - time.monotonic())
         if self._size >= self.max_batch:
             return 0.0
         return max(0.0, self._first_pending + self.interval - time.monotonic())

@@ -176,12 +176,15 @@ class Engine:
                 )
                 self._manager = manager
                 self._store = manager.get_store()  # type: ignore[attr-defined]
+                authkey = bytes(ctx.current_process().authkey)
                 self._runner = ProcessRunner(
-                    address=manager.address, authkey=bytes(ctx.current_process().authkey),
+                    address=manager.address, authkey=authkey,
                     max_workers=self.max_workers, mp_context=ctx,
                     executor_factory=self.executor_factory,
                 )
                 _register_exit(self)
+                with _started_lock:
+                    _started.add(self)
             return self._runner
 
     def submit(
@@ -289,19 +292,33 @@ class Engine:
             snapshot = self._local_store()
         self._store = snapshot
         manager.shutdown()
-        _stop_helpers(self.start_method)
+        with _started_lock:
+            _started.discard(self)
+            in_use = {engine.start_method for engine in _started}
+        _stop_helpers(self.start_method, in_use)
 
 
-def _stop_helpers(start_method: str) -> None:
-    """Stop multiprocessing's forkserver and resource tracker when we used them;
-    both restart by themselves if anything else needs them later."""
+#: Engines started and not yet shut down, in this process. The forkserver and
+#: the resource tracker are shared by all of them: stopping the forkserver while
+#: another engine runs would kill that engine's workers (they die with their
+#: parent, the forkserver) and can block for as long as they live.
+_started: weakref.WeakSet[Engine] = weakref.WeakSet()
+_started_lock = threading.Lock()
+
+
+def _stop_helpers(start_method: str, in_use: set[str]) -> None:
+    """Stop multiprocessing's forkserver and resource tracker when we used them
+    and no other live engine (start methods ``in_use``) still does; both
+    restart by themselves if anything else needs them later."""
     from multiprocessing import forkserver, resource_tracker
 
-    if start_method == "forkserver":
+    if start_method == "forkserver" and "forkserver" not in in_use:
         stop = getattr(forkserver._forkserver, "_stop", None)
         if stop is not None:
             stop()
-    if start_method in ("forkserver", "spawn"):
+    if start_method in ("forkserver", "spawn") and not in_use & {
+        "forkserver", "spawn"
+    }:
         stop = getattr(resource_tracker._resource_tracker, "_stop", None)
         if stop is not None:
             try:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is in its life. The last five are terminal: a job reaches
     exactly one of them, exactly once."""
 
@@ -35,9 +35,6 @@ class JobState(str, enum.Enum):
     def done(self) -> bool:
         """``True`` for the terminal states."""
         return self not in (JobState.QUEUED, JobState.RUNNING)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL_STATES = frozenset(s.value for s in JobState if s.done)

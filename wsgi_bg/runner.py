@@ -2,17 +2,17 @@
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
-    server process                pool worker (supervisor)          job child
-    ──────────────                ────────────────────────          ─────────
-    engine.submit ─executor──►  run_job: unpickle the call
-                                fork ────────────────────────────►  setsid, fds 1+2 → pipe
-                                store.start(job, child pid)         waits for "go"
-                                "go" ──── control pipe ─────────►  runs fn(*args, **kwargs)
-                                relay ◄── output pipe ────────────  print, logging, os.system
-                                relay ◄── message pipe ───────────  progress, result/error
-                                  │ batches → store.relay
-                                timeout / cancel: killpg(SIGKILL)
-                                store.finish(job, state)
+    server process          pool worker (supervisor)       job child
+    ──────────────          ────────────────────────       ─────────
+    engine.submit ─pool──►  run_job: unpickle the call
+                            fork ─────────────────────►  setsid, fds 1+2 → pipe
+                            store.start(job, child pid)  waits for "go"
+                            "go" ─── control pipe ────►  runs fn(*args, **kwargs)
+                            relay ◄── output pipe ─────  print, logging, os.system
+                            relay ◄── message pipe ────  progress, result/error
+                              │ batches → store.relay
+                            timeout / cancel: killpg(SIGKILL)
+                            store.finish(job, state)
 
 Why a child per job: a bare :class:`~concurrent.futures.ProcessPoolExecutor`
 breaks as a whole (``BrokenProcessPool``) when one worker dies and cannot stop
@@ -135,6 +135,7 @@ class _Supervisor:
         except OSError:
             pass
         self.pid = pid
+        self.reaped = False
         try:
             if not self.store.start(self.job_id, pid):
                 return None  # cancelled while queued: the child never runs
@@ -142,15 +143,26 @@ class _Supervisor:
             state, result, error = self._watch(out_r, msg_r, ctl_w)
         except BaseException:
             self._kill()
-            os.waitpid(pid, 0)
+            self._reap_quietly()
             self.store.finish(self.job_id, JobState.CRASHED.value, None,
                               "the job's supervisor failed:\n" + traceback.format_exc())
             raise
         finally:
             self._kill()  # the child's strays, if any: a job's processes end with it
+            # Reap the child on every path (a job cancelled while queued is
+            # forked, then killed unstarted): each unreaped child would stay a
+            # zombie in this long-lived worker.
+            self._reap_quietly()
             for fd in (out_r, msg_r, ctl_w):
                 os.close(fd)
         return self.store.finish(self.job_id, state, result, error)
+
+    def _reap_quietly(self) -> None:
+        if not self.reaped:
+            try:
+                self._reap()
+            except ChildProcessError:
+                self.reaped = True
 
     def _kill(self) -> None:
         for kill in (os.killpg, os.kill):
@@ -167,11 +179,13 @@ class _Supervisor:
         sel = selectors.DefaultSelector()
         sel.register(out_r, selectors.EVENT_READ, relay.feed)
         sel.register(msg_r, selectors.EVENT_READ, messages.feed)
+        pidfd: int | None
         try:
-            pidfd: int | None = os.pidfd_open(self.pid)
-            sel.register(pidfd, selectors.EVENT_READ, None)
+            pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             pidfd = None  # not Linux: poll waitpid
+        else:
+            sel.register(pidfd, selectors.EVENT_READ, None)
         now = time.monotonic()
         deadline = None if self.timeout is None else now + self.timeout
         kill_at: float | None = None
@@ -217,7 +231,9 @@ class _Supervisor:
                                 os.write(ctl_w, b"c")
                             except OSError:
                                 pass
-                        allowed = self.grace if grace is None else min(grace, self.grace)
+                        allowed = (
+                            self.grace if grace is None else min(grace, self.grace)
+                        )
                         kill_at = cancel_seen + allowed
             # The child is gone: kill what it left behind, then drain the pipes.
             self._kill()
@@ -263,7 +279,10 @@ class _Supervisor:
 
     def _reap(self, block: bool = True) -> int | None:
         pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        return status if pid else None
+        if pid:
+            self.reaped = True
+            return status
+        return None
 
 
 def _describe(status: int | None) -> str:

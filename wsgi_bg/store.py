@@ -20,6 +20,8 @@ exits.
 
 from __future__ import annotations
 
+import builtins
+import itertools
 import os
 import select
 import signal
@@ -75,7 +77,7 @@ class Store(Protocol):
     def list(self, limit: int | None = None) -> list[Record]:
         """Records, newest first."""
 
-    def ids_in_state(self, *states: str) -> list[str]:
+    def ids_in_state(self, *states: str) -> builtins.list[str]:
         """Ids of the jobs in any of ``states``, oldest first."""
 
     def counts(self) -> dict[str, int]:
@@ -115,6 +117,12 @@ class _Output:
         self.chunks = [tail]
 
     def read(self, since: int) -> tuple[str, int]:
+        if self.head is not None and self.total - self.tail_start > (
+            self.limit - len(self.head)
+        ):
+            # append() lets the tail grow to ``limit`` before trimming (so that
+            # it trims in batches); what is shown stays within ``limit``.
+            self._trim()
         if len(self.chunks) > 1:
             self.chunks = ["".join(self.chunks)]
         tail = self.chunks[0] if self.chunks else ""
@@ -240,6 +248,9 @@ class MemoryStore:
     # -- reads ----------------------------------------------------------------
     def get(self, job_id: str) -> Record | None:
         with self._lock:
+            # Drop what expired (cheap when nothing did): a job past job_ttl
+            # must not stay readable just because no job was created since.
+            self._prune()
             record = self._records.get(job_id)
             return dict(record) if record is not None else None
 
@@ -252,11 +263,9 @@ class MemoryStore:
         with self._lock:
             self._prune()
             records = reversed(self._records.values())
-            return [
-                dict(r) for _, r in zip(range(limit or len(self._records)), records)
-            ]
+            return [dict(r) for r in itertools.islice(records, limit or None)]
 
-    def ids_in_state(self, *states: str) -> list[str]:
+    def ids_in_state(self, *states: str) -> builtins.list[str]:
         with self._lock:
             return [i for i, r in self._records.items() if r["state"] in states]
 

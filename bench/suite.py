@@ -1,0 +1,947 @@
+"""The seven benchmarks of issue 5, and the command line that runs them.
+
+Each benchmark measures wsgi_bg and its reference in the same run (this
+machine's absolute speed drifts), prints a table, and returns a
+:class:`~bench.report.Result` that :func:`main` appends to the JSON lines file.
+Every middleware built here is shut down before the benchmark returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.test import Client, EnvironBuilder
+
+from wsgi_bg import BackgroundMiddleware
+from wsgi_bg.engine import default_start_method
+from wsgi_bg.jobs import TERMINAL_STATES
+
+from . import jobfuncs
+from .jobfuncs import hello_app, lines_size, marked_app, noop
+from .report import (
+    Result,
+    append_jsonl,
+    machine,
+    median,
+    ms,
+    percentile,
+    print_result,
+    rate,
+    summary,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIX = "/_jobs"
+
+
+@dataclass
+class Config:
+    quick: bool = False
+    scale: float = 1.0  # multiplies every N (``--quick`` sets 0.1 unless given)
+    duration: float = 30.0  # seconds of the status-pages load
+    poll_interval: float = 0.2  # seconds between two polls of one poller
+    workers: int = os.cpu_count() or 2
+    out: str = os.path.join(ROOT, "bench", "results.jsonl")
+
+    def n(self, full: int, minimum: int = 1) -> int:
+        return max(minimum, int(full * self.scale))
+
+    @property
+    def reps(self) -> int:
+        return 3
+
+
+# -- shared helpers --------------------------------------------------------------
+
+
+def router(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """The app the middleware wraps: ``/run`` is marked, the rest is plain."""
+    if environ.get("PATH_INFO") == "/run":
+        return marked_app(environ, start_response)
+    return hello_app(environ, start_response)
+
+
+@contextlib.contextmanager
+def middleware(
+    cfg: Config, app: Any = router, **options: Any
+) -> Iterator[BackgroundMiddleware]:
+    options.setdefault("max_workers", cfg.workers)
+    options.setdefault("cancel_grace", 1.0)
+    mw = BackgroundMiddleware(app, prefix=PREFIX, **options)
+    try:
+        yield mw
+    finally:
+        mw.shutdown()
+
+
+@contextlib.contextmanager
+def bare_pool(cfg: Config) -> Iterator[ProcessPoolExecutor]:
+    ctx = multiprocessing.get_context(default_start_method())
+    pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx)
+    try:
+        list(pool.map(noop, range(cfg.workers * 4)))  # warm: every worker started
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_states(
+    mw: BackgroundMiddleware,
+    ids: list[str],
+    timeout: float = 120.0,
+    interval: float = 0.002,
+) -> None:
+    """Poll the store until every job in ``ids`` has ended."""
+    store = mw.engine.store
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    while pending:
+        record = store.get(pending[-1])
+        if record is None or record["state"] in TERMINAL_STATES:
+            pending.pop()
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} jobs still not done after {timeout} s")
+        time.sleep(interval)
+
+
+def wait_idle(
+    mw: BackgroundMiddleware, timeout: float = 300.0, interval: float = 0.005
+) -> None:
+    """Poll the store until no job is queued or running."""
+    store = mw.engine.store
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = store.counts()
+        if counts["queued"] == 0 and counts["running"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs still active after {timeout} s: {counts}")
+        time.sleep(interval)
+
+
+def warm(mw: BackgroundMiddleware, cfg: Config) -> None:
+    """Start the manager and the pool, and let every worker run a job."""
+    ids = [mw.submit(noop, i).id for i in range(cfg.workers * 4)]
+    wait_states(mw, ids)
+
+
+def wsgi_call(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+    """One in-process WSGI request; the body is consumed and closed."""
+    response: list[Any] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        response[:] = [status, headers]
+        return lambda data: None
+
+    body = app(environ, start_response)
+    try:
+        for _ in body:
+            pass
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    return response[0], response[1]
+
+
+# -- 1. passthrough --------------------------------------------------------------
+
+
+def _flask_app() -> Any:
+    try:
+        from flask import Flask
+    except ImportError:
+        return None
+    app = Flask("bench_passthrough")
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hello"
+
+    return app
+
+
+def _requests_per_second(app: Any, environ: dict[str, Any], n: int) -> float:
+    call = wsgi_call
+    start = time.perf_counter()
+    for _ in range(n):
+        call(app, dict(environ))
+    return n / (time.perf_counter() - start)
+
+
+def bench_passthrough(cfg: Config) -> Result:
+    """Requests to an unmarked route through the middleware vs the bare app."""
+    environ = EnvironBuilder(path="/hello").get_environ()
+    rows: list[tuple[str, str, str]] = []
+    figures: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    ratios: dict[str, float] = {}
+    cases = [("wsgi_callable", hello_app, cfg.n(50_000, 200))]
+    flask_app = _flask_app()
+    if flask_app is not None:
+        cases.insert(0, ("flask_route", flask_app, cfg.n(10_000, 100)))
+    for label, app, n in cases:
+        # Nothing starts at construction: no shutdown needed, but do it anyway.
+        with middleware(cfg, app) as mw:
+            _requests_per_second(app, environ, n // 10)  # warm both paths
+            _requests_per_second(mw, environ, n // 10)
+            bare, wrapped = [], []
+            for _ in range(5):  # interleaved, the median of each
+                bare.append(_requests_per_second(app, environ, n))
+                wrapped.append(_requests_per_second(mw, environ, n))
+            if mw.engine.started:
+                raise RuntimeError("the passthrough started the engine")
+        b, w = median(bare), median(wrapped)
+        figures[f"{label}_rps"] = w
+        reference[f"{label}_rps"] = b
+        figures[f"{label}_overhead_us"] = (1 / w - 1 / b) * 1e6
+        ratios[label] = w / b
+        rows.append((f"{label}: through the middleware", rate(w), f"bare {rate(b)}"))
+        rows.append(
+            (
+                f"{label}: overhead per request",
+                f"{(1 / w - 1 / b) * 1e6:.2f} us",
+                f"ratio {w / b:.3f}",
+            )
+        )
+    headline = ratios.get("flask_route", ratios["wsgi_callable"])
+    figures["ratio_wsgi_callable"] = ratios["wsgi_callable"]
+    return Result(
+        name="passthrough",
+        figures=figures,
+        reference=reference,
+        ratio=headline,
+        ratio_meaning="fraction of the bare app's requests/s (Flask route)",
+        target=">= 0.97 of the bare throughput",
+        passed=headline >= 0.97,
+        rows=rows,
+        note="in-process WSGI calls; a trivial callable shows the raw overhead",
+    )
+
+
+# -- 2. submit -------------------------------------------------------------------
+
+
+def bench_submit(cfg: Config) -> Result:
+    """A request to a marked app until its 303 is returned, pool warm."""
+    n = cfg.n(500, 10)
+    base = EnvironBuilder(path="/run").get_environ()
+    times: list[float] = []
+    bare_times: list[float] = []
+    with middleware(cfg) as mw, bare_pool(cfg) as pool:
+        warm(mw, cfg)
+        for i in range(n + 5):
+            environ = dict(base)
+            start = time.perf_counter()
+            status, headers = wsgi_call(mw, environ)
+            elapsed = time.perf_counter() - start
+            if not status.startswith("303"):
+                raise RuntimeError(f"a marked app answered {status}, not 303")
+            job_id = dict(headers)["Location"].rsplit("/", 1)[-1]
+            wait_states(mw, [job_id], interval=0.0005)  # quiet system for the next
+            if i >= 5:
+                times.append(elapsed)
+            start = time.perf_counter()
+            future = pool.submit(noop, i)
+            bare_elapsed = time.perf_counter() - start
+            future.result()
+            if i >= 5:
+                bare_times.append(bare_elapsed)
+    p50, p99 = percentile(times, 50), percentile(times, 99)
+    b50 = percentile(bare_times, 50)
+    return Result(
+        name="submit",
+        figures={"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "n": n},
+        reference={"bare_pool_submit_p50_ms": b50 * 1e3},
+        ratio=p50 / b50,
+        ratio_meaning="x the time of a bare ProcessPoolExecutor.submit()",
+        target="p50 < 0.5 ms, p99 < 2 ms",
+        passed=p50 < 0.0005 and p99 < 0.002,
+        rows=[
+            ("request to 303, p50", ms(p50), f"bare pool submit() p50 {ms(b50)}"),
+            ("request to 303, p99", ms(p99), f"n={n}"),
+        ],
+    )
+
+
+# -- 3. throughput -----------------------------------------------------------------
+
+
+def bench_throughput(cfg: Config) -> Result:
+    """N trivial jobs until all succeeded in the store vs a bare pool's results."""
+    n = cfg.n(2000, 20)
+    ours, bare, submit_loop = [], [], []
+    with (
+        middleware(cfg, max_queued=n + 10, max_jobs=cfg.reps * n + 100) as mw,
+        bare_pool(cfg) as pool,
+    ):
+        warm(mw, cfg)
+        store = mw.engine.store
+        for _ in range(cfg.reps):
+            base = store.counts()["succeeded"]
+            start = time.perf_counter()
+            for i in range(n):
+                mw.submit(noop, i)
+            submitted = time.perf_counter()
+            deadline = time.monotonic() + 300
+            while store.counts()["succeeded"] - base < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("throughput jobs did not finish")
+                time.sleep(0.005)
+            ours.append(n / (time.perf_counter() - start))
+            submit_loop.append((submitted - start) / n)
+            wait_idle(mw)
+            start = time.perf_counter()
+            futures = [pool.submit(noop, i) for i in range(n)]
+            for future in futures:
+                future.result()
+            bare.append(n / (time.perf_counter() - start))
+    w, b = median(ours), median(bare)
+    per_submit = median(submit_loop)
+    return Result(
+        name="throughput",
+        figures={
+            "jobs_per_s": w,
+            "n": n,
+            "submit_call_us": per_submit * 1e6,
+            "runs": [round(x) for x in ours],
+        },
+        reference={"bare_pool_jobs_per_s": b, "runs": [round(x) for x in bare]},
+        ratio=w / b,
+        ratio_meaning="fraction of a bare ProcessPoolExecutor's jobs/s",
+        target=">= 0.5 of the bare rate",
+        passed=w / b >= 0.5,
+        rows=[
+            ("jobs/s, submit to succeeded in store", rate(w), f"bare pool {rate(b)}"),
+            (
+                "submit() call, server side",
+                f"{per_submit * 1e6:.0f} us",
+                f"n={n}, {cfg.workers} workers",
+            ),
+        ],
+    )
+
+
+# -- 4. latency --------------------------------------------------------------------
+
+
+def bench_latency(cfg: Config) -> Result:
+    """One trivial job: submit until succeeded is visible in the store."""
+    n = cfg.n(300, 5)
+    ours: list[float] = []
+    bare: list[float] = []
+    phases: dict[str, list[float]] = {
+        "submit_call": [],
+        "to_started": [],
+        "started_to_ended": [],
+        "ended_to_seen": [],
+    }
+    with middleware(cfg) as mw, bare_pool(cfg) as pool:
+        warm(mw, cfg)
+        store = mw.engine.store
+        per_block = max(1, n // cfg.reps)
+        for _ in range(cfg.reps):
+            for i in range(per_block):
+                wall = time.time()
+                start = time.perf_counter()
+                job = mw.submit(noop, i)
+                returned = time.perf_counter()
+                deadline = start + 30
+                while True:
+                    record = store.get(job.id)
+                    if record["state"] in TERMINAL_STATES:
+                        break
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError("a latency job did not finish")
+                    time.sleep(0.0002)
+                seen = time.perf_counter()
+                if record["state"] != "succeeded":
+                    raise RuntimeError(f"a noop job ended {record['state']}")
+                ours.append(seen - start)
+                phases["submit_call"].append(returned - start)
+                phases["to_started"].append(record["started_at"] - wall)
+                phases["started_to_ended"].append(
+                    record["ended_at"] - record["started_at"]
+                )
+                phases["ended_to_seen"].append(
+                    wall + (seen - start) - record["ended_at"]
+                )
+            for i in range(per_block):
+                start = time.perf_counter()
+                pool.submit(noop, i).result()
+                bare.append(time.perf_counter() - start)
+    p50, p99, b50 = percentile(ours, 50), percentile(ours, 99), percentile(bare, 50)
+    phase50 = {k: percentile(v, 50) * 1e3 for k, v in phases.items()}
+    rows = [
+        (
+            "submit to succeeded visible, p50",
+            ms(p50),
+            f"bare submit().result() {ms(b50)}",
+        ),
+        ("p99", ms(p99), f"n={len(ours)}"),
+    ]
+    rows += [(f"  phase {k} (p50)", f"{v:.3g} ms", "") for k, v in phase50.items()]
+    return Result(
+        name="latency",
+        figures={"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "phases_p50_ms": phase50},
+        reference={"bare_pool_roundtrip_p50_ms": b50 * 1e3},
+        ratio=p50 / b50,
+        ratio_meaning="x a bare ProcessPoolExecutor round trip",
+        target="p50 < 2 ms",
+        passed=p50 < 0.002,
+        rows=rows,
+        note="phases from the record's wall-clock times (created, started, ended)",
+    )
+
+
+# -- 5. output -----------------------------------------------------------------------
+
+
+def _pipe_reference(n: int) -> float:
+    """Lines/s of :func:`jobfuncs.pipe_lines` read from a buffered os.pipe."""
+    r, w = os.pipe()
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[3]);"
+        " from bench.jobfuncs import pipe_lines;"
+        " pipe_lines(int(sys.argv[1]), int(sys.argv[2]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(n), str(w), ROOT], pass_fds=(w,)
+    )
+    os.close(w)
+    first = b""
+    last_read = 0.0
+    try:
+        while True:
+            data = os.read(r, 65536)
+            if not data:
+                break
+            last_read = time.monotonic()
+            if len(first) < 64:
+                first += data[:64]
+    finally:
+        os.close(r)
+        proc.wait(timeout=60)
+    t0 = float(first.split(b"\n", 1)[0].split()[1])
+    return n / (last_read - t0)
+
+
+def _wsgi_bg_output(mw: BackgroundMiddleware, n: int) -> float:
+    """Lines/s of :func:`jobfuncs.print_lines` until its last line is in the store."""
+    store = mw.engine.store
+    expected = lines_size(n)
+    job = mw.submit(jobfuncs.print_lines, n)
+    deadline = time.monotonic() + 300
+    while True:
+        record = store.get(job.id)
+        if record["output_size"] >= expected:
+            seen = time.monotonic()
+            break
+        if record["state"] in TERMINAL_STATES and record["state"] != "succeeded":
+            raise RuntimeError(
+                f"the output job ended {record['state']}: {record['error']}"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError("the output job did not finish")
+        time.sleep(0.002)
+    last = jobfuncs.line(n - 1)
+    text, _ = store.read_output(job.id, expected - len(last))
+    if text != last:
+        raise RuntimeError(f"the last line read back is {text!r}, not {last!r}")
+    job.wait(60)
+    return n / (seen - job.result)
+
+
+def _timed_get(client: Client, url: str) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    response = client.get(url)
+    body = response.get_data()
+    elapsed = time.perf_counter() - start
+    return elapsed, response.status_code, len(body)
+
+
+def bench_output(cfg: Config) -> Result:
+    """Output rate vs a buffered os.pipe; the page read of 1 MiB of output."""
+    n = cfg.n(1_000_000, 1000)
+    ours, pipe = [], []
+    size = 1_048_576
+    with middleware(cfg) as mw:
+        warm(mw, cfg)
+        for _ in range(cfg.reps):
+            ours.append(_wsgi_bg_output(mw, n))
+            pipe.append(_pipe_reference(n))
+        job = mw.submit(jobfuncs.print_bytes, size)
+        job.wait(60)
+        store = mw.engine.store
+        client = Client(mw)
+        reads: dict[str, list[float]] = {"store": [], "json": [], "html": []}
+        statuses: dict[str, int] = {}
+        for _ in range(5):
+            start = time.perf_counter()
+            text, _ = store.read_output(job.id, 0)
+            reads["store"].append(time.perf_counter() - start)
+            if len(text) != size:
+                raise RuntimeError(f"read {len(text)} characters of output, not {size}")
+            for kind, url in (
+                ("json", f"{PREFIX}/api/jobs/{job.id}"),
+                ("html", f"{PREFIX}/{job.id}"),
+            ):
+                elapsed, status, _length = _timed_get(client, url)
+                statuses[kind] = status
+                reads[kind].append(elapsed)
+    w, p = median(ours), median(pipe)
+    read = {k: median(v) for k, v in reads.items()}
+    pages_ok = statuses.get("json") == 200 and statuses.get("html") == 200
+    page_ms = max(read["json"], read["html"]) * 1e3
+    ratio = w / p
+    if ratio < 0.5 or (pages_ok and page_ms >= 20):
+        passed: bool | None = False
+    elif pages_ok:
+        passed = True
+    else:
+        passed = None
+    page_note = (
+        ""
+        if pages_ok
+        else (
+            f"status pages answered json={statuses.get('json')}"
+            f" html={statuses.get('html')}: page reads not judged"
+        )
+    )
+    return Result(
+        name="output",
+        figures={
+            "lines_per_s": w,
+            "n": n,
+            "page_read_json_ms": read["json"] * 1e3,
+            "page_read_html_ms": read["html"] * 1e3,
+            "store_read_1mib_ms": read["store"] * 1e3,
+            "page_status": statuses,
+            "runs": [round(x) for x in ours],
+        },
+        reference={"pipe_lines_per_s": p, "runs": [round(x) for x in pipe]},
+        ratio=ratio,
+        ratio_meaning="fraction of a buffered os.pipe's lines/s",
+        target=">= 0.5 of the pipe; 1 MiB page read < 20 ms",
+        passed=passed,
+        rows=[
+            (
+                "lines/s, first print to last line in store",
+                rate(w),
+                f"os.pipe {rate(p)}",
+            ),
+            ("1 MiB: store.read_output", ms(read["store"]), ""),
+            (
+                "1 MiB: GET api/jobs/{id}",
+                ms(read["json"]),
+                f"HTTP {statuses.get('json')}",
+            ),
+            (
+                "1 MiB: GET {id} (HTML)",
+                ms(read["html"]),
+                f"HTTP {statuses.get('html')}",
+            ),
+        ],
+        note=page_note,
+    )
+
+
+# -- 6. status pages under load ------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass  # thousands of requests: no access log
+
+
+def _feeder(
+    mw: BackgroundMiddleware,
+    stop: threading.Event,
+    running: int,
+    announce: Callable[[str], None],
+    done: list[int],
+) -> None:
+    """Keep ``running`` live jobs (a line every 20 ms, 2 s each) going."""
+    active: list[Any] = []
+    while not stop.is_set():
+        for job in list(active):
+            if job.done:
+                active.remove(job)
+                done[0] += 1
+        while len(active) < running:
+            job = mw.submit(jobfuncs.tick, 100, 0.02)
+            active.append(job)
+            announce(job.id)
+        stop.wait(0.05)
+
+
+def bench_status(cfg: Config) -> Result:
+    """A threaded server, 50 pollers and 10 event streams, 1,000 finished jobs kept.
+
+    The clients run in a separate process (:mod:`bench.loadclient`): in this
+    one they would compete with the server for the GIL.
+    """
+    retained = cfg.n(1000, 20) if cfg.scale < 1 else 1000
+    pollers, streamers = 50, 10
+    if cfg.scale < 0.05:
+        pollers, streamers = 5, 2
+    stop = threading.Event()
+    done = [0]
+    with middleware(cfg, max_jobs=retained) as mw:
+        warm(mw, cfg)
+        finished: list[str] = []
+        for start in range(0, retained, 500):
+            batch = range(start, min(retained, start + 500))
+            ids = [mw.submit(noop, i).id for i in batch]
+            wait_states(mw, ids)
+            finished += ids
+        probe = Client(mw).get(f"{PREFIX}/api/jobs/{finished[-1]}")
+        if probe.status_code != 200:
+            return Result(
+                name="status",
+                figures={"probe_status": probe.status_code},
+                reference={},
+                ratio=None,
+                ratio_meaning="—",
+                target="no errors, p99 < 50 ms",
+                passed=None,
+                note=f"GET api/jobs/{{id}} answered {probe.status_code}: the"
+                " status pages are not there; load not run",
+            )
+        server = make_server(
+            "127.0.0.1", 0, mw, threaded=True, request_handler=_QuietHandler
+        )
+        serve = threading.Thread(
+            target=server.serve_forever, name="bench-server", daemon=True
+        )
+        serve.start()
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[6]);"
+            " from bench.loadclient import main; main()"
+        )
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(server.server_port),
+                str(cfg.duration),
+                str(pollers),
+                str(streamers),
+                str(cfg.poll_interval),
+                ROOT,
+                ",".join(finished[-50:]),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdin is not None
+        lock = threading.Lock()
+
+        def announce(job_id: str) -> None:
+            with lock, contextlib.suppress(OSError, ValueError):
+                client.stdin.write(job_id + "\n")  # type: ignore[union-attr]
+                client.stdin.flush()  # type: ignore[union-attr]
+
+        feeder = threading.Thread(
+            target=_feeder,
+            name="bench-feeder",
+            args=(mw, stop, cfg.workers, announce, done),
+        )
+        try:
+            feeder.start()
+            cpu_before = psutil.Process().cpu_times()
+            # Not communicate(): it would close the client's stdin at once.
+            guard = threading.Timer(cfg.duration + 60, client.kill)
+            guard.start()
+            out = client.stdout.read()  # type: ignore[union-attr]
+            client.wait()
+            guard.cancel()
+            cpu_after = psutil.Process().cpu_times()
+        finally:
+            stop.set()
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            for stream in (client.stdin, client.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()  # type: ignore[union-attr]
+            feeder.join(timeout=15)
+            server.shutdown()
+            server.server_close()
+            serve.join(timeout=5)
+    stats = json.loads(out)
+    lat = stats["latencies"]
+    errors = stats["errors"]
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
+    figures = {
+        "requests": len(lat),
+        "requests_per_s": len(lat) / cfg.duration,
+        "p50_ms": p50 * 1e3,
+        "p99_ms": p99 * 1e3,
+        "max_ms": max(lat or [0]) * 1e3,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "streams": stats["streams"],
+        "stream_events": stats["events"],
+        "stream_first_byte_p50_ms": percentile(stats["stream_first"], 50) * 1e3,
+        "jobs_completed_under_load": done[0],
+        "duration_s": cfg.duration,
+        "pollers": pollers,
+        "streamers": streamers,
+        "retained_jobs": retained,
+        "server_cpu_s_per_s": cpu / cfg.duration,
+    }
+    return Result(
+        name="status",
+        figures=figures,
+        reference={"poll_interval_s": cfg.poll_interval},
+        ratio=p99 / 0.050,
+        ratio_meaning="p99 as a fraction of the 50 ms budget",
+        target="no errors, p99 < 50 ms",
+        passed=not errors and p99 < 0.050,
+        rows=[
+            (
+                "poll requests",
+                f"{len(lat):,}",
+                f"{len(lat) / cfg.duration:.0f}/s,"
+                f" {pollers} pollers every {cfg.poll_interval} s",
+            ),
+            ("poll latency p50", ms(p50), ""),
+            ("poll latency p99", ms(p99), ""),
+            ("poll latency max", ms(max(lat or [0])), ""),
+            ("errors", str(len(errors)), "; ".join(sorted(set(errors))[:3])),
+            (
+                "event streams opened",
+                str(stats["streams"]),
+                f"{streamers} clients, {stats['events']:,} events",
+            ),
+            ("stream headers p50", ms(percentile(stats["stream_first"], 50)), ""),
+            ("live jobs completed", str(done[0]), f"{retained} finished kept"),
+            (
+                "server process CPU",
+                f"{cpu / cfg.duration:.2f} s/s",
+                "clients in their own process",
+            ),
+        ],
+    )
+
+
+# -- 7. soak ---------------------------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _memory(mw: BackgroundMiddleware) -> dict[str, int]:
+    gc.collect()
+    engine = mw.engine
+    manager = engine._manager._process.pid  # type: ignore[union-attr]
+    workers = list(engine._runner.executor._processes)  # type: ignore[union-attr]
+    return {
+        "server": _rss(os.getpid()),
+        "manager": _rss(manager),
+        "workers": sum(_rss(pid) for pid in workers),
+        "n_workers": len(workers),
+    }
+
+
+def bench_soak(cfg: Config) -> Result:
+    """50,000 trivial jobs through max_jobs=1000: RSS at 5,000 and at 50,000."""
+    n = cfg.n(50_000, 200)
+    checkpoint = n // 10
+    chunk = 500
+    with middleware(cfg, max_jobs=1000, max_queued=1000) as mw:
+        warm(mw, cfg)
+        done = 0
+        marks: dict[int, dict[str, int]] = {}
+        start = time.perf_counter()
+        while done < n:
+            step = min(chunk, n - done, (checkpoint - done) if done < checkpoint else n)
+            for i in range(step):
+                mw.submit(noop, done + i)
+            wait_idle(mw)
+            done += step
+            if done in (checkpoint, n):
+                marks[done] = _memory(mw)
+        elapsed = time.perf_counter() - start
+        stored = sum(mw.engine.store.counts().values())
+        futures = len(mw.engine._futures)
+    first, last = marks[checkpoint], marks[n]
+    growth = {
+        k: (last[k] - first[k]) / first[k] * 100 if first[k] else float("nan")
+        for k in ("server", "manager", "workers")
+    }
+    worst = max(growth.values())
+    mib = 2**20
+    rows = [
+        (
+            f"{k} RSS at {checkpoint:,} / {n:,}",
+            f"{first[k] / mib:.1f} / {last[k] / mib:.1f} MiB",
+            f"growth {growth[k]:+.1f} %",
+        )
+        for k in ("server", "manager", "workers")
+    ]
+    rows.append(
+        (
+            "jobs/s over the soak",
+            rate(n / elapsed),
+            f"{stored} jobs stored, {futures} futures held",
+        )
+    )
+    return Result(
+        name="soak",
+        figures={
+            "n": n,
+            "checkpoint": checkpoint,
+            **{
+                f"{k}_rss_mib_first": first[k] / mib
+                for k in ("server", "manager", "workers")
+            },
+            **{
+                f"{k}_rss_mib_last": last[k] / mib
+                for k in ("server", "manager", "workers")
+            },
+            **{f"{k}_growth_pct": v for k, v in growth.items()},
+            "jobs_stored_at_end": stored,
+            "jobs_per_s": n / elapsed,
+        },
+        reference={
+            "checkpoint_rss_mib": {
+                k: first[k] / mib for k in ("server", "manager", "workers")
+            }
+        },
+        ratio=worst / 100,
+        ratio_meaning="worst RSS growth (fraction) between checkpoints",
+        target="growth < 10 % (each process kind)",
+        passed=worst < 10,
+        rows=rows,
+    )
+
+
+# -- command line -----------------------------------------------------------------
+
+BENCHMARKS: dict[str, Callable[[Config], Result]] = {
+    "passthrough": bench_passthrough,
+    "submit": bench_submit,
+    "throughput": bench_throughput,
+    "latency": bench_latency,
+    "output": bench_output,
+    "status": bench_status,
+    "soak": bench_soak,
+}
+
+
+def parse(argv: list[str] | None) -> tuple[list[str], Config]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="wsgi_bg benchmarks (issue 5); each compares with its reference"
+        " measured in the same run.",
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast smoke pass: N scaled by 0.1, status load 5 s",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="multiply every N by this (default 1, or 0.1 with --quick)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of the status-pages load (default 30, 5 with --quick)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.2,
+        help="seconds between two polls of one status poller (default 0.2)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="pool workers for wsgi_bg and the bare pool (default: CPUs)",
+    )
+    parser.add_argument(
+        "--out",
+        default=Config.out,
+        help="JSON lines file to append to (default bench/results.jsonl)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(
+            f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}"
+        )
+    scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
+    duration = (
+        args.duration if args.duration is not None else (5.0 if args.quick else 30.0)
+    )
+    if scale <= 0 or duration <= 0 or args.poll_interval < 0 or args.workers < 1:
+        parser.error("--scale and --duration must be > 0, --workers >= 1")
+    cfg = Config(
+        quick=args.quick,
+        scale=scale,
+        duration=duration,
+        poll_interval=args.poll_interval,
+        workers=args.workers,
+        out=args.out,
+    )
+    return args.names or list(BENCHMARKS), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    names, cfg = parse(argv)
+    info = machine()
+    print(
+        f"wsgi_bg benchmarks: Python {info['python']}, {info['cpus']} CPUs"
+        f" ({info['cpu_model']}), {info['ram_gib']} GiB; workers={cfg.workers},"
+        f" scale={cfg.scale}, start method {default_start_method()}"
+    )
+    results = []
+    for name in names:
+        started = time.perf_counter()
+        result = BENCHMARKS[name](cfg)
+        result.figures["elapsed_s"] = round(time.perf_counter() - started, 2)
+        print_result(result)
+        append_jsonl(cfg.out, result)
+        results.append(result)
+    if len(results) > 1:
+        summary(results)
+    print(f"\nresults appended to {cfg.out}")
+    return 0

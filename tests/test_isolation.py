@@ -1,0 +1,186 @@
+"""Isolation: a crash, a timeout or a cancel of one job touches no other."""
+from __future__ import annotations
+
+import re
+import time
+
+import psutil
+import pytest
+
+import jobfuncs
+from helpers import wait_for
+from wsgi_bg import JobState
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def job_pids(job) -> tuple[int, int]:
+    """(job pid, grandchild pid) printed by a pids_then_sleep job."""
+    match = wait_for(lambda: re.search(r"pids (\d+) (\d+)", job.output), 20,
+                     message="the job to print its pids")
+    return int(match[1]), int(match[2])
+
+
+def running(job, timeout=20.0):
+    wait_for(lambda: job.state is JobState.RUNNING, timeout,
+             message=f"{job} to run")
+
+
+# -- crashes -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fn", "args", "error"),
+    [
+        pytest.param(jobfuncs.exit_hard, (3,), "exited with code 3", id="os._exit"),
+        pytest.param(jobfuncs.kill_self, (), "killed by SIGKILL (signal 9)",
+                     id="sigkill"),
+        pytest.param(jobfuncs.segfault, (), "killed by SIGSEGV (signal 11)",
+                     id="segfault"),
+    ],
+)
+def test_crash_touches_no_other_job(make_mw, tmp_path, fn, args, error):
+    mw = make_mw(max_workers=2)
+    flag = str(tmp_path / "go")
+    beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    running(beside)
+    crash = mw.submit(fn, *args)
+    queued = [mw.submit(jobfuncs.add, i, 10) for i in range(3)]
+    crash.wait(timeout=20)
+    assert crash.state is JobState.CRASHED
+    assert error in crash.error
+    assert crash.output.startswith("about to ")
+    assert beside.state is JobState.RUNNING
+    assert [j.wait(timeout=20).result for j in queued] == [10, 11, 12]
+    jobfuncs.touch(flag)
+    beside.wait(timeout=20)
+    assert beside.state is JobState.SUCCEEDED
+    assert beside.output == "beside start\nbeside end\n"  # ran once
+    assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=20).result == 2
+
+
+# -- timeouts --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "submit",
+    [
+        pytest.param(lambda mw: mw.submit(jobfuncs.limited_pids, 30),
+                     id="background-timeout"),
+        pytest.param(lambda mw: mw.submit(jobfuncs.limited, 30), id="limited"),
+    ],
+)
+def test_timeout_kills_the_job_and_its_children(make_mw, tmp_path, submit):
+    mw = make_mw(max_workers=2)
+    flag = str(tmp_path / "go")
+    beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    job = submit(mw)
+    pids = job_pids(job) if job.name.endswith("limited_pids") else ()
+    job.wait(timeout=20)
+    assert job.state is JobState.TIMED_OUT
+    assert "timeout of 1 s" in job.error
+    took = job.ended_at - job.started_at
+    assert 1.0 <= took < 2.0, f"killed {took - 1:.2f} s after the deadline"
+    for pid in pids:
+        wait_for(lambda pid=pid: gone(pid), 5, message=f"process {pid} to end")
+    assert beside.state is JobState.RUNNING
+    jobfuncs.touch(flag)
+    assert beside.wait(timeout=20).state is JobState.SUCCEEDED
+    assert beside.output == "beside start\nbeside end\n"
+
+
+def test_a_job_ending_kills_processes_it_left_behind(mw):
+    job = mw.submit(jobfuncs.pids_then_sleep, 0).wait(timeout=20)
+    assert job.state is JobState.SUCCEEDED
+    job_pid, grandchild = job_pids(job)
+    wait_for(lambda: gone(grandchild), 5, message="the grandchild to end")
+    assert gone(job_pid)
+
+
+# -- cancel ---------------------------------------------------------------------------
+def test_cancel_queued_job_never_runs(make_mw, tmp_path):
+    mw = make_mw(max_workers=2)
+    flag = str(tmp_path / "go")
+    blockers = [mw.submit(jobfuncs.print_wait_print, f"b{i}", flag) for i in range(2)]
+    for blocker in blockers:
+        running(blocker)
+    marker = tmp_path / "ran"
+    # The first ones queued may already sit in the pool's call queue; cancel
+    # every one of them.
+    victims = [mw.submit(jobfuncs.touch, str(marker)) for _ in range(4)]
+    for victim in victims:
+        start = time.monotonic()
+        assert victim.cancel() is True
+        assert victim.state is JobState.CANCELLED  # at once
+        assert time.monotonic() - start < 0.5
+        assert victim.started_at is None
+        assert "before it started" in victim.error
+        assert victim.cancel() is False
+    after = mw.submit(jobfuncs.add, 2, 2)
+    jobfuncs.touch(flag)
+    assert after.wait(timeout=20).result == 4
+    for blocker in blockers:
+        assert blocker.wait(timeout=20).state is JobState.SUCCEEDED
+    assert not marker.exists()
+    assert all(v.state is JobState.CANCELLED for v in victims)
+    # The pool's workers reap every child they fork, even unstarted ones.
+    wait_for(lambda: not zombies(), 5, message="no zombie processes")
+
+
+def zombies() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_cancel_cooperative_job(make_mw, tmp_path):
+    mw = make_mw(max_workers=2, cancel_grace=10)
+    flag = str(tmp_path / "go")
+    beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    started = tmp_path / "started"
+    job = mw.submit(jobfuncs.cooperative, str(started))
+    wait_for(started.exists, 20, message="the job to start")
+    asked = time.time()
+    assert job.cancel() is True
+    job.wait(timeout=5)  # well before cancel_grace: it stopped by itself
+    assert job.state is JobState.CANCELLED
+    assert job.ended_at - asked < 2
+    assert "stopping as asked" in job.output
+    assert job.error.startswith("cancelled while running")
+    assert job.cancel() is False
+    assert beside.state is JobState.RUNNING
+    jobfuncs.touch(flag)
+    assert beside.wait(timeout=20).state is JobState.SUCCEEDED
+
+
+def test_cancel_stubborn_job_is_killed_after_grace(make_mw, tmp_path):
+    mw = make_mw(max_workers=2, cancel_grace=1.0)
+    flag = str(tmp_path / "go")
+    beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    started = tmp_path / "started"
+    job = mw.submit(jobfuncs.stubborn, str(started))
+    wait_for(started.exists, 20, message="the job to start")
+    asked = time.time()
+    assert job.cancel() is True
+    job.wait(timeout=10)
+    assert job.state is JobState.CANCELLED
+    took = job.ended_at - asked
+    assert 1.0 <= took < 2.5, f"killed {took:.2f} s after the cancel"
+    assert "killed" in job.error
+    assert beside.state is JobState.RUNNING
+    jobfuncs.touch(flag)
+    assert beside.wait(timeout=20).state is JobState.SUCCEEDED
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+
+
+def test_cancel_finished_job_returns_false(mw):
+    job = mw.submit(jobfuncs.add, 1, 1).wait(timeout=20)
+    assert job.cancel() is False
+    assert job.state is JobState.SUCCEEDED
+    assert job.result == 2

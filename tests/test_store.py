@@ -1,0 +1,208 @@
+"""MemoryStore and its bounded output, in process."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from wsgi_bg import JobState
+from wsgi_bg.store import MemoryStore, _Output
+
+MARKER = re.compile(
+    r"\n\[… (\d+) characters of output dropped: the job wrote more than"
+    r" max_output_bytes=(\d+) …\]\n"
+)
+
+
+def record(job_id: str) -> dict:
+    return {"id": job_id, "name": "t", "created_at": time.time(),
+            "started_at": None, "ended_at": None, "result": None, "error": None,
+            "progress": None, "timeout": None, "cancel_requested": False,
+            "cancel_grace": None, "url": None, "pid": None}
+
+
+def split(text: str) -> tuple[str, int, str]:
+    head, dropped, _, tail = MARKER.split(text)
+    return head, int(dropped), tail
+
+
+# -- _Output -----------------------------------------------------------------------
+def test_output_under_limit_is_kept_whole():
+    out = _Output(1000)
+    out.append("a" * 600)
+    out.append("b" * 400)
+    assert out.read(0) == ("a" * 600 + "b" * 400, 1000)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [pytest.param(1, id="1-char-writes"), pytest.param(37, id="37-char-writes"),
+     pytest.param(5000, id="one-big-write")],
+)
+def test_output_past_limit_keeps_head_and_tail(chunk):
+    limit = 1000
+    written = "".join(f"{i:08d}\n" for i in range(1000))  # 9000 characters
+    out = _Output(limit)
+    for start in range(0, len(written), chunk):
+        out.append(written[start : start + chunk])
+    text, offset = out.read(0)
+    assert offset == len(written)
+    head, dropped, tail = split(text)
+    assert written.startswith(head) and head
+    assert written.endswith(tail) and tail
+    assert len(head) + dropped + len(tail) == len(written)
+    assert dropped > 0
+    assert len(head) + len(tail) <= limit  # what is kept stays within the limit
+    assert len(head) == limit // 2
+
+
+def test_output_memory_stays_bounded():
+    out = _Output(1000)
+    for _ in range(10_000):
+        out.append("z" * 97)
+        kept = sum(map(len, out.chunks)) + len(out.head or "")
+        assert kept <= 2 * 1000
+
+
+def test_output_since_offsets():
+    out = _Output(100)
+    written = "".join(chr(ord("a") + i % 26) for i in range(300))
+    out.append(written[:50])
+    assert out.read(0) == (written[:50], 50)
+    assert out.read(20) == (written[20:50], 50)
+    assert out.read(50) == ("", 50)
+    out.append(written[50:])
+    # From inside the head: rest of the head, the marker, the tail.
+    text, offset = out.read(10)
+    assert offset == 300
+    head, dropped, tail = split(text)
+    assert head == written[10:50] and written.endswith(tail)
+    assert 10 + len(head) + dropped + len(tail) == 300
+    # From inside the kept tail: only what is new.
+    assert out.read(290) == (written[290:], 300)
+    assert out.read(300) == ("", 300)
+    assert out.read(10_000) == ("", 300)
+    assert out.read(-5)[0] == out.read(0)[0]
+    # From inside the dropped middle: the marker, then the tail.
+    text, _ = out.read(60)
+    assert MARKER.match(text)
+    assert written.endswith(MARKER.split(text)[-1])
+
+
+def test_output_polling_reader_sees_every_kept_character():
+    """A reader polling with offsets gets the head, one marker, the tail."""
+    out = _Output(200)
+    written = "".join(f"{i:04d}\n" for i in range(400))
+    seen, offset = [], 0
+    for start in range(0, len(written), 33):
+        out.append(written[start : start + 33])
+        text, offset = out.read(offset)
+        seen.append(text)
+    joined = "".join(seen)
+    assert len(MARKER.findall(joined)) <= 1 + len(seen)
+    assert joined.startswith(written[:100])
+    assert joined.endswith(written[-33:])
+
+
+# -- MemoryStore -----------------------------------------------------------------
+def test_store_lifecycle_and_finish_once():
+    store = MemoryStore()
+    assert store.create(record("a"), max_queued=10)
+    assert store.get("a")["state"] == "queued"
+    assert store.start("a", 1234)
+    assert not store.start("a", 1234)
+    assert store.relay("a", "out\n", {"done": 1, "total": 2, "message": None}) == (
+        False, None)
+    assert store.finish("a", "succeeded", b"x", None) == "succeeded"
+    assert store.finish("a", "failed", None, "again") is None  # exactly once
+    got = store.get("a")
+    assert got["state"] == "succeeded" and got["pid"] is None
+    assert got["progress"] == {"done": 1, "total": 2, "message": None}
+    assert store.read_output("a", 0) == ("out\n", 4)
+    assert store.read_output("missing", 0) is None
+    assert store.get("missing") is None
+
+
+def test_store_cancel():
+    store = MemoryStore()
+    store.create(record("q"), 10)
+    store.create(record("r"), 10)
+    store.start("r", 1)
+    assert store.request_cancel("q", None) == "cancelled"
+    assert store.get("q")["state"] == "cancelled"
+    assert not store.start("q", 2)  # never runs
+    assert store.request_cancel("r", 0.5) == "requested"
+    assert store.relay("r", "", None) == (True, 0.5)
+    assert store.finish("r", "succeeded", b"x", None) == "cancelled"
+    assert store.get("r")["result"] is None
+    assert store.request_cancel("r", None) == ""
+
+
+def test_store_max_queued():
+    store = MemoryStore()
+    assert store.create(record("a"), 2)
+    assert store.create(record("b"), 2)
+    assert not store.create(record("c"), 2)
+    assert store.get("c") is None
+    store.start("a", 1)
+    assert store.create(record("c"), 2)
+
+
+def test_store_drops_oldest_finished_past_max_jobs():
+    store = MemoryStore(max_jobs=3)
+    for i in range(6):
+        store.create(record(f"j{i}"), 100)
+    store.start("j0", 1)  # running: never dropped
+    for i in (1, 2, 3, 4, 5):
+        store.start(f"j{i}", 1)
+        store.finish(f"j{i}", "succeeded", None, None)
+    kept = [r["id"] for r in store.list()]
+    assert kept == ["j5", "j4", "j3", "j0"]
+    assert store.get("j1") is None and store.read_output("j1", 0) is None
+
+
+def test_store_never_drops_queued_or_running():
+    store = MemoryStore(max_jobs=1, job_ttl=0)
+    for i in range(5):
+        store.create(record(f"q{i}"), 100)
+    store.start("q0", 1)
+    assert len(store.list()) == 5
+
+
+def test_store_drops_finished_after_ttl():
+    store = MemoryStore(job_ttl=0.2)
+    store.create(record("old"), 10)
+    store.start("old", 1)
+    store.finish("old", "succeeded", None, None)
+    store.create(record("queued"), 10)
+    assert store.get("old") is not None
+    deadline = time.monotonic() + 5
+    while store.get("old") is not None:  # a plain read drops expired jobs too
+        assert time.monotonic() < deadline, "the expired job was never dropped"
+        time.sleep(0.01)
+    assert [r["id"] for r in store.list()] == ["queued"]
+
+
+def test_store_counts_and_states():
+    store = MemoryStore()
+    for job_id in "abc":
+        store.create(record(job_id), 10)
+    store.start("b", 1)
+    store.request_cancel("c", None)
+    assert store.ids_in_state(JobState.QUEUED.value) == ["a"]
+    assert store.ids_in_state("running", "cancelled") == ["b", "c"]
+    counts = store.counts()
+    assert counts["queued"] == 1 and counts["running"] == 1
+    assert counts["cancelled"] == 1 and counts["succeeded"] == 0
+
+
+def test_store_snapshot_pickles():
+    import pickle
+
+    store = MemoryStore()
+    store.create(record("a"), 10)
+    store.relay("a", "text", None)
+    copy = pickle.loads(pickle.dumps(store.snapshot()))
+    assert copy.read_output("a", 0) == ("text", 4)
+    assert copy.create(record("b"), 10)
