@@ -215,3 +215,30 @@ def short_work(seconds):
     time.sleep(seconds)
     print("work end")
     return seconds
+
+
+def pid_cwd_env():
+    """Where a job runs: its pid, working directory and a test variable."""
+    return os.getpid(), os.getcwd(), os.environ.get("WSGI_BG_TEST_VAR")
+
+
+def change_cwd_env(path):
+    os.chdir(path)
+    os.environ["WSGI_BG_TEST_VAR"] = "changed"
+    return os.getpid()
+
+
+def leave_thread(flag):
+    """Start a thread that outlives the job (until ``flag`` exists)."""
+    import threading
+
+    threading.Thread(target=wait_file, args=(flag, 30), daemon=True).start()
+    return os.getpid()
+
+
+def leave_process():
+    """Start a process that outlives the job; return both pids."""
+    import subprocess
+
+    straggler = subprocess.Popen(["sleep", "30"])
+    return os.getpid(), straggler.pid

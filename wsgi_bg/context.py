@@ -35,7 +35,7 @@ active_middleware: contextvars.ContextVar[BackgroundMiddleware | None] = (
 _HEADER = struct.Struct("!I")
 
 
-def send_message(fd: int, message: tuple[str, Any]) -> None:
+def send_message(fd: int, message: tuple[Any, ...]) -> None:
     """Write one length-prefixed pickled message to a pipe (child to supervisor)."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     view = memoryview(_HEADER.pack(len(data)) + data)
@@ -60,6 +60,12 @@ def enter_job(job_id: str, msg_fd: int, control_fd: int) -> None:
     """Make this process the job's process (called once, in the job's child)."""
     global _job
     _job = _JobContext(job_id, msg_fd, control_fd)
+
+
+def leave_job() -> None:
+    """This process's job is over (a job process runs several in turn)."""
+    global _job
+    _job = None
 
 
 def in_job() -> bool:

@@ -116,7 +116,10 @@ class Engine:
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
         executor_factory: Callable[[], Executor] | None = None,
+        max_jobs_per_process: int = 100,
     ) -> None:
+        _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
+                      integer=True)
         _check_number("max_workers", max_workers, minimum=1, allow_none=True,
                       integer=True)
         _check_number("max_jobs", max_jobs, minimum=1, integer=True)
@@ -142,6 +145,7 @@ class Engine:
         self.cancel_grace = cancel_grace
         self.start_method = start_method or default_start_method()
         self.executor_factory = executor_factory
+        self.max_jobs_per_process = max_jobs_per_process
         self._lock = threading.RLock()
         # Until the first submit, reads see an empty local store: nothing started.
         self._store: Store = self._local_store()
@@ -181,6 +185,7 @@ class Engine:
                     address=manager.address, authkey=authkey,
                     max_workers=self.max_workers, mp_context=ctx,
                     executor_factory=self.executor_factory,
+                    jobs_per_process=self.max_jobs_per_process,
                 )
                 _register_exit(self)
                 with _started_lock:

@@ -74,6 +74,13 @@ class BackgroundMiddleware:
         :class:`concurrent.futures.Executor` to run jobs on, instead of the
         default :class:`~concurrent.futures.ProcessPoolExecutor`. Its workers
         must be processes (each job is forked from one).
+    :param max_jobs_per_process: jobs one job process runs before it is
+        replaced. A job runs in a process forked from its pool worker; when the
+        job returns and leaves no thread or process of its own running, that
+        process runs the worker's next job (so module-level state can carry
+        over, as in any process pool). A job that crashes, times out, is
+        cancelled or leaves something running ends its process and the next
+        job gets a fresh one. ``1`` gives every job a fresh process.
     :param max_body_bytes: request body a marked app may receive; a larger
         one is answered ``413`` and starts no job.
     :param authorize: ``authorize(environ, action, job) -> bool`` deciding who
@@ -94,6 +101,7 @@ class BackgroundMiddleware:
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
         executor_factory: Callable[[], Executor] | None = None,
+        max_jobs_per_process: int = 100,
         max_body_bytes: int = 1_048_576,
         authorize: Authorize | None = None,
         status_url: str | None = None,
@@ -122,6 +130,7 @@ class BackgroundMiddleware:
             max_output_bytes=max_output_bytes, max_queued=max_queued,
             cancel_grace=cancel_grace, start_method=start_method,
             executor_factory=executor_factory,
+            max_jobs_per_process=max_jobs_per_process,
         )
         self._script_name = ""  # where we were last seen mounted
         #: The status pages as a standalone WSGI app, to mount elsewhere, e.g.

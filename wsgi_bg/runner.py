@@ -1,31 +1,38 @@
-"""The default runner: a process pool whose workers supervise one child per job.
+"""The default runner: a process pool whose workers supervise a job process.
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
-    server process          pool worker (supervisor)       job child
-    ──────────────          ────────────────────────       ─────────
-    engine.submit ─pool──►  run_job: unpickle the call
-                            fork ─────────────────────►  setsid, fds 1+2 → pipe
-                            store.start(job, child pid)  waits for "go"
-                            "go" ─── control pipe ────►  runs fn(*args, **kwargs)
+    server process          pool worker (supervisor)       job process
+    ──────────────          ────────────────────────       ───────────
+    engine.submit ─pool──►  run_job: load the call
+                            fork (if none is warm) ───►  own process group
+                            store.start(job, pid)
+                            job + fds ── socket ──────►  fds 1+2 → the job's pipe
                             relay ◄── output pipe ─────  print, logging, os.system
-                            relay ◄── message pipe ────  progress, result/error
+                            relay ◄── socket ──────────  progress, result/error
                               │ batches → store.relay
+                            cancel ── control pipe ───►  current_job.cancel_requested
                             timeout / cancel: killpg(SIGKILL)
                             store.finish(job, state)
 
-Why a child per job: a bare :class:`~concurrent.futures.ProcessPoolExecutor`
-breaks as a whole (``BrokenProcessPool``) when one worker dies and cannot stop
-one task. The supervisor forks a child for each job, from a single-threaded
-process, which is safe and cheap; it can kill that child's process group for a
-timeout or a cancel, and sees it crash, while the pool and every other job go
-on. The supervisor loads the job's function before forking, so the modules it
-imports stay loaded in the worker for later jobs.
+Why a job process apart from the worker: a bare
+:class:`~concurrent.futures.ProcessPoolExecutor` breaks as a whole
+(``BrokenProcessPool``) when one worker dies and cannot stop one task. The
+supervisor forks the job process from a single-threaded worker, which is safe;
+it can kill that process's group for a timeout or a cancel, and sees it crash,
+while the pool and every other job go on.
 
-Results travel pickled; the child checks that a value survives a pickle round
-trip before sending it, and sends exceptions as traceback text, so neither an
-unpicklable value nor an exception that cannot be unpickled can hang or break
-the pool.
+Why it is kept between jobs: a fork, its set-up and its reaping cost several
+milliseconds, far more than a short job. A job process runs the next job only
+if the last one returned and left nothing running: every fd that job had on
+its output pipe is closed (no child process of its still writes), and no
+thread of its is alive. Otherwise, or after ``jobs_per_process`` jobs, it is
+killed with its process group and the next job gets a fresh one.
+
+Results travel pickled; the job process checks that a value survives a pickle
+round trip before sending it, and sends exceptions as traceback text, so
+neither an unpicklable value nor an exception that cannot be unpickled can
+hang or break the pool.
 """
 
 from __future__ import annotations
@@ -33,9 +40,13 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import select
 import selectors
 import signal
+import socket
+import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -85,7 +96,7 @@ def worker_init(address: Any, authkey: bytes) -> None:
 
 def run_job(
     address: Any, authkey: bytes, job_id: str, payload: bytes,
-    timeout: float | None, grace: float,
+    timeout: float | None, grace: float, jobs_per_process: int = 1,
 ) -> str | None:
     """Run one job to its end and record it; the pool's task function.
 
@@ -94,7 +105,9 @@ def run_job(
     """
     store = _worker_store(address, authkey)
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        # Loaded here too, not only in the job's process: the modules it
+        # imports stay in this worker, and every process forked later has them.
+        pickle.loads(payload)
     except BaseException:
         if not store.start(job_id, 0):
             return None
@@ -103,7 +116,73 @@ def run_job(
             "the job's function could not be loaded in the worker process:\n"
             + traceback.format_exc(),
         )
-    return _Supervisor(store, job_id, timeout, grace).run(fn, args, kwargs)
+    return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
+
+
+class _JobProcess:
+    """A forked process that runs jobs one after another, in its own process
+    group, until it is told or chooses to stop (see :func:`_job_process_main`)."""
+
+    def __init__(self, jobs_per_process: int) -> None:
+        ours, theirs = socket.socketpair()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # or the child would print it again
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _job_process_main(theirs, jobs_per_process)
+        theirs.close()
+        try:
+            os.setpgid(pid, pid)  # also done by the child: no window for killpg
+        except OSError:
+            pass
+        self.pid = pid
+        self.sock = ours
+        self.pidfd: int | None
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self.pidfd = None  # not Linux: poll waitpid
+        self.status: int | None = None
+
+    def send_job(self, job_id: str, payload: bytes, fds: list[int]) -> None:
+        body = pickle.dumps((job_id, payload), protocol=pickle.HIGHEST_PROTOCOL)
+        socket.send_fds(self.sock, [_FRAME.pack(len(body))], fds)
+        self.sock.sendall(body)
+
+    def kill(self) -> None:
+        """SIGKILL the process and its group: a job's own children end with it."""
+        kills = [os.killpg]
+        if self.status is None:  # once reaped, the pid may be another's
+            kills.append(os.kill)
+        for kill in kills:
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def reap(self, block: bool = True) -> int | None:
+        if self.status is None:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.status = status
+                self.close()
+        return self.status
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+#: This worker's job process, kept between jobs.
+_warm: _JobProcess | None = None
+_FRAME = struct.Struct("!I")
 
 
 class _Supervisor:
@@ -115,77 +194,45 @@ class _Supervisor:
         self.timeout = timeout
         self.grace = grace
 
-    def run(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> str | None:
+    def run(self, payload: bytes, jobs_per_process: int) -> str | None:
+        global _warm
+        process = _warm if _warm is not None else _JobProcess(jobs_per_process)
+        _warm = None  # given back below only if it ends the job cleanly
         out_r, out_w = os.pipe()
-        msg_r, msg_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()  # or the child would print it again
-        pid = os.fork()
-        if pid == 0:
-            _child(self.job_id, fn, args, kwargs, out_w, msg_w, ctl_r,
-                   close=(out_r, msg_r, ctl_w))
-        for fd in (out_w, msg_w, ctl_r):
-            os.close(fd)
         try:
-            os.setpgid(pid, pid)  # also done by the child: no window for killpg
-        except OSError:
-            pass
-        self.pid = pid
-        self.reaped = False
-        try:
-            if not self.store.start(self.job_id, pid):
-                return None  # cancelled while queued: the child never runs
-            os.write(ctl_w, b"g")
-            state, result, error = self._watch(out_r, msg_r, ctl_w)
+            if not self.store.start(self.job_id, process.pid):
+                _warm = process  # cancelled while queued: never sent, still warm
+                return None
+            process.send_job(self.job_id, payload, [out_w, ctl_r])
+            os.close(out_w)
+            os.close(ctl_r)
+            out_w = ctl_r = -1
+            state, result, error, reuse = self._watch(process, out_r, ctl_w)
         except BaseException:
-            self._kill()
-            self._reap_quietly()
+            process.kill()
+            process.reap()
             self.store.finish(self.job_id, JobState.CRASHED.value, None,
                               "the job's supervisor failed:\n" + traceback.format_exc())
             raise
         finally:
-            self._kill()  # the child's strays, if any: a job's processes end with it
-            # Reap the child on every path (a job cancelled while queued is
-            # forked, then killed unstarted): each unreaped child would stay a
-            # zombie in this long-lived worker.
-            self._reap_quietly()
-            for fd in (out_r, msg_r, ctl_w):
-                os.close(fd)
+            for fd in (out_r, out_w, ctl_r, ctl_w):
+                if fd >= 0:
+                    os.close(fd)
+        if reuse:
+            _warm = process
         return self.store.finish(self.job_id, state, result, error)
 
-    def _reap_quietly(self) -> None:
-        if not self.reaped:
-            try:
-                self._reap()
-            except ChildProcessError:
-                self.reaped = True
-
-    def _kill(self) -> None:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
     def _watch(
-        self, out_r: int, msg_r: int, ctl_w: int
-    ) -> tuple[str, bytes | None, str | None]:
+        self, process: _JobProcess, out_r: int, ctl_w: int
+    ) -> tuple[str, bytes | None, str | None, bool]:
         relay = Relay(self.store, self.job_id)
         messages = _MessageReader()
         sel = selectors.DefaultSelector()
         sel.register(out_r, selectors.EVENT_READ, relay.feed)
-        sel.register(msg_r, selectors.EVENT_READ, messages.feed)
-        pidfd: int | None
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            pidfd = None  # not Linux: poll waitpid
-        else:
-            sel.register(pidfd, selectors.EVENT_READ, None)
+        sel.register(process.sock.fileno(), selectors.EVENT_READ, messages.feed)
+        if process.pidfd is not None:
+            sel.register(process.pidfd, selectors.EVENT_READ, None)
         now = time.monotonic()
         deadline = None if self.timeout is None else now + self.timeout
         kill_at: float | None = None
@@ -193,16 +240,16 @@ class _Supervisor:
         ended_by: str | None = None
         status: int | None = None
         try:
-            while status is None:
+            while status is None and messages.final is None:
                 wait = relay.due_in()
                 for limit in (deadline, kill_at):
                     if limit is not None:
                         wait = min(wait, limit - time.monotonic())
-                if pidfd is None:
+                if process.pidfd is None:
                     wait = min(wait, 0.05)
                 for key, _ in sel.select(max(wait, 0.0)):
                     if key.data is None:
-                        status = self._reap()
+                        status = process.reap()
                         continue
                     data = os.read(key.fd, 65536)
                     if data:
@@ -211,18 +258,18 @@ class _Supervisor:
                         sel.unregister(key.fd)
                 for report in messages.progress():
                     relay.progress(report)
-                if status is None and pidfd is None:
-                    status = self._reap(block=False)
+                if status is None and process.pidfd is None:
+                    status = process.reap(block=False)
                 now = time.monotonic()
-                if status is None:
+                if status is None and messages.final is None:
                     if deadline is not None and now >= deadline:
                         ended_by = JobState.TIMED_OUT.value
                     elif kill_at is not None and now >= kill_at:
                         ended_by = JobState.CANCELLED.value
                     if ended_by is not None:
-                        self._kill()
-                        status = self._reap()
-                if relay.due_in() == 0.0:
+                        process.kill()
+                        status = process.reap()
+                if relay.due_in() == 0.0 and messages.final is None:
                     cancel, grace = relay.send()
                     if cancel:
                         if cancel_seen is None:
@@ -235,54 +282,56 @@ class _Supervisor:
                             self.grace if grace is None else min(grace, self.grace)
                         )
                         kill_at = cancel_seen + allowed
-            # The child is gone: kill what it left behind, then drain the pipes.
-            self._kill()
-            if pidfd is not None:
-                sel.unregister(pidfd)
-            drain_until = time.monotonic() + _DRAIN_SECONDS
-            while sel.get_map():
-                events = sel.select(max(0.0, drain_until - time.monotonic()))
-                if not events:
-                    break
-                for key, _ in events:
-                    data = os.read(key.fd, 65536)
-                    if data:
-                        key.data(data)
-                    else:
-                        sel.unregister(key.fd)
+            reuse = False
+            if messages.final is not None and status is None:
+                # The job returned and its process let go of the output pipe
+                # before saying so: what it wrote is in the pipe now, and the
+                # pipe is at its end unless something the job started still
+                # holds it. Then, and only then, the process may run another job.
+                reuse = _drain(out_r, relay.feed) and not messages.retire
+            if not reuse:
+                process.kill()  # the job's strays, if any: its processes end with it
+                process.reap()
+                if sel.get_map().get(out_r) is not None:
+                    _drain(out_r, relay.feed, until=time.monotonic() + _DRAIN_SECONDS)
             for report in messages.progress():
                 relay.progress(report)
             relay.send(final=True)
         finally:
             sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
         final = messages.final
         if final is not None:
             kind, value = final
             if kind == "result":
-                return JobState.SUCCEEDED.value, value, None
-            return JobState.FAILED.value, None, value
+                return JobState.SUCCEEDED.value, value, None, reuse
+            return JobState.FAILED.value, None, value, reuse
         if ended_by == JobState.TIMED_OUT.value:
             return ended_by, None, (
                 f"timed out: still running after its timeout of {self.timeout} s;"
                 " its process was killed"
-            )
+            ), False
         if ended_by == JobState.CANCELLED.value:
             return ended_by, None, (
                 "cancelled: still running cancel_grace seconds after the cancel"
                 " request; its process was killed"
-            )
+            ), False
         return JobState.CRASHED.value, None, (
             f"the job's process {_describe(status)} before the job returned"
-        )
+        ), False
 
-    def _reap(self, block: bool = True) -> int | None:
-        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-        if pid:
-            self.reaped = True
-            return status
-        return None
+
+def _drain(fd: int, feed: Callable[[bytes], None], until: float | None = None) -> bool:
+    """Read ``fd`` into ``feed``; ``True`` once at its end. Without ``until``,
+    only what is there now; with it, wait for more until that time."""
+    while True:
+        timeout = 0.0 if until is None else max(0.0, until - time.monotonic())
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return False
+        data = os.read(fd, 65536)
+        if not data:
+            return True
+        feed(data)
 
 
 def _describe(status: int | None) -> str:
@@ -299,12 +348,14 @@ def _describe(status: int | None) -> str:
 
 
 class _MessageReader:
-    """Splits the message pipe's bytes into (kind, value) messages."""
+    """Splits the job process's messages: progress reports, then one final
+    ``(kind, value, retire)``."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._progress: list[dict[str, Any]] = []
         self.final: tuple[str, Any] | None = None
+        self.retire = True
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -314,54 +365,84 @@ class _MessageReader:
             end = header.size + size
             if len(self._buffer) < end:
                 return
-            kind, value = pickle.loads(self._buffer[header.size : end])
+            message = pickle.loads(self._buffer[header.size : end])
             del self._buffer[:end]
-            if kind == "progress":
-                self._progress.append(value)
+            if message[0] == "progress":
+                self._progress.append(message[1])
             else:
-                self.final = (kind, value)
+                self.final = (message[0], message[1])
+                self.retire = message[2]
 
     def progress(self) -> list[dict[str, Any]]:
         reports, self._progress = self._progress[-1:], []
         return reports
 
 
-def _child(
-    job_id: str, fn: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any], out_w: int, msg_w: int, ctl_r: int,
-    close: tuple[int, ...],
-) -> None:
-    """The job's process: never returns."""
+def _recv_job(sock: socket.socket) -> tuple[str, bytes, list[int]] | None:
+    header, fds, _, _ = socket.recv_fds(sock, _FRAME.size, 2)
+    if not header:
+        return None  # the supervisor is gone
+    while len(header) < _FRAME.size:
+        header += sock.recv(_FRAME.size - len(header))
+    (size,) = _FRAME.unpack(header)
+    body = bytearray()
+    while len(body) < size:
+        chunk = sock.recv(min(size - len(body), 1 << 20))
+        if not chunk:
+            return None
+        body += chunk
+    job_id, payload = pickle.loads(body)
+    return job_id, payload, fds
+
+
+def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
+    """The job process: runs the jobs its supervisor sends, one at a time, with
+    fds 1 and 2 on each job's own pipe. Never returns.
+
+    It stops after ``jobs_per_process`` jobs, or after a job that left threads
+    running (they would write into the next job's output), so the next job
+    gets a fresh process. Between jobs it puts back the working directory and
+    the environment.
+    """
     code = 0
     try:
         parent = os.getppid()
-        for fd in close:
-            os.close(fd)
         os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
         _die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        redirect_stdio(out_w)
-        if os.read(ctl_r, 1) != b"g":
-            os._exit(0)
-        os.set_blocking(ctl_r, False)
-        context.enter_job(job_id, msg_w, ctl_r)
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:
-            # The traceback from the job's own frames on: ours is noise to users.
-            text = "".join(traceback.format_exception(
-                type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
-            message: tuple[str, Any] = ("error", text)
-        else:
-            try:
-                message = ("result", _dump_result(value))
-            except _Unpicklable as exc:
-                message = ("error", str(exc))
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        context.send_message(msg_w, message)
+        null_w = os.open(os.devnull, os.O_WRONLY)
+        redirect_stdio(os.dup(null_w))
+        cwd, environ = os.getcwd(), dict(os.environ)
+        msg_fd = sock.fileno()
+        for done in range(1, jobs_per_process + 1):
+            received = _recv_job(sock)
+            if received is None:
+                break
+            job_id, payload, (out_w, ctl_r) = received
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            os.close(out_w)
+            os.set_blocking(ctl_r, False)
+            context.enter_job(job_id, msg_fd, ctl_r)
+            kind, value = _run(payload)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
+            os.dup2(null_w, 2)
+            os.close(ctl_r)
+            context.leave_job()
+            retire = done == jobs_per_process or threading.active_count() > 1
+            if not retire:
+                if os.getcwd() != cwd:
+                    os.chdir(cwd)
+                if os.environ != environ:
+                    os.environ.clear()
+                    os.environ.update(environ)
+            context.send_message(msg_fd, (kind, value, retire))
+            if retire:
+                break
     except BaseException:
         code = 70
         try:
@@ -371,6 +452,21 @@ def _child(
             pass
     finally:
         os._exit(code)
+
+
+def _run(payload: bytes) -> tuple[str, Any]:
+    """Run one job's call: ``("result", pickled value)`` or ``("error", text)``."""
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        # The traceback from the job's own frames on: ours is noise to users.
+        return "error", "".join(traceback.format_exception(
+            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
+    try:
+        return "result", _dump_result(value)
+    except _Unpicklable as exc:
+        return "error", str(exc)
 
 
 class _Unpicklable(Exception):
@@ -398,7 +494,9 @@ class ProcessRunner:
     def __init__(
         self, *, address: Any, authkey: bytes, max_workers: int | None,
         mp_context: BaseContext, executor_factory: Callable[[], Executor] | None,
+        jobs_per_process: int = 1,
     ) -> None:
+        self.jobs_per_process = jobs_per_process
         self.address = address
         self.authkey = authkey
         self.max_workers = max_workers
@@ -418,7 +516,8 @@ class ProcessRunner:
         self, job_id: str, payload: bytes, timeout: float | None, grace: float
     ) -> Future[str | None]:
         return self.executor.submit(
-            run_job, self.address, self.authkey, job_id, payload, timeout, grace
+            run_job, self.address, self.authkey, job_id, payload, timeout, grace,
+            self.jobs_per_process,
         )
 
     def replace_broken(self) -> None:

@@ -1,0 +1,65 @@
+"""Job processes are reused between jobs only when a job leaves nothing behind."""
+from __future__ import annotations
+
+import psutil
+import pytest
+
+import jobfuncs
+from helpers import wait_for
+from wsgi_bg import JobState
+
+
+def _run(mw, fn, *args):
+    job = mw.submit(fn, *args).wait(timeout=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    return job.result
+
+
+def _gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_clean_jobs_share_a_process_with_cwd_and_env_put_back(make_mw, tmp_path):
+    mw = make_mw(max_workers=1)
+    pid, cwd, var = _run(mw, jobfuncs.pid_cwd_env)
+    assert var is None
+    assert _run(mw, jobfuncs.change_cwd_env, str(tmp_path)) == pid
+    assert _run(mw, jobfuncs.pid_cwd_env) == (pid, cwd, None)
+
+
+def test_one_job_per_process_gives_fresh_processes(make_mw):
+    mw = make_mw(max_workers=1, max_jobs_per_process=1)
+    first = _run(mw, jobfuncs.pid_cwd_env)[0]
+    second = _run(mw, jobfuncs.pid_cwd_env)[0]
+    assert first != second
+    wait_for(lambda: _gone(first), message="the first job process to end")
+
+
+def test_process_is_replaced_after_max_jobs(make_mw):
+    mw = make_mw(max_workers=1, max_jobs_per_process=2)
+    pids = [_run(mw, jobfuncs.pid_cwd_env)[0] for _ in range(4)]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
+def test_job_leaving_a_thread_retires_its_process(make_mw, tmp_path):
+    mw = make_mw(max_workers=1)
+    pid = _run(mw, jobfuncs.leave_thread, str(tmp_path / "never"))
+    wait_for(lambda: _gone(pid), message="the job process with a thread to end")
+    assert _run(mw, jobfuncs.pid_cwd_env)[0] != pid
+
+
+def test_job_leaving_a_process_has_its_group_killed(make_mw):
+    mw = make_mw(max_workers=1)
+    pid, straggler = _run(mw, jobfuncs.leave_process)
+    wait_for(lambda: _gone(straggler), message="the straggler to be killed")
+    wait_for(lambda: _gone(pid), message="its job process to end")
+    assert _run(mw, jobfuncs.pid_cwd_env)[0] != pid
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, None])
+def test_max_jobs_per_process_must_be_a_positive_integer(make_mw, value):
+    with pytest.raises(ValueError, match="max_jobs_per_process must be an integer"):
+        make_mw(max_jobs_per_process=value)
