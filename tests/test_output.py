@@ -104,7 +104,7 @@ def test_relay_batches_100000_lines():
         relay.feed(f"line {i}\n".encode())
         if relay.due_in() == 0.0:
             relay.send()
-    relay.send(final=True)
+    store.relay(job_id, *relay.take(final=True))
     text, _ = store.read_output(job_id, 0)
     assert text.count("\n") == 100_000
     assert store.relays < 100, f"{store.relays} store calls for 100,000 lines"
@@ -126,7 +126,7 @@ def test_relay_decodes_split_utf8():
     data = "é✓\n".encode()
     for i in range(len(data)):
         relay.feed(data[i : i + 1])
-    relay.send(final=True)
+    store.relay(job_id, *relay.take(final=True))
     assert store.read_output(job_id, 0)[0] == "é✓\n"
 
 

@@ -100,9 +100,14 @@ class Relay:
             return 0.0
         return max(0.0, self._first_pending + self.interval - time.monotonic())
 
-    def send(self, *, final: bool = False) -> tuple[bool, float | None]:
+    def send(self) -> tuple[bool, float | None]:
         """Send what is pending (even nothing: the answer says whether the job
         was asked to stop). Returns ``(cancel_requested, grace)``."""
+        return self.store.relay(self.job_id, *self.take())
+
+    def take(self, *, final: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """What is pending, as ``(text, progress)``, for :meth:`send` or, at
+        the job's end (``final``), for the store's ``finish``."""
         if final:
             tail = self._decoder.decode(b"", final=True)
             if tail:
@@ -114,4 +119,4 @@ class Relay:
         if progress is None and not self._explicit_progress and "%|" in text:
             progress = parse_progress(text)  # a tqdm bar, as the page's progress
         self.last_sent = time.monotonic()
-        return self.store.relay(self.job_id, text, progress)
+        return text, progress

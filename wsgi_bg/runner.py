@@ -221,7 +221,7 @@ class _Supervisor:
                     os.close(fd)
         if reuse:
             _warm = process
-        return self.store.finish(self.job_id, state, result, error)
+        return self.store.finish(self.job_id, state, result, error, *self.last)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
@@ -296,9 +296,9 @@ class _Supervisor:
                     _drain(out_r, relay.feed, until=time.monotonic() + _DRAIN_SECONDS)
             for report in messages.progress():
                 relay.progress(report)
-            relay.send(final=True)
         finally:
             sel.close()
+        self.last = relay.take(final=True)  # goes to the store with the outcome
         final = messages.final
         if final is not None:
             kind, value = final

@@ -59,10 +59,13 @@ class Store(Protocol):
         """Append output, record progress; return ``(cancel_requested, grace)``."""
 
     def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str = "", progress: dict[str, Any] | None = None,
     ) -> str | None:
-        """End a job, once; a job whose cancel was requested ends cancelled.
-        Return the state stored, or ``None`` if the job had already ended."""
+        """End a job, once, with its last output and progress (as
+        :meth:`relay` would add them); a job whose cancel was requested ends
+        cancelled. Return the state stored, or ``None`` if the job had already
+        ended."""
 
     def request_cancel(self, job_id: str, grace: float | None) -> str:
         """Cancel a queued job at once ("cancelled"), ask a running one to stop
@@ -197,21 +200,26 @@ class MemoryStore:
             record = self._records.get(job_id)
             if record is None:
                 return True, 0.0  # forgotten: nobody can see it, stop it
-            if text:
-                output = self._outputs[job_id]
-                output.append(text)
-                record["output_size"] = output.total
-            if progress is not None:
-                record["progress"] = progress
+            self._add(record, text, progress)
             return record["cancel_requested"], record.get("cancel_grace")
 
+    def _add(self, record: Record, text: str, progress: dict[str, Any] | None) -> None:
+        if text:
+            output = self._outputs[record["id"]]
+            output.append(text)
+            record["output_size"] = output.total
+        if progress is not None:
+            record["progress"] = progress
+
     def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str = "", progress: dict[str, Any] | None = None,
     ) -> str | None:
         with self._lock:
             record = self._records.get(job_id)
             if record is None or record["state"] in TERMINAL_STATES:
                 return None
+            self._add(record, text, progress)
             if record["cancel_requested"] and state != JobState.CANCELLED:
                 error = "cancelled while running" + (
                     f"; the job then ended {state}:\n{error}" if error else ""
