@@ -497,6 +497,7 @@ def test_stream_of_a_job_dropped_meanwhile_ends(mw, monkeypatch):
     next(chunks)
     assert next_event(chunks)[0] == "state"
     monkeypatch.setattr(mw.engine.store, "get", lambda job_id: None)
+    monkeypatch.setattr(mw.engine.store, "view", lambda job_id, since: None)
     assert next_event(chunks)[0] == "gone"
     with pytest.raises(StopIteration):
         next(chunks)

@@ -206,3 +206,26 @@ def test_store_snapshot_pickles():
     copy = pickle.loads(pickle.dumps(store.snapshot()))
     assert copy.read_output("a", 0) == ("text", 4)
     assert copy.create(record("b"), 10)
+
+
+def test_view_reads_record_and_output_at_once():
+    from wsgi_bg.store import MemoryStore
+
+    store = MemoryStore()
+    record = {"id": "v", "name": "t", "created_at": 0.0, "started_at": None,
+              "ended_at": None, "result": None, "error": None, "progress": None,
+              "timeout": None, "cancel_requested": False, "cancel_grace": None,
+              "url": None, "pid": None}
+    assert store.create(record, 10)
+    store.start("v", 1)
+    store.relay("v", "abc", None)
+    view = store.view("v", 1)
+    assert view is not None
+    got, text, offset = view
+    assert (got["state"], text, offset) == ("running", "bc", 3)
+    store.finish("v", "succeeded", None, None, "def\n", {"done": 1, "total": 1,
+                                                        "message": None})
+    got, text, offset = store.view("v", 3)
+    assert (got["state"], got["progress"]["done"], text, offset) == (
+        "succeeded", 1, "def\n", 7)
+    assert store.view("missing", 0) is None

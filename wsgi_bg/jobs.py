@@ -151,6 +151,20 @@ class Job:
             return "", since
         return read
 
+    def view(self, since: int = 0) -> tuple[dict[str, Any], str, int]:
+        """:meth:`to_dict`, the output after ``since`` and the next offset, read
+        together: one store call, and the output is all there is once the
+        state says done. What the status pages poll.
+
+        :raises LookupError: if the job is no longer stored.
+        """
+        found = self._engine.store.view(self._id, since)
+        if found is None:
+            self._record()  # raises LookupError
+            raise LookupError(self._id)  # pragma: no cover - stored again?
+        record, text, offset = found
+        return record_to_dict(record), text, offset
+
     @property
     def result(self) -> Any:
         """The job's return value.

@@ -77,6 +77,10 @@ class Store(Protocol):
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
         """Output after offset ``since`` and the next offset, or ``None``."""
 
+    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
+        """:meth:`get` and :meth:`read_output` at once (one round trip, one
+        consistent state: what pages poll), or ``None``."""
+
     def list(self, limit: int | None = None) -> list[Record]:
         """Records, newest first."""
 
@@ -266,6 +270,15 @@ class MemoryStore:
         with self._lock:
             output = self._outputs.get(job_id)
             return output.read(since) if output is not None else None
+
+    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
+        with self._lock:
+            self._prune()
+            record = self._records.get(job_id)
+            if record is None:
+                return None
+            text, offset = self._outputs[job_id].read(since)
+            return dict(record), text, offset
 
     def list(self, limit: int | None = None) -> list[Record]:
         with self._lock:

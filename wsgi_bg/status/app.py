@@ -261,8 +261,7 @@ class StatusApp:
     def _job_page(self, request: Request, job_id: str) -> Response:
         job = self._job(request, job_id, "view")
         try:
-            data = job.to_dict()
-            output, offset = job.read_output(0)
+            data, output, offset = job.view(0)
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
         page = render.job_page(request.script_root, data, output, offset)
@@ -272,8 +271,7 @@ class StatusApp:
         since = parse_offset(request.args.get("since"), "since") or 0
         job = self._job(request, job_id, "view")
         try:
-            data = job.to_dict()
-            data["output"], data["next"] = job.read_output(since)
+            data, data["output"], data["next"] = job.view(since)
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
         return self._json(data)

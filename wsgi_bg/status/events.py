@@ -130,10 +130,9 @@ def job_events(
     yield b"retry: 2000\n\n"
     while True:
         try:
-            # The state first, the output after: output written before the
-            # job ended is then in this read, so "done" is always last.
-            state = job.to_dict()
-            text, offset = job.read_output(since)
+            # One read of both: once the state says done, all the output is
+            # in this read too, so "done" is always the last event.
+            state, text, offset = job.view(since)
         except LookupError:
             gone = {"id": job.id, "message": "job no longer stored"}
             yield format_event("gone", gone)
