@@ -249,3 +249,12 @@ def test_queue_full(make_mw, tmp_path):
     jobfuncs.touch(flag)
     assert [j.wait(timeout=20).result for j in queued] == [0, 1, 2]
     assert mw.submit(jobfuncs.add, 9, 9).wait(timeout=20).result == 18
+
+
+def test_executor_factory_must_give_a_process_pool(make_mw):
+    from concurrent.futures import ThreadPoolExecutor
+
+    mw = make_mw(executor_factory=lambda: ThreadPoolExecutor(2))
+    with pytest.raises(TypeError, match="workers are processes"):
+        mw.submit(jobfuncs.add, 1, 2)
+    assert mw.jobs() == []  # nothing queued, and (fixture) no process left

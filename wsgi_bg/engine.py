@@ -178,15 +178,21 @@ class Engine:
                     ctx, max_jobs=self.max_jobs, job_ttl=self.job_ttl,
                     max_output_bytes=self.max_output_bytes,
                 )
-                self._manager = manager
+                try:
+                    runner = ProcessRunner(
+                        address=manager.address,
+                        authkey=bytes(ctx.current_process().authkey),
+                        max_workers=self.max_workers, mp_context=ctx,
+                        executor_factory=self.executor_factory,
+                        jobs_per_process=self.max_jobs_per_process,
+                    )
+                except BaseException:
+                    # A bad executor_factory: leave nothing running.
+                    manager.shutdown()
+                    _release_helpers(self)
+                    raise
+                self._manager, self._runner = manager, runner
                 self._store = manager.get_store()  # type: ignore[attr-defined]
-                authkey = bytes(ctx.current_process().authkey)
-                self._runner = ProcessRunner(
-                    address=manager.address, authkey=authkey,
-                    max_workers=self.max_workers, mp_context=ctx,
-                    executor_factory=self.executor_factory,
-                    jobs_per_process=self.max_jobs_per_process,
-                )
                 _register_exit(self)
                 with _started_lock:
                     _started.add(self)
@@ -297,10 +303,7 @@ class Engine:
             snapshot = self._local_store()
         self._store = snapshot
         manager.shutdown()
-        with _started_lock:
-            _started.discard(self)
-            in_use = {engine.start_method for engine in _started}
-        _stop_helpers(self.start_method, in_use)
+        _release_helpers(self)
 
 
 #: Engines started and not yet shut down, in this process. The forkserver and
@@ -309,6 +312,13 @@ class Engine:
 #: parent, the forkserver) and can block for as long as they live.
 _started: weakref.WeakSet[Engine] = weakref.WeakSet()
 _started_lock = threading.Lock()
+
+
+def _release_helpers(engine: Engine) -> None:
+    with _started_lock:
+        _started.discard(engine)
+        in_use = {other.start_method for other in _started}
+    _stop_helpers(engine.start_method, in_use)
 
 
 def _stop_helpers(start_method: str, in_use: set[str]) -> None:

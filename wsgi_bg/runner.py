@@ -50,7 +50,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import (
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -506,7 +511,18 @@ class ProcessRunner:
 
     def _new_executor(self) -> Executor:
         if self.executor_factory is not None:
-            return self.executor_factory()
+            executor = self.executor_factory()
+            if isinstance(executor, ThreadPoolExecutor) or not isinstance(
+                executor, Executor
+            ):
+                raise TypeError(
+                    "executor_factory must return a concurrent.futures executor"
+                    " whose workers are processes (a ProcessPoolExecutor, or"
+                    f" another process pool), got {executor!r}: job processes"
+                    " are forked from a worker, and forking a threaded server"
+                    " can deadlock"
+                )
+            return executor
         return ProcessPoolExecutor(
             self.max_workers, mp_context=self.mp_context,
             initializer=worker_init, initargs=(self.address, self.authkey),
