@@ -242,3 +242,23 @@ def leave_process():
 
     straggler = subprocess.Popen(["sleep", "30"])
     return os.getpid(), straggler.pid
+
+
+def leave_quiet_process():
+    """A child that outlives the job without holding its output pipe."""
+    import subprocess
+
+    straggler = subprocess.Popen(["sleep", "30"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    return os.getpid(), straggler.pid
+
+
+def leave_orphan():
+    """A grandchild orphaned at once (its parent exits), quiet as well."""
+    import subprocess
+
+    out = subprocess.run(
+        ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+        capture_output=True, text=True, check=True,
+    )
+    return os.getpid(), int(out.stdout)

@@ -51,9 +51,17 @@ def test_job_leaving_a_thread_retires_its_process(make_mw, tmp_path):
     assert _run(mw, jobfuncs.pid_cwd_env)[0] != pid
 
 
-def test_job_leaving_a_process_has_its_group_killed(make_mw):
+@pytest.mark.parametrize(
+    "leave",
+    [
+        pytest.param(jobfuncs.leave_process, id="holding-the-output"),
+        pytest.param(jobfuncs.leave_quiet_process, id="output-elsewhere"),
+        pytest.param(jobfuncs.leave_orphan, id="orphaned-grandchild"),
+    ],
+)
+def test_job_leaving_a_process_has_its_group_killed(make_mw, leave):
     mw = make_mw(max_workers=1)
-    pid, straggler = _run(mw, jobfuncs.leave_process)
+    pid, straggler = _run(mw, leave)
     wait_for(lambda: _gone(straggler), message="the straggler to be killed")
     wait_for(lambda: _gone(pid), message="its job process to end")
     assert _run(mw, jobfuncs.pid_cwd_env)[0] != pid

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 #: Seconds between the ten lines. The environment variable
-#: ``WSGI_BG_DEMO_DELAY`` changes it (``wsgi-bg demo --delay`` sets it).
+#: ``WSGI_BG_DEMO_DELAY`` changes the default; ``wsgi-bg demo --delay`` passes
+#: its value to :func:`make_app`.
 DELAY = float(os.environ.get("WSGI_BG_DEMO_DELAY", "1"))
 
 #: environ key carrying the delay to the job: a marked app's request environ

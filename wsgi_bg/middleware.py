@@ -78,9 +78,10 @@ class BackgroundMiddleware:
         replaced. A job runs in a process forked from its pool worker; when the
         job returns and leaves no thread or process of its own running, that
         process runs the worker's next job (so module-level state can carry
-        over, as in any process pool). A job that crashes, times out, is
-        cancelled or leaves something running ends its process and the next
-        job gets a fresh one. ``1`` gives every job a fresh process.
+        over, as in any process pool). A job that crashes, is killed (timeout,
+        or a cancel it ignored) or leaves something running ends its process
+        and the next job gets a fresh one. ``1`` gives every job a fresh
+        process.
     :param max_body_bytes: request body a marked app may receive; a larger
         one is answered ``413`` and starts no job.
     :param authorize: ``authorize(environ, action, job) -> bool`` deciding who

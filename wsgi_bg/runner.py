@@ -26,8 +26,10 @@ Why it is kept between jobs: a fork, its set-up and its reaping cost several
 milliseconds, far more than a short job. A job process runs the next job only
 if the last one returned and left nothing running: every fd that job had on
 its output pipe is closed (no child process of its still writes), and no
-thread of its is alive. Otherwise, or after ``jobs_per_process`` jobs, it is
-killed with its process group and the next job gets a fresh one.
+thread or child process of its is alive (the job process is a child
+subreaper on Linux, so even orphaned grandchildren count). Otherwise, or after
+``jobs_per_process`` jobs, it is killed with its process group and the next
+job gets a fresh one.
 
 Results travel pickled; the job process checks that a value survives a pickle
 round trip before sending it, and sends exceptions as traceback text, so
@@ -68,18 +70,38 @@ from .store import Store, connect
 _DRAIN_SECONDS = 1.0
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
 _store_cache: dict[Any, Store] = {}
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies."""
+def _prctl(option: int, value: int) -> None:
     global _libc
     if not sys.platform.startswith("linux"):
         return
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _libc.prctl(option, value, 0, 0, 0)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _children_left() -> bool:
+    """Reap this process's exited children; ``True`` if any still runs.
+
+    A job process is a child subreaper (Linux): what a job starts and leaves
+    behind, even orphaned grandchildren, stays its child, and shows here.
+    """
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False  # no children at all
+        if pid == 0:
+            return True
 
 
 def _worker_store(address: Any, authkey: bytes) -> Store:
@@ -405,8 +427,9 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
     fds 1 and 2 on each job's own pipe. Never returns.
 
     It stops after ``jobs_per_process`` jobs, or after a job that left threads
-    running (they would write into the next job's output), so the next job
-    gets a fresh process. Between jobs it puts back the working directory and
+    or processes running (they would write into the next job's output, and
+    must end with their job), so the next job gets a fresh process and the
+    supervisor kills the process group. Between jobs it puts back the working directory and
     the environment.
     """
     code = 0
@@ -416,6 +439,7 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         _die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans a job leaves stay ours
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         null_w = os.open(os.devnull, os.O_WRONLY)
         redirect_stdio(os.dup(null_w))
@@ -438,7 +462,8 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
             os.dup2(null_w, 2)
             os.close(ctl_r)
             context.leave_job()
-            retire = done == jobs_per_process or threading.active_count() > 1
+            retire = (done == jobs_per_process or threading.active_count() > 1
+                      or _children_left())
             if not retire:
                 if os.getcwd() != cwd:
                     os.chdir(cwd)
