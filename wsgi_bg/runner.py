@@ -429,8 +429,8 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
     It stops after ``jobs_per_process`` jobs, or after a job that left threads
     or processes running (they would write into the next job's output, and
     must end with their job), so the next job gets a fresh process and the
-    supervisor kills the process group. Between jobs it puts back the working directory and
-    the environment.
+    supervisor kills the process group. Between jobs it puts back the working
+    directory and the environment.
     """
     code = 0
     try:
