@@ -944,4 +944,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) > 1:
         summary(results)
     print(f"\nresults appended to {cfg.out}")
+    stop_forkserver()
     return 0
+
+
+def stop_forkserver() -> None:
+    """The bare reference pools start multiprocessing's forkserver; it is this
+    run's to stop (a middleware stops only a forkserver it started itself)."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()

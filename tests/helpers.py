@@ -24,11 +24,15 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0,
 
 
 def live_children() -> list[psutil.Process]:
-    """Processes descending from this one that have not exited (zombies excluded)."""
+    """Processes descending from this one that have not exited (zombies
+    excluded), but for multiprocessing's resource tracker: it is the whole
+    process's, wsgi_bg leaves it alone, and it ends with this process."""
     alive = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.status() != psutil.STATUS_ZOMBIE and not any(
+                "multiprocessing.resource_tracker" in part for part in proc.cmdline()
+            ):
                 alive.append(proc)
         except psutil.NoSuchProcess:
             pass

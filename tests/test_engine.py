@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import jobfuncs
-from helpers import wait_for
+from helpers import live_children, wait_for
 from wsgi_bg import Job, JobState, QueueFull
 
 
@@ -234,7 +234,7 @@ def test_bad_input_before_first_submit_starts_nothing(mw):
     with pytest.raises(TypeError, match="lambda"):
         mw.submit(lambda: 1)
     assert not mw.engine.started
-    assert psutil.Process().children() == []
+    assert live_children() == []
 
 
 def test_queue_full(make_mw, tmp_path):

@@ -40,7 +40,7 @@ def test_passthrough_near_prefix_is_not_intercepted():
     assert app.get("/x/_jobs").text == "site"
 
 
-@pytest.mark.parametrize("prefix", ["", "/", "jobs", None])
+@pytest.mark.parametrize("prefix", ["", "/", "//", "/a//b", "jobs", None])
 def test_bad_prefix_is_refused(prefix):
     with pytest.raises(ValueError, match="prefix must be a path"):
         BackgroundMiddleware(raw_app, prefix=prefix)

@@ -18,13 +18,14 @@ import pickle
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .exceptions import QueueFull
+from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .runner import ProcessRunner
 from .store import MemoryStore, Store, StoreManager, start_manager
@@ -174,10 +175,12 @@ class Engine:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             if self._runner is None:
                 ctx = multiprocessing.get_context(self.start_method)
+                before = _forkserver_pid()
                 manager = start_manager(
                     ctx, max_jobs=self.max_jobs, job_ttl=self.job_ttl,
                     max_output_bytes=self.max_output_bytes,
                 )
+                _claim_forkserver(before)
                 try:
                     runner = ProcessRunner(
                         address=manager.address,
@@ -218,14 +221,32 @@ class Engine:
             "cancel_requested": False, "cancel_grace": None,
             "url": url_for(job_id) if url_for else None, "pid": None,
         }
-        if not self._store.create(record, self.max_queued):
-            raise QueueFull(
-                f"{self.max_queued} jobs are already waiting (max_queued): try"
-                " again later, or raise max_queued or max_workers"
-            )
+        # Under the lock: a job created here is always seen by shutdown's
+        # sweep of queued jobs, or refused.
         with self._lock:
+            if self._closed:
+                raise RuntimeError("this BackgroundMiddleware was shut down")
+            try:
+                created = self._store.create(record, self.max_queued)
+            except (OSError, EOFError) as exc:
+                raise StoreUnavailable(
+                    "the job store's process is gone (was it killed?): jobs can"
+                    " neither be started nor read until the server restarts"
+                ) from exc
+            if not created:
+                raise QueueFull(
+                    f"{self.max_queued} jobs are already waiting (max_queued): try"
+                    " again later, or raise max_queued or max_workers"
+                )
             self._calls[job_id] = (payload, timeout)
-            self._dispatch(runner, job_id)
+            try:
+                self._dispatch(runner, job_id)
+            except BaseException:
+                self._calls.pop(job_id, None)
+                self._store.finish(job_id, JobState.CRASHED.value, None,
+                                   "the job could not be handed to the worker"
+                                   " pool:\n" + traceback.format_exc())
+                raise
         return Job(self, job_id)
 
     def _dispatch(self, runner: ProcessRunner, job_id: str) -> None:
@@ -245,7 +266,12 @@ class Engine:
             del self._futures[job_id]
             call = self._calls.pop(job_id, None)
             if future.cancelled():
-                return  # only cancelled after the store said cancelled
+                # After a cancel the store already says cancelled (a no-op
+                # here); else the pool was shut down before the job ran.
+                self._store.finish(job_id, JobState.CANCELLED.value, None,
+                                   "cancelled: the worker pool was shut down"
+                                   " before it started")
+                return
             exc = future.exception()
             if exc is None:
                 return
@@ -291,14 +317,19 @@ class Engine:
         if runner is None or manager is None:
             return
         store = self._store
+        snapshot: Store
         try:
             for job_id in store.ids_in_state(JobState.QUEUED.value):
                 self.cancel(job_id)
             grace = self.cancel_grace if wait else 0.0
             for job_id in store.ids_in_state(JobState.RUNNING.value):
-                store.request_cancel(job_id, grace)
-            runner.shutdown()
-            snapshot: Store = store.snapshot()  # type: ignore[attr-defined]
+                # Asked to stop, not cancelled: a job done within its grace
+                # keeps its outcome.
+                store.request_cancel(job_id, grace, shutdown=True)
+        finally:
+            runner.shutdown()  # even when the store is gone: stop the pool
+        try:
+            snapshot = store.snapshot()  # type: ignore[attr-defined]
         except (OSError, EOFError):  # the manager is gone already
             snapshot = self._local_store()
         self._store = snapshot
@@ -318,28 +349,46 @@ def _release_helpers(engine: Engine) -> None:
     with _started_lock:
         _started.discard(engine)
         in_use = {other.start_method for other in _started}
-    _stop_helpers(engine.start_method, in_use)
+        _stop_helpers(in_use)
 
 
-def _stop_helpers(start_method: str, in_use: set[str]) -> None:
-    """Stop multiprocessing's forkserver and resource tracker when we used them
-    and no other live engine (start methods ``in_use``) still does; both
-    restart by themselves if anything else needs them later."""
-    from multiprocessing import forkserver, resource_tracker
+def _forkserver_pid() -> int | None:
+    from multiprocessing import forkserver
 
-    if start_method == "forkserver" and "forkserver" not in in_use:
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+#: The forkserver an engine of ours started (not the app's): ours to stop
+#: once no engine uses it.
+_our_forkserver: int | None = None
+
+
+def _claim_forkserver(before: int | None) -> None:
+    global _our_forkserver
+    now = _forkserver_pid()
+    if before is None and now is not None:
+        with _started_lock:
+            _our_forkserver = now
+
+
+def _stop_helpers(in_use: set[str]) -> None:
+    """Stop multiprocessing's forkserver if an engine of ours started it and
+    no live engine (start methods ``in_use``) uses it; it restarts by itself
+    if anything needs it later.
+
+    The resource tracker is left alone: it is the whole process's (the app's
+    own shared memory and pools register with it), stopping it blocks while
+    any process holds it, and it ends with this process.
+    """
+    from multiprocessing import forkserver
+
+    global _our_forkserver
+    if (_our_forkserver is not None and _our_forkserver == _forkserver_pid()
+            and "forkserver" not in in_use):
+        _our_forkserver = None
         stop = getattr(forkserver._forkserver, "_stop", None)
         if stop is not None:
             stop()
-    if start_method in ("forkserver", "spawn") and not in_use & {
-        "forkserver", "spawn"
-    }:
-        stop = getattr(resource_tracker._resource_tracker, "_stop", None)
-        if stop is not None:
-            try:
-                stop()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                pass
 
 
 def _register_exit(engine: Engine) -> None:

@@ -41,3 +41,8 @@ class ResultUnavailable(WsgiBgError):
 
 class AppFailed(WsgiBgError):
     """A marked app, run as a job, answered with a 5xx status: the job failed."""
+
+
+class StoreUnavailable(WsgiBgError):
+    """The job store cannot be reached: its manager process is gone (killed,
+    or the machine ran out of memory). Restart the server."""

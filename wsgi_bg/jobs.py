@@ -177,7 +177,7 @@ class Job:
             raise ResultUnavailable(
                 f"job {self._id} has no result: its state is {record['state']}"
             )
-        return _load_result(record["result"])
+        return _load_result(self._engine.store.result(self._id))
 
     @property
     def error(self) -> str | None:
@@ -271,12 +271,6 @@ def _load_result(data: bytes | None) -> Any:
 
 def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
     """The public, JSON-serialisable view of a stored record."""
-    result: str | None = None
-    if record["state"] == JobState.SUCCEEDED:
-        try:
-            result = repr(_load_result(record["result"]))
-        except ResultUnavailable as exc:
-            result = f"<{exc}>"
     return {
         "id": record["id"],
         "name": record["name"],
@@ -287,7 +281,7 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "ended_at": record["ended_at"],
         "progress": record["progress"],
         "error": record["error"],
-        "result": result,
+        "result": record["result"],  # the value's repr, made where it was
         "url": record["url"],
         "cancel_requested": record["cancel_requested"],
         "output_size": record.get("output_size", 0),

@@ -110,7 +110,8 @@ class BackgroundMiddleware:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
                 continue
-            if not isinstance(path, str) or not path.startswith("/") or path == "/":
+            if (not isinstance(path, str) or not path.startswith("/")
+                    or not path.strip("/") or "//" in path):
                 raise ValueError(
                     f"{label} must be a path such as '/_jobs' (starting with '/',"
                     f" not the root), got {path!r}"

@@ -42,6 +42,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import reprlib
 import select
 import selectors
 import signal
@@ -104,21 +105,28 @@ def _children_left() -> bool:
             return True
 
 
-def _worker_store(address: Any, authkey: bytes) -> Store:
+def _worker_store(
+    address: Any, authkey: bytes, die_with_parent: bool = False
+) -> Store:
     store = _store_cache.get(address)
     if store is None:
         # First job in this worker (also the set-up for executors we did not
         # create, which got no initializer).
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
-        _die_with_parent()
+        if die_with_parent:
+            # Only when the parent is the single-threaded forkserver: Linux
+            # sends this signal when the parent *thread* ends, and spawn or
+            # fork pools start workers from whichever thread submitted (a
+            # request's). Other workers are killed by the store's watchdog.
+            _die_with_parent()
         store = _store_cache[address] = connect(address, authkey)
         store.register_worker(os.getpid())  # type: ignore[attr-defined]
     return store
 
 
-def worker_init(address: Any, authkey: bytes) -> None:
+def worker_init(address: Any, authkey: bytes, die_with_parent: bool) -> None:
     """Pool initializer: set the worker up before it takes its first job."""
-    _worker_store(address, authkey)
+    _worker_store(address, authkey, die_with_parent)
 
 
 def run_job(
@@ -130,19 +138,10 @@ def run_job(
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
+    # The call is loaded only in the job process: an import that hangs, starts
+    # threads or crashes must meet the timeout, cancel and isolation of a job,
+    # not stall or thread this worker.
     store = _worker_store(address, authkey)
-    try:
-        # Loaded here too, not only in the job's process: the modules it
-        # imports stay in this worker, and every process forked later has them.
-        pickle.loads(payload)
-    except BaseException:
-        if not store.start(job_id, 0):
-            return None
-        return store.finish(
-            job_id, JobState.FAILED.value, None,
-            "the job's function could not be loaded in the worker process:\n"
-            + traceback.format_exc(),
-        )
     return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
 
 
@@ -193,8 +192,9 @@ class _JobProcess:
         if self.status is None:
             try:
                 pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
+            except ChildProcessError:  # reaped elsewhere: status unknown
+                self.close()
+                return None
             if pid:
                 self.status = status
                 self.close()
@@ -220,6 +220,7 @@ class _Supervisor:
         self.job_id = job_id
         self.timeout = timeout
         self.grace = grace
+        self.shown: str | None = None  # the result's repr, when it succeeded
 
     def run(self, payload: bytes, jobs_per_process: int) -> str | None:
         global _warm
@@ -248,7 +249,8 @@ class _Supervisor:
                     os.close(fd)
         if reuse:
             _warm = process
-        return self.store.finish(self.job_id, state, result, error, *self.last)
+        return self.store.finish(self.job_id, state, result, error, *self.last,
+                                 shown=self.shown)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
@@ -276,6 +278,7 @@ class _Supervisor:
                     wait = min(wait, 0.05)
                 for key, _ in sel.select(max(wait, 0.0)):
                     if key.data is None:
+                        process.kill()  # its strays, while the zombie keeps the pgid
                         status = process.reap()
                         continue
                     data = os.read(key.fd, 65536)
@@ -330,7 +333,8 @@ class _Supervisor:
         if final is not None:
             kind, value = final
             if kind == "result":
-                return JobState.SUCCEEDED.value, value, None, reuse
+                self.shown = value[1]
+                return JobState.SUCCEEDED.value, value[0], None, reuse
             return JobState.FAILED.value, None, value, reuse
         if ended_by == JobState.TIMED_OUT.value:
             return ended_by, None, (
@@ -339,8 +343,9 @@ class _Supervisor:
             ), False
         if ended_by == JobState.CANCELLED.value:
             return ended_by, None, (
-                "cancelled: still running cancel_grace seconds after the cancel"
-                " request; its process was killed"
+                "stopped: still running cancel_grace seconds after it was asked"
+                " to stop (a cancel, or the server shutting down); its process"
+                " was killed"
             ), False
         return JobState.CRASHED.value, None, (
             f"the job's process {_describe(status)} before the job returned"
@@ -376,7 +381,7 @@ def _describe(status: int | None) -> str:
 
 class _MessageReader:
     """Splits the job process's messages: progress reports, then one final
-    ``(kind, value, retire)``."""
+    ``(kind, value, retire)``, kept as :attr:`final` and :attr:`retire`."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -443,7 +448,9 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         null_w = os.open(os.devnull, os.O_WRONLY)
         redirect_stdio(os.dup(null_w))
-        cwd, environ = os.getcwd(), dict(os.environ)
+        cwd, environ, path = os.getcwd(), dict(os.environ), list(sys.path)
+        streams = sys.stdin, sys.stdout, sys.stderr
+        handlers = _signal_handlers()
         msg_fd = sock.fileno()
         for done in range(1, jobs_per_process + 1):
             received = _recv_job(sock)
@@ -456,20 +463,22 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
             os.set_blocking(ctl_r, False)
             context.enter_job(job_id, msg_fd, ctl_r)
             kind, value = _run(payload)
-            for stream in (sys.stdout, sys.stderr):
+            sys.stdin, sys.stdout, sys.stderr = streams  # a job may replace them
+            for stream in streams[1:]:
                 stream.flush()
             os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
             os.dup2(null_w, 2)
             os.close(ctl_r)
             context.leave_job()
             retire = (done == jobs_per_process or threading.active_count() > 1
-                      or _children_left())
+                      or _children_left() or _signal_handlers() != handlers)
             if not retire:
                 if os.getcwd() != cwd:
                     os.chdir(cwd)
                 if os.environ != environ:
                     os.environ.clear()
                     os.environ.update(environ)
+                sys.path[:] = path
             context.send_message(msg_fd, (kind, value, retire))
             if retire:
                 break
@@ -484,8 +493,18 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         os._exit(code)
 
 
+def _signal_handlers() -> list[Any]:
+    return [signal.getsignal(sig) for sig in _SIGNALS]
+
+
+# The handlers a job may set and a next job would inherit.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
+            signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
+
+
 def _run(payload: bytes) -> tuple[str, Any]:
-    """Run one job's call: ``("result", pickled value)`` or ``("error", text)``."""
+    """Run one job's call: ``("result", (pickled value, its repr))`` or
+    ``("error", text)``."""
     try:
         fn, args, kwargs = pickle.loads(payload)
         value = fn(*args, **kwargs)
@@ -494,9 +513,23 @@ def _run(payload: bytes) -> tuple[str, Any]:
         return "error", "".join(traceback.format_exception(
             type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
     try:
-        return "result", _dump_result(value)
+        return "result", (_dump_result(value), _shown(value))
     except _Unpicklable as exc:
         return "error", str(exc)
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 2000
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 100
+
+
+def _shown(value: Any) -> str:
+    """The result as pages show it: a bounded ``repr`` (a result may be huge,
+    and pages read it on every poll)."""
+    try:
+        return _repr.repr(value)
+    except Exception as exc:  # a __repr__ that raises must not fail the job
+        return f"<{type(value).__qualname__}: repr() failed: {exc!r}>"
 
 
 class _Unpicklable(Exception):
@@ -550,7 +583,9 @@ class ProcessRunner:
             return executor
         return ProcessPoolExecutor(
             self.max_workers, mp_context=self.mp_context,
-            initializer=worker_init, initargs=(self.address, self.authkey),
+            initializer=worker_init,
+            initargs=(self.address, self.authkey,
+                      self.mp_context.get_start_method() == "forkserver"),
         )
 
     def submit(

@@ -61,15 +61,24 @@ class Store(Protocol):
     def finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
+        shown: str | None = None,
     ) -> str | None:
         """End a job, once, with its last output and progress (as
-        :meth:`relay` would add them); a job whose cancel was requested ends
-        cancelled. Return the state stored, or ``None`` if the job had already
-        ended."""
+        :meth:`relay` would add them), its pickled ``result`` (kept apart
+        from the record: see :meth:`result`) and ``shown``, the result's
+        ``repr`` for pages; a job whose cancel was requested ends cancelled.
+        Return the state stored, or ``None`` if the job had already ended."""
 
-    def request_cancel(self, job_id: str, grace: float | None) -> str:
+    def result(self, job_id: str) -> bytes | None:
+        """The pickled result of a job that succeeded, else ``None``."""
+
+    def request_cancel(
+        self, job_id: str, grace: float | None, shutdown: bool = False
+    ) -> str:
         """Cancel a queued job at once ("cancelled"), ask a running one to stop
-        ("requested"; ``grace`` shortens its grace), or "" if it has ended."""
+        ("requested"; ``grace`` shortens its grace), or "" if it has ended.
+        With ``shutdown``, a running job is asked to stop but not cancelled:
+        if it ends within its grace, its outcome stands."""
 
     def get(self, job_id: str) -> Record | None:
         """The record without its output, or ``None``."""
@@ -170,6 +179,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}  # creation order
         self._outputs: dict[str, _Output] = {}
+        self._results: dict[str, bytes] = {}  # apart: records are read often
         self._finished: dict[str, float] = {}  # finishing order: id -> ended_at
         self._queued = 0
         self._workers: set[int] = set()
@@ -205,7 +215,8 @@ class MemoryStore:
             if record is None:
                 return True, 0.0  # forgotten: nobody can see it, stop it
             self._add(record, text, progress)
-            return record["cancel_requested"], record.get("cancel_grace")
+            stop = record["cancel_requested"] or record.get("stop_requested", False)
+            return stop, record.get("cancel_grace")
 
     def _add(self, record: Record, text: str, progress: dict[str, Any] | None) -> None:
         if text:
@@ -218,6 +229,7 @@ class MemoryStore:
     def finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
+        shown: str | None = None,
     ) -> str | None:
         with self._lock:
             record = self._records.get(job_id)
@@ -232,13 +244,18 @@ class MemoryStore:
             if record["state"] == JobState.QUEUED:
                 self._queued -= 1
             now = time.time()
+            succeeded = state == JobState.SUCCEEDED
             record.update(state=state, ended_at=now, error=error, pid=None,
-                          result=result if state == JobState.SUCCEEDED else None)
+                          result=shown if succeeded else None)
+            if succeeded and result is not None:
+                self._results[job_id] = result
             self._finished[job_id] = now
             self._prune()
             return state
 
-    def request_cancel(self, job_id: str, grace: float | None) -> str:
+    def request_cancel(
+        self, job_id: str, grace: float | None, shutdown: bool = False
+    ) -> str:
         with self._lock:
             record = self._records.get(job_id)
             if record is None or record["state"] in TERMINAL_STATES:
@@ -251,7 +268,7 @@ class MemoryStore:
                 self._queued -= 1
                 self._finished[job_id] = now
                 return "cancelled"
-            record["cancel_requested"] = True
+            record["stop_requested" if shutdown else "cancel_requested"] = True
             if grace is not None:
                 old = record.get("cancel_grace")
                 record["cancel_grace"] = grace if old is None else min(old, grace)
@@ -265,6 +282,10 @@ class MemoryStore:
             self._prune()
             record = self._records.get(job_id)
             return dict(record) if record is not None else None
+
+    def result(self, job_id: str) -> bytes | None:
+        with self._lock:
+            return self._results.get(job_id)
 
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
         with self._lock:
@@ -308,6 +329,7 @@ class MemoryStore:
             del finished[job_id]
             del self._records[job_id]
             del self._outputs[job_id]
+            self._results.pop(job_id, None)
 
     def register_worker(self, pid: int) -> None:
         """Remember a pool worker's pid, for the watchdog."""

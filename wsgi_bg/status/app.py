@@ -30,7 +30,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from werkzeug.exceptions import BadRequest, Forbidden, HTTPException, NotFound
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    ServiceUnavailable,
+)
 from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
@@ -119,11 +125,21 @@ def check_same_origin(request: Request) -> None:
         if origin == "null" and site == "same-origin":
             return
         if own is None or _origin(origin) != own:
-            raise Forbidden("requests from another origin may not change jobs")
+            raise Forbidden(_other_origin(origin, request))
         return
     referer = headers.get("Referer")
     if referer is not None and (own is None or _origin(referer) != own):
-        raise Forbidden("requests from another origin may not change jobs")
+        raise Forbidden(_other_origin(referer, request))
+
+
+def _other_origin(sent: str, request: Request) -> str:
+    return (
+        f"requests from another origin may not change jobs ({sent!r} is not"
+        f" this server, {request.host_url!r}). Behind a reverse proxy that"
+        " terminates TLS or rewrites the host, wrap the app in"
+        " werkzeug.middleware.proxy_fix.ProxyFix so this server knows its"
+        " public address."
+    )
 
 
 def parse_offset(value: str | None, what: str) -> int | None:
@@ -163,12 +179,16 @@ class StatusApp:
     poll_interval: float = 0.2
     #: Jobs shown at most by the list page and the list API (newest first).
     list_limit: int = 500
+    #: Event streams served at once; past it, 503 (each holds a server thread
+    #: and a store connection; the page's script falls back to polling).
+    max_streams: int = 100
 
     def __init__(self, middleware: BackgroundMiddleware) -> None:
         self.middleware = middleware
         self.heartbeat = StatusApp.heartbeat
         self.poll_interval = StatusApp.poll_interval
         self.list_limit = StatusApp.list_limit
+        self.max_streams = StatusApp.max_streams
         folder = resources.files(__package__).joinpath("static")
         self._files = {
             name: (folder.joinpath(name).read_bytes(), mimetype)
@@ -271,10 +291,10 @@ class StatusApp:
         since = parse_offset(request.args.get("since"), "since") or 0
         job = self._job(request, job_id, "view")
         try:
-            data, data["output"], data["next"] = job.view(since)
+            data, output, offset = job.view(since)
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
-        return self._json(data)
+        return self._json(dict(data, output=output, next=offset))
 
     def _events(self, request: Request, job_id: str) -> Response:
         since = parse_offset(request.args.get("since"), "since")
@@ -286,6 +306,10 @@ class StatusApp:
             job.state  # noqa: B018 - gone already: 404, not an empty stream
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
+        if self._streams >= self.max_streams:
+            raise ServiceUnavailable(
+                f"{self.max_streams} event streams are open (max_streams): poll"
+                " the JSON API instead, or try again later", retry_after=5)
         stream = job_events(
             job, last if last is not None else since or 0,
             heartbeat=self.heartbeat, poll_interval=self.poll_interval,
