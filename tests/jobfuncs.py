@@ -262,3 +262,36 @@ def leave_orphan():
         capture_output=True, text=True, check=True,
     )
     return os.getpid(), int(out.stdout)
+
+
+def replace_stdout():
+    import io
+
+    sys.stdout = io.StringIO()
+    return os.getpid()
+
+
+def print_pid():
+    print("visible")
+    return os.getpid()
+
+
+def set_handler():
+    import signal
+
+    signal.signal(signal.SIGUSR1, lambda *a: None)
+    return os.getpid()
+
+
+class LoudRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+def return_loud_repr():
+    return LoudRepr()
+
+
+def return_big(n):
+    return "x" * n
+

@@ -258,3 +258,14 @@ def test_executor_factory_must_give_a_process_pool(make_mw):
     with pytest.raises(TypeError, match="workers are processes"):
         mw.submit(jobfuncs.add, 1, 2)
     assert mw.jobs() == []  # nothing queued, and (fixture) no process left
+
+
+def test_result_shown_on_pages_is_bounded_and_safe(mw):
+    big = mw.submit(jobfuncs.return_big, 1_000_000).wait(timeout=20)
+    assert big.result == "x" * 1_000_000  # the value itself is whole
+    shown = big.to_dict()["result"]
+    assert len(shown) < 3000 and shown.startswith("'xxx")
+    loud = mw.submit(jobfuncs.return_loud_repr).wait(timeout=20)
+    assert loud.state is JobState.SUCCEEDED
+    assert "LoudRepr" in loud.to_dict()["result"]  # a failing __repr__ is shown
+    assert len(mw.engine.store.get(big.id)["result"]) < 3000  # records stay small

@@ -1,6 +1,8 @@
 """Job processes are reused between jobs only when a job leaves nothing behind."""
 from __future__ import annotations
 
+import importlib
+
 import psutil
 import pytest
 
@@ -71,3 +73,45 @@ def test_job_leaving_a_process_has_its_group_killed(make_mw, leave):
 def test_max_jobs_per_process_must_be_a_positive_integer(make_mw, value):
     with pytest.raises(ValueError, match="max_jobs_per_process must be an integer"):
         make_mw(max_jobs_per_process=value)
+
+
+def test_a_job_replacing_stdout_does_not_silence_the_next(make_mw):
+    mw = make_mw(max_workers=1)
+    pid = _run(mw, jobfuncs.replace_stdout)
+    job = mw.submit(jobfuncs.print_pid).wait(timeout=20)
+    assert job.result == pid  # same process, and yet:
+    assert job.output == "visible\n"
+
+
+def test_a_job_setting_a_signal_handler_retires_its_process(make_mw):
+    mw = make_mw(max_workers=1)
+    pid = _run(mw, jobfuncs.set_handler)
+    assert _run(mw, jobfuncs.print_pid) != pid
+
+
+def test_slow_import_meets_the_job_timeout(make_mw):
+    """Loading a job's call imports its module in the job's process, under
+    the job's timeout: a slow (or hanging) import cannot stall a worker."""
+    mw = make_mw(max_workers=1)
+    job = mw.engine.submit(_SlowWork(), (), {}, timeout=1).wait(timeout=20)
+    assert job.state is JobState.TIMED_OUT
+    assert job.ended_at - job.created_at < 2.5  # the import takes 3 s
+
+
+class _SlowWork:
+    """Pickles as ``slowimport.work``, a module that sleeps 3 s at import,
+    without importing it here."""
+
+    def __call__(self):  # pragma: no cover - the worker calls slowimport.work
+        raise AssertionError("not called in the test process")
+
+    def __reduce__(self):
+        return (getattr, (_Import("slowimport"), "work"))
+
+
+class _Import:
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        return (importlib.import_module, (self.name,))

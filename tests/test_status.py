@@ -815,3 +815,26 @@ def test_head_of_a_running_stream_does_not_start_it(client, mw):
     response = client.head(f"/_jobs/api/jobs/{job.id}/events")
     assert response.content_type == "text/event-stream" and response.body == b""
     assert mw.status_app.open_streams == 0
+
+
+def test_event_streams_past_max_streams_get_503(mw):
+    mw.status_app.max_streams = 1
+    mw.status_app.poll_interval = 0.01
+    job = fake_job(mw)
+    _, _, chunks, body = drive(mw.status_app, f"/api/jobs/{job.id}/events")
+    next(chunks)
+    assert mw.status_app.open_streams == 1
+    app = webtest.TestApp(mw)
+    response = app.get(f"/_jobs/api/jobs/{job.id}/events", status=503)
+    assert response.headers["Retry-After"] == "5"
+    assert "max_streams" in response.text
+    body.close()
+    assert mw.status_app.open_streams == 0
+
+
+def test_cross_origin_refusal_says_how_to_fix_a_proxy(mw):
+    job = fake_job(mw)
+    response = webtest.TestApp(mw).post(
+        f"/_jobs/api/jobs/{job.id}/cancel",
+        headers={"Origin": "https://example.org"}, status=403)
+    assert "ProxyFix" in response.text
