@@ -184,3 +184,21 @@ def test_cancel_finished_job_returns_false(mw):
     assert job.cancel() is False
     assert job.state is JobState.SUCCEEDED
     assert job.result == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_pool_worker_is_reported_and_the_pool_restarts(make_mw, tmp_path):
+    """The limit of isolation: concurrent.futures stops every worker when one
+    dies. Jobs then running say why; queued and later jobs still run."""
+    mw = make_mw(max_workers=2)
+    gate = tmp_path / "gate"
+    neighbour = mw.submit(jobfuncs.wait_file, str(gate))
+    wait_for(lambda: neighbour.state is JobState.RUNNING, message="neighbour running")
+    killer = mw.submit(jobfuncs.kill_supervisor)
+    queued = mw.submit(jobfuncs.add, 2, 3)
+    for job in (killer, neighbour):
+        job.wait(timeout=30)
+        assert job.state is JobState.CRASHED
+        assert "a worker process of the pool died" in job.error
+    assert queued.wait(timeout=30).result == 5
+    assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=30).result == 2

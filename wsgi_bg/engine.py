@@ -284,7 +284,7 @@ class Engine:
                 self._dispatch(self._runner, job_id)
                 return
         self._store.finish(job_id, JobState.CRASHED.value, None,
-                           f"the worker process running this job failed: {exc!r}")
+                           _worker_failure(exc))
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` if it is unknown or was dropped."""
@@ -343,6 +343,17 @@ class Engine:
 #: parent, the forkserver) and can block for as long as they live.
 _started: weakref.WeakSet[Engine] = weakref.WeakSet()
 _started_lock = threading.Lock()
+
+
+def _worker_failure(exc: BaseException) -> str:
+    if isinstance(exc, BrokenProcessPool):
+        # concurrent.futures stops every worker when one dies.
+        return (
+            "a worker process of the pool died (killed from outside, or out of"
+            " memory) and the pool stopped every worker, this job's too; the"
+            f" pool was restarted for later jobs ({exc!r})"
+        )
+    return f"the worker process running this job failed: {exc!r}"
 
 
 def _release_helpers(engine: Engine) -> None:
