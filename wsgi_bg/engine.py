@@ -279,12 +279,30 @@ class Engine:
             if (isinstance(exc, BrokenProcessPool) and call is not None
                     and record is not None and record["state"] == JobState.QUEUED
                     and not self._closed and self._runner is not None):
-                # A worker died before this job started: run it on a fresh pool.
+                # A worker died before this job started: run it on a fresh
+                # pool. Not from here: this callback runs inside the broken
+                # executor's own handling, under its lock (Python 3.13), and
+                # submitting to it would deadlock.
                 self._calls[job_id] = call
-                self._dispatch(self._runner, job_id)
+                threading.Thread(target=self._redispatch, args=(job_id,),
+                                 name="wsgi_bg-resubmit", daemon=True).start()
                 return
         self._store.finish(job_id, JobState.CRASHED.value, None,
                            _worker_failure(exc))
+
+    def _redispatch(self, job_id: str) -> None:
+        with self._lock:
+            try:
+                if self._closed or self._runner is None:
+                    raise RuntimeError("the middleware was shut down")
+                self._dispatch(self._runner, job_id)
+            except BaseException:
+                self._calls.pop(job_id, None)
+                state = JobState.CANCELLED if self._closed else JobState.CRASHED
+                self._store.finish(job_id, state.value, None,
+                                   "the pool broke before this job started and"
+                                   " it could not be queued again:\n"
+                                   + traceback.format_exc())
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` if it is unknown or was dropped."""
