@@ -43,23 +43,71 @@ def send_message(fd: int, message: tuple[Any, ...]) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _JobContext:
-    __slots__ = ("job_id", "msg_fd", "control_fd", "cancelled")
+class JobContext:
+    """Where a running job's :data:`current_job` reports to and reads from.
 
-    def __init__(self, job_id: str, msg_fd: int, control_fd: int) -> None:
+    A job process has one over its pipes to the supervisor; a test gets one
+    from :func:`wsgi_bg.testing.job_context`. Subclasses implement
+    :meth:`report_progress` and :meth:`poll_cancel`.
+    """
+
+    __slots__ = ("job_id", "cancelled")
+
+    def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        self.msg_fd = msg_fd
-        self.control_fd = control_fd  # non-blocking; a byte arrives on cancel
         self.cancelled = False
 
+    def report_progress(self, report: dict[str, Any]) -> None:
+        """Pass on a checked ``{"done", "total", "message"}`` report."""
+        raise NotImplementedError
 
-_job: _JobContext | None = None
+    def poll_cancel(self) -> bool:
+        """Whether a cancel arrived since the last call."""
+        raise NotImplementedError
+
+
+class _JobContext(JobContext):
+    """The context of a job in its own process: reports go to the supervisor
+    over ``msg_fd``; a byte on ``control_fd`` means cancel."""
+
+    __slots__ = ("msg_fd", "control_fd")
+
+    def __init__(self, job_id: str, msg_fd: int, control_fd: int) -> None:
+        super().__init__(job_id)
+        self.msg_fd = msg_fd
+        self.control_fd = control_fd  # non-blocking; a byte arrives on cancel
+
+    def report_progress(self, report: dict[str, Any]) -> None:
+        send_message(self.msg_fd, ("progress", report))
+
+    def poll_cancel(self) -> bool:
+        try:
+            return bool(os.read(self.control_fd, 1))
+        except BlockingIOError:
+            return False
+
+
+_job: JobContext | None = None
 
 
 def enter_job(job_id: str, msg_fd: int, control_fd: int) -> None:
     """Make this process the job's process (called once, in the job's child)."""
+    enter(_JobContext(job_id, msg_fd, control_fd))
+
+
+def enter(job: JobContext) -> JobContext | None:
+    """Run this process's code as ``job``: :data:`current_job` reads it and
+    :func:`~wsgi_bg.background` functions run inline. Returns the context
+    it replaces, for :func:`restore`."""
     global _job
-    _job = _JobContext(job_id, msg_fd, control_fd)
+    previous, _job = _job, job
+    return previous
+
+
+def restore(previous: JobContext | None) -> None:
+    """Put back the context :func:`enter` replaced."""
+    global _job
+    _job = previous
 
 
 def leave_job() -> None:
@@ -73,11 +121,12 @@ def in_job() -> bool:
     return _job is not None
 
 
-def _require() -> _JobContext:
+def _require() -> JobContext:
     if _job is None:
         raise RuntimeError(
             "current_job is only available inside a running job: call it from a"
-            " function run by BackgroundMiddleware.submit or a @background function"
+            " function run by BackgroundMiddleware.submit or a @background"
+            " function (in a unit test, inside wsgi_bg.testing.job_context())"
         )
     return _job
 
@@ -101,10 +150,7 @@ class CurrentJob:
         """
         job = _require()
         if not job.cancelled:
-            try:
-                job.cancelled = bool(os.read(job.control_fd, 1))
-            except BlockingIOError:
-                pass
+            job.cancelled = job.poll_cancel()
         return job.cancelled
 
     def progress(
@@ -127,7 +173,7 @@ class CurrentJob:
                 )
         report = {"done": done, "total": total,
                   "message": None if message is None else str(message)}
-        send_message(job.msg_fd, ("progress", report))
+        job.report_progress(report)
 
     def __repr__(self) -> str:
         return f"<current_job {_job.job_id if _job else '(no job)'}>"

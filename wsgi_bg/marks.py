@@ -22,11 +22,13 @@ one page)::
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import logging
+import pickle
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from werkzeug.exceptions import InternalServerError
 from werkzeug.utils import ImportStringError, import_string
@@ -58,16 +60,86 @@ def _check_module_level(fn: Any, decorator: str) -> None:
         )
 
 
+def _check_show_args(show_args: Any) -> None:
+    if not isinstance(show_args, bool):
+        raise TypeError(
+            f"show_args must be True or False, got {show_args!r}: pass"
+            " show_args=False to keep a job's arguments off its status pages"
+        )
+
+
+class BackgroundFunction(Generic[P, R]):
+    """A function marked with :func:`background`; calling it starts a job.
+
+    It pickles as the plain function it wraps: a worker process imports it by
+    name and runs the function itself, so a failed job's traceback starts at
+    the job's own code, not here.
+    """
+
+    def __init__(self, fn: Callable[P, R], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.__wrapped__: Callable[P, R] = fn
+        setattr(self, OPTIONS_ATTR, options)
+        self._name = callable_name(fn)
+
+    def __repr__(self) -> str:
+        return f"<background function {self._name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        if context.in_job():
+            return self.__wrapped__(*args, **kwargs)
+        middleware = context.active_middleware.get()
+        if middleware is None:
+            raise RuntimeError(
+                f"{self._name} is a @background function: calling it starts a"
+                " job only while a BackgroundMiddleware serves a request (or"
+                " runs it inline inside a job). Elsewhere call"
+                f" mw.submit({self.__wrapped__.__name__}, ...) on your"
+                " middleware; in a unit test, run it in"
+                " wsgi_bg.testing.job_context()."
+            )
+        return middleware.submit(self, *args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        module = getattr(self, "__module__", None)
+        qualname = getattr(self, "__qualname__", None)
+        if not isinstance(module, str) or not isinstance(qualname, str):
+            raise pickle.PicklingError(f"{self._name} has no module or name")
+        found = _lookup(module, qualname)
+        if found is not self and found is not self.__wrapped__:
+            raise pickle.PicklingError(
+                f"{module}.{qualname} is not this @background function: mark it"
+                " where it is defined, under its own name"
+            )
+        return (_lookup_plain, (module, qualname))
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _lookup_plain(module: str, qualname: str) -> Any:
+    """Find a marked function's plain function in a worker (its unpickler)."""
+    found = _lookup(module, qualname)
+    if isinstance(found, BackgroundFunction):
+        return found.__wrapped__
+    return found
+
+
 @overload
-def background(fn: Callable[P, R], /) -> Callable[P, Any]: ...
+def background(fn: Callable[P, R], /) -> BackgroundFunction[P, R]: ...
 @overload
 def background(
-    *, timeout: float | None = None
-) -> Callable[[Callable[P, R]], Callable[P, Any]]: ...
+    *, timeout: float | None = None, show_args: bool = True
+) -> Callable[[Callable[P, R]], BackgroundFunction[P, R]]: ...
 
 
 def background(
-    fn: Callable[P, R] | None = None, /, *, timeout: float | None = None
+    fn: Callable[P, R] | None = None, /, *, timeout: float | None = None,
+    show_args: bool = True,
 ) -> Any:
     """Mark a module-level function as background work.
 
@@ -76,39 +148,36 @@ def background(
     - while a :class:`~wsgi_bg.BackgroundMiddleware` serves a request (a view
       calls it): submits it to that middleware and returns a
       :class:`~wsgi_bg.Job` at once;
-    - inside a running job: runs it inline, in that job;
+    - inside a running job (or a :func:`wsgi_bg.testing.job_context`): runs
+      it inline, in that job;
     - anywhere else: raises :exc:`RuntimeError`; use
       :meth:`BackgroundMiddleware.submit` there.
 
-    The plain function stays reachable as ``fn.__wrapped__``.
+    The plain function stays reachable as ``fn.__wrapped__``; a worker runs
+    it directly, so a failed job's traceback starts at its own code.
+
+    .. code-block:: python
+
+        @background(timeout=600, show_args=False)
+        def send_invoice(customer_id, card_token):
+            ...
 
     :param timeout: seconds the job may run before it is killed and ends
         ``timed_out``; ``None`` for no limit.
+    :param show_args: ``False`` keeps the call's arguments off the status
+        pages (tokens, personal data); the job still receives them.
+    :raises ValueError: if ``timeout`` is negative or not a number.
+    :raises TypeError: if ``show_args`` is not a bool, or ``fn`` is not a
+        module-level function.
 
     .. versionadded:: 0.1
     """
     _check_number("timeout", timeout, minimum=0, allow_none=True)
+    _check_show_args(show_args)
 
-    def decorate(fn: Callable[P, R]) -> Callable[P, Any]:
+    def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
         _check_module_level(fn, "@background")
-        name = callable_name(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            if context.in_job():
-                return fn(*args, **kwargs)
-            middleware = context.active_middleware.get()
-            if middleware is None:
-                raise RuntimeError(
-                    f"{name} is a @background function: calling it starts a job"
-                    " only while a BackgroundMiddleware serves a request (or runs"
-                    " it inline inside a job). Elsewhere call"
-                    f" mw.submit({fn.__name__}, ...) on your middleware."
-                )
-            return middleware.submit(wrapper, *args, **kwargs)
-
-        setattr(wrapper, OPTIONS_ATTR, {"timeout": timeout})
-        return wrapper
+        return BackgroundFunction(fn, {"timeout": timeout, "show_args": show_args})
 
     if fn is not None:
         return decorate(fn)
@@ -147,12 +216,16 @@ class MarkedApp:
     job; the client is sent to the job's status page at once.
     """
 
-    def __init__(self, ref: str, target: Any, timeout: float | None) -> None:
+    def __init__(
+        self, ref: str, target: Any, timeout: float | None, show_args: bool = True
+    ) -> None:
         #: where a worker finds this app: ``"module:attribute"``.
         self.ref = ref
         self.target = target
         self.timeout = timeout
+        self.show_args = show_args
         functools.update_wrapper(self, target, updated=())
+        setattr(self, OPTIONS_ATTR, {"timeout": timeout, "show_args": show_args})
 
     def __repr__(self) -> str:
         return f"<backgrounder {self.ref}>"
@@ -192,12 +265,13 @@ def _resolve(ref: str) -> MarkedApp:
 def backgrounder(target: str | WSGIApplication, /) -> MarkedApp: ...
 @overload
 def backgrounder(
-    *, timeout: float | None = None
+    *, timeout: float | None = None, show_args: bool = True
 ) -> Callable[[WSGIApplication], MarkedApp]: ...
 
 
 def backgrounder(
-    target: str | WSGIApplication | None = None, /, *, timeout: float | None = None
+    target: str | WSGIApplication | None = None, /, *, timeout: float | None = None,
+    show_args: bool = True,
 ) -> Any:
     """Mark a WSGI app whose every request runs as a background job.
 
@@ -223,12 +297,16 @@ def backgrounder(
     :param target: the WSGI callable, or its import path
         ``"package.module:attr"``.
     :param timeout: seconds each job may run before it is killed.
+    :param show_args: ``False`` keeps the job's arguments (the request's
+        environ and body) off the status pages.
     :raises ImportError: if an import path cannot be resolved (at marking time).
-    :raises TypeError: if the target is not a module-level callable.
+    :raises TypeError: if the target is not a module-level callable, or
+        ``show_args`` is not a bool.
 
     .. versionadded:: 0.1
     """
     _check_number("timeout", timeout, minimum=0, allow_none=True)
+    _check_show_args(show_args)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:
         if isinstance(target, str):
@@ -244,7 +322,7 @@ def backgrounder(
                     f"backgrounder({target!r}) found {found!r}, which is not a"
                     " WSGI app (not callable)"
                 )
-            return MarkedApp(target, found, timeout)
+            return MarkedApp(target, found, timeout, show_args)
         _check_module_level(target, "@backgrounder")
         qualname = getattr(target, "__qualname__", None)
         module = getattr(target, "__module__", None)
@@ -254,7 +332,7 @@ def backgrounder(
                 f" object such as {target!r} pass its import path:"
                 " backgrounder('package.module:app')"
             )
-        return MarkedApp(f"{module}:{qualname}", target, timeout)
+        return MarkedApp(f"{module}:{qualname}", target, timeout, show_args)
 
     if target is not None:
         return mark(target)
