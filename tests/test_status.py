@@ -1,4 +1,5 @@
 """The status pages: routes, live events, security by default, a real server."""
+import html
 import http.client
 import json
 import pickle
@@ -38,6 +39,13 @@ def hello_app(environ, start_response):
 
 
 # -- helpers --------------------------------------------------------------------
+
+def shown_output(page):
+    """The text of a job page's output lines, as a reader sees it."""
+    lines = re.findall(r'<div class="line[^"]*" id="L\d+">.*?<span class="text">'
+                       r"(.*?)</span></div>", page)
+    return "\n".join(html.unescape(re.sub(r"<[^>]+>", "", line)) for line in lines)
+
 
 def parse_sse(text):
     """Events as a browser's EventSource would dispatch them (HTML spec 9.2.6):
@@ -182,8 +190,8 @@ def test_list_page_newest_first_with_links(client, mw):
                                                      "message": None})
     page = client.get("/_jobs/").text
     assert page.index(new.id) < page.index(old.id)
-    assert f'<a href="/_jobs/{new.id}">tasks.&lt;new&gt;</a>' in page
-    assert f'<a href="/_jobs/{old.id}">tasks.old</a>' in page
+    assert f'<a class="name" href="/_jobs/{new.id}">tasks.&lt;new&gt;</a>' in page
+    assert f'<a class="name" href="/_jobs/{old.id}">tasks.old</a>' in page
     assert '<span class="badge state-running">running</span>' in page
     assert '<progress value="1" max="4"></progress>' in page
     assert not INLINE.search(page)
@@ -225,8 +233,10 @@ def test_authorize_is_asked_for_every_action(make_mw):
     client.get(f"/_jobs/api/jobs/{job.id}")
     client.get(f"/_jobs/api/jobs/{job.id}/events")
     client.post(f"/_jobs/api/jobs/{job.id}/cancel")
+    # The job page also asks "list", to link the list only for who may see it.
     assert calls == [("list", None), ("list", None), ("view", job.id),
-                     ("view", job.id), ("view", job.id), ("cancel", job.id)]
+                     ("list", None), ("view", job.id), ("view", job.id),
+                     ("cancel", job.id)]
 
 
 def test_refused_view_and_cancel_are_403(make_mw):
@@ -249,11 +259,11 @@ def test_job_page_of_a_running_job(client, mw):
     assert '<span id="state" class="badge state-running">running</span>' in page
     assert '<progress id="progress" value="3" max="10"></progress>' in page
     assert "3 / 10 · copying" in page
-    assert '<pre id="output" class="output" data-cr="0">\nline 1\nline 2\n' in page
+    assert shown_output(page) == "line 1\nline 2"
+    assert '<div class="line" id="L2"><a class="ln" href="#L2" data-n="2"' in page
     assert f'action="/_jobs/api/jobs/{job.id}/cancel">' in page  # not hidden
     assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in page
     assert 'data-next="14"' in page
-    assert f'data-events="/_jobs/api/jobs/{job.id}/events"' in page
     assert not INLINE.search(page)
 
 
@@ -262,7 +272,7 @@ def test_job_page_of_a_finished_job_from_a_real_worker(client, mw):
     assert job.state == "succeeded"
     page = client.get(f"/_jobs/{job.id}").text
     assert '<span id="state" class="badge state-succeeded">succeeded</span>' in page
-    assert "all done\n" in page
+    assert shown_output(page) == "all done"
     assert "{&#39;answer&#39;: 42}" in page
     assert "http-equiv" not in page  # done: no refresh
     assert re.search(r'<form id="cancel"[^>]*hidden>', page)
@@ -291,7 +301,7 @@ def test_carriage_returns_render_as_a_terminal(client, mw):
     raw = "start\r\n10%\r50%\r100%\ndone\n"
     job = run(mw, statusfuncs.say, raw)
     page = client.get(f"/_jobs/{job.id}").text
-    assert '<pre id="output" class="output" data-cr="0">\nstart\n100%\ndone\n' in page
+    assert shown_output(page) == "start\n100%\ndone"
     assert "10%" not in page and "50%" not in page
     output = client.get(f"/_jobs/api/jobs/{job.id}").json["output"]
     assert output.endswith("100%\ndone\n")
@@ -328,9 +338,11 @@ def test_lone_surrogates_never_break_an_answer(client, mw):
 
 def test_job_api_is_to_dict_plus_output_and_next(client, mw):
     job = run(mw, statusfuncs.say, "hello\nworld\n", result=7)
+    before = time.time()
     data = client.get(f"/_jobs/api/jobs/{job.id}").json
     assert data.pop("output") == "hello\nworld\n"
     assert data.pop("next") == 12
+    assert before <= data.pop("now") <= time.time()  # the server's clock
     assert data == job.to_dict()
 
 
@@ -456,7 +468,7 @@ def test_live_stream_sends_output_and_state_as_they_happen(mw):
     status, headers, chunks, body = drive(status_app, f"/api/jobs/{job.id}/events")
     assert status == "200 OK"
     assert headers["Content-Type"].startswith("text/event-stream")
-    assert next(chunks) == b"retry: 2000\n\n"
+    assert next(chunks) == b"retry: 1000\n\n"
     assert next_event(chunks) == ("output", {"text": "first\n", "next": 6})
     event, data = next_event(chunks)
     assert (event, data["state"]) == ("state", "running")
@@ -614,7 +626,7 @@ def test_refused_list_carries_the_security_headers(make_mw):
 def test_static_files(client):
     js = client.get("/_jobs/static/status.js")
     assert js.content_type == "text/javascript"
-    assert "EventSource" in js.text and "textContent" in js.text
+    assert "If-None-Match" in js.text and "textContent" in js.text
     assert "?since=" in js.text
     assert "innerHTML" not in js.text and "insertAdjacentHTML" not in js.text
     css = client.get("/_jobs/static/status.css")
@@ -718,7 +730,7 @@ def test_real_server_pages_and_live_events(mw, tmp_path):
         status, _, body = request(port, "GET", f"/_jobs/{job.id}")
         assert status == 200
         status, _, body = request(port, "GET", "/_jobs/static/status.js")
-        assert status == 200 and b"EventSource" in body
+        assert status == 200 and b"?since=" in body
         status, _, _ = request(port, "POST", f"/_jobs/api/jobs/{job.id}/cancel",
                                {"Origin": "http://evil.example"})
         assert status == 403
@@ -838,3 +850,174 @@ def test_cross_origin_refusal_says_how_to_fix_a_proxy(mw):
         f"/_jobs/api/jobs/{job.id}/cancel",
         headers={"Origin": "https://example.org"}, status=403)
     assert "ProxyFix" in response.text
+
+
+# -- issue 11: raw output, conditional polls, windows, errors, the list -------------
+
+def test_raw_output_is_a_plain_text_download_under_view(make_mw):
+    allowed = {"view"}
+    mw = make_mw(hello_app, authorize=lambda environ, action, job: action in allowed)
+    client = webtest.TestApp(mw, lint=True)
+    raw = "\x1b[32mgreen\x1b[0m <b>\r\n50%\r100%\n"
+    job = fake_job(mw, output=raw, name="tasks.build report", state="succeeded")
+    response = client.get(f"/_jobs/api/jobs/{job.id}/output.txt")
+    assert response.content_type == "text/plain"
+    assert response.headers["Content-Disposition"] == (
+        f'attachment; filename=tasks.build-report-{job.id[:8]}.txt')
+    assert response.text == raw  # raw: escapes and redraws as written
+    assert response.headers["Cache-Control"] == "no-store"
+    allowed.clear()
+    client.get(f"/_jobs/api/jobs/{job.id}/output.txt", status=403)
+    client.get(f"/_jobs/api/jobs/{'x' * 43}/output.txt", status=404)
+
+
+def test_polls_are_conditional(client, mw):
+    job = fake_job(mw, output="one\n")
+    api = f"/_jobs/api/jobs/{job.id}?since=4"
+    first = client.get(api)
+    etag = first.headers["ETag"]
+    again = client.get(api, headers={"If-None-Match": etag}, status=304)
+    assert again.body == b"" and again.headers["ETag"] == etag
+    mw.engine.store.relay(job.id, "two\n", None)
+    news = client.get(api, headers={"If-None-Match": etag}, status=200)
+    assert news.json["output"] == "two\n" and news.headers["ETag"] != etag
+    # A change of state alone is news too.
+    etag = client.get(f"/_jobs/api/jobs/{job.id}?since=8").headers["ETag"]
+    mw.engine.store.finish(job.id, "succeeded", pickle.dumps(1), None)
+    done = client.get(f"/_jobs/api/jobs/{job.id}?since=8",
+                      headers={"If-None-Match": etag}, status=200)
+    assert done.json["state"] == "succeeded"
+
+
+def test_event_stream_lasts_one_window_then_resumes(mw):
+    status_app = mw.status_app
+    status_app.poll_interval = 0.01
+    status_app.heartbeat = 60
+    status_app.stream_window = 0.2
+    job = fake_job(mw, output="first\n")
+    started = time.monotonic()
+    _, _, chunks, body = drive(status_app, f"/api/jobs/{job.id}/events")
+    received = list(chunks)  # ends by itself although the job still runs
+    body.close()
+    assert time.monotonic() - started < 5
+    assert not job.done and status_app.open_streams == 0
+    assert received[-1] == b": window ends\n\n"
+    mw.engine.store.relay(job.id, "second\n", None)
+    mw.engine.store.finish(job.id, "succeeded", pickle.dumps(None), None)
+    # The browser reconnects with the id of the last output event it saw.
+    _, _, chunks, body = drive(status_app, f"/api/jobs/{job.id}/events",
+                               {"HTTP_LAST_EVENT_ID": "6"})
+    events, _ = parse_sse(b"".join(chunks).decode())
+    body.close()
+    assert [e["event"] for e in events] == ["output", "state"]
+    assert json.loads(events[0]["data"])["text"] == "second\n"
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    pytest.param("/_jobs/" + "A" * 43, 404, id="404"),
+    pytest.param("/_jobs/nope/x", 404, id="404-route"),
+])
+def test_error_pages_are_styled_and_say_what_to_do(client, path, status):
+    response = client.get(path, status=status)
+    assert response.content_type == "text/html"
+    page = response.text
+    assert 'href="/_jobs/static/status.css"' in page
+    assert '<p class="code">404</p><h1>Not Found</h1>' in page
+    assert "restarted server forgets" in page
+    assert not INLINE.search(page)
+
+
+def test_refused_list_page_is_styled_and_links_no_list(make_mw):
+    client = webtest.TestApp(make_mw(hello_app), lint=True)
+    page = client.get("/_jobs/", status=403).text
+    assert "<h1>Forbidden</h1>" in page and "authorize=wsgi_bg.allow_all" in page
+    assert 'href="/_jobs/"' not in page
+    job = fake_job(client.app, state="running")
+    page = client.get(f"/_jobs/{job.id}").text  # default: the list is refused
+    assert 'href="/_jobs/"' not in page and '<span class="brand">' in page
+
+
+def test_a_503_from_the_store_keeps_its_status_and_retry_after(client, mw, monkeypatch):
+    from werkzeug.exceptions import ServiceUnavailable
+
+    def unreachable(*args, **kwargs):
+        raise ServiceUnavailable("the job store cannot be reached", retry_after=7)
+
+    job = fake_job(mw)
+    monkeypatch.setattr(mw.engine.store, "view", unreachable)
+    monkeypatch.setattr(mw.engine.store, "list", unreachable)
+    page = client.get(f"/_jobs/{job.id}", status=503)
+    assert page.headers["Retry-After"] == "7"
+    assert "<h1>Service Unavailable</h1>" in page.text
+    assert "the job store cannot be reached" in page.text
+    assert "retry after 7 seconds" in page.text
+    api = client.get(f"/_jobs/api/jobs/{job.id}", status=503)
+    assert api.headers["Retry-After"] == "7" and api.json["error"] == (
+        "Service Unavailable")
+    assert client.get("/_jobs/", status=503).headers["Retry-After"] == "7"
+    for name, value in SECURITY_HEADERS.items():
+        assert page.headers[name] == value
+
+
+@pytest.mark.parametrize("path", ["/_jobs/", "/_jobs/{id}"])
+def test_multiprocess_servers_without_a_shared_store_are_warned(client, mw, path):
+    job = fake_job(mw)
+    url = path.format(id=job.id)
+    warned = client.get(url, extra_environ={"wsgi.multiprocess": True}).text
+    assert 'id="server-notice"' in warned
+    assert "jobs are kept per process" in warned
+    assert "store=&#34;redis://...&#34;" in warned
+    single = client.get(url, extra_environ={"wsgi.multiprocess": False}).text
+    assert 'id="server-notice"' not in single
+
+
+def test_shared_store_needs_no_warning(client, mw, monkeypatch):
+    job = fake_job(mw)
+    monkeypatch.setattr(type(mw.engine), "shared_store", True, raising=False)
+    page = client.get(f"/_jobs/{job.id}", extra_environ={"wsgi.multiprocess": True})
+    assert 'id="server-notice"' not in page.text
+
+
+def test_list_filters_by_state_and_searches_by_name(client, mw):
+    fake_job(mw, name="reports.monthly", state="failed",
+             error="Traceback (most recent call last):\n  x\nKeyError: 'month'\n")
+    fake_job(mw, name="reports.yearly", state="succeeded", result=1)
+    fake_job(mw, name="mail.send", state="failed", error="SMTP down")
+    data = client.get("/_jobs/api/jobs?state=failed").json
+    assert [j["name"] for j in data["jobs"]] == ["mail.send", "reports.monthly"]
+    assert data["total"] == 2 and data["counts"]["failed"] == 2
+    data = client.get("/_jobs/api/jobs?q=REPORTS").json
+    assert [j["name"] for j in data["jobs"]] == ["reports.yearly", "reports.monthly"]
+    data = client.get("/_jobs/api/jobs?q=reports&state=failed").json
+    assert [j["name"] for j in data["jobs"]] == ["reports.monthly"]
+    page = client.get("/_jobs/?state=failed").text
+    assert "mail.send" in page and "reports.yearly" not in page
+    assert '<div class="error-line">KeyError: &#39;month&#39;</div>' in page
+    assert '<div class="error-line">SMTP down</div>' in page
+    client.get("/_jobs/?state=sleeping", status=400)
+    client.get("/_jobs/?page=x", status=400)
+    client.get("/_jobs/api/jobs?per_page=0", status=400)
+
+
+def test_list_pages_through_ten_thousand_jobs(make_mw):
+    mw = make_mw(hello_app, authorize=allow_all, max_jobs=10_000)
+    client = webtest.TestApp(mw, lint=True)
+    store = mw.engine.store
+    for n in range(10_000):
+        record = {
+            "id": f"{n:043d}", "name": f"tasks.n{n}", "created_at": 1e9 + n,
+            "started_at": None, "ended_at": None, "result": None, "error": None,
+            "progress": None, "timeout": None, "cancel_requested": False,
+            "cancel_grace": None, "url": None, "pid": None,
+        }
+        assert store.create(record, 20_000)
+    started = time.monotonic()
+    page = client.get("/_jobs/?page=200").text
+    assert time.monotonic() - started < 2
+    assert "9951–10000 of 10000 · page 200 of 200" in page
+    assert f'href="/_jobs/{0:043d}"' in page and f'href="/_jobs/{50:043d}"' not in page
+    assert page.count('<tr class="job">') == 50
+    assert 'rel="next"' not in page and 'href="/_jobs/?page=199"' in page
+    data = client.get("/_jobs/api/jobs?page=2&per_page=100").json
+    assert [j["name"] for j in data["jobs"]][:2] == ["tasks.n9899", "tasks.n9898"]
+    assert (data["total"], data["pages"]) == (10_000, 100)

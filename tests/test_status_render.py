@@ -82,9 +82,11 @@ def test_screen_fed_in_pieces_shows_the_same(raw):
 def test_screen_state_tells_the_script_where_it_stands():
     screen = Screen()
     screen.feed("one\ntwo\r")
-    assert (screen.done, screen.line, screen.pending_cr) == ("one\n", "two", True)
+    assert (screen.lines, screen.line, screen.pending_cr) == (
+        [[("", "one")]], [("", "two")], True)
     screen.feed("three")
-    assert (screen.done, screen.line, screen.pending_cr) == ("one\n", "three", False)
+    assert (screen.lines, screen.line, screen.pending_cr) == (
+        [[("", "one")]], [("", "three")], False)
 
 
 # -- clean text -----------------------------------------------------------------
@@ -198,11 +200,14 @@ def test_job_page_nul_and_surrogates_encode():
 def test_job_page_links_and_data_come_from_the_root():
     page = job_page("/admin/jobs", job_dict(), "", 0)
     assert f'data-api="/admin/jobs/api/jobs/{ID}"' in page
-    assert f'data-events="/admin/jobs/api/jobs/{ID}/events"' in page
+    assert f'href="/admin/jobs/api/jobs/{ID}/output.txt"' in page
     assert f'action="/admin/jobs/api/jobs/{ID}/cancel"' in page
     assert 'href="/admin/jobs/static/status.css"' in page
     assert 'src="/admin/jobs/static/status.js"' in page
-    assert 'href="/admin/jobs/"' in page
+    assert 'href="/admin/jobs/"' not in page  # the list: only for who may see it
+    listed = job_page("/admin/jobs", job_dict(), "", 0, may_list=True)
+    assert '<a class="brand" href="/admin/jobs/">' in listed
+    assert '<a class="back" href="/admin/jobs/">' in listed
 
 
 def test_job_page_refreshes_only_while_running():
@@ -221,11 +226,10 @@ def test_job_page_output_is_rendered_as_a_terminal_shows_it():
     page = job_page("", job_dict(), "\nstart\n10%\r20%\r", 17)
     # The newline after <pre> is eaten by HTML parsers, so the output's own
     # first empty line survives.
-    assert (
-        '<pre id="output" class="output" data-cr="1">\n\nstart\n'
-        '<span id="output-line">20%</span></pre>'
-    ) in page
-    assert 'data-next="17"' in page
+    rows = re.findall(r'<div class="line( current)?" id="L(\d+)">.*?'
+                      r'<span class="text">(.*?)</span></div>', page)
+    assert rows == [("", "1", ""), ("", "2", "start"), (" current", "3", "20%")]
+    assert 'data-cr="1"' in page and 'data-next="17"' in page
 
 
 def test_job_page_progress_bar():
@@ -245,9 +249,10 @@ def test_list_page_rows_newest_first_with_links():
     ]
     page = list_page("/x", jobs, {"running": 1, "succeeded": 1, "failed": 0})
     assert page.index("N" * 43) < page.index("O" * 43)
-    assert f'<a href="/x/{"N" * 43}">&lt;new&gt;</a>' in page
-    assert f'<a href="/x/{"O" * 43}">old</a>' in page
-    assert '<span class="badge state-succeeded">succeeded</span> 1' in page
+    assert f'<a class="name" href="/x/{"N" * 43}">&lt;new&gt;</a>' in page
+    assert f'<a class="name" href="/x/{"O" * 43}">old</a>' in page
+    assert ('<a class="chip" href="/x/?state=succeeded">'
+            '<span class="badge state-succeeded">succeeded</span> <b>1</b></a>') in page
     assert "state-failed" not in page  # zero counts are not shown
     assert '<progress value="1" max="3"></progress>' in page
     assert 'content="5"' in page  # a job runs: refresh without script
@@ -262,82 +267,58 @@ def test_list_page_empty_and_idle():
 
 # -- the page's script renders output as the server does ----------------------------
 
-# A minimal DOM and EventSource for status.js, enough to run its job page:
-# output events are dispatched by hand, then what the <pre> shows is printed.
+# status.js loaded under node without a DOM: it exposes its terminal
+# (window.wsgiBgScreen) and stops. Each case's chunks are fed in order; the
+# lines it finished and the one being written are printed.
 NODE_HARNESS = r"""
 const fs = require("fs");
 const [script, casesJson] = [process.argv[2], process.argv[3]];
-const cases = JSON.parse(fs.readFileSync(casesJson, "utf8"));
-const results = [];
-for (const chunks of cases) {
-  const elements = {};
-  const element = (id, attrs) => {
-    const el = {
-      id, textContent: "", hidden: false, className: "", children: [],
-      scrollTop: 0, scrollHeight: 0, clientHeight: 0, attrs: attrs || {},
-      getAttribute(name) { return name in this.attrs ? this.attrs[name] : null; },
-      setAttribute(name, value) { this.attrs[name] = String(value); },
-      removeAttribute(name) { delete this.attrs[name]; },
-      insertBefore(node) { this.children.push(node); },
-      set innerHTML(v) { throw new Error("innerHTML used"); },
-    };
-    elements[id] = el;
-    return el;
-  };
-  element("job", {"data-api": "/a", "data-events": "/a/events", "data-next": "0",
-                  "data-done": "false"});
-  element("output", {"data-cr": "0"});
-  for (const id of ["output-line", "state", "started", "ended", "duration",
-                    "progress", "progress-box", "progress-text", "cancel",
-                    "cancel-note", "result-box", "result", "error-box", "error"]) {
-    element(id);
-  }
-  let source = null;
-  const listeners = {};
-  global.window = {
-    EventSource: function (url) {
-      source = this;
-      this.url = url;
-      this.listeners = {};
-      this.addEventListener = (name, fn) => { this.listeners[name] = fn; };
-      this.close = () => { this.closed = true; };
-    },
-  };
-  global.EventSource = window.EventSource;
-  global.setTimeout = () => {};
-  global.fetch = () => { throw new Error("no polling expected"); };
-  global.document = {
-    getElementById: (id) => elements[id] || null,
-    createTextNode: (data) => ({ data, appendData(more) { this.data += more; } }),
-    querySelectorAll: () => [],
-    addEventListener: (name, fn) => { listeners[name] = fn; },
-  };
-  eval(fs.readFileSync(script, "utf8"));
-  listeners.DOMContentLoaded();
-  let next = 0;
-  for (const chunk of chunks) {
-    next += chunk.length;
-    source.listeners.output({ data: JSON.stringify({ text: chunk, next }) });
-  }
-  source.listeners.state({ data: JSON.stringify({
-    state: "succeeded", done: true, started_at: 1, ended_at: 2.5, progress: null,
-    cancel_requested: false, result: "<b>r</b>", error: null }) });
-  const pre = elements.output;
-  results.push({
-    shown: pre.children.map((n) => n.data).join("")
-      + elements["output-line"].textContent,
-    url: source.url, closed: !!source.closed, badge: elements.state.textContent,
-    result: elements.result.textContent, cancelHidden: elements.cancel.hidden,
-  });
-}
+global.window = {};
+eval(fs.readFileSync(script, "utf8"));
+const results = JSON.parse(fs.readFileSync(casesJson, "utf8")).map((chunks) => {
+  const screen = new window.wsgiBgScreen();
+  let lines = [];
+  for (const chunk of chunks) { lines = lines.concat(screen.feed(chunk)); }
+  if (screen.line.length) { lines.push(screen.line); }
+  return lines;
+});
 process.stdout.write(JSON.stringify(results));
 """
+
+COLOURED = [
+    "\x1b[01;34mdir\x1b[0m  file\n\x1b[32m. [100%]\x1b[0m\n",
+    "\x1b[1m\x1b[31mE   assert 1 == 2\x1b[0m\nplain\n",
+    "\x1b[38;5;208morange\x1b[48;5;19m on blue\x1b[39;49m reset\n",
+    "\x1b[38;2;255;0;0mtrue red\x1b[38;2;128;128;128m grey\x1b[m\n",
+    "\x1b[3;4;9mall\x1b[23mno-italic\x1b[24;29m\x1b[2mdim\x1b[22m\n",
+    "\x1b]0;title\x07\x1b[2K\x1b[1Gcleared\x1b[?25l\x1b(B\n",
+    "\x1b[31m 10%\r\x1b[32m 50%\r100%\n",
+    "\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ text\n",
+    "\x1b[90mbright black\x1b[97;100m white on grey\n\x1b[0m",
+    "ESC alone \x1b then text\n",
+]
+
+
+def merged(lines):
+    """Lines with neighbouring segments of the same style joined: how a
+    piece was cut changes the segments, never what they show."""
+    out = []
+    for line in lines:
+        joined = []
+        for classes, text in line:
+            if joined and joined[-1][0] == classes:
+                joined[-1] = (classes, joined[-1][1] + text)
+            else:
+                joined.append((classes, text))
+        out.append(joined)
+    return out
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 def test_status_js_renders_output_chunks_as_the_server(tmp_path):
     script = Path(render_module.__file__).parent / "static" / "status.js"
-    texts = SAMPLES + ["tqdm  0%\r tqdm 50%\r tqdm100%\r\nok\n", "<b>&amp;</b>\x00\n"]
+    texts = (SAMPLES + COLOURED
+             + ["tqdm  0%\r tqdm 50%\r tqdm100%\r\nok\n", "<b>&amp;</b>\x00\n"])
     cases = [[t[i:i + size] for i in range(0, len(t), size)]
              for t in texts for size in (1, 2, 3, 1000)]
     (tmp_path / "cases.json").write_text(json.dumps(cases))
@@ -349,7 +330,117 @@ def test_status_js_renders_output_chunks_as_the_server(tmp_path):
     ).stdout
     results = json.loads(out)
     for chunks, result in zip(cases, results, strict=True):
-        assert result["shown"] == render_terminal("".join(chunks)), chunks
-        assert result["url"] == "/a/events?since=0"
-        assert result["closed"] and result["badge"] == "succeeded"
-        assert result["result"] == "<b>r</b>" and result["cancelHidden"] is True
+        screen = Screen()
+        screen.feed("".join(chunks))
+        shown = merged([[tuple(segment) for segment in line] for line in result])
+        assert shown == merged(screen.all_lines()), chunks
+
+
+# -- ANSI styles ------------------------------------------------------------------
+
+def test_job_page_shows_colours_as_classes_never_escapes():
+    raw = ("\x1b[01;34mdir\x1b[0m  <file>\n\x1b[38;5;208m\x1b[1morange"
+           "\x1b]0;title\x07\x1b[2K\n\x1b[31mstill red")
+    page = job_page("", job_dict(), raw, len(raw))
+    assert "\x1b" not in page and "title" not in page.split("<main>")[1]
+    assert ('<span class="text"><span class="fg-4 a-b">dir</span>  &lt;file&gt;</span>'
+            in page)
+    assert '<span class="fg-208 a-b">orange</span>' in page
+    # The style in force at the end is handed to the script, which goes on.
+    assert '<span class="fg-1 a-b">still red</span>' in page  # bold carries on
+    assert 'data-sgr="1;38;5;1"' in page
+
+
+def test_job_page_hands_a_cut_escape_back_to_the_script():
+    raw = "ok\n\x1b[3"
+    page = job_page("", job_dict(), raw, 100)
+    assert 'data-next="97"' in page  # the script reads "\x1b[3" again
+
+
+def test_only_known_classes_reach_the_page(monkeypatch):
+    from wsgi_bg.status.render import _segments
+    assert str(_segments([("fg-1 a-b", "x"), ('x" onclick="y', "z")])) == (
+        '<span class="fg-1 a-b">x</span>z')
+
+
+def test_ansi_css_styles_every_class():
+    from wsgi_bg.status.render import ansi_css
+    from wsgi_bg.terminal import STYLE_CLASSES
+    css = ansi_css()
+    for name in STYLE_CLASSES:
+        assert f".output .{name}{{" in css, name
+    assert ".output .fg-196{color:#ff0000}" in css
+    assert ".output .bg-232{background-color:#080808}" in css
+
+
+# -- job page details ---------------------------------------------------------------
+
+def test_running_job_page_counts_elapsed_time_from_the_server_clock():
+    page = job_page("", job_dict(), "", 0, now=1_700_000_031.5)
+    assert '<dt id="duration-label">Elapsed</dt><dd id="duration">30.5 s</dd>' in page
+    assert 'data-now="1700000031.5"' in page and 'data-started="1700000001.0"' in page
+    done = job_page("", job_dict(state="succeeded", done=True,
+                                 ended_at=1_700_000_004.0), "", 0, now=2e9)
+    assert '<dt id="duration-label">Duration</dt><dd id="duration">3.0 s</dd>' in done
+
+
+@pytest.mark.parametrize(("args", "shown"), [
+    pytest.param("(2026, month=<b>)", "<code>(2026, month=&lt;b&gt;)</code>",
+                 id="shown"),
+    pytest.param(None, "hidden (<code>show_args=False</code>)", id="hidden"),
+])
+def test_job_page_shows_the_call_arguments(args, shown):
+    page = job_page("", job_dict(args=args), "", 0)
+    assert "<dt>Arguments</dt>" in page and shown in page
+    assert "Arguments" not in job_page("", job_dict(), "", 0)  # an older record
+
+
+@pytest.mark.parametrize(("how", "text"), [
+    pytest.param("killed", "killed: it was still running when its grace ran out",
+                 id="killed"),
+    pytest.param("stopped", "stopped by itself within its grace", id="stopped"),
+    pytest.param("before_start", "cancelled before it started", id="before-start"),
+])
+def test_job_page_tells_how_a_cancel_went(how, text):
+    page = job_page("", job_dict(state="cancelled", done=True, cancel_requested=True,
+                                 cancel_requested_at=1_700_000_002.0,
+                                 cancelled_how=how), "", 0)
+    assert re.search(r'<dt id="cancel-dt">Cancel</dt><dd id="cancel-info">requested'
+                     r' <time id="cancel-at" datetime="2023-11-14T22:13:22.000Z">'
+                     r"[^<]*</time><span id=\"cancel-how\"> · " + re.escape(text), page)
+    assert '<dt id="cancel-dt" hidden>' in job_page("", job_dict(), "", 0)
+
+
+def test_error_summary():
+    from wsgi_bg.status.render import error_summary
+    tb = ('Traceback (most recent call last):\n  File "x.py", line 1, in f\n'
+          "    raise ValueError('no')\nValueError: no\n")
+    assert error_summary(tb) == "ValueError: no"
+    assert error_summary("timed out after 5 s\nmore") == "timed out after 5 s"
+    assert error_summary(None) == "" and error_summary("\n\n") == ""
+
+
+def test_list_page_paging_links_keep_the_filter():
+    jobs = [job_dict(id=f"{n:043d}", state="failed", done=True,
+                     error="Traceback (most recent call last):\nKeyError: 'k'")
+            for n in range(2)]
+    page = list_page("/x", jobs, {"failed": 120}, state="failed", search="a b",
+                     page=2, per_page=2, total=120)
+    assert '<a rel="prev" href="/x/?state=failed&amp;q=a+b">← Newer</a>' in page
+    assert ('<a rel="next" href="/x/?state=failed&amp;q=a+b&amp;page=3">Older →</a>'
+            in page)
+    assert "3–4 of 120 · page 2 of 60" in page
+    assert '<div class="error-line">KeyError: &#39;k&#39;</div>' in page
+    assert '<a class="chip on" href="/x/?state=failed&amp;q=a+b">' in page
+    assert '<option value="failed" selected>' in page
+    assert 'value="a b"' in page
+
+
+def test_error_page_says_why_and_what_to_do():
+    from wsgi_bg.status.render import error_page
+    page = error_page("/j", 503, "Service Unavailable", "store <down>",
+                      retry_after="5")
+    assert "<h1>Service Unavailable</h1>" in page and "store &lt;down&gt;" in page
+    assert "retry after 5 seconds" in page
+    assert 'href="/j/static/status.css"' in page
+    assert not INLINE.search(page)

@@ -1,6 +1,12 @@
 import pytest
 
-from wsgi_bg.terminal import RedrawCollapser, parse_progress, render_terminal
+from wsgi_bg.terminal import (
+    RedrawCollapser,
+    Screen,
+    parse_progress,
+    render_terminal,
+    rgb_to_256,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +72,58 @@ def test_parse_progress(text, progress):
 @pytest.mark.parametrize("text", ["no bar here", "45it [00:01, 44.5it/s]", "1/0 |"])
 def test_parse_progress_ignores_other_text(text):
     assert parse_progress(text) is None
+
+
+# -- ANSI styles ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "lines"), [
+    pytest.param("\x1b[31mred\x1b[0m plain\n", [[("fg-1", "red"), ("", " plain")]],
+                 id="16-colours"),
+    pytest.param("\x1b[1;4;95mX\n", [[("fg-13 a-b a-u", "X")]],
+                 id="bright-bold-underline"),
+    pytest.param("\x1b[38;5;208;48;5;17mX\n", [[("fg-208 bg-17", "X")]], id="256"),
+    pytest.param("\x1b[38;2;255;0;0mX\n", [[("fg-196", "X")]], id="truecolour-nearest"),
+    pytest.param("\x1b[2;3mX\x1b[22;23mY\n", [[("a-d a-i", "X"), ("", "Y")]],
+                 id="dim-italic-off"),
+    pytest.param("\x1b[31ma\nb\x1b[m\n", [[("fg-1", "a")], [("fg-1", "b")]],
+                 id="style-spans-lines"),
+    pytest.param("\x1b[38;5;999mX\x1b[38;5mY\n", [[("", "X"), ("", "Y")]],
+                 id="malformed-ignored"),
+    pytest.param("\x1b]0;title\x07\x1b[2K\x1b[?25lA\x1b7\x1b(B\n", [[("", "A")]],
+                 id="other-escapes-dropped"),
+    pytest.param("\x1b[31m10%\r50%\r\x1b[32m100%\n", [[("fg-2", "100%")]],
+                 id="redraw-keeps-style"),
+])
+def test_screen_styles(text, lines):
+    screen = Screen()
+    screen.feed(text)
+    assert screen.lines == lines
+    assert "\x1b" not in screen.text()
+
+
+def test_screen_waits_for_a_cut_escape():
+    screen = Screen()
+    screen.feed("a\x1b[3")
+    assert screen.unfinished == "\x1b[3" and screen.line == [("", "a")]
+    screen.feed("1mb\n")
+    assert screen.lines == [[("", "a"), ("fg-1", "b")]]
+
+
+def test_collapser_keeps_the_escapes_of_dropped_redraws():
+    text = RedrawCollapser().feed("\x1b[31m 50%\r100%\n", final=True)
+    screen = Screen()
+    screen.feed(text)
+    assert screen.lines == [[("fg-1", "100%")]]
+
+
+def test_parse_progress_sees_through_colours():
+    bar = "\x1b[32mdl:  45%|\x1b[0m████▌     | 45/100 [00:01<00:01]"
+    assert parse_progress(bar) == {"done": 45, "total": 100, "message": "dl"}
+
+
+@pytest.mark.parametrize(("rgb", "index"), [
+    ((0, 0, 0), 16), ((255, 255, 255), 231), ((255, 0, 0), 196),
+    ((0, 135, 255), 33), ((128, 128, 128), 244), ((300, -5, 0), 196),
+])
+def test_rgb_to_256(rgb, index):
+    assert rgb_to_256(*rgb) == index

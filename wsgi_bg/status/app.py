@@ -9,22 +9,44 @@ WSGI app, to mount anywhere else::
 
 Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
 
-    GET  /                          HTML list of jobs        authorize "list"
-    GET  /api/jobs                  the same as JSON         authorize "list"
+    GET  /[?state=&q=&page=]        HTML list of jobs        authorize "list"
+    GET  /api/jobs[?state=&q=&page=&per_page=]  as JSON      authorize "list"
     GET  /<id>                      HTML page of one job     authorize "view"
-    GET  /api/jobs/<id>[?since=N]   JSON: to_dict() + output + next
-    GET  /api/jobs/<id>/events      Server-Sent Events       authorize "view"
+    GET  /api/jobs/<id>[?since=N]   JSON: to_dict() + output + next + now;
+                                    ETag, 304 to If-None-Match
+    GET  /api/jobs/<id>/output.txt  the raw output, a download  authorize "view"
+    GET  /api/jobs/<id>/events      Server-Sent Events, in windows  "view"
     POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
     GET  /static/status.js|css      the pages' script and style
 
-Every answer carries a Content-Security-Policy without inline script,
-``nosniff``, ``Referrer-Policy: no-referrer`` (a job's URL is a capability) and
-``Cache-Control: no-store``.
+Every answer carries a Content-Security-Policy without inline script or
+style, ``nosniff``, ``Referrer-Policy: no-referrer`` (a job's URL is a
+capability) and ``Cache-Control: no-store``. Every HTTP error raised here (a
+store may raise ``503`` with ``Retry-After`` when it cannot be reached) keeps
+its status and headers; pages get it as a page in the same look, saying what
+to do, and API routes as JSON.
+
+**Why an open page costs no thread.** A synchronous WSGI server has a few
+threads (gunicorn ``--threads 8``), and an answer that streams holds one of
+them until it ends. A page that followed its job over one event stream held a
+thread for the job's whole life: eight open tabs, and every other route of the
+site waited. So the job page polls the JSON API instead: each poll asks only
+for the output after ``since`` and sends ``If-None-Match``, is answered in
+milliseconds (``304`` when nothing changed) and releases its thread at once;
+the script polls every 0.5 s after a change, slowing to 2 s while nothing
+changes. The event stream stays for API clients, in bounded windows: it ends
+after ``stream_window`` seconds even while the job runs, and the client
+(an ``EventSource`` does it by itself) reconnects with ``Last-Event-ID`` to
+resume where it stopped, so a stream holds a thread for a window, never for a
+job's life.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
+import time
 from collections.abc import Generator, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -41,7 +63,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from ..jobs import Job
+from ..jobs import Job, record_to_dict
 from . import render
 from .events import dump_json, job_events
 
@@ -180,8 +202,15 @@ class StatusApp:
     #: Jobs shown at most by the list page and the list API (newest first).
     list_limit: int = 500
     #: Event streams served at once; past it, 503 (each holds a server thread
-    #: and a store connection; the page's script falls back to polling).
+    #: and a store connection while it lasts).
     max_streams: int = 100
+    #: Seconds an event stream lasts at most before it ends, while its job
+    #: runs; the client reconnects with ``Last-Event-ID`` (after the
+    #: ``retry`` the stream sends, 1 s) and resumes where it stopped.
+    stream_window: float = 25.0
+    #: Jobs per page of the list (the API accepts ``per_page`` up to
+    #: ``list_limit``).
+    per_page: int = 50
 
     def __init__(self, middleware: BackgroundMiddleware) -> None:
         self.middleware = middleware
@@ -189,11 +218,16 @@ class StatusApp:
         self.poll_interval = StatusApp.poll_interval
         self.list_limit = StatusApp.list_limit
         self.max_streams = StatusApp.max_streams
+        self.stream_window = StatusApp.stream_window
+        self.per_page = StatusApp.per_page
         folder = resources.files(__package__).joinpath("static")
         self._files = {
             name: (folder.joinpath(name).read_bytes(), mimetype)
             for name, mimetype in _STATIC.items()
         }
+        # The ANSI colour classes of job output, generated: 512 rules.
+        css, mimetype = self._files["status.css"]
+        self._files["status.css"] = (css + render.ansi_css().encode(), mimetype)
         self._streams = 0
         self._streams_lock = threading.Lock()  # held only to count
         self.url_map = Map(
@@ -202,6 +236,8 @@ class StatusApp:
                 Rule("/api/jobs", endpoint="list_api", methods=["GET"]),
                 Rule("/api/jobs/<jobid:job_id>", endpoint="job_api", methods=["GET"]),
                 Rule("/api/jobs/<jobid:job_id>/events", endpoint="events",
+                     methods=["GET"]),
+                Rule("/api/jobs/<jobid:job_id>/output.txt", endpoint="raw_output",
                      methods=["GET"]),
                 Rule("/api/jobs/<jobid:job_id>/cancel", endpoint="cancel",
                      methods=["POST"]),
@@ -230,12 +266,25 @@ class StatusApp:
         return response(environ, start_response)  # type: ignore[no-any-return]
 
     def _error(self, request: Request, exc: HTTPException) -> Response:
+        # get_response keeps what the exception carries: its status and its
+        # headers (Retry-After of a 503, Allow of a 405, Location of a redirect).
         response = exc.get_response(request.environ)
-        if (exc.code or 500) >= 400 and request.path.startswith("/api/"):
+        code = exc.code or 500
+        if code < 400:
+            return response
+        if request.path.startswith("/api/"):
             # API clients get the same message as JSON.
             body = {"error": exc.name, "message": exc.description}
             response.set_data(dump_json(body))
             response.mimetype = "application/json"
+        else:
+            page = render.error_page(
+                request.script_root, code, exc.name, str(exc.description or ""),
+                may_list=self._may_list(request),
+                retry_after=response.headers.get("Retry-After"),
+            )
+            response.set_data(page)
+            response.mimetype = "text/html"
         return response
 
     # -- helpers ----------------------------------------------------------------
@@ -252,17 +301,50 @@ class StatusApp:
             raise Forbidden(f"you may not {action} this job")
         return job
 
-    def _list(self, request: Request) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def _may_list(self, request: Request) -> bool:
+        """Whether this visitor may see the list (to link it)."""
+        try:
+            return bool(self.middleware.authorize(request.environ, "list", None))
+        except Exception:  # a failing authorize links nothing, breaks nothing
+            return False
+
+    def _notice(self, request: Request) -> str | None:
+        """The warning for a server whose processes do not share their jobs."""
+        if request.environ.get("wsgi.multiprocess") and not getattr(
+            self.middleware.engine, "shared_store", False
+        ):
+            return render.MULTIPROCESS_NOTICE
+        return None
+
+    def _list(self, request: Request, per_page: int) -> dict[str, Any]:
+        """One page of the list, filtered: ``jobs`` (to_dict of each),
+        ``counts`` per state, ``total`` matching, ``page``, ``pages``,
+        ``state``, ``q``."""
         if not self.middleware.authorize(request.environ, "list", None):
             raise Forbidden(_LIST_REFUSED)
-        engine = self.middleware.engine
-        jobs = []
-        for job in engine.jobs(limit=self.list_limit):
-            try:
-                jobs.append(job.to_dict())
-            except LookupError:
-                continue  # dropped while we were listing
-        return jobs, engine.store.counts()
+        state = request.args.get("state", "")
+        if state and state not in render.STATES:
+            raise BadRequest(
+                f"state must be one of {', '.join(render.STATES)}, got {state!r}"
+            )
+        search = request.args.get("q", "").strip()
+        page = parse_offset(request.args.get("page"), "page") or 1
+        store = self.middleware.engine.store
+        # One store call for the records (newest first), one for the counts:
+        # filtering and paging 10,000 records here takes milliseconds.
+        records = store.list(None)
+        if state:
+            records = [r for r in records if r["state"] == state]
+        if search:
+            folded = search.casefold()
+            records = [r for r in records
+                       if folded in str(r["name"]).casefold() or r["id"] == search]
+        total = len(records)
+        pages = max(1, math.ceil(total / per_page))
+        start = (page - 1) * per_page
+        jobs = [record_to_dict(r) for r in records[start : start + per_page]]
+        return {"jobs": jobs, "counts": store.counts(), "total": total,
+                "page": page, "pages": pages, "state": state, "q": search}
 
     @staticmethod
     def _json(data: Any, status: int = 200) -> Response:
@@ -270,13 +352,24 @@ class StatusApp:
 
     # -- endpoints --------------------------------------------------------------
     def _list_page(self, request: Request) -> Response:
-        jobs, counts = self._list(request)
-        page = render.list_page(request.script_root, jobs, counts)
+        found = self._list(request, self.per_page)
+        page = render.list_page(
+            request.script_root, found["jobs"], found["counts"],
+            state=found["state"], search=found["q"], page=found["page"],
+            per_page=self.per_page, total=found["total"], now=time.time(),
+            notice=self._notice(request),
+        )
         return Response(page, mimetype="text/html")
 
     def _list_api(self, request: Request) -> Response:
-        jobs, counts = self._list(request)
-        return self._json({"jobs": jobs, "counts": counts})
+        per_page = parse_offset(request.args.get("per_page"), "per_page")
+        if per_page is None:
+            per_page = self.per_page
+        if not 1 <= per_page <= self.list_limit:
+            raise BadRequest(
+                f"per_page must be between 1 and {self.list_limit}, got {per_page}"
+            )
+        return self._json(self._list(request, per_page))
 
     def _job_page(self, request: Request, job_id: str) -> Response:
         job = self._job(request, job_id, "view")
@@ -284,7 +377,11 @@ class StatusApp:
             data, output, offset = job.view(0)
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
-        page = render.job_page(request.script_root, data, output, offset)
+        page = render.job_page(
+            request.script_root, data, output, offset,
+            may_list=self._may_list(request), now=time.time(),
+            notice=self._notice(request),
+        )
         return Response(page, mimetype="text/html")
 
     def _job_api(self, request: Request, job_id: str) -> Response:
@@ -294,7 +391,31 @@ class StatusApp:
             data, output, offset = job.view(since)
         except LookupError:
             raise NotFound(f"job {job_id} is no longer stored") from None
-        return self._json(dict(data, output=output, next=offset))
+        # The same state and output after the same offset: the same tag. A
+        # page polling with If-None-Match gets an empty 304 until news come.
+        digest = hashlib.blake2b(
+            f"{since}:{offset}:{dump_json(data)}".encode(), digest_size=12
+        ).hexdigest()
+        if not output and request.if_none_match.contains(digest):
+            response = Response(status=304)
+        else:
+            response = self._json(dict(data, output=output, next=offset,
+                                       now=time.time()))
+        response.set_etag(digest)
+        return response
+
+    def _raw_output(self, request: Request, job_id: str) -> Response:
+        job = self._job(request, job_id, "view")
+        try:
+            text = job.output
+            name = job.name
+        except LookupError:
+            raise NotFound(f"job {job_id} is no longer stored") from None
+        response = Response(render.clean_text(text), mimetype="text/plain")
+        stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+        response.headers.set("Content-Disposition", "attachment",
+                             filename=f"{stem[:60]}-{job_id[:8]}.txt")
+        return response
 
     def _events(self, request: Request, job_id: str) -> Response:
         since = parse_offset(request.args.get("since"), "since")
@@ -313,7 +434,7 @@ class StatusApp:
         stream = job_events(
             job, last if last is not None else since or 0,
             heartbeat=self.heartbeat, poll_interval=self.poll_interval,
-            sock=request.environ.get("werkzeug.socket"),
+            sock=request.environ.get("werkzeug.socket"), window=self.stream_window,
         )
         response = Response(self._counted(stream), mimetype="text/event-stream")
         response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer

@@ -3,7 +3,7 @@
 The stream polls the store (it holds no lock and no connection of its own) and
 sends::
 
-    retry: 2000                      reconnection delay for EventSource
+    retry: 1000                      reconnection delay for EventSource
 
     event: output                    new output; the id is the offset after it,
     id: 1234                         which the browser sends back as
@@ -18,10 +18,18 @@ Each payload is JSON with every non-ASCII character escaped, so a ``data:``
 line never holds a CR or LF: whatever a job prints cannot end a field or start
 an event of its own.
 
-A stream runs in the server's thread for as long as the job runs. When the
-client goes away, the server's next write fails and it closes the generator
-(at the latest one heartbeat later); under Werkzeug's server the stream also
-peeks at the socket at each poll and stops as soon as the client has closed it.
+    : window ends                    the stream's window is over (the job
+                                     still runs): reconnect with Last-Event-ID
+
+A stream holds the server's thread while it lasts, so it lasts at most one
+window (``window`` seconds, :attr:`StatusApp.stream_window
+<wsgi_bg.status.app.StatusApp.stream_window>`), never a job's whole life; an
+``EventSource`` reconnects by itself after ``retry`` and sends the id of the
+last output event it saw as ``Last-Event-ID``, so nothing is lost or repeated.
+When the client goes away, the server's next write fails and it closes the
+generator (at the latest one heartbeat later); under Werkzeug's server the
+stream also peeks at the socket at each poll and stops as soon as the client
+has closed it.
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ def format_event(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 HEARTBEAT = b": keep-alive\n\n"
+WINDOW_ENDS = b": window ends\n\n"
 
 
 class _Disconnect:
@@ -111,11 +120,14 @@ class _Disconnect:
 def job_events(
     job: Job, since: int, *, heartbeat: float, poll_interval: float,
     sock: Any = None, sleep: Callable[[float], None] = time.sleep,
+    window: float | None = None,
 ) -> Generator[bytes, None, None]:
     """The event stream of ``job`` from output offset ``since``.
 
     Ends after the state event that reports the job done, or when the job is
-    no longer stored (an ``event: gone``), or when the client has gone.
+    no longer stored (an ``event: gone``), or when the client has gone, or
+    after ``window`` seconds (a ``: window ends`` comment; the client
+    reconnects and resumes).
 
     :param job: the job to follow.
     :param since: output offset to start from.
@@ -123,11 +135,14 @@ def job_events(
     :param poll_interval: seconds between two looks at the store.
     :param sock: the client's socket, when the server exposes it
         (``environ["werkzeug.socket"]``), to notice a disconnect early.
+    :param window: seconds the stream lasts at most; ``None``: until the job
+        ends.
     """
     disconnect = _Disconnect(sock)
     last_state: dict[str, Any] | None = None
     last_write = time.monotonic()
-    yield b"retry: 2000\n\n"
+    ends = None if window is None else last_write + window
+    yield b"retry: 1000\n\n"
     while True:
         try:
             # One read of both: once the state says done, all the output is
@@ -153,5 +168,8 @@ def job_events(
             yield HEARTBEAT
             last_write = time.monotonic()
         if disconnect.gone():
+            return
+        if ends is not None and time.monotonic() >= ends:
+            yield WINDOW_ENDS
             return
         sleep(poll_interval)
