@@ -72,6 +72,7 @@ __all__ = [
     "RecordedJob",
     "assert_no_children",
     "job_context",
+    "job_from_response",
     "live_children",
     "serving",
     "start_job",
