@@ -245,7 +245,7 @@ def output_lines(screen: Screen) -> Markup:
     rows = []
     template = Markup(
         '<div class="line{}" id="L{}"><a class="ln" href="#L{}" data-n="{}"'
-        ' aria-hidden="true" tabindex="-1"></a><span class="text">{}</span></div>\n'
+        ' aria-hidden="true" tabindex="-1"></a><span class="text">{}</span></div>'
     )
     for n, line in enumerate(screen.lines, 1):
         rows.append(template.format("", n, n, n, _segments(line)))
@@ -498,7 +498,8 @@ def job_page(
         '<span class="tools"><label class="follow"{hide_follow}>'
         '<input type="checkbox" id="follow" checked> Follow</label>'
         '<a id="raw" href="{api}/output.txt" download>Raw output</a></span></div>\n'
-        '<div id="output" class="output" role="log">\n{lines}</div>\n'
+        # No white space between the lines: the panel keeps it (pre-wrap).
+        '<div id="output" class="output" role="log">{lines}</div>\n'
         '<section id="result-box"{hide_result}><h2>Result</h2>'
         '<pre id="result" class="result">\n{result}</pre></section>\n'
         '<section id="error-box"{hide_error}><h2>Error</h2>'

@@ -1,0 +1,345 @@
+"""The status pages in a real browser: Debian's Chromium driven by Playwright.
+
+What a person sees: lines appearing live, colours, cancel, the raw download,
+a lost job's message, the list's filter and paging, the phone width, and no
+console error or CSP violation on any page. Skipped, with the reason, where
+Chromium or Playwright is missing (CI installs both).
+"""
+import pickle
+import shutil
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+from werkzeug.serving import BaseWSGIServer, make_server
+
+import statusfuncs
+from helpers import wait_for
+from test_status import fake_job, hello_app
+from wsgi_bg.auth import allow_all
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt install"
+                       " chromium)"),
+    pytest.mark.memory_store_only,  # the pages, not the stores, are under test
+    pytest.mark.timeout(120),
+]
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser(make_mw):
+    # One browser per test, set up after the middleware fixture and so ended
+    # before it checks that no process is left: Chromium and Playwright's
+    # driver are this test process's children too.
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@contextmanager
+def serving(app, server=None):
+    """``app`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+    server = server or make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class Console:
+    """Console errors, uncaught exceptions and CSP violations of pages."""
+
+    def __init__(self):
+        self.errors = []
+        self.expected = []
+
+    def expect(self, text):
+        """Errors holding ``text`` are expected (Chromium logs every 404)."""
+        self.expected.append(text)
+
+    def watch(self, page):
+        page.on("console", lambda msg: msg.type == "error" and not any(
+            text in msg.text for text in self.expected) and self.errors.append(
+            f"{page.url}: {msg.text}"))
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
+        return page
+
+
+@pytest.fixture
+def console():
+    watched = Console()
+    yield watched
+    assert watched.errors == []
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  accept_downloads=True)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context, console):
+    return console.watch(context.new_page())
+
+
+@pytest.fixture
+def mw(make_mw):
+    return make_mw(hello_app, authorize=allow_all)
+
+
+def text_of(page, selector):
+    try:
+        return page.inner_text(selector, timeout=1000)
+    except sync_api.Error:
+        return ""
+
+
+def wait_text(page, selector, expected, timeout=15.0):
+    """Poll what a person reads in ``selector`` until it holds ``expected``."""
+    return wait_for(lambda: expected in text_of(page, selector), timeout,
+                    interval=0.05, message=f"{expected!r} in {selector}")
+
+
+def colour(page, selector):
+    return page.locator(selector).first.evaluate("el => getComputedStyle(el).color")
+
+
+# -- the job page ---------------------------------------------------------------------
+
+def test_lines_appear_live_in_colour_and_time_ticks(mw, page):
+    job = fake_job(mw, output="\x1b[1mstarting\x1b[0m\n")
+    store = mw.engine.store
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "starting")
+        assert text_of(page, "#duration-label") == "Elapsed"
+        first = text_of(page, "#duration")
+        wait_for(lambda: text_of(page, "#duration") not in ("", first), 5,
+                 message="the elapsed time to tick")
+        store.relay(job.id, "\x1b[32mPASSED\x1b[0m tests/test_a.py\n"
+                            "\x1b[38;5;208morange\x1b[0m \x1b[31;1mE   failed\n", None)
+        wait_text(page, "#output", "E   failed")
+        shown = text_of(page, "#output")
+        assert "\x1b" not in shown and "[32m" not in shown
+        assert colour(page, "#L2 .fg-2") == "rgb(63, 185, 80)"
+        assert colour(page, "#L3 .fg-208") == "rgb(255, 135, 0)"
+        assert colour(page, "#L3 .fg-1") == "rgb(255, 123, 114)"
+        # A redrawn progress bar keeps its latest state only.
+        store.relay(job.id, "\x1b[2K 10%\r 60%\r100%\n", None)
+        wait_text(page, "#output", "100%")
+        assert "60%" not in text_of(page, "#output")
+        store.finish(job.id, "succeeded", pickle.dumps(42), None)
+        wait_text(page, "#state", "succeeded")
+        assert text_of(page, "#duration-label") == "Duration"
+        assert not page.is_visible("#cancel")
+        assert not page.is_visible("#follow")
+        # Line numbers link to their line.
+        page.click("#L2 a.ln")
+        assert page.url.endswith("#L2")
+        # Reloaded, the server draws the same lines as the script did.
+        live = text_of(page, "#output")
+        page.reload()
+        assert text_of(page, "#output") == live
+
+
+def test_a_line_link_opens_at_that_line_without_following(mw, page):
+    job = fake_job(mw, output="".join(f"line {n}\n" for n in range(1, 400)))
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}#L120")
+        wait_for(lambda: page.locator("#L120").is_visible(), 5)
+        assert page.evaluate("document.querySelector('#L120:target') !== null")
+        assert not page.is_checked("#follow")
+        box = page.locator("#output").bounding_box()
+        line = page.locator("#L120").bounding_box()
+        middle = line["y"] + line["height"] / 2
+        assert box["y"] <= middle <= box["y"] + box["height"]  # shown in the panel
+
+
+def test_cancel_from_the_page(mw, page, tmp_path):
+    job = mw.submit(statusfuncs.gated, str(tmp_path / "gate"))
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "started")
+        page.click("#cancel button")
+        wait_text(page, "#state", "cancelled", timeout=30)
+        assert not page.is_visible("#cancel")
+        assert job.state == "cancelled"
+
+
+def test_raw_output_downloads(mw, page):
+    raw = "\x1b[32mgreen\x1b[0m\n10%\r100%\n"
+    job = fake_job(mw, output=raw, state="succeeded", name="tasks.report")
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        with page.expect_download() as info:
+            page.click("#raw")
+        download = info.value
+        assert download.suggested_filename == f"tasks.report-{job.id[:8]}.txt"
+        with open(download.path(), encoding="utf-8", newline="") as f:
+            assert f.read() == raw
+
+
+def test_a_page_whose_job_is_gone_says_so(mw, page, console, monkeypatch):
+    console.expect("status of 404")
+    job = fake_job(mw, output="working\n")
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "working")
+        assert page.is_visible("#cancel")
+        store = mw.engine.store
+        monkeypatch.setattr(store, "get", lambda job_id: None)
+        monkeypatch.setattr(store, "view", lambda job_id, since: None)
+        wait_text(page, "#lost", "no longer on the server")
+        assert text_of(page, "#state") == "lost"
+        assert not page.is_visible("#cancel")
+        assert "working" in text_of(page, "#output")  # what it had stays
+
+
+def test_a_lost_connection_is_told_and_recovered(mw, context, console):
+    page = console.watch(context.new_page())
+    job = fake_job(mw, output="one\n")
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "one")
+        console.expect("ERR_INTERNET_DISCONNECTED")  # the failed polls
+        context.set_offline(True)
+        wait_text(page, "#lost", "connection to the server is lost")
+        assert text_of(page, "#state") == "unknown"
+        assert not page.is_visible("#cancel")
+        mw.engine.store.relay(job.id, "two\n", None)
+        context.set_offline(False)
+        wait_text(page, "#output", "two", timeout=20)
+        wait_for(lambda: not page.is_visible("#lost"), 5)
+        assert text_of(page, "#state") == "running"
+        assert page.is_visible("#cancel")
+
+
+def test_error_pages_in_the_same_look(mw, page, console):
+    console.expect("status of 404")
+    with serving(mw) as base:
+        response = page.goto(f"{base}/_jobs/{'A' * 43}")
+        assert response.status == 404
+        assert text_of(page, "h1") == "Not Found"
+        assert "Start the work again" in text_of(page, ".hint")
+        # The same style sheet as the other pages.
+        assert page.locator("header.top").evaluate(
+            "el => getComputedStyle(el).borderBottomStyle") == "solid"
+
+
+# -- the list -----------------------------------------------------------------------
+
+def test_list_filters_searches_and_pages(mw, page):
+    for n in range(130):
+        failed = n % 3 == 0
+        fake_job(mw, name=f"tasks.job{n}", state="failed" if failed else "succeeded",
+                 error="Traceback (most recent call last):\nKeyError: 'x'\n"
+                 if failed else None, result=n)
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/")
+        assert "1–50 of 130" in text_of(page, "#paging")
+        assert page.locator("tr.job").count() == 50
+        page.click("#paging a[rel=next]")
+        wait_text(page, "#paging", "51–100 of 130")
+        assert "tasks.job79" in text_of(page, "table.jobs")
+        page.click("nav.counts a:has-text('failed')")
+        wait_text(page, "#paging", "of 44")
+        rows = text_of(page, "table.jobs")
+        assert "succeeded" not in rows.replace("Succeeded", "")
+        assert "KeyError: 'x'" in rows
+        page.fill("input[name=q]", "job12")
+        page.click("form.filters button")
+        wait_text(page, "#paging", "1–5 of 5")
+        names = page.locator("td.what a.name").all_inner_texts()
+        assert names == ["tasks.job129", "tasks.job126", "tasks.job123", "tasks.job120",
+                         "tasks.job12"]
+
+
+# -- the phone width ----------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["list", "job", "error"])
+def test_no_horizontal_scroll_at_390_px(mw, context, console, which):
+    page = console.watch(context.new_page())
+    page.set_viewport_size({"width": 390, "height": 844})
+    long_name = "reports.build_the_quarterly_report_for_every_region_" * 2
+    job = fake_job(mw, name=long_name, state="failed", output="x" * 500 + "\n" + (
+        "\x1b[31mword \x1b[0m" * 80) + "\n", error="E" * 300,
+        progress={"done": 3, "total": 7, "message": "m" * 80})
+    for n in range(20):
+        fake_job(mw, name=f"tasks.n{n}", state="running", progress={"done": n,
+                 "total": 20, "message": "copying files"})
+    url = {"list": "/_jobs/", "job": f"/_jobs/{job.id}", "error": "/_jobs/" + "B" * 43}
+    console.expect("status of 404")
+    with serving(mw) as base:
+        page.goto(base + url[which])
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{which} page is {width} px wide in a 390 px viewport"
+
+
+# -- open pages cost no thread ---------------------------------------------------------
+
+class FourThreads(BaseWSGIServer):
+    """A server with 4 request threads, as gunicorn --threads 4 (one request
+    per connection: HTTP/1.0, as the single-threaded server speaks)."""
+
+    def __init__(self, app):
+        super().__init__("127.0.0.1", 0, app)
+        self.pool = ThreadPoolExecutor(4)
+
+    def process_request(self, request, client_address):
+        self.pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.timeout(180)
+def test_sixteen_open_pages_leave_a_four_thread_server_free(mw, context, console):
+    jobs = [fake_job(mw, output="begin\n") for _ in range(16)]
+    with serving(mw, FourThreads(mw)) as base:
+        pages = [console.watch(context.new_page()) for _ in jobs]
+        for page, job in zip(pages, jobs, strict=True):
+            page.goto(f"{base}/_jobs/{job.id}", wait_until="domcontentloaded")
+        for page in pages:
+            wait_text(page, "#output", "begin")
+        time.sleep(1)  # let every page settle into following its job
+        for _ in range(5):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"{base}/", timeout=5) as answer:
+                assert answer.read() == b"hello from the app"
+            assert time.monotonic() - started < 1.0
+        for job in jobs:
+            mw.engine.store.relay(job.id, "end\n", None)
+            mw.engine.store.finish(job.id, "succeeded", pickle.dumps(None), None)
+        for page in pages:  # every page stayed live
+            wait_text(page, "#state", "succeeded", timeout=20)
+            assert "end" in text_of(page, "#output")
+        for page in pages:
+            page.close()
