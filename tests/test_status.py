@@ -959,6 +959,7 @@ def test_a_503_from_the_store_keeps_its_status_and_retry_after(client, mw, monke
         assert page.headers[name] == value
 
 
+@pytest.mark.memory_store_only  # the Redis store is shared: no warning there
 @pytest.mark.parametrize("path", ["/_jobs/", "/_jobs/{id}"])
 def test_multiprocess_servers_without_a_shared_store_are_warned(client, mw, path):
     job = fake_job(mw)
