@@ -9,7 +9,7 @@ import jobfuncs
 from helpers import wait_for
 from wsgi_bg import JobState
 from wsgi_bg.capture import Relay
-from wsgi_bg.store import MemoryStore
+from wsgi_bg.stores.memory import MemoryStore
 
 
 def test_everything_written_arrives_in_order(mw):

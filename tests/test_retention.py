@@ -84,7 +84,7 @@ def test_big_output_keeps_head_and_tail(make_mw):
     written = "".join(f"line {i}\n" for i in range(5000))
     out = job.output
     match = re.search(
-        r"\n\[… (\d+) characters of output dropped: the job wrote more than"
+        r"\n\[… (\d+) bytes of output dropped: the job wrote more than"
         r" max_output_bytes=10000 …\]\n", out)
     assert match
     head, tail = out[: match.start()], out[match.end() :]

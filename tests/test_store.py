@@ -7,10 +7,10 @@ import time
 import pytest
 
 from wsgi_bg import JobState
-from wsgi_bg.store import MemoryStore, _Output
+from wsgi_bg.stores.memory import MemoryStore, _Output
 
 MARKER = re.compile(
-    r"\n\[… (\d+) characters of output dropped: the job wrote more than"
+    r"\n\[… (\d+) bytes of output dropped: the job wrote more than"
     r" max_output_bytes=(\d+) …\]\n"
 )
 
@@ -209,7 +209,7 @@ def test_store_snapshot_pickles():
 
 
 def test_view_reads_record_and_output_at_once():
-    from wsgi_bg.store import MemoryStore
+    from wsgi_bg.stores.memory import MemoryStore
 
     store = MemoryStore()
     record = {"id": "v", "name": "t", "created_at": 0.0, "started_at": None,

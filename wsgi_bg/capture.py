@@ -25,8 +25,14 @@ import sys
 import time
 from typing import Any
 
-from .store import Store
+from .exceptions import StoreUnavailable
+from .stores import Store
 from .terminal import RedrawCollapser, parse_progress
+
+#: Output held at most while the store cannot be reached, in characters.
+HOLD_LIMIT = 1 << 20
+#: Seconds between two tries to reach a store that could not be reached.
+RETRY_SECONDS = 1.0
 
 
 def redirect_stdio(out_fd: int) -> None:
@@ -72,6 +78,9 @@ class Relay:
         self._redraws = RedrawCollapser()
         self._explicit_progress = False
         self.last_sent = time.monotonic()
+        self._held = ""  # output the store could not take yet (unreachable)
+        self._lost = 0  # characters dropped from it past HOLD_LIMIT
+        self._retry_at = 0.0
 
     def feed(self, data: bytes) -> None:
         text = self._decoder.decode(data)
@@ -94,7 +103,10 @@ class Relay:
         an empty :meth:`send` is how the supervisor learns of a cancel
         request, and a job that prints nothing must be cancellable too.
         """
-        if not self._pending and self._progress is None:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return self._retry_at - now
+        if not self._pending and self._progress is None and not self._held:
             return max(0.0, self.last_sent + self.poll - time.monotonic())
         if self._size >= self.max_batch:
             return 0.0
@@ -102,12 +114,44 @@ class Relay:
 
     def send(self) -> tuple[bool, float | None]:
         """Send what is pending (even nothing: the answer says whether the job
-        was asked to stop). Returns ``(cancel_requested, grace)``."""
-        return self.store.relay(self.job_id, *self.take())
+        was asked to stop). Returns ``(cancel_requested, grace)``.
+
+        While the store cannot be reached the output is held (its last
+        ``HOLD_LIMIT`` characters, with a note of what was dropped) and sent
+        with the next batch that gets through; one try every
+        ``RETRY_SECONDS``. The job runs on meanwhile.
+        """
+        text, progress = self._collect(False)
+        body = self._held + text
+        try:
+            answer = self.store.relay(self.job_id, self._marked(body), progress)
+        except StoreUnavailable:
+            if len(body) > HOLD_LIMIT:
+                self._lost += len(body) - HOLD_LIMIT
+                body = body[-HOLD_LIMIT:]
+            self._held = body
+            if progress is not None and self._progress is None:
+                self._progress = progress
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            return False, None
+        self._held, self._lost, self._retry_at = "", 0, 0.0
+        return answer
+
+    def _marked(self, text: str) -> str:
+        if not self._lost:
+            return text
+        return (f"\n[… {self._lost} characters of output lost: the job store could"
+                " not be reached …]\n" + text)
 
     def take(self, *, final: bool = False) -> tuple[str, dict[str, Any] | None]:
         """What is pending, as ``(text, progress)``, for :meth:`send` or, at
         the job's end (``final``), for the store's ``finish``."""
+        text, progress = self._collect(final)
+        text = self._marked(self._held + text)
+        self._held, self._lost = "", 0
+        return text, progress
+
+    def _collect(self, final: bool) -> tuple[str, dict[str, Any] | None]:
         if final:
             tail = self._decoder.decode(b"", final=True)
             if tail:

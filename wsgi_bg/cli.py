@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who may see the job list: 'default' nobody (a job's"
                        " page is open to whoever holds its URL), 'local' clients on"
                        " this machine, 'all' everyone (default: %(default)s)")
+    serve.add_argument("--store", default=None, metavar="URL",
+                       help="keep jobs in Redis, shared by every server process"
+                       " and kept across restarts, e.g. redis://localhost:6379/0"
+                       " (needs WSGI_BG_SECRET_KEY; default: in memory)")
+    serve.add_argument("--namespace", default="wsgi_bg",
+                       help="prefix of the Redis keys (default: %(default)s)")
     serve.add_argument("--reload", action="store_true",
                        help="restart when a source file changes (development)")
 
@@ -217,9 +223,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         mw = BackgroundMiddleware(
             app, prefix=args.prefix, max_workers=args.workers,
-            authorize=AUTHORIZE[args.authorize],
+            authorize=AUTHORIZE[args.authorize], store=args.store,
+            namespace=args.namespace,
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:
         raise CommandError(str(exc)) from None
     url = _display_url(args.host, args.port, "/")
     banner = f"wsgi-bg: serving {args.app} on {url}; job pages under {mw.prefix}/"

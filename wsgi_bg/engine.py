@@ -1,6 +1,6 @@
 """The job engine: submit, cancel, retention, shutdown, whatever runs the jobs.
 
-The engine owns a :class:`~wsgi_bg.store.Store` and a runner and starts both on
+The engine owns a :class:`~wsgi_bg.stores.Store` and a runner and starts both on
 the first submit, in the calling process, so that importing an app, building
 the middleware, or the Werkzeug reloader's watcher process never start a
 worker. Everything it starts, :meth:`Engine.shutdown` stops; it also runs at
@@ -13,8 +13,11 @@ worker die before the job started.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import pickle
+import reprlib
 import sys
 import threading
 import time
@@ -28,7 +31,34 @@ from typing import Any
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .runner import ProcessRunner
-from .store import MemoryStore, Store, StoreManager, start_manager
+from .stores import Backend, Store, open_backend
+
+logger = logging.getLogger("wsgi_bg")
+
+_args_repr = reprlib.Repr()
+_args_repr.maxstring = _args_repr.maxother = 200
+_args_repr.maxlist = _args_repr.maxtuple = _args_repr.maxdict = 10
+_args_repr.maxlevel = 3
+
+
+def describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A bounded repr of a call's arguments, for pages: ``(1, 'a', key=2)``."""
+    parts = []
+    for value in args:
+        parts.append(_safe_repr(value))
+    for key, value in kwargs.items():
+        parts.append(f"{key}={_safe_repr(value)}")
+    text = ", ".join(parts)
+    if len(text) > 2000:
+        text = text[:1999] + "…"
+    return f"({text})"
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return _args_repr.repr(value)
+    except Exception:  # a __repr__ that raises must not stop the submit
+        return f"<{type(value).__qualname__}>"
 
 #: Attribute set by @background / @backgrounder on what they mark.
 OPTIONS_ATTR = "__wsgi_bg__"
@@ -117,7 +147,8 @@ class Engine:
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
         executor_factory: Callable[[], Executor] | None = None,
-        max_jobs_per_process: int = 100,
+        max_jobs_per_process: int = 100, store: Any = None,
+        namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
     ) -> None:
         _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
@@ -148,22 +179,26 @@ class Engine:
         self.executor_factory = executor_factory
         self.max_jobs_per_process = max_jobs_per_process
         self._lock = threading.RLock()
-        # Until the first submit, reads see an empty local store: nothing started.
-        self._store: Store = self._local_store()
-        self._manager: StoreManager | None = None
+        self._backend: Backend = open_backend(
+            store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
+            job_ttl=job_ttl, max_output_bytes=max_output_bytes,
+        )
+        # Until the first submit, reads use what needs nothing started.
+        self._store: Store = self._backend.reader()
         self._runner: ProcessRunner | None = None
         self._calls: dict[str, tuple[bytes, float | None]] = {}
         self._futures: dict[str, Future[str | None]] = {}
         self._closed = False
 
-    def _local_store(self) -> MemoryStore:
-        return MemoryStore(max_jobs=self.max_jobs, job_ttl=self.job_ttl,
-                           max_output_bytes=self.max_output_bytes)
-
     @property
     def store(self) -> Store:
         """The store the jobs live in (a snapshot of it after shutdown)."""
         return self._store
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether every server process sees the same jobs (a Redis store)."""
+        return self._backend.shared
 
     @property
     def started(self) -> bool:
@@ -176,26 +211,27 @@ class Engine:
             if self._runner is None:
                 ctx = multiprocessing.get_context(self.start_method)
                 before = _forkserver_pid()
-                manager = start_manager(
-                    ctx, max_jobs=self.max_jobs, job_ttl=self.job_ttl,
-                    max_output_bytes=self.max_output_bytes,
-                )
+                store = self._backend.start(ctx)
+                if self.start_method == "forkserver":
+                    # Started now, not by the pool's first worker: ours to stop.
+                    from multiprocessing import forkserver
+
+                    forkserver.ensure_running()
                 _claim_forkserver(before)
                 try:
                     runner = ProcessRunner(
-                        address=manager.address,
-                        authkey=bytes(ctx.current_process().authkey),
+                        link=self._backend.link(),
                         max_workers=self.max_workers, mp_context=ctx,
                         executor_factory=self.executor_factory,
                         jobs_per_process=self.max_jobs_per_process,
                     )
                 except BaseException:
                     # A bad executor_factory: leave nothing running.
-                    manager.shutdown()
+                    self._store = self._backend.stop()
                     _release_helpers(self)
                     raise
-                self._manager, self._runner = manager, runner
-                self._store = manager.get_store()  # type: ignore[attr-defined]
+                self._runner = runner
+                self._store = store
                 _register_exit(self)
                 with _started_lock:
                     _started.add(self)
@@ -220,6 +256,8 @@ class Engine:
             "result": None, "error": None, "progress": None, "timeout": timeout,
             "cancel_requested": False, "cancel_grace": None,
             "url": url_for(job_id) if url_for else None, "pid": None,
+            "args": (describe_args(args, kwargs)
+                     if options.get("show_args", True) else None),
         }
         # Under the lock: a job created here is always seen by shutdown's
         # sweep of queued jobs, or refused.
@@ -228,6 +266,8 @@ class Engine:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             try:
                 created = self._store.create(record, self.max_queued)
+            except StoreUnavailable:
+                raise
             except (OSError, EOFError) as exc:
                 raise StoreUnavailable(
                     "the job store's process is gone (was it killed?): jobs can"
@@ -268,14 +308,17 @@ class Engine:
             if future.cancelled():
                 # After a cancel the store already says cancelled (a no-op
                 # here); else the pool was shut down before the job ran.
-                self._store.finish(job_id, JobState.CANCELLED.value, None,
-                                   "cancelled: the worker pool was shut down"
-                                   " before it started")
+                self._finish(job_id, JobState.CANCELLED.value,
+                             "cancelled: the worker pool was shut down before"
+                             " it started")
                 return
             exc = future.exception()
             if exc is None:
                 return
-            record = self._store.get(job_id)
+            try:
+                record = self._store.get(job_id)
+            except (StoreUnavailable, OSError, EOFError):
+                record = None
             if (isinstance(exc, BrokenProcessPool) and call is not None
                     and record is not None and record["state"] == JobState.QUEUED
                     and not self._closed and self._runner is not None):
@@ -287,8 +330,16 @@ class Engine:
                 threading.Thread(target=self._redispatch, args=(job_id,),
                                  name="wsgi_bg-resubmit", daemon=True).start()
                 return
-        self._store.finish(job_id, JobState.CRASHED.value, None,
-                           _worker_failure(exc))
+        self._finish(job_id, JobState.CRASHED.value, _worker_failure(exc))
+
+    def _finish(self, job_id: str, state: str, error: str) -> None:
+        # From callbacks and threads: a store that cannot be reached is logged,
+        # not raised into concurrent.futures' machinery.
+        try:
+            self._store.finish(job_id, state, None, error)
+        except (StoreUnavailable, OSError, EOFError) as exc:
+            logger.error("wsgi_bg: could not record job %s as %s: %s",
+                         job_id, state, exc)
 
     def _redispatch(self, job_id: str) -> None:
         with self._lock:
@@ -299,10 +350,10 @@ class Engine:
             except BaseException:
                 self._calls.pop(job_id, None)
                 state = JobState.CANCELLED if self._closed else JobState.CRASHED
-                self._store.finish(job_id, state.value, None,
-                                   "the pool broke before this job started and"
-                                   " it could not be queued again:\n"
-                                   + traceback.format_exc())
+                self._finish(job_id, state.value,
+                             "the pool broke before this job started and it"
+                             " could not be queued again:\n"
+                             + traceback.format_exc())
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` if it is unknown or was dropped."""
@@ -331,28 +382,26 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            runner, manager = self._runner, self._manager
-        if runner is None or manager is None:
+            runner = self._runner
+        if runner is None:
             return
         store = self._store
-        snapshot: Store
+        with self._lock:
+            # This engine's own jobs: a shared store holds other processes' too.
+            own = list(self._calls)
+        grace = self.cancel_grace if wait else 0.0
         try:
-            for job_id in store.ids_in_state(JobState.QUEUED.value):
-                self.cancel(job_id)
-            grace = self.cancel_grace if wait else 0.0
-            for job_id in store.ids_in_state(JobState.RUNNING.value):
-                # Asked to stop, not cancelled: a job done within its grace
-                # keeps its outcome.
+            for job_id in own:
+                # Queued: cancelled. Running: asked to stop, not cancelled, so
+                # that a job done within its grace keeps its outcome.
                 store.request_cancel(job_id, grace, shutdown=True)
+        except (StoreUnavailable, OSError, EOFError) as exc:
+            logger.error("wsgi_bg: shutting down without the store (%s): running"
+                         " jobs are stopped without their grace", exc)
         finally:
             runner.shutdown()  # even when the store is gone: stop the pool
-        try:
-            snapshot = store.snapshot()  # type: ignore[attr-defined]
-        except (OSError, EOFError):  # the manager is gone already
-            snapshot = self._local_store()
-        self._store = snapshot
-        manager.shutdown()
-        _release_helpers(self)
+            self._store = self._backend.stop()
+            _release_helpers(self)
 
 
 #: Engines started and not yet shut down, in this process. The forkserver and
@@ -425,8 +474,11 @@ def _register_exit(engine: Engine) -> None:
     # its import, so later in reverse order), which would wait for running
     # jobs to finish; ours gives them cancel_grace, then kills them.
     ref = weakref.ref(engine)
+    pid = os.getpid()
 
     def at_exit() -> None:
+        if os.getpid() != pid:  # a forked child (start_method="fork") inherited it
+            return
         engine = ref()
         if engine is not None:
             engine.shutdown(wait=True)

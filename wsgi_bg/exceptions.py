@@ -43,6 +43,19 @@ class AppFailed(WsgiBgError):
     """A marked app, run as a job, answered with a 5xx status: the job failed."""
 
 
-class StoreUnavailable(WsgiBgError):
-    """The job store cannot be reached: its manager process is gone (killed,
-    or the machine ran out of memory). Restart the server."""
+class StoreUnavailable(WsgiBgError, ServiceUnavailable):
+    """The job store cannot be reached: Redis is down, hung or unreachable
+    (calls time out after a few seconds), or the default store's manager
+    process is gone (killed, or the machine ran out of memory).
+
+    Like :exc:`QueueFull` it is Werkzeug's
+    :exc:`~werkzeug.exceptions.ServiceUnavailable`: requests that need the
+    store are answered ``503`` with ``Retry-After``. A Redis store recovers by
+    itself once Redis answers again.
+    """
+
+    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
+        ServiceUnavailable.__init__(self, description, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return str(self.description)

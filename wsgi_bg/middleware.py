@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
@@ -24,13 +25,16 @@ from werkzeug.wrappers import Request, Response
 from . import context
 from .auth import default_authorize
 from .engine import Engine, _check_number
-from .exceptions import QueueFull
+from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job
 from .marks import MIDDLEWARE_KEY, MarkedApp, run_app, snapshot_environ
 from .status import StatusApp
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from redis import Redis
+
+logger = logging.getLogger("wsgi_bg")
 
 P = ParamSpec("P")
 
@@ -91,6 +95,19 @@ class BackgroundMiddleware:
     :param status_url: absolute path where links to job pages point, when
         :attr:`status_app` is mounted elsewhere; default: ``SCRIPT_NAME +
         prefix``.
+    :param store: where jobs are kept. ``None`` (default): in memory, in a
+        manager process of this server process; nothing to install, but each
+        server process sees only its own jobs. A Redis URL
+        (``"redis://host:6379/0"``, ``"rediss://…"``, ``"unix:///path.sock"``)
+        or a :class:`redis.Redis` client: in Redis, shared by every server
+        process and kept across restarts (``pip install "wsgi_bg[redis]"``;
+        needs a secret key).
+    :param namespace: prefix of every Redis key, so that several apps share one
+        Redis without seeing each other's jobs (also the RQ queue's name).
+    :param secret_key: key signing everything pickled into Redis (results), so
+        that whoever can write to Redis cannot make a process run code; the
+        same in every process. Default: the ``WSGI_BG_SECRET_KEY`` environment
+        variable. Required by a Redis store.
 
     .. versionadded:: 0.1
     """
@@ -106,6 +123,9 @@ class BackgroundMiddleware:
         max_body_bytes: int = 1_048_576,
         authorize: Authorize | None = None,
         status_url: str | None = None,
+        store: str | Redis | None = None,
+        namespace: str = "wsgi_bg",
+        secret_key: str | bytes | None = None,
     ) -> None:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
@@ -132,8 +152,10 @@ class BackgroundMiddleware:
             max_output_bytes=max_output_bytes, max_queued=max_queued,
             cancel_grace=cancel_grace, start_method=start_method,
             executor_factory=executor_factory,
-            max_jobs_per_process=max_jobs_per_process,
+            max_jobs_per_process=max_jobs_per_process, store=store,
+            namespace=namespace, secret_key=secret_key,
         )
+        self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted
         #: The status pages as a standalone WSGI app, to mount elsewhere, e.g.
         #: ``DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})`` (then
@@ -146,6 +168,8 @@ class BackgroundMiddleware:
     ) -> Iterable[bytes]:
         script_name = environ.get("SCRIPT_NAME", "")
         self._script_name = script_name
+        if not self._multiprocess_checked:
+            self._check_multiprocess(environ)
         path = environ.get("PATH_INFO", "")
         if path == self.prefix or path.startswith(self.prefix + "/"):
             # Mount the pages as werkzeug's DispatcherMiddleware would.
@@ -157,11 +181,23 @@ class BackgroundMiddleware:
         mount_token = _request_script_name.set(script_name)
         try:
             return self.app(environ, start_response)
-        except QueueFull as exc:  # a @background call in a view found no room
+        except (QueueFull, StoreUnavailable) as exc:
+            # A @background call in a view found no room, or no store: 503.
             return exc(environ, start_response)
         finally:
             _request_script_name.reset(mount_token)
             context.active_middleware.reset(token)
+
+    def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
+        self._multiprocess_checked = True
+        if environ.get("wsgi.multiprocess") and not self.engine.shared_store:
+            logger.warning(
+                "wsgi_bg: this server runs several processes (wsgi.multiprocess)"
+                " but jobs are kept in each process's own store: a job's page is"
+                " found only by the process that started it. Use a store shared"
+                " by every process: BackgroundMiddleware(app,"
+                ' store="redis://host:6379/0"). See docs/deployment.md.'
+            )
 
     def start_app_job(
         self, app: MarkedApp, environ: WSGIEnvironment, start_response: StartResponse

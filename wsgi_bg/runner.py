@@ -60,20 +60,40 @@ from concurrent.futures import (
     ThreadPoolExecutor,
 )
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import Any, TypeVar
 
 from . import context
 from .capture import Relay, redirect_stdio
+from .exceptions import StoreUnavailable
 from .jobs import JobState
-from .store import Store, connect
+from .stores import Link, Store
 
 #: How long to wait for a dead job's stray output to drain.
 _DRAIN_SECONDS = 1.0
+#: How long a supervisor keeps trying to record a job's start, or its end,
+#: while the store cannot be reached (Redis restarting, a network blip).
+_START_RETRY_SECONDS = 30.0
+_FINISH_RETRY_SECONDS = 300.0
+
+T = TypeVar("T")
+
+
+def _retrying(call: Callable[[], T], seconds: float) -> T:
+    """``call()``, tried again every second while the store is unreachable,
+    for up to ``seconds``; then its StoreUnavailable is raised."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
-_store_cache: dict[Any, Store] = {}
+_store_cache: dict[str, Store] = {}
 
 
 def _prctl(option: int, value: int) -> None:
@@ -105,10 +125,8 @@ def _children_left() -> bool:
             return True
 
 
-def _worker_store(
-    address: Any, authkey: bytes, die_with_parent: bool = False
-) -> Store:
-    store = _store_cache.get(address)
+def _worker_store(link: Link, die_with_parent: bool = False) -> Store:
+    store = _store_cache.get(link.key)
     if store is None:
         # First job in this worker (also the set-up for executors we did not
         # create, which got no initializer).
@@ -119,18 +137,17 @@ def _worker_store(
             # fork pools start workers from whichever thread submitted (a
             # request's). Other workers are killed by the store's watchdog.
             _die_with_parent()
-        store = _store_cache[address] = connect(address, authkey)
-        store.register_worker(os.getpid())  # type: ignore[attr-defined]
+        store = _store_cache[link.key] = link.connect()
     return store
 
 
-def worker_init(address: Any, authkey: bytes, die_with_parent: bool) -> None:
+def worker_init(link: Link, die_with_parent: bool) -> None:
     """Pool initializer: set the worker up before it takes its first job."""
-    _worker_store(address, authkey, die_with_parent)
+    _worker_store(link, die_with_parent)
 
 
 def run_job(
-    address: Any, authkey: bytes, job_id: str, payload: bytes,
+    link: Link, job_id: str, payload: bytes,
     timeout: float | None, grace: float, jobs_per_process: int = 1,
 ) -> str | None:
     """Run one job to its end and record it; the pool's task function.
@@ -141,7 +158,7 @@ def run_job(
     # The call is loaded only in the job process: an import that hangs, starts
     # threads or crashes must meet the timeout, cancel and isolation of a job,
     # not stall or thread this worker.
-    store = _worker_store(address, authkey)
+    store = _worker_store(link)
     return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
 
 
@@ -210,6 +227,7 @@ class _JobProcess:
 #: This worker's job process, kept between jobs.
 _warm: _JobProcess | None = None
 _FRAME = struct.Struct("!I")
+_ORPHANED = "orphaned"
 
 
 class _Supervisor:
@@ -221,6 +239,9 @@ class _Supervisor:
         self.timeout = timeout
         self.grace = grace
         self.shown: str | None = None  # the result's repr, when it succeeded
+        # This worker's parent: the server process, or the forkserver that
+        # lives as long as it. If it changes, the server is gone.
+        self.parent = os.getppid()
 
     def run(self, payload: bytes, jobs_per_process: int) -> str | None:
         global _warm
@@ -229,7 +250,8 @@ class _Supervisor:
         out_r, out_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
         try:
-            if not self.store.start(self.job_id, process.pid):
+            if not _retrying(lambda: self.store.start(self.job_id, process.pid),
+                             _START_RETRY_SECONDS):
                 _warm = process  # cancelled while queued: never sent, still warm
                 return None
             process.send_job(self.job_id, payload, [out_w, ctl_r])
@@ -249,8 +271,10 @@ class _Supervisor:
                     os.close(fd)
         if reuse:
             _warm = process
-        return self.store.finish(self.job_id, state, result, error, *self.last,
-                                 shown=self.shown)
+        return _retrying(
+            lambda: self.store.finish(self.job_id, state, result, error, *self.last,
+                                      shown=self.shown),
+            _FINISH_RETRY_SECONDS)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
@@ -292,7 +316,9 @@ class _Supervisor:
                     status = process.reap(block=False)
                 now = time.monotonic()
                 if status is None and messages.final is None:
-                    if deadline is not None and now >= deadline:
+                    if os.getppid() != self.parent:
+                        ended_by = _ORPHANED
+                    elif deadline is not None and now >= deadline:
                         ended_by = JobState.TIMED_OUT.value
                     elif kill_at is not None and now >= kill_at:
                         ended_by = JobState.CANCELLED.value
@@ -340,6 +366,11 @@ class _Supervisor:
             return ended_by, None, (
                 f"timed out: still running after its timeout of {self.timeout} s;"
                 " its process was killed"
+            ), False
+        if ended_by == _ORPHANED:
+            return JobState.CRASHED.value, None, (
+                "its server process stopped (killed or exited) while the job ran;"
+                " the job's process was killed with it"
             ), False
         if ended_by == JobState.CANCELLED.value:
             return ended_by, None, (
@@ -555,13 +586,12 @@ class ProcessRunner:
     executor ``executor_factory`` returns) through :func:`run_job`."""
 
     def __init__(
-        self, *, address: Any, authkey: bytes, max_workers: int | None,
+        self, *, link: Link, max_workers: int | None,
         mp_context: BaseContext, executor_factory: Callable[[], Executor] | None,
         jobs_per_process: int = 1,
     ) -> None:
         self.jobs_per_process = jobs_per_process
-        self.address = address
-        self.authkey = authkey
+        self.link = link
         self.max_workers = max_workers
         self.mp_context = mp_context
         self.executor_factory = executor_factory
@@ -584,7 +614,7 @@ class ProcessRunner:
         return ProcessPoolExecutor(
             self.max_workers, mp_context=self.mp_context,
             initializer=worker_init,
-            initargs=(self.address, self.authkey,
+            initargs=(self.link,
                       self.mp_context.get_start_method() == "forkserver"),
         )
 
@@ -592,7 +622,7 @@ class ProcessRunner:
         self, job_id: str, payload: bytes, timeout: float | None, grace: float
     ) -> Future[str | None]:
         return self.executor.submit(
-            run_job, self.address, self.authkey, job_id, payload, timeout, grace,
+            run_job, self.link, job_id, payload, timeout, grace,
             self.jobs_per_process,
         )
 

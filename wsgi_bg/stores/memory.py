@@ -1,11 +1,9 @@
-"""Where job records and output live: the :class:`Store` seam and its default.
+"""The default store: nothing to install, jobs kept in memory.
 
-The store is the single source of truth: the runner writes into it, the status
-pages and :class:`~wsgi_bg.Job` handles read only from it. Every state change
-is one store call, so a store that serves several processes (the default) or
-several machines (a Redis store) keeps each transition atomic.
+Every state change is one store call, so the store serves the server process
+and the pool workers and keeps each transition atomic.
 
-Default: a :class:`MemoryStore` served by a :mod:`multiprocessing` manager
+A :class:`MemoryStore` served by a :mod:`multiprocessing` manager
 process that the middleware starts on its first submit. Nothing to install::
 
     server process ──proxy──┐
@@ -22,115 +20,96 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import multiprocessing
 import os
+import re
 import select
 import signal
 import threading
 import time
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
-from typing import Any, Protocol
+from typing import Any
 
-from .jobs import TERMINAL_STATES, JobState
+from ..jobs import TERMINAL_STATES, JobState
+from .protocol import Record, Store
 
-Record = dict[str, Any]
+
+def dropped_marker(dropped: int, limit: int) -> str:
+    """The line that stands where output was dropped (every store writes it)."""
+    return (f"\n[… {dropped} bytes of output dropped: the job wrote more than"
+            f" max_output_bytes={limit} …]\n")
 
 
-class Store(Protocol):
-    """What the engine, the runner and the pages need from a store.
+def _is_continuation(byte: int) -> bool:
+    return 0x80 <= byte < 0xC0
 
-    Records are plain dicts with the keys id, name, state, created_at,
-    started_at, ended_at, result (pickled bytes), error, progress, timeout,
-    cancel_requested, url, pid, output_size. Implementations must make each
-    method atomic with respect to the others.
-    """
 
-    def create(self, record: Record, max_queued: int) -> bool:
-        """Add a queued record; ``False`` (and nothing added) if ``max_queued``
-        jobs are already waiting."""
+def head_cut(data: bytes | bytearray, size: int) -> int:
+    """Where a head of at most ``size`` bytes ends without splitting a character."""
+    cut = min(size, len(data))
+    while 0 < cut < len(data) and _is_continuation(data[cut]):
+        cut -= 1
+    return cut
 
-    def start(self, job_id: str, pid: int) -> bool:
-        """Move a queued job to running in process group ``pid``; ``False`` if
-        it is no longer queued (cancelled, or unknown)."""
 
-    def relay(
-        self, job_id: str, text: str, progress: dict[str, Any] | None
-    ) -> tuple[bool, float | None]:
-        """Append output, record progress; return ``(cancel_requested, grace)``."""
+def tail_cut(data: bytes | bytearray, start: int) -> int:
+    """The first character boundary at or after ``start``."""
+    while start < len(data) and _is_continuation(data[start]):
+        start += 1
+    return start
 
-    def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str = "", progress: dict[str, Any] | None = None,
-        shown: str | None = None,
-    ) -> str | None:
-        """End a job, once, with its last output and progress (as
-        :meth:`relay` would add them), its pickled ``result`` (kept apart
-        from the record: see :meth:`result`) and ``shown``, the result's
-        ``repr`` for pages; a job whose cancel was requested ends cancelled.
-        Return the state stored, or ``None`` if the job had already ended."""
 
-    def result(self, job_id: str) -> bytes | None:
-        """The pickled result of a job that succeeded, else ``None``."""
+def encode_output(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (which UTF-8 cannot hold) becomes
+    U+FFFD, as the decoder makes of any undecodable byte."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
-    def request_cancel(
-        self, job_id: str, grace: float | None, shutdown: bool = False
-    ) -> str:
-        """Cancel a queued job at once ("cancelled"), ask a running one to stop
-        ("requested"; ``grace`` shortens its grace), or "" if it has ended.
-        With ``shutdown``, a running job is asked to stop but not cancelled:
-        if it ends within its grace, its outcome stands."""
 
-    def get(self, job_id: str) -> Record | None:
-        """The record without its output, or ``None``."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-    def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
-        """Output after offset ``since`` and the next offset, or ``None``."""
 
-    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
-        """:meth:`get` and :meth:`read_output` at once (one round trip, one
-        consistent state: what pages poll), or ``None``."""
-
-    def list(self, limit: int | None = None) -> list[Record]:
-        """Records, newest first."""
-
-    def ids_in_state(self, *states: str) -> builtins.list[str]:
-        """Ids of the jobs in any of ``states``, oldest first."""
-
-    def counts(self) -> dict[str, int]:
-        """How many jobs are stored in each state."""
+def decode(data: bytes | bytearray) -> str:
+    return bytes(data).decode("utf-8", "replace")
 
 
 class _Output:
-    """A job's output, bounded: past ``limit`` characters it keeps the head and
-    the tail and counts what fell between."""
+    """A job's output as UTF-8, bounded: past ``limit`` bytes it keeps the
+    head and the tail (cut at character boundaries) and counts what fell
+    between. Offsets count bytes ever written."""
 
     __slots__ = ("chunks", "head", "tail_start", "total", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.chunks: list[str] = []  # untruncated text, or the tail once truncated
-        self.head: str | None = None  # set once output passed the limit
+        self.chunks: list[bytes] = []  # untruncated output, or the tail once truncated
+        self.head: bytes | None = None  # set once output passed the limit
         self.tail_start = 0  # absolute offset of chunks[0]
-        self.total = 0  # characters ever written
+        self.total = 0  # bytes ever written
 
     def append(self, text: str) -> None:
-        self.chunks.append(text)
-        self.total += len(text)
+        data = encode_output(text)
+        self.chunks.append(data)
+        self.total += len(data)
         kept = self.total - self.tail_start
         if self.head is None:
             if self.total > self.limit:
-                full = "".join(self.chunks)
-                self.head = full[: self.limit // 2]
+                full = b"".join(self.chunks)
+                self.head = full[: head_cut(full, self.limit // 2)]
                 self.chunks = [full]
                 self._trim()
         elif kept > self.limit:  # trim the tail in batches, not on every append
             self._trim()
 
     def _trim(self) -> None:
-        keep = self.limit - len(self.head or "")
-        tail = "".join(self.chunks)[-keep:] if keep else ""
-        self.tail_start = self.total - len(tail)
-        self.chunks = [tail]
+        joined = b"".join(self.chunks)
+        keep = self.limit - len(self.head or b"")
+        start = tail_cut(joined, max(0, len(joined) - keep))
+        self.tail_start += start
+        self.chunks = [joined[start:]]
 
     def read(self, since: int) -> tuple[str, int]:
         if self.head is not None and self.total - self.tail_start > (
@@ -140,25 +119,21 @@ class _Output:
             # it trims in batches); what is shown stays within ``limit``.
             self._trim()
         if len(self.chunks) > 1:
-            self.chunks = ["".join(self.chunks)]
-        tail = self.chunks[0] if self.chunks else ""
+            self.chunks = [b"".join(self.chunks)]
+        tail = self.chunks[0] if self.chunks else b""
         since = max(0, since)
         if since >= self.total:
             return "", self.total
         if self.head is None:
-            return tail[since:], self.total
+            return decode(tail[since:]), self.total
         parts = []
         if since < len(self.head):
-            parts.append(self.head[since:])
+            parts.append(decode(self.head[since:]))
         if since < self.tail_start:
-            dropped = self.tail_start - len(self.head)
-            parts.append(
-                f"\n[… {dropped} characters of output dropped: the job wrote more"
-                f" than max_output_bytes={self.limit} …]\n"
-            )
-            parts.append(tail)
+            parts.append(dropped_marker(self.tail_start - len(self.head), self.limit))
+            parts.append(decode(tail))
         else:
-            parts.append(tail[since - self.tail_start :])
+            parts.append(decode(tail[since - self.tail_start :]))
         return "".join(parts), self.total
 
 
@@ -192,7 +167,8 @@ class MemoryStore:
                 return False
             if record["id"] in self._records:
                 raise ValueError(f"job id {record['id']!r} is already stored")
-            record = dict(record, state=JobState.QUEUED.value, output_size=0)
+            record = dict(record, state=JobState.QUEUED.value, output_size=0,
+                          cancel_requested_at=None, cancelled_how=None)
             self._records[record["id"]] = record
             self._outputs[record["id"]] = _Output(self.max_output_bytes)
             self._queued += 1
@@ -236,11 +212,8 @@ class MemoryStore:
             if record is None or record["state"] in TERMINAL_STATES:
                 return None
             self._add(record, text, progress)
-            if record["cancel_requested"] and state != JobState.CANCELLED:
-                error = "cancelled while running" + (
-                    f"; the job then ended {state}:\n{error}" if error else ""
-                )
-                state = JobState.CANCELLED.value
+            state, error, how = cancel_outcome(record, state, error)
+            record["cancelled_how"] = how
             if record["state"] == JobState.QUEUED:
                 self._queued -= 1
             now = time.time()
@@ -264,10 +237,13 @@ class MemoryStore:
                 now = time.time()
                 record.update(state=JobState.CANCELLED.value, ended_at=now,
                               error="cancelled before it started",
-                              cancel_requested=True)
+                              cancel_requested=True, cancel_requested_at=now,
+                              cancelled_how="before_start")
                 self._queued -= 1
                 self._finished[job_id] = now
                 return "cancelled"
+            if not shutdown and not record["cancel_requested"]:
+                record["cancel_requested_at"] = time.time()
             record["stop_requested" if shutdown else "cancel_requested"] = True
             if grace is not None:
                 old = record.get("cancel_grace")
@@ -363,6 +339,23 @@ class MemoryStore:
         self._lock = threading.Lock()
 
 
+def cancel_outcome(
+    record: Record, state: str, error: str | None
+) -> tuple[str, str | None, str | None]:
+    """``(state, error, cancelled_how)`` for a job ending in ``state``: a job
+    asked to cancel ends cancelled, killed after its grace or stopped by
+    itself (the Redis store's Lua script mirrors this)."""
+    if state == JobState.CANCELLED:
+        queued = record["state"] == JobState.QUEUED
+        return state, error, "before_start" if queued else "killed"
+    if record["cancel_requested"]:
+        error = "cancelled while running" + (
+            f"; the job then ended {state}:\n{error}" if error else ""
+        )
+        return JobState.CANCELLED.value, error, "stopped"
+    return state, error, None
+
+
 def _kill(kill: Any, pid: int) -> None:
     try:
         kill(pid, signal.SIGKILL)
@@ -434,8 +427,57 @@ def start_manager(
     return manager
 
 
-def connect(address: Any, authkey: bytes) -> Store:
-    """A proxy to the store served at ``address`` (used by pool workers)."""
-    manager = StoreManager(address=address, authkey=authkey)
-    manager.connect()
-    return manager.get_store()  # type: ignore[attr-defined,no-any-return]
+class ManagerLink:
+    """Reaches the manager-served store from a pool worker, and registers the
+    worker with the manager's watchdog."""
+
+    def __init__(self, address: Any, authkey: bytes) -> None:
+        self.address = address
+        self.authkey = authkey
+        self.key = f"manager:{address!r}"
+
+    def connect(self) -> Store:
+        manager = StoreManager(address=self.address, authkey=self.authkey)
+        manager.connect()
+        store = manager.get_store()  # type: ignore[attr-defined]
+        store.register_worker(os.getpid())
+        return store  # type: ignore[no-any-return]
+
+
+class ManagerBackend:
+    """The default: a :class:`MemoryStore` in a manager process of this server
+    process. Jobs are this process's own (``shared`` is false)."""
+
+    shared = False
+
+    def __init__(self, *, max_jobs: int, job_ttl: float, max_output_bytes: int) -> None:
+        self.options: dict[str, Any] = {
+            "max_jobs": max_jobs, "job_ttl": job_ttl,
+            "max_output_bytes": max_output_bytes}
+        self._manager: StoreManager | None = None
+        self._store: Store | None = None
+
+    def reader(self) -> Store:
+        return MemoryStore(**self.options)  # empty: nothing has run here yet
+
+    def start(self, ctx: BaseContext) -> Store:
+        self._manager = start_manager(ctx, **self.options)
+        self._store = self._manager.get_store()  # type: ignore[attr-defined]
+        return self._store
+
+    def link(self) -> ManagerLink:
+        if self._manager is None:
+            raise RuntimeError("the manager store is not started")
+        # The manager was started with this process's authkey (the default).
+        authkey = bytes(multiprocessing.current_process().authkey)
+        return ManagerLink(self._manager.address, authkey)
+
+    def stop(self) -> Store:
+        snapshot: Store
+        try:
+            snapshot = self._store.snapshot()  # type: ignore[union-attr]
+        except (OSError, EOFError, AttributeError):  # the manager is gone already
+            snapshot = self.reader()
+        if self._manager is not None:
+            self._manager.shutdown()
+        return snapshot

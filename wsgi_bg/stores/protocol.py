@@ -1,0 +1,123 @@
+"""The store seam: what the engine, the runner and the pages need from a store.
+
+A :class:`Store` holds job records, output, results and cancel requests; it is
+the single source of truth for what pages show. A :class:`Backend` is how one
+kind of store is started in the server process, reached from the processes
+that run jobs (:meth:`Backend.link`), and stopped. :func:`wsgi_bg.stores.open_backend`
+picks one from the middleware's ``store=`` option; no other module knows which
+store is in use.
+"""
+
+from __future__ import annotations
+
+import builtins
+from multiprocessing.context import BaseContext
+from typing import Any, Protocol
+
+Record = dict[str, Any]
+
+#: Fields every record has (a store may add its own). ``args`` is a bounded
+#: repr of the call, ``cancelled_how`` one of ``"before_start"``, ``"stopped"``
+#: (ended by itself within its grace) or ``"killed"`` (after its grace).
+RECORD_FIELDS = (
+    "id", "name", "state", "created_at", "started_at", "ended_at", "result",
+    "error", "progress", "timeout", "cancel_requested", "cancel_grace", "url",
+    "pid", "output_size", "args", "cancel_requested_at", "cancelled_how",
+)
+
+
+class Store(Protocol):
+    """Records are plain dicts with at least :data:`RECORD_FIELDS`. Each method
+    is atomic with respect to the others, across every process using the
+    store.
+
+    Output offsets count UTF-8 bytes ever written: ``since`` is an offset a
+    previous read returned (0 for everything), and past ``max_output_bytes``
+    the head and the tail are kept with a marker saying how much was dropped.
+    """
+
+    def create(self, record: Record, max_queued: int) -> bool:
+        """Add a queued record; ``False`` (and nothing added) if ``max_queued``
+        jobs are already waiting."""
+
+    def start(self, job_id: str, pid: int) -> bool:
+        """Move a queued job to running in process group ``pid``; ``False`` if
+        it is no longer queued (cancelled, or unknown)."""
+
+    def relay(
+        self, job_id: str, text: str, progress: dict[str, Any] | None
+    ) -> tuple[bool, float | None]:
+        """Append output, record progress, renew the job's lease; return
+        ``(stop, grace)``: whether the job was asked to stop (or can no longer
+        be recorded) and the grace it was given."""
+
+    def finish(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str = "", progress: dict[str, Any] | None = None,
+        shown: str | None = None,
+    ) -> str | None:
+        """End a job, once, with its last output and progress (as
+        :meth:`relay` would add them), its pickled ``result`` (kept apart
+        from the record: see :meth:`result`) and ``shown``, the result's
+        ``repr`` for pages; a job whose cancel was requested ends cancelled.
+        Return the state stored, or ``None`` if the job had already ended."""
+
+    def result(self, job_id: str) -> bytes | None:
+        """The pickled result of a job that succeeded, else ``None``."""
+
+    def request_cancel(
+        self, job_id: str, grace: float | None, shutdown: bool = False
+    ) -> str:
+        """Cancel a queued job at once ("cancelled"), ask a running one to stop
+        ("requested"; ``grace`` shortens its grace), or "" if it has ended.
+        With ``shutdown``, a running job is asked to stop but not cancelled:
+        if it ends within its grace, its outcome stands."""
+
+    def get(self, job_id: str) -> Record | None:
+        """The record without its output, or ``None``."""
+
+    def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
+        """Output after offset ``since`` and the next offset, or ``None``."""
+
+    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
+        """:meth:`get` and :meth:`read_output` at once (one round trip, one
+        consistent state: what pages poll), or ``None``."""
+
+    def list(self, limit: int | None = None) -> builtins.list[Record]:
+        """Records, newest first."""
+
+    def ids_in_state(self, *states: str) -> builtins.list[str]:
+        """Ids of the jobs in any of ``states``, oldest first."""
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs are stored in each state."""
+
+
+class Link(Protocol):
+    """How a process that runs jobs reaches the store: picklable, sent to
+    pool workers. Links with equal :attr:`key` reach the same store."""
+
+    key: str
+
+    def connect(self) -> Store:
+        """A store usable in this process (called once per process and key)."""
+
+
+class Backend(Protocol):
+    """One kind of store, as the engine starts, shares and stops it."""
+
+    #: Whether every server process sees the same jobs (else: one process's).
+    shared: bool
+
+    def reader(self) -> Store:
+        """The store to read before :meth:`start` (nothing started yet)."""
+
+    def start(self, ctx: BaseContext) -> Store:
+        """Start what the store needs (processes, threads); the store to use
+        in this process from now on."""
+
+    def link(self) -> Link:
+        """How processes that run jobs reach the store (after :meth:`start`)."""
+
+    def stop(self) -> Store:
+        """Stop what :meth:`start` started; a store that stays readable."""

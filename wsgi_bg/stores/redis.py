@@ -1,0 +1,767 @@
+"""The Redis store: jobs shared by every server process, kept across restarts.
+
+Use it when the app runs in several processes (``gunicorn -w 4``) or must keep
+its jobs' history across restarts::
+
+    app = BackgroundMiddleware(app, store="redis://localhost:6379/0",
+                               namespace="shop")   # + WSGI_BG_SECRET_KEY
+
+Key layout, for namespace ``N`` (every key starts with ``N:``, so apps sharing
+one Redis never see each other's jobs)::
+
+    N:job:{id}      hash    the record: each field JSON, but state (plain)
+    N:out:{id}      string  the output: all of it, or its tail past the limit
+    N:head:{id}     string  the head of the output, once past the limit
+    N:result:{id}   string  the pickled result, signed (see signing.py)
+    N:lease:{id}    string  TTL: the supervisor running the job is alive
+    N:owner:{o}     string  TTL: server process o, holding queued jobs, is alive
+    N:jobs          zset    every job, by created_at (the list)
+    N:state:{s}     zset    the jobs in state s, by created_at (counts, sweeps)
+    N:finished      zset    ended jobs, by ended_at (retention by max_jobs)
+    N:suspects      hash    job id -> when its lease or owner was first missed
+
+Each state change is one Lua script, so it is atomic whoever runs it. Ended
+jobs' keys expire after ``job_ttl`` (Redis expiry) and the same scripts drop
+ended jobs past ``max_jobs``. The scripts compute their keys, so Redis Cluster
+is not supported (one Redis, or a primary with replicas, is).
+
+Liveness (nothing says "running" for ever): the supervisor of a running job
+renews its lease with every relay (several times a second); each server
+process that started the engine renews its owner key every 2 s. Every process
+sweeps every 5 s: a running job whose lease is gone, or a queued job whose
+owner is gone, is marked a suspect, and ends ``crashed`` if it still is at a
+sweep 4 s later. So a job whose process was killed ends within
+``LEASE_SECONDS`` + 10 s, and a supervisor that was cut off from Redis for a
+while has 4 s after Redis returns to renew its lease.
+
+Unreachable Redis: calls time out after ``socket_timeout`` (2 s by default)
+and raise :exc:`~wsgi_bg.exceptions.StoreUnavailable`, a ``503`` with
+``Retry-After`` for requests. Supervisors keep a job's output meanwhile
+(bounded) and deliver it when Redis is back.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import logging
+import pickle
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.context import BaseContext
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.retry import Retry
+
+from ..exceptions import ResultUnavailable, StoreUnavailable
+from ..jobs import JobState
+from .memory import dropped_marker, encode_output, tail_cut
+from .protocol import Record, Store
+from .signing import BadSignature, Signer, resolve_secret_key
+
+logger = logging.getLogger("wsgi_bg")
+
+#: Seconds a running job's lease lasts without renewal.
+LEASE_SECONDS = 15.0
+#: Seconds a server process's owner key lasts, and how often it is renewed.
+OWNER_SECONDS, BEAT_SECONDS = 15.0, 2.0
+#: Seconds between two sweeps by one process; a suspect must stay one this long.
+SWEEP_SECONDS, SUSPECT_SECONDS = 5.0, 4.0
+#: Socket timeouts used unless the client given has its own.
+SOCKET_TIMEOUT = 2.0
+
+_CRASHED_RUNNING = (
+    "the process running this job stopped (its server process or pool worker"
+    " was killed, or the job's supervisor lost the store for longer than"
+    f" {LEASE_SECONDS:g} s): nothing renewed its lease, so it ended crashed"
+)
+_CRASHED_QUEUED = (
+    "the server process that queued this job stopped before it started (killed,"
+    " restarted or recycled): a queued job waits in the pool of the server"
+    " process that submitted it"
+)
+
+# -- Lua ------------------------------------------------------------------------------
+# Every script gets ARGV[1..6] = prefix, now, max_output_bytes, max_jobs,
+# job_ttl in ms, lease in ms; its own arguments follow from ARGV[7].
+_LIB = """
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local LIMIT = tonumber(ARGV[3])
+local MAX_JOBS = tonumber(ARGV[4])
+local TTL_MS = tonumber(ARGV[5])
+local LEASE_MS = tonumber(ARGV[6])
+local STATES = {'queued', 'running', 'succeeded', 'failed', 'cancelled',
+                'timed_out', 'crashed'}
+local TERMINAL = {succeeded = true, failed = true, cancelled = true,
+                  timed_out = true, crashed = true}
+
+local function k(kind, id) return P .. kind .. ':' .. id end
+
+local function move(id, from, to)
+  local score = redis.call('ZSCORE', P .. 'jobs', id) or ARGV[2]
+  redis.call('ZREM', P .. 'state:' .. from, id)
+  redis.call('ZADD', P .. 'state:' .. to, score, id)
+end
+
+local function drop(id)
+  redis.call('DEL', k('job', id), k('out', id), k('head', id), k('result', id),
+             k('lease', id))
+  redis.call('ZREM', P .. 'jobs', id)
+  redis.call('ZREM', P .. 'finished', id)
+  redis.call('HDEL', P .. 'suspects', id)
+  for _, s in ipairs(STATES) do redis.call('ZREM', P .. 'state:' .. s, id) end
+end
+
+local function prune()
+  local cutoff = NOW - TTL_MS / 1000
+  local old = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf',
+                         '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, 1000)
+  for _, id in ipairs(old) do drop(id) end
+  local n = redis.call('ZCARD', P .. 'finished')
+  if n > MAX_JOBS then
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'finished', 0, n - MAX_JOBS - 1)) do
+      drop(id)
+    end
+  end
+end
+
+local function expire(id)
+  local ms = math.max(TTL_MS, 1)
+  for _, kind in ipairs({'job', 'out', 'head', 'result'}) do
+    redis.call('PEXPIRE', k(kind, id), ms)
+  end
+end
+
+local function ended(id, from, state, ended_at)
+  move(id, from, state)
+  redis.call('ZADD', P .. 'finished', ended_at, id)
+  redis.call('DEL', k('lease', id))
+  redis.call('HDEL', P .. 'suspects', id)
+  expire(id)
+end
+
+local function is_cont(s, i)
+  local b = string.byte(s, i)
+  return b ~= nil and b >= 128 and b < 192
+end
+
+-- Output past LIMIT keeps a head and a tail cut at character boundaries; the
+-- tail may grow to LIMIT before it is trimmed (in batches), reads show at most
+-- LIMIT bytes in all. The same rules as memory.py's _Output.
+local function append(id, data)
+  if #data == 0 then return end
+  local key, out = k('job', id), k('out', id)
+  local total = tonumber(redis.call('HGET', key, 'output_size') or '0') + #data
+  redis.call('APPEND', out, data)
+  if redis.call('HGET', key, 'truncated') ~= 'true' then
+    if total > LIMIT then
+      local full = redis.call('GET', out)
+      local cut = math.floor(LIMIT / 2)
+      while cut > 0 and is_cont(full, cut + 1) do cut = cut - 1 end
+      redis.call('SET', k('head', id), string.sub(full, 1, cut))
+      local start = #full - (LIMIT - cut)
+      while start < #full and is_cont(full, start + 1) do start = start + 1 end
+      redis.call('SET', out, string.sub(full, start + 1))
+      redis.call('HSET', key, 'truncated', 'true', 'tail_start', start)
+    end
+  else
+    local tail_start = tonumber(redis.call('HGET', key, 'tail_start'))
+    if total - tail_start > LIMIT then
+      local keep = LIMIT - redis.call('STRLEN', k('head', id))
+      local rel = total - keep - tail_start
+      local tail = redis.call('GETRANGE', out, rel, -1)
+      local skip = 0
+      while skip < #tail and is_cont(tail, skip + 1) do skip = skip + 1 end
+      redis.call('SET', out, string.sub(tail, skip + 1))
+      redis.call('HSET', key, 'tail_start', tail_start + rel + skip)
+    end
+  end
+  redis.call('HSET', key, 'output_size', total)
+end
+
+-- {head part, bytes dropped before the tail part (-1: none), tail part, total}
+local function read(id, since)
+  local key, out = k('job', id), k('out', id)
+  local total = tonumber(redis.call('HGET', key, 'output_size') or '0')
+  if since >= total then return {'', -1, '', total} end
+  if redis.call('HGET', key, 'truncated') ~= 'true' then
+    return {'', -1, redis.call('GETRANGE', out, since, -1), total}
+  end
+  local head = redis.call('GET', k('head', id)) or ''
+  local tail_start = tonumber(redis.call('HGET', key, 'tail_start'))
+  local visible = math.max(tail_start, total - (LIMIT - #head))
+  local head_part = ''
+  if since < #head then head_part = string.sub(head, since + 1) end
+  if since < visible then
+    return {head_part, visible - #head,
+            redis.call('GETRANGE', out, visible - tail_start, -1), total}
+  end
+  return {head_part, -1, redis.call('GETRANGE', out, since - tail_start, -1), total}
+end
+"""
+
+# ARGV[7] id, [8] max_queued, [9] created_at, [10...] field, value pairs
+_CREATE = """
+prune()
+local id = ARGV[7]
+if redis.call('ZCARD', P .. 'state:queued') >= tonumber(ARGV[8]) then return 0 end
+if redis.call('EXISTS', k('job', id)) == 1 then return -1 end
+local fields = {}
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', k('job', id), 'state', 'queued', 'output_size', '0', unpack(fields))
+redis.call('ZADD', P .. 'jobs', ARGV[9], id)
+redis.call('ZADD', P .. 'state:queued', ARGV[9], id)
+return 1
+"""
+
+# ARGV[7] id, [8] pid, [9] started_at
+_START = """
+local id = ARGV[7]
+local key = k('job', id)
+if redis.call('HGET', key, 'state') ~= 'queued' then return 0 end
+redis.call('HSET', key, 'state', 'running', 'started_at', ARGV[9], 'pid', ARGV[8])
+move(id, 'queued', 'running')
+redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
+return 1
+"""
+
+# ARGV[7] id, [8] text, [9] progress JSON or ''
+_RELAY = """
+local id = ARGV[7]
+local key = k('job', id)
+if redis.call('HGET', key, 'state') ~= 'running' then return {1, '0'} end
+append(id, ARGV[8])
+if ARGV[9] ~= '' then redis.call('HSET', key, 'progress', ARGV[9]) end
+redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
+redis.call('HDEL', P .. 'suspects', id)
+local f = redis.call('HMGET', key, 'cancel_requested', 'stop_requested', 'cancel_grace')
+local stop = 0
+if f[1] == 'true' or f[2] == 'true' then stop = 1 end
+return {stop, f[3] or 'null'}
+"""
+
+# ARGV[7] id, [8] state, [9] error JSON, [10] error if it was cancelled JSON,
+# [11] text, [12] progress JSON or '', [13] shown JSON, [14] signed result,
+# [15] '1' if there is a result, [16] ended_at
+_FINISH = """
+local id = ARGV[7]
+local key = k('job', id)
+local old = redis.call('HGET', key, 'state')
+if not old or TERMINAL[old] then return false end
+append(id, ARGV[11])
+if ARGV[12] ~= '' then redis.call('HSET', key, 'progress', ARGV[12]) end
+local state, err, how = ARGV[8], ARGV[9], 'null'
+if state == 'cancelled' then
+  if old == 'queued' then how = '"before_start"' else how = '"killed"' end
+elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
+  state, err, how = 'cancelled', ARGV[10], '"stopped"'
+end
+local shown = 'null'
+if state == 'succeeded' then
+  shown = ARGV[13]
+  if ARGV[15] == '1' then redis.call('SET', k('result', id), ARGV[14]) end
+end
+redis.call('HSET', key, 'state', state, 'ended_at', ARGV[16], 'error', err,
+           'pid', 'null', 'result', shown, 'cancelled_how', how)
+ended(id, old, state, ARGV[16])
+prune()
+return state
+"""
+
+# ARGV[7] id, [8] grace or '', [9] '1' for a shutdown, [10] now JSON
+_CANCEL = """
+local id = ARGV[7]
+local key = k('job', id)
+local state = redis.call('HGET', key, 'state')
+if not state or TERMINAL[state] then return '' end
+if state == 'queued' then
+  redis.call('HSET', key, 'state', 'cancelled', 'ended_at', ARGV[10],
+             'error', '"cancelled before it started"', 'cancel_requested', 'true',
+             'cancel_requested_at', ARGV[10], 'cancelled_how', '"before_start"')
+  ended(id, 'queued', 'cancelled', ARGV[10])
+  return 'cancelled'
+end
+if ARGV[9] == '1' then
+  redis.call('HSET', key, 'stop_requested', 'true')
+else
+  if redis.call('HGET', key, 'cancel_requested') ~= 'true' then
+    redis.call('HSET', key, 'cancel_requested_at', ARGV[10])
+  end
+  redis.call('HSET', key, 'cancel_requested', 'true')
+end
+if ARGV[8] ~= '' then
+  local old = redis.call('HGET', key, 'cancel_grace')
+  if not old or old == 'null' or tonumber(ARGV[8]) < tonumber(old) then
+    redis.call('HSET', key, 'cancel_grace', ARGV[8])
+  end
+end
+return 'requested'
+"""
+
+# ARGV[7] id, [8] since
+_VIEW = """
+local id = ARGV[7]
+local fields = redis.call('HGETALL', k('job', id))
+if #fields == 0 then return false end
+return {fields, read(id, tonumber(ARGV[8]))}
+"""
+
+# ARGV[7] id, [8] since
+_READ = """
+if redis.call('EXISTS', k('job', ARGV[7])) == 0 then return false end
+return read(ARGV[7], tonumber(ARGV[8]))
+"""
+
+# ARGV[7] how many (0: all)
+_LIST = """
+prune()
+local ids = redis.call('ZREVRANGE', P .. 'jobs', 0, tonumber(ARGV[7]) - 1)
+local records = {}
+for _, id in ipairs(ids) do
+  local fields = redis.call('HGETALL', k('job', id))
+  if #fields > 0 then records[#records + 1] = fields end
+end
+return records
+"""
+
+_COUNTS = """
+prune()
+local counts = {}
+for i, s in ipairs(STATES) do counts[i] = redis.call('ZCARD', P .. 'state:' .. s) end
+return counts
+"""
+
+# ARGV[7] error for running jobs JSON, [8] error for queued jobs JSON,
+# [9] seconds a suspect waits
+_SWEEP = """
+local wait = tonumber(ARGV[9])
+local ended_n = 0
+local function suspect(id)
+  local first = redis.call('HGET', P .. 'suspects', id)
+  if not first then
+    redis.call('HSET', P .. 'suspects', id, ARGV[2])
+    return false
+  end
+  return NOW - tonumber(first) >= wait
+end
+local function crash(id, from, err)
+  redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
+             'error', err, 'pid', 'null')
+  ended(id, from, 'crashed', ARGV[2])
+  ended_n = ended_n + 1
+end
+for _, id in ipairs(redis.call('ZRANGE', P .. 'state:running', 0, -1)) do
+  if redis.call('EXISTS', k('job', id)) == 0 then
+    drop(id)
+  elseif redis.call('EXISTS', k('lease', id)) == 1 then
+    redis.call('HDEL', P .. 'suspects', id)
+  elseif suspect(id) then
+    crash(id, 'running', ARGV[7])
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', P .. 'state:queued', 0, -1)) do
+  local owner = redis.call('HGET', k('job', id), 'owner')
+  if not owner then
+    drop(id)
+  elseif owner ~= 'null' then
+    if redis.call('EXISTS', P .. 'owner:' .. string.sub(owner, 2, -2)) == 1 then
+      redis.call('HDEL', P .. 'suspects', id)
+    elseif suspect(id) then
+      crash(id, 'queued', ARGV[8])
+    end
+  end
+end
+return ended_n
+"""
+
+_STATES = [s.value for s in JobState]
+_RAW_FIELDS = ("state",)
+_INTERNAL_FIELDS = ("truncated", "tail_start", "owner")
+
+T = TypeVar("T")
+
+
+def _reaching(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn the errors of an unreachable Redis into StoreUnavailable."""
+
+    @functools.wraps(method)
+    def call(self: RedisStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"the Redis store ({self.where}) cannot be reached: {exc}."
+                " Try again shortly."
+            ) from exc
+
+    return call
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _dump_progress(progress: dict[str, Any] | None) -> str:
+    if progress is None:
+        return ""
+    try:
+        return _dump(progress)
+    except (TypeError, ValueError) as exc:  # e.g. an int too long for JSON
+        return _dump({"done": None, "total": None,
+                      "message": f"progress could not be stored: {exc}"})
+
+
+def _decode_record(fields: list[bytes]) -> Record:
+    record: Record = {}
+    for i in range(0, len(fields), 2):
+        name = fields[i].decode()
+        if name in _INTERNAL_FIELDS:
+            continue
+        raw = fields[i + 1].decode()
+        record[name] = raw if name in _RAW_FIELDS else json.loads(raw)
+    return record
+
+
+def _decode_output(parts: list[Any], limit: int) -> tuple[str, int]:
+    head, dropped, tail, total = parts
+    if dropped < 0:
+        return (head + tail).decode("utf-8", "replace"), int(total)
+    # The tail was cut at a byte offset: start it at a character boundary.
+    start = tail_cut(tail, 0)
+    text = (head.decode("utf-8", "replace")
+            + dropped_marker(int(dropped) + start, limit)
+            + tail[start:].decode("utf-8", "replace"))
+    return text, int(total)
+
+
+class RedisStore:
+    """The :class:`~wsgi_bg.stores.Store` protocol on Redis; see the module
+    docstring for the key layout. Built by :class:`RedisBackend`."""
+
+    def __init__(
+        self, client: redis.Redis, *, namespace: str, signer: Signer,
+        max_jobs: int, job_ttl: float, max_output_bytes: int,
+        owner: str | None = None, where: str = "redis",
+    ) -> None:
+        self._r = client
+        self.namespace = namespace
+        self._prefix = namespace + ":"
+        self._signer = signer
+        self.max_jobs = max_jobs
+        self.job_ttl = job_ttl
+        self.max_output_bytes = max_output_bytes
+        self.owner = owner
+        self.where = where
+        self._next_sweep = 0.0
+        script = client.register_script
+        self._create = script(_LIB + _CREATE)
+        self._start = script(_LIB + _START)
+        self._relay = script(_LIB + _RELAY)
+        self._finish = script(_LIB + _FINISH)
+        self._cancel = script(_LIB + _CANCEL)
+        self._view = script(_LIB + _VIEW)
+        self._read = script(_LIB + _READ)
+        self._list = script(_LIB + _LIST)
+        self._counts = script(_LIB + _COUNTS)
+        self._sweep = script(_LIB + _SWEEP)
+
+    def _args(self, *extra: Any) -> list[Any]:
+        return [self._prefix, repr(time.time()), self.max_output_bytes,
+                self.max_jobs, int(self.job_ttl * 1000), int(LEASE_SECONDS * 1000),
+                *extra]
+
+    # -- writes ---------------------------------------------------------------
+    @_reaching
+    def create(self, record: Record, max_queued: int) -> bool:
+        fields: list[str] = []
+        for name, value in record.items():
+            if name not in ("state", "output_size"):
+                fields += [name, _dump(value)]
+        fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
+                   "cancelled_how", "null"]
+        created = self._create(args=self._args(
+            record["id"], max_queued, repr(float(record["created_at"])), *fields))
+        if created == -1:
+            raise ValueError(f"job id {record['id']!r} is already stored")
+        return bool(created)
+
+    @_reaching
+    def start(self, job_id: str, pid: int) -> bool:
+        return bool(self._start(args=self._args(job_id, _dump(pid),
+                                                 repr(time.time()))))
+
+    @_reaching
+    def relay(
+        self, job_id: str, text: str, progress: dict[str, Any] | None
+    ) -> tuple[bool, float | None]:
+        stop, grace = self._relay(args=self._args(
+            job_id, encode_output(text),
+            _dump_progress(progress)))
+        return bool(stop), json.loads(grace)
+
+    @_reaching
+    def finish(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str = "", progress: dict[str, Any] | None = None,
+        shown: str | None = None,
+    ) -> str | None:
+        if_cancelled = "cancelled while running" + (
+            f"; the job then ended {state}:\n{error}" if error else "")
+        signed = b"" if result is None else self._signer.sign("result", job_id, result)
+        stored = self._finish(args=self._args(
+            job_id, state, _dump(error), _dump(if_cancelled),
+            encode_output(text), _dump_progress(progress),
+            _dump(shown), signed, "1" if result is not None else "0",
+            repr(time.time())))
+        return None if stored is None else stored.decode()
+
+    @_reaching
+    def request_cancel(
+        self, job_id: str, grace: float | None, shutdown: bool = False
+    ) -> str:
+        answer = self._cancel(args=self._args(
+            job_id, "" if grace is None else repr(float(grace)),
+            "1" if shutdown else "0", repr(time.time())))
+        return answer.decode() if isinstance(answer, bytes) else str(answer or "")
+
+    # -- reads ----------------------------------------------------------------
+    @_reaching
+    def get(self, job_id: str) -> Record | None:
+        self._maybe_sweep()
+        fields: dict[bytes, bytes] = self._r.hgetall(  # type: ignore[assignment]
+            self._prefix + "job:" + job_id)
+        if not fields:
+            return None
+        flat = [part for item in fields.items() for part in item]
+        return _decode_record(flat)
+
+    @_reaching
+    def result(self, job_id: str) -> bytes | None:
+        blob: bytes | None = self._r.get(  # type: ignore[assignment]
+            self._prefix + "result:" + job_id)
+        if blob is None:
+            return None
+        try:
+            return self._signer.unsign("result", job_id, blob)
+        except BadSignature as exc:
+            # Evidence for whoever looks at the job; the value is never loaded.
+            self._r.hset(self._prefix + "job:" + job_id, "error", _dump(str(exc)))
+            raise ResultUnavailable(str(exc)) from None
+
+    @_reaching
+    def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
+        parts = self._read(args=self._args(job_id, max(0, since)))
+        return None if parts is None else _decode_output(parts, self.max_output_bytes)
+
+    @_reaching
+    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
+        self._maybe_sweep()
+        found = self._view(args=self._args(job_id, max(0, since)))
+        if found is None:
+            return None
+        fields, parts = found
+        text, offset = _decode_output(parts, self.max_output_bytes)
+        return _decode_record(fields), text, offset
+
+    @_reaching
+    def list(self, limit: int | None = None) -> builtins.list[Record]:
+        self._maybe_sweep()
+        return [_decode_record(f) for f in self._list(args=self._args(limit or 0))]
+
+    @_reaching
+    def ids_in_state(self, *states: str) -> builtins.list[str]:
+        found: builtins.list[tuple[float, str]] = []
+        for state in states:
+            members: list[tuple[bytes, float]] = self._r.zrange(  # type: ignore[assignment]
+                self._prefix + "state:" + state, 0, -1, withscores=True)
+            for job_id, score in members:
+                found.append((score, job_id.decode()))
+        return [job_id for _, job_id in sorted(found)]
+
+    @_reaching
+    def counts(self) -> dict[str, int]:
+        self._maybe_sweep()
+        return dict(zip(_STATES, self._counts(args=self._args()), strict=True))
+
+    # -- liveness ---------------------------------------------------------------
+    @_reaching
+    def sweep(self) -> int:
+        """End ``crashed`` the jobs whose supervisor or owner is gone (see the
+        module docstring); return how many."""
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        return int(self._sweep(args=self._args(
+            _dump(_CRASHED_RUNNING), _dump(_CRASHED_QUEUED), SUSPECT_SECONDS)))
+
+    def _maybe_sweep(self) -> None:
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+
+    @_reaching
+    def beat(self) -> None:
+        """Say that this store's owner (a server process) is alive."""
+        if self.owner is not None:
+            self._r.set(self._prefix + "owner:" + self.owner, b"1",
+                        px=int(OWNER_SECONDS * 1000))
+
+    @_reaching
+    def release(self) -> None:
+        """This owner stops: its queued jobs are cancelled already."""
+        if self.owner is not None:
+            self._r.delete(self._prefix + "owner:" + self.owner)
+
+
+# -- connections ------------------------------------------------------------------
+#: Connection settings kept from a client given as an object (the rest of its
+#: settings are its library's internals, and need not pickle).
+_CLIENT_SETTINGS = (
+    "host", "port", "db", "path", "username", "password", "socket_timeout",
+    "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
+    "client_name", "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs",
+    "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data", "ssl_check_hostname",
+    "ssl_password", "ssl_min_version", "ssl_ciphers",
+)
+
+
+def connection_settings(store: str | redis.Redis) -> dict[str, Any]:
+    """Picklable settings for :func:`connect` from a URL or a client.
+
+    :raises ValueError: for a URL redis-py cannot parse.
+    """
+    if isinstance(store, str):
+        try:
+            settings: dict[str, Any] = parse_url(store)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(
+                f"store is not a valid Redis URL ({exc}): {store!r}") from None
+    else:
+        pool = store.connection_pool
+        kwargs = pool.connection_kwargs
+        settings = {k: kwargs[k] for k in _CLIENT_SETTINGS if k in kwargs}
+        settings["connection_class"] = pool.connection_class
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if settings.get(name) is None:
+            settings[name] = SOCKET_TIMEOUT
+    try:
+        pickle.dumps(settings)
+    except Exception as exc:
+        raise TypeError(
+            "the redis client's connection settings cannot be sent to worker"
+            f" processes ({exc}): pass a redis:// URL as store= instead"
+        ) from None
+    return settings
+
+
+def connect(settings: dict[str, Any]) -> redis.Redis:
+    """A client of ours: bytes replies, socket timeouts, and one immediate
+    retry on a dropped connection (Redis restarted) but none on a timeout (a
+    hung Redis must answer 503 quickly, not after several timeouts)."""
+    settings = dict(settings)
+    cls = settings.pop("connection_class", redis.Connection)
+    pool = redis.ConnectionPool(
+        connection_class=cls, decode_responses=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        **settings,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def _where(settings: dict[str, Any]) -> str:
+    if settings.get("path"):
+        return f"unix:{settings['path']} db {settings.get('db', 0)}"
+    return f"{settings.get('host', 'localhost')}:{settings.get('port', 6379)}" \
+           f" db {settings.get('db', 0)}"
+
+
+class RedisLink:
+    """How pool workers reach the Redis store: settings, not a connection."""
+
+    def __init__(self, settings: dict[str, Any], namespace: str, key: bytes,
+                 limits: dict[str, Any]) -> None:
+        self.settings = settings
+        self.namespace = namespace
+        self.secret = key
+        self.limits = limits
+        self.key = f"redis:{_where(settings)}:{namespace}:{secrets.token_hex(4)}"
+
+    def connect(self) -> Store:
+        return RedisStore(connect(self.settings), namespace=self.namespace,
+                          signer=Signer(self.secret), where=_where(self.settings),
+                          **self.limits)
+
+
+class RedisBackend:
+    """Jobs in Redis: every server process sees them (``shared``)."""
+
+    shared = True
+
+    def __init__(
+        self, store: str | redis.Redis, *, namespace: str,
+        secret_key: str | bytes | None, max_jobs: int, job_ttl: float,
+        max_output_bytes: int,
+    ) -> None:
+        key = resolve_secret_key(secret_key)
+        settings = connection_settings(store)
+        self._limits: dict[str, Any] = {"max_jobs": max_jobs, "job_ttl": job_ttl,
+                        "max_output_bytes": max_output_bytes}
+        self._link = RedisLink(settings, namespace, key, self._limits)
+        self._client = connect(settings)  # connects on its first command
+        self._reader = self._store_for(owner=None)
+        self._store: RedisStore | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _store_for(self, owner: str | None) -> RedisStore:
+        link = self._link
+        return RedisStore(self._client, namespace=link.namespace,
+                          signer=Signer(link.secret), owner=owner,
+                          where=_where(link.settings), **self._limits)
+
+    def reader(self) -> Store:
+        return self._reader
+
+    def start(self, ctx: BaseContext) -> Store:
+        store = self._store_for(owner=secrets.token_hex(8))
+        store.beat()  # before any job names this owner; unreachable: 503
+        self._store = store
+        self._thread = threading.Thread(target=self._heartbeat, args=(store,),
+                                        name="wsgi_bg-heartbeat", daemon=True)
+        self._thread.start()
+        return store
+
+    def _heartbeat(self, store: RedisStore) -> None:
+        failing = False
+        while not self._stop.wait(BEAT_SECONDS):
+            try:
+                store.beat()
+                store._maybe_sweep()
+            except StoreUnavailable as exc:
+                if not failing:
+                    logger.warning("wsgi_bg: %s", exc)
+                failing = True
+            except Exception:  # keep beating whatever one sweep met
+                logger.exception("wsgi_bg: heartbeat failed")
+            else:
+                if failing:
+                    logger.warning("wsgi_bg: the Redis store is reachable again")
+                failing = False
+
+    def link(self) -> RedisLink:
+        return self._link
+
+    def stop(self) -> Store:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._store is not None:
+            try:
+                self._store.release()
+            except StoreUnavailable:
+                pass  # the key expires by itself
+        return self._reader
