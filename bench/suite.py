@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -57,6 +59,8 @@ class Config:
     poll_interval: float = 0.2  # seconds between two polls of one poller
     workers: int = os.cpu_count() or 2
     out: str = os.path.join(ROOT, "bench", "results.jsonl")
+    #: Options selecting the store of every middleware (default: in memory).
+    store_options: dict[str, Any] = field(default_factory=dict)
 
     def n(self, full: int, minimum: int = 1) -> int:
         return max(minimum, int(full * self.scale))
@@ -82,6 +86,8 @@ def middleware(
 ) -> Iterator[BackgroundMiddleware]:
     options.setdefault("max_workers", cfg.workers)
     options.setdefault("cancel_grace", 1.0)
+    for key, value in cfg.store_options.items():
+        options.setdefault(key, value)
     mw = BackgroundMiddleware(app, prefix=PREFIX, **options)
     try:
         yield mw
@@ -845,6 +851,75 @@ def bench_soak(cfg: Config) -> Result:
 
 # -- command line -----------------------------------------------------------------
 
+# -- 8. the Redis store beside the default one ----------------------------------------
+
+
+@contextlib.contextmanager
+def redis_store(cfg: Config) -> Iterator[Config]:
+    """A redis-server of this run's own (free port, no persistence) and a
+    copy of ``cfg`` whose middlewares keep their jobs in it."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from redis_server import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield dataclasses.replace(cfg, store_options={
+            "store": server.url, "namespace": f"bench-{os.getpid()}",
+            "secret_key": "bench-secret-key-0123456789abcdef"})
+    finally:
+        server.stop()
+
+
+def bench_redis(cfg: Config) -> Result:
+    """Throughput, output rate and status pages under load with the Redis
+    store, each beside the default store's in the same run."""
+    if shutil.which("redis-server") is None:
+        return Result(name="redis", figures={}, reference={}, ratio=None,
+                      ratio_meaning="—", target="", passed=None,
+                      note="redis-server is not installed (apt-get install -y"
+                      " redis-server): not run")
+    memory = {"throughput": bench_throughput(cfg), "output": bench_output(cfg),
+              "status": bench_status(cfg)}
+    with redis_store(cfg) as rcfg:
+        redis = {"throughput": bench_throughput(rcfg), "output": bench_output(rcfg),
+                 "status": bench_status(rcfg)}
+    through = (redis["throughput"].figures["jobs_per_s"]
+               / memory["throughput"].figures["jobs_per_s"])
+    out = (redis["output"].figures["lines_per_s"]
+           / memory["output"].figures["lines_per_s"])
+    p99_m = memory["status"].figures.get("p99_ms", float("nan"))
+    p99_r = redis["status"].figures.get("p99_ms", float("nan"))
+    errors = redis["status"].figures.get("errors", 0)
+    passed = through >= 0.8 and out >= 0.5 and p99_r <= p99_m and not errors
+    return Result(
+        name="redis",
+        figures={
+            "throughput_jobs_per_s": redis["throughput"].figures["jobs_per_s"],
+            "output_lines_per_s": redis["output"].figures["lines_per_s"],
+            "status_p99_ms": p99_r, "status_errors": errors,
+            "throughput_ratio": through, "output_ratio": out,
+        },
+        reference={
+            "memory_throughput_jobs_per_s": memory["throughput"].figures["jobs_per_s"],
+            "memory_output_lines_per_s": memory["output"].figures["lines_per_s"],
+            "memory_status_p99_ms": p99_m,
+        },
+        ratio=through,
+        ratio_meaning="Redis store's trivial-job throughput / the default store's",
+        target="throughput >= 0.8x, output >= 0.5x, status p99 <= the default's",
+        passed=passed,
+        rows=[
+            ("jobs/s (Redis)", rate(redis["throughput"].figures["jobs_per_s"]),
+             f"default {rate(memory['throughput'].figures['jobs_per_s'])}"
+             f" ({through:.2f}x)"),
+            ("output lines/s (Redis)", rate(redis["output"].figures["lines_per_s"]),
+             f"default {rate(memory['output'].figures['lines_per_s'])} ({out:.2f}x)"),
+            ("status p99 under load (Redis)", f"{p99_r:.1f} ms",
+             f"default {p99_m:.1f} ms; errors {errors}"),
+        ],
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "passthrough": bench_passthrough,
     "submit": bench_submit,
@@ -853,6 +928,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "output": bench_output,
     "status": bench_status,
     "soak": bench_soak,
+    "redis": bench_redis,
 }
 
 

@@ -25,6 +25,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "memory_store_only: a behaviour of the default (Manager) store"
         " alone; not run against the Redis store")
+    config.addinivalue_line(
+        "markers", "redis: runs against a real redis-server (skipped where none is"
+        " installed)")
 
 
 def pytest_collection_modifyitems(config, items):

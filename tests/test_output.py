@@ -80,9 +80,9 @@ class CountingStore(MemoryStore):
         super().__init__(max_output_bytes=4_000_000)
         self.relays = 0
 
-    def relay(self, job_id, text, progress):
+    def relay(self, job_id, text, progress, offset=None):
         self.relays += 1
-        return super().relay(job_id, text, progress)
+        return super().relay(job_id, text, progress, offset)
 
 
 def _store_with_job() -> tuple[CountingStore, str]:

@@ -1,13 +1,40 @@
-"""MemoryStore and its bounded output, in process."""
+"""The Store contract, on every store (in process; Redis: a real redis-server),
+and the memory store's bounded output."""
 from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import pytest
 
 from wsgi_bg import JobState
 from wsgi_bg.stores.memory import MemoryStore, _Output
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def make_store(request):
+    """Build a store of each kind with the given limits (Redis: a namespace of
+    the test's own on the session's redis-server)."""
+    if request.param == "memory":
+        yield MemoryStore
+        return
+    from conftest import TEST_SECRET_KEY
+    from wsgi_bg.stores.redis import RedisStore, connect, connection_settings
+    from wsgi_bg.stores.signing import Signer
+
+    server = request.getfixturevalue("redis_server")
+    client = connect(connection_settings(server.url))
+    namespace = f"store-{uuid.uuid4().hex[:12]}"
+
+    def make(max_jobs=1000, job_ttl=86400, max_output_bytes=1_048_576):
+        return RedisStore(client, namespace=namespace,
+                          signer=Signer(TEST_SECRET_KEY.encode()),
+                          max_jobs=max_jobs, job_ttl=job_ttl,
+                          max_output_bytes=max_output_bytes)
+
+    yield make
+    client.connection_pool.disconnect()
 
 MARKER = re.compile(
     r"\n\[… (\d+) bytes of output dropped: the job wrote more than"
@@ -105,9 +132,9 @@ def test_output_polling_reader_sees_every_kept_character():
     assert joined.endswith(written[-33:])
 
 
-# -- MemoryStore -----------------------------------------------------------------
-def test_store_lifecycle_and_finish_once():
-    store = MemoryStore()
+# -- the Store contract, on every store ----------------------------------------
+def test_store_lifecycle_and_finish_once(make_store):
+    store = make_store()
     assert store.create(record("a"), max_queued=10)
     assert store.get("a")["state"] == "queued"
     assert store.start("a", 1234)
@@ -124,8 +151,8 @@ def test_store_lifecycle_and_finish_once():
     assert store.get("missing") is None
 
 
-def test_store_cancel():
-    store = MemoryStore()
+def test_store_cancel(make_store):
+    store = make_store()
     store.create(record("q"), 10)
     store.create(record("r"), 10)
     store.start("r", 1)
@@ -139,8 +166,8 @@ def test_store_cancel():
     assert store.request_cancel("r", None) == ""
 
 
-def test_store_max_queued():
-    store = MemoryStore()
+def test_store_max_queued(make_store):
+    store = make_store()
     assert store.create(record("a"), 2)
     assert store.create(record("b"), 2)
     assert not store.create(record("c"), 2)
@@ -149,8 +176,8 @@ def test_store_max_queued():
     assert store.create(record("c"), 2)
 
 
-def test_store_drops_oldest_finished_past_max_jobs():
-    store = MemoryStore(max_jobs=3)
+def test_store_drops_oldest_finished_past_max_jobs(make_store):
+    store = make_store(max_jobs=3)
     for i in range(6):
         store.create(record(f"j{i}"), 100)
     store.start("j0", 1)  # running: never dropped
@@ -162,16 +189,16 @@ def test_store_drops_oldest_finished_past_max_jobs():
     assert store.get("j1") is None and store.read_output("j1", 0) is None
 
 
-def test_store_never_drops_queued_or_running():
-    store = MemoryStore(max_jobs=1, job_ttl=0)
+def test_store_never_drops_queued_or_running(make_store):
+    store = make_store(max_jobs=1, job_ttl=0)
     for i in range(5):
         store.create(record(f"q{i}"), 100)
     store.start("q0", 1)
     assert len(store.list()) == 5
 
 
-def test_store_drops_finished_after_ttl():
-    store = MemoryStore(job_ttl=0.2)
+def test_store_drops_finished_after_ttl(make_store):
+    store = make_store(job_ttl=0.2)
     store.create(record("old"), 10)
     store.start("old", 1)
     store.finish("old", "succeeded", None, None)
@@ -184,8 +211,8 @@ def test_store_drops_finished_after_ttl():
     assert [r["id"] for r in store.list()] == ["queued"]
 
 
-def test_store_counts_and_states():
-    store = MemoryStore()
+def test_store_counts_and_states(make_store):
+    store = make_store()
     for job_id in "abc":
         store.create(record(job_id), 10)
     store.start("b", 1)
@@ -197,7 +224,7 @@ def test_store_counts_and_states():
     assert counts["cancelled"] == 1 and counts["succeeded"] == 0
 
 
-def test_store_snapshot_pickles():
+def test_memory_store_snapshot_pickles():
     import pickle
 
     store = MemoryStore()
@@ -208,10 +235,8 @@ def test_store_snapshot_pickles():
     assert copy.create(record("b"), 10)
 
 
-def test_view_reads_record_and_output_at_once():
-    from wsgi_bg.stores.memory import MemoryStore
-
-    store = MemoryStore()
+def test_view_reads_record_and_output_at_once(make_store):
+    store = make_store()
     record = {"id": "v", "name": "t", "created_at": 0.0, "started_at": None,
               "ended_at": None, "result": None, "error": None, "progress": None,
               "timeout": None, "cancel_requested": False, "cancel_grace": None,
@@ -229,3 +254,83 @@ def test_view_reads_record_and_output_at_once():
     assert (got["state"], got["progress"]["done"], text, offset) == (
         "succeeded", 1, "def\n", 7)
     assert store.view("missing", 0) is None
+
+
+def running(store, job_id="o"):
+    assert store.create(record(job_id), 10)
+    assert store.start(job_id, 1)
+    return job_id
+
+
+@pytest.mark.parametrize("chunk", [pytest.param(7, id="small-writes"),
+                                   pytest.param(5000, id="one-big-write")])
+def test_store_output_past_limit_keeps_head_and_tail(make_store, chunk):
+    store = make_store(max_output_bytes=1000)
+    job = running(store)
+    written = "".join(f"{i:08d}\n" for i in range(1000))
+    for start in range(0, len(written), chunk):
+        store.relay(job, written[start : start + chunk], None)
+    text, offset = store.read_output(job, 0)
+    assert offset == len(written)
+    head, dropped, tail = split(text)
+    assert written.startswith(head) and len(head) == 500
+    assert written.endswith(tail) and tail
+    assert len(head) + dropped + len(tail) == len(written)
+    assert len(head) + len(tail) <= 1000
+    # A poller at the end gets nothing; from inside the tail, only what is new.
+    assert store.read_output(job, offset) == ("", offset)
+    assert store.read_output(job, offset - 9) == (written[-9:], offset)
+    # From the dropped middle: the marker, then the tail.
+    assert MARKER.match(store.read_output(job, 600)[0])
+
+
+def test_store_output_offsets_count_utf8_bytes_and_cuts_keep_characters(make_store):
+    store = make_store(max_output_bytes=256)
+    job = running(store)
+    store.relay(job, "é", None)
+    assert store.read_output(job, 0) == ("é", 2)  # two bytes
+    line = "😀é" * 10 + "\n"  # 4- and 2-byte characters: cuts must not split them
+    for _ in range(40):
+        store.relay(job, line, None)
+    text, offset = store.read_output(job, 0)
+    assert offset == 2 + 40 * len(line.encode())
+    assert "\ufffd" not in text  # no character was cut in half
+    head, dropped, tail = split(text)
+    assert len(head.encode()) <= 128 and len(head.encode()) + len(tail.encode()) <= 256
+    assert len(head.encode()) + dropped + len(tail.encode()) == offset
+
+
+def test_store_lone_surrogates_become_replacement_characters(make_store):
+    store = make_store()
+    job = running(store)
+    store.relay(job, "a\udcffb", None)
+    assert store.read_output(job, 0) == ("a\ufffdb", 5)
+
+
+def test_store_cancel_details(make_store):
+    store = make_store()
+    store.create(record("q"), 10)
+    store.request_cancel("q", None)
+    assert store.get("q")["cancelled_how"] == "before_start"
+    assert store.get("q")["cancel_requested_at"] is not None
+    running(store, "stopped")
+    store.request_cancel("stopped", None)
+    asked = store.get("stopped")["cancel_requested_at"]
+    assert asked is not None and store.get("stopped")["state"] == "running"
+    assert store.finish("stopped", "succeeded", b"x", None) == "cancelled"
+    assert store.get("stopped")["cancelled_how"] == "stopped"
+    running(store, "killed")
+    store.request_cancel("killed", 0.5)
+    assert store.finish("killed", "cancelled", None, "killed") == "cancelled"
+    got = store.get("killed")
+    assert (got["cancelled_how"], got["error"]) == ("killed", "killed")
+
+
+def test_store_shutdown_stop_keeps_the_outcome(make_store):
+    store = make_store()
+    running(store, "s")
+    assert store.request_cancel("s", 2.0, shutdown=True) == "requested"
+    assert store.relay("s", "", None) == (True, 2.0)
+    assert store.get("s")["cancel_requested"] is False
+    assert store.finish("s", "succeeded", b"x", None, shown="1") == "succeeded"
+    assert store.result("s") == b"x"

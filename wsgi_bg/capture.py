@@ -27,6 +27,7 @@ from typing import Any
 
 from .exceptions import StoreUnavailable
 from .stores import Store
+from .stores.memory import encode_output
 from .terminal import RedrawCollapser, parse_progress
 
 #: Output held at most while the store cannot be reached, in characters.
@@ -81,6 +82,7 @@ class Relay:
         self._held = ""  # output the store could not take yet (unreachable)
         self._lost = 0  # characters dropped from it past HOLD_LIMIT
         self._retry_at = 0.0
+        self.sent = 0  # bytes of output the store has taken from this relay
 
     def feed(self, data: bytes) -> None:
         text = self._decoder.decode(data)
@@ -123,8 +125,10 @@ class Relay:
         """
         text, progress = self._collect(False)
         body = self._held + text
+        payload = self._marked(body)
         try:
-            answer = self.store.relay(self.job_id, self._marked(body), progress)
+            # With the offset: a try that timed out may have landed after all.
+            answer = self.store.relay(self.job_id, payload, progress, self.sent)
         except StoreUnavailable:
             if len(body) > HOLD_LIMIT:
                 self._lost += len(body) - HOLD_LIMIT
@@ -135,6 +139,7 @@ class Relay:
             self._retry_at = time.monotonic() + RETRY_SECONDS
             return False, None
         self._held, self._lost, self._retry_at = "", 0, 0.0
+        self.sent += len(encode_output(payload))
         return answer
 
     def _marked(self, text: str) -> str:
@@ -143,13 +148,17 @@ class Relay:
         return (f"\n[… {self._lost} characters of output lost: the job store could"
                 " not be reached …]\n" + text)
 
-    def take(self, *, final: bool = False) -> tuple[str, dict[str, Any] | None]:
-        """What is pending, as ``(text, progress)``, for :meth:`send` or, at
-        the job's end (``final``), for the store's ``finish``."""
+    def take(
+        self, *, final: bool = False
+    ) -> tuple[str, dict[str, Any] | None, int]:
+        """What is pending, as ``(text, progress, offset)``, for the store's
+        ``finish`` at the job's end (``final``)."""
         text, progress = self._collect(final)
         text = self._marked(self._held + text)
         self._held, self._lost = "", 0
-        return text, progress
+        offset = self.sent
+        self.sent += len(encode_output(text))
+        return text, progress, offset
 
     def _collect(self, final: bool) -> tuple[str, dict[str, Any] | None]:
         if final:

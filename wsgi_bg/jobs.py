@@ -253,7 +253,10 @@ class Job:
 
         Keys: id, name, state, done, created_at, started_at, ended_at, progress,
         error, result (``repr`` of the value, or ``None``), url,
-        cancel_requested, output_size.
+        cancel_requested, output_size, args (a bounded repr of the call's
+        arguments, or ``None`` when hidden by ``show_args=False``),
+        cancel_requested_at, cancelled_how (``"before_start"``, ``"stopped"``
+        by itself within its grace, ``"killed"`` after it, or ``None``).
         """
         return record_to_dict(self._record())
 
@@ -285,4 +288,7 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "url": record["url"],
         "cancel_requested": record["cancel_requested"],
         "output_size": record.get("output_size", 0),
+        "args": record.get("args"),
+        "cancel_requested_at": record.get("cancel_requested_at"),
+        "cancelled_how": record.get("cancelled_how"),
     }

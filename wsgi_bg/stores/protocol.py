@@ -45,16 +45,21 @@ class Store(Protocol):
         it is no longer queued (cancelled, or unknown)."""
 
     def relay(
-        self, job_id: str, text: str, progress: dict[str, Any] | None
+        self, job_id: str, text: str, progress: dict[str, Any] | None,
+        offset: int | None = None,
     ) -> tuple[bool, float | None]:
         """Append output, record progress, renew the job's lease; return
         ``(stop, grace)``: whether the job was asked to stop (or can no longer
-        be recorded) and the grace it was given."""
+        be recorded) and the grace it was given.
+
+        ``offset`` is the output size the writer expects before ``text``:
+        if the store has more, a try that timed out had landed after all,
+        and that much of ``text`` is not added again."""
 
     def finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
-        shown: str | None = None,
+        offset: int | None = None, shown: str | None = None,
     ) -> str | None:
         """End a job, once, with its last output and progress (as
         :meth:`relay` would add them), its pickled ``result`` (kept apart

@@ -155,10 +155,14 @@ end
 -- Output past LIMIT keeps a head and a tail cut at character boundaries; the
 -- tail may grow to LIMIT before it is trimmed (in batches), reads show at most
 -- LIMIT bytes in all. The same rules as memory.py's _Output.
-local function append(id, data)
-  if #data == 0 then return end
+local function append(id, data, expected)
   local key, out = k('job', id), k('out', id)
-  local total = tonumber(redis.call('HGET', key, 'output_size') or '0') + #data
+  local size = tonumber(redis.call('HGET', key, 'output_size') or '0')
+  if expected ~= '' and size > tonumber(expected) then
+    data = string.sub(data, size - tonumber(expected) + 1)  -- landed already
+  end
+  if #data == 0 then return end
+  local total = size + #data
   redis.call('APPEND', out, data)
   if redis.call('HGET', key, 'truncated') ~= 'true' then
     if total > LIMIT then
@@ -232,12 +236,12 @@ redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
 return 1
 """
 
-# ARGV[7] id, [8] text, [9] progress JSON or ''
+# ARGV[7] id, [8] text, [9] progress JSON or '', [10] expected offset or ''
 _RELAY = """
 local id = ARGV[7]
 local key = k('job', id)
 if redis.call('HGET', key, 'state') ~= 'running' then return {1, '0'} end
-append(id, ARGV[8])
+append(id, ARGV[8], ARGV[10])
 if ARGV[9] ~= '' then redis.call('HSET', key, 'progress', ARGV[9]) end
 redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
 redis.call('HDEL', P .. 'suspects', id)
@@ -249,13 +253,13 @@ return {stop, f[3] or 'null'}
 
 # ARGV[7] id, [8] state, [9] error JSON, [10] error if it was cancelled JSON,
 # [11] text, [12] progress JSON or '', [13] shown JSON, [14] signed result,
-# [15] '1' if there is a result, [16] ended_at
+# [15] '1' if there is a result, [16] ended_at, [17] expected offset or ''
 _FINISH = """
 local id = ARGV[7]
 local key = k('job', id)
 local old = redis.call('HGET', key, 'state')
 if not old or TERMINAL[old] then return false end
-append(id, ARGV[11])
+append(id, ARGV[11], ARGV[17])
 if ARGV[12] ~= '' then redis.call('HSET', key, 'progress', ARGV[12]) end
 local state, err, how = ARGV[8], ARGV[9], 'null'
 if state == 'cancelled' then
@@ -499,18 +503,19 @@ class RedisStore:
 
     @_reaching
     def relay(
-        self, job_id: str, text: str, progress: dict[str, Any] | None
+        self, job_id: str, text: str, progress: dict[str, Any] | None,
+        offset: int | None = None,
     ) -> tuple[bool, float | None]:
         stop, grace = self._relay(args=self._args(
-            job_id, encode_output(text),
-            _dump_progress(progress)))
+            job_id, encode_output(text), _dump_progress(progress),
+            "" if offset is None else offset))
         return bool(stop), json.loads(grace)
 
     @_reaching
     def finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
-        shown: str | None = None,
+        offset: int | None = None, shown: str | None = None,
     ) -> str | None:
         if_cancelled = "cancelled while running" + (
             f"; the job then ended {state}:\n{error}" if error else "")
@@ -519,7 +524,7 @@ class RedisStore:
             job_id, state, _dump(error), _dump(if_cancelled),
             encode_output(text), _dump_progress(progress),
             _dump(shown), signed, "1" if result is not None else "0",
-            repr(time.time())))
+            repr(time.time()), "" if offset is None else offset))
         return None if stored is None else stored.decode()
 
     @_reaching
@@ -764,4 +769,6 @@ class RedisBackend:
                 self._store.release()
             except StoreUnavailable:
                 pass  # the key expires by itself
+        # Handles stay readable: a later read opens a connection again.
+        self._client.connection_pool.disconnect()
         return self._reader
