@@ -1,0 +1,209 @@
+"""GuardedStore: a store in another process, reached with bounded waits.
+
+The default store lives in a manager process. A proxy call to it waits for as
+long as that process takes to answer: for ever if it is stopped or swapped
+out, and a killed one makes the call raise ``BrokenPipeError`` or
+``EOFError`` out of whatever request made it. This wrapper, used by the
+manager backend in the server process, turns both into
+:exc:`~wsgi_bg.exceptions.StoreUnavailable` (a ``503`` with ``Retry-After``)::
+
+    request thread ── call ──► a "wsgi_bg-store" thread ── proxy ──► manager
+         │ waits at most ``timeout``                                (hung? dead?)
+         └─ StoreUnavailable
+
+- **Hung**: a call that takes longer than ``timeout`` is given up; until the
+  store answers again (one probe thread keeps asking) every call fails at once,
+  so a page costs one bounded wait, not one per store call. A ``create`` given
+  up on is cancelled once the store answers, so that no job stays queued that
+  nothing will run.
+- **Dead**: a call that fails because the process is gone marks the store
+  lost, for good; ``on_lost`` is called once (the engine then starts a fresh
+  store and pool).
+
+Each state change is logged once, not once per request.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from ..exceptions import StoreUnavailable
+from .protocol import Record, Store
+
+logger = logging.getLogger("wsgi_bg")
+
+#: Seconds a call may take before the store is deemed hung.
+DEFAULT_TIMEOUT = 3.0
+#: Threads making calls at once (each keeps its own connection to the manager).
+_THREADS = 8
+
+
+class GuardedStore:
+    """A :class:`~wsgi_bg.stores.Store` whose every call is bounded by
+    ``timeout`` seconds and whose failures are
+    :exc:`~wsgi_bg.exceptions.StoreUnavailable`.
+
+    :param store: the proxy to wrap.
+    :param alive: whether the process serving ``store`` still runs.
+    :param on_lost: called once, from whichever thread noticed, when that
+        process is found dead.
+    :param timeout: seconds a call may take.
+    """
+
+    def __init__(
+        self, store: Store, *, alive: Callable[[], bool],
+        on_lost: Callable[[], None] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._store = store
+        self._alive = alive
+        self._on_lost = on_lost
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(
+            _THREADS, thread_name_prefix="wsgi_bg-store")
+        self._lock = threading.Lock()
+        self.hung = False
+        self.lost = False
+
+    # -- the guard ----------------------------------------------------------------
+    def _call(self, method: str, *args: Any) -> Any:
+        if self.lost:
+            raise StoreUnavailable(_LOST)
+        if self.hung:
+            raise StoreUnavailable(_HUNG.format(self.timeout))
+        try:
+            future = self._executor.submit(getattr(self._store, method), *args)
+        except RuntimeError:  # the executor was shut down: the store was stopped
+            raise StoreUnavailable(_LOST) from None
+        try:
+            return future.result(self.timeout)
+        except FutureTimeout:
+            if method == "create":
+                future.add_done_callback(lambda f: self._undo_create(f, args[0]))
+            if not self._alive():
+                self._mark_lost()
+                raise StoreUnavailable(_LOST) from None
+            self._mark_hung()
+            raise StoreUnavailable(_HUNG.format(self.timeout)) from None
+        except (OSError, EOFError) as exc:
+            # The connection broke: the process is gone, or going.
+            if not self._alive():
+                self._mark_lost()
+                raise StoreUnavailable(_LOST) from exc
+            raise StoreUnavailable(
+                f"the job store could not be reached ({exc!r}); try again"
+            ) from exc
+
+    def _undo_create(self, future: Future[Any], record: Record) -> None:
+        # A submit gave up on this create and said so; it landed after all.
+        try:
+            if future.result() is True:
+                self._store.request_cancel(record["id"], 0.0)
+        except Exception:  # noqa: S110 - the store is gone: so is the record
+            pass
+
+    def _mark_hung(self) -> None:
+        with self._lock:
+            if self.hung or self.lost:
+                return
+            self.hung = True
+        logger.error(
+            "wsgi_bg: the job store's process did not answer within %s s (stopped,"
+            " swapped out or overloaded?): requests that need it are answered 503"
+            " until it answers again", self.timeout)
+        threading.Thread(target=self._probe, name="wsgi_bg-store-probe",
+                         daemon=True).start()
+
+    def _probe(self) -> None:
+        # One call in flight at most while hung: it returns when the process
+        # answers again, or fails when it dies.
+        try:
+            self._store.counts()
+        except Exception:
+            if not self._alive():
+                self._mark_lost()
+                return
+        with self._lock:
+            self.hung = False
+        if not self.lost:
+            logger.warning("wsgi_bg: the job store answers again")
+
+    def _mark_lost(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        logger.error(
+            "wsgi_bg: the job store's process is gone (killed, or out of memory):"
+            " the jobs it held are lost; starting a fresh store and worker pool")
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def close(self) -> None:
+        """Stop the call threads (without waiting for a hung call)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the Store protocol -------------------------------------------------------
+    def create(self, record: Record, max_queued: int) -> bool:
+        return bool(self._call("create", record, max_queued))
+
+    def start(self, job_id: str, pid: int) -> bool:
+        return bool(self._call("start", job_id, pid))
+
+    def relay(
+        self, job_id: str, text: str, progress: dict[str, Any] | None,
+        offset: int | None = None,
+    ) -> tuple[bool, float | None]:
+        return self._call("relay", job_id, text, progress, offset)  # type: ignore[no-any-return]
+
+    def finish(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str = "", progress: dict[str, Any] | None = None,
+        offset: int | None = None, shown: str | None = None,
+    ) -> str | None:
+        return self._call(  # type: ignore[no-any-return]
+            "finish", job_id, state, result, error, text, progress, offset, shown)
+
+    def result(self, job_id: str) -> bytes | None:
+        return self._call("result", job_id)  # type: ignore[no-any-return]
+
+    def request_cancel(
+        self, job_id: str, grace: float | None, shutdown: bool = False
+    ) -> str:
+        return self._call(  # type: ignore[no-any-return]
+            "request_cancel", job_id, grace, shutdown)
+
+    def get(self, job_id: str) -> Record | None:
+        return self._call("get", job_id)  # type: ignore[no-any-return]
+
+    def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
+        return self._call("read_output", job_id, since)  # type: ignore[no-any-return]
+
+    def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
+        return self._call("view", job_id, since)  # type: ignore[no-any-return]
+
+    def list(self, limit: int | None = None) -> builtins.list[Record]:
+        return self._call("list", limit)  # type: ignore[no-any-return]
+
+    def ids_in_state(self, *states: str) -> builtins.list[str]:
+        return self._call("ids_in_state", *states)  # type: ignore[no-any-return]
+
+    def counts(self) -> dict[str, int]:
+        return self._call("counts")  # type: ignore[no-any-return]
+
+    def snapshot(self) -> Store:
+        """A copy of the store (see :meth:`MemoryStore.snapshot`)."""
+        return self._call("snapshot")  # type: ignore[no-any-return]
+
+
+_LOST = ("the job store's process is gone (killed, or out of memory); a fresh"
+         " one is being started: try again in a few seconds. Jobs started before"
+         " are lost.")
+_HUNG = ("the job store did not answer within {} s (its process is stopped or"
+         " overloaded): try again later")
