@@ -113,7 +113,7 @@ def test_exception_fails_with_traceback(mw):
     assert job.error.startswith("Traceback (most recent call last):")
     assert 'raise ValueError("boom")' in job.error
     assert job.error.rstrip().endswith("ValueError: boom")
-    assert "wsgi_bg/runner.py" not in job.error  # only the job's own frames
+    assert "wsgi_bg/runners/" not in job.error  # only the job's own frames
     with pytest.raises(Exception, match="has no result"):
         _ = job.result
 

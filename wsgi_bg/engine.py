@@ -30,7 +30,7 @@ from typing import Any
 
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .runner import ProcessRunner
+from .runners import Runner, open_runner
 from .stores import Backend, Store, open_backend
 
 logger = logging.getLogger("wsgi_bg")
@@ -149,6 +149,7 @@ class Engine:
         executor_factory: Callable[[], Executor] | None = None,
         max_jobs_per_process: int = 100, store: Any = None,
         namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
+        runner: Any = None,
     ) -> None:
         _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
@@ -183,9 +184,14 @@ class Engine:
             store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
             job_ttl=job_ttl, max_output_bytes=max_output_bytes,
         )
+        self._planned: Runner = open_runner(
+            runner, backend=self._backend, max_workers=max_workers,
+            start_method=self.start_method, executor_factory=executor_factory,
+            jobs_per_process=max_jobs_per_process,
+        )
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
-        self._runner: ProcessRunner | None = None
+        self._runner: Runner | None = None
         self._calls: dict[str, tuple[bytes, float | None]] = {}
         self._futures: dict[str, Future[str | None]] = {}
         self._closed = False
@@ -204,27 +210,23 @@ class Engine:
     def started(self) -> bool:
         return self._runner is not None
 
-    def _start(self) -> ProcessRunner:
+    def _start(self) -> Runner:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             if self._runner is None:
+                runner = self._planned
                 ctx = multiprocessing.get_context(self.start_method)
                 before = _forkserver_pid()
                 store = self._backend.start(ctx)
-                if self.start_method == "forkserver":
+                if runner.needs_link and self.start_method == "forkserver":
                     # Started now, not by the pool's first worker: ours to stop.
                     from multiprocessing import forkserver
 
                     forkserver.ensure_running()
                 _claim_forkserver(before)
                 try:
-                    runner = ProcessRunner(
-                        link=self._backend.link(),
-                        max_workers=self.max_workers, mp_context=ctx,
-                        executor_factory=self.executor_factory,
-                        jobs_per_process=self.max_jobs_per_process,
-                    )
+                    runner.start(self._backend.link() if runner.needs_link else None)
                 except BaseException:
                     # A bad executor_factory: leave nothing running.
                     self._store = self._backend.stop()
@@ -289,13 +291,16 @@ class Engine:
                 raise
         return Job(self, job_id)
 
-    def _dispatch(self, runner: ProcessRunner, job_id: str) -> None:
+    def _dispatch(self, runner: Runner, job_id: str) -> None:
         payload, timeout = self._calls[job_id]
         try:
             future = runner.submit(job_id, payload, timeout, self.cancel_grace)
         except BrokenProcessPool:
-            runner.replace_broken()
+            runner.restart()
             future = runner.submit(job_id, payload, timeout, self.cancel_grace)
+        if future is None:  # the runner reports nothing back: the store says it
+            self._calls.pop(job_id, None)
+            return
         self._futures[job_id] = future
         future.add_done_callback(lambda f: self._done(job_id, f))
 
@@ -374,6 +379,8 @@ class Engine:
             if future is not None:
                 future.cancel()  # may be too late (already handed to a worker):
                 # then the worker sees the store's "cancelled" and does not run it
+            if self._runner is not None:
+                self._runner.cancel(job_id)
         return outcome != ""
 
     def shutdown(self, wait: bool = True) -> None:

@@ -1,26 +1,29 @@
-"""The default runner: a process pool whose workers supervise a job process.
+"""The supervisor: forks a job process, relays its output, enforces timeout,
+cancel and kill, reaps; shared by every runner that runs jobs in processes
+(a pool worker of :mod:`~wsgi_bg.runners.pool`, an RQ work horse of
+:mod:`~wsgi_bg.runners.rq`).
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
-    server process          pool worker (supervisor)       job process
-    ──────────────          ────────────────────────       ───────────
-    engine.submit ─pool──►  run_job: load the call
-                            fork (if none is warm) ───►  own process group
+    runner (pool worker     supervisor (this module)       job process
+    or RQ work horse)       ────────────────────────       ───────────
+    supervise(job, call) ─► fork (if none is warm) ───►  own process group
                             store.start(job, pid)
                             job + fds ── socket ──────►  fds 1+2 → the job's pipe
                             relay ◄── output pipe ─────  print, logging, os.system
                             relay ◄── socket ──────────  progress, result/error
-                              │ batches → store.relay
+                              │ batches → store.relay (renews the job's lease)
                             cancel ── control pipe ───►  current_job.cancel_requested
                             timeout / cancel: killpg(SIGKILL)
                             store.finish(job, state)
 
 Why a job process apart from the worker: a bare
 :class:`~concurrent.futures.ProcessPoolExecutor` breaks as a whole
-(``BrokenProcessPool``) when one worker dies and cannot stop one task. The
+(``BrokenProcessPool``) when one worker dies and cannot stop one task, and an
+RQ work horse that crashes takes only RQ's bookkeeping with it. The
 supervisor forks the job process from a single-threaded worker, which is safe;
 it can kill that process's group for a timeout or a cancel, and sees it crash,
-while the pool and every other job go on.
+while the worker and every other job go on.
 
 Why it is kept between jobs: a fork, its set-up and its reaping cost several
 milliseconds, far more than a short job. A job process runs the next job only
@@ -31,10 +34,12 @@ subreaper on Linux, so even orphaned grandchildren count). Otherwise, or after
 ``jobs_per_process`` jobs, it is killed with its process group and the next
 job gets a fresh one.
 
-Results travel pickled; the job process checks that a value survives a pickle
-round trip before sending it, and sends exceptions as traceback text, so
-neither an unpicklable value nor an exception that cannot be unpickled can
-hang or break the pool.
+The call is unpickled only in the job process: an import that hangs, starts
+threads or crashes must meet the timeout, cancel and isolation of a job, not
+stall or thread the worker. Results travel pickled; the job process checks
+that a value survives a pickle round trip before sending it, and sends
+exceptions as traceback text, so neither an unpicklable value nor an
+exception that cannot be unpickled can hang or break the worker.
 """
 
 from __future__ import annotations
@@ -53,20 +58,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import (
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-)
-from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
-from . import context
-from .capture import Relay, redirect_stdio
-from .exceptions import StoreUnavailable
-from .jobs import JobState
-from .stores import Link, Store
+from .. import context
+from ..capture import Relay, redirect_stdio
+from ..exceptions import StoreUnavailable
+from ..jobs import JobState
+from ..stores import Store
 
 #: How long to wait for a dead job's stray output to drain.
 _DRAIN_SECONDS = 1.0
@@ -93,7 +91,6 @@ def _retrying(call: Callable[[], T], seconds: float) -> T:
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _libc: Any = None
-_store_cache: dict[str, Store] = {}
 
 
 def _prctl(option: int, value: int) -> None:
@@ -105,7 +102,7 @@ def _prctl(option: int, value: int) -> None:
     _libc.prctl(option, value, 0, 0, 0)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -125,40 +122,16 @@ def _children_left() -> bool:
             return True
 
 
-def _worker_store(link: Link, die_with_parent: bool = False) -> Store:
-    store = _store_cache.get(link.key)
-    if store is None:
-        # First job in this worker (also the set-up for executors we did not
-        # create, which got no initializer).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
-        if die_with_parent:
-            # Only when the parent is the single-threaded forkserver: Linux
-            # sends this signal when the parent *thread* ends, and spawn or
-            # fork pools start workers from whichever thread submitted (a
-            # request's). Other workers are killed by the store's watchdog.
-            _die_with_parent()
-        store = _store_cache[link.key] = link.connect()
-    return store
-
-
-def worker_init(link: Link, die_with_parent: bool) -> None:
-    """Pool initializer: set the worker up before it takes its first job."""
-    _worker_store(link, die_with_parent)
-
-
-def run_job(
-    link: Link, job_id: str, payload: bytes,
-    timeout: float | None, grace: float, jobs_per_process: int = 1,
+def supervise(
+    store: Store, job_id: str, payload: bytes, timeout: float | None,
+    grace: float, jobs_per_process: int = 1,
 ) -> str | None:
-    """Run one job to its end and record it; the pool's task function.
+    """Run one job's pickled call (``payload``: ``(fn, args, kwargs)``) in a
+    job process of this one, to its end, and record it in ``store``.
 
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    # The call is loaded only in the job process: an import that hangs, starts
-    # threads or crashes must meet the timeout, cancel and isolation of a job,
-    # not stall or thread this worker.
-    store = _worker_store(link)
     return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
 
 
@@ -472,7 +445,7 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
     try:
         parent = os.getppid()
         os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
-        _die_with_parent()
+        die_with_parent()
         if os.getppid() != parent:
             os._exit(1)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans a job leaves stay ours
@@ -579,57 +552,3 @@ def _dump_result(value: Any) -> bytes:
             " at module level."
         ) from None
     return data
-
-
-class ProcessRunner:
-    """Runs jobs in a :class:`~concurrent.futures.ProcessPoolExecutor` (or any
-    executor ``executor_factory`` returns) through :func:`run_job`."""
-
-    def __init__(
-        self, *, link: Link, max_workers: int | None,
-        mp_context: BaseContext, executor_factory: Callable[[], Executor] | None,
-        jobs_per_process: int = 1,
-    ) -> None:
-        self.jobs_per_process = jobs_per_process
-        self.link = link
-        self.max_workers = max_workers
-        self.mp_context = mp_context
-        self.executor_factory = executor_factory
-        self.executor = self._new_executor()
-
-    def _new_executor(self) -> Executor:
-        if self.executor_factory is not None:
-            executor = self.executor_factory()
-            if isinstance(executor, ThreadPoolExecutor) or not isinstance(
-                executor, Executor
-            ):
-                raise TypeError(
-                    "executor_factory must return a concurrent.futures executor"
-                    " whose workers are processes (a ProcessPoolExecutor, or"
-                    f" another process pool), got {executor!r}: job processes"
-                    " are forked from a worker, and forking a threaded server"
-                    " can deadlock"
-                )
-            return executor
-        return ProcessPoolExecutor(
-            self.max_workers, mp_context=self.mp_context,
-            initializer=worker_init,
-            initargs=(self.link,
-                      self.mp_context.get_start_method() == "forkserver"),
-        )
-
-    def submit(
-        self, job_id: str, payload: bytes, timeout: float | None, grace: float
-    ) -> Future[str | None]:
-        return self.executor.submit(
-            run_job, self.link, job_id, payload, timeout, grace,
-            self.jobs_per_process,
-        )
-
-    def replace_broken(self) -> None:
-        """Start a fresh executor after the old one broke (a worker died)."""
-        old, self.executor = self.executor, self._new_executor()
-        old.shutdown(wait=False, cancel_futures=True)
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,79 @@
+"""Where jobs run: the :class:`Runner` protocol and the runners that keep it.
+
+- ``runner="pool"`` (the default):
+  :class:`~wsgi_bg.runners.pool.ProcessRunner`, a process pool of the server
+  process whose workers supervise the job processes.
+
+Every runner that runs jobs in processes hands them to the one supervisor,
+:func:`wsgi_bg.runners.supervisor.supervise` (fork, relay, timeout, cancel,
+kill, reap). :func:`open_runner` is the one place that tells runners apart;
+the engine sees only the protocol.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, Protocol
+
+from ..stores import Backend, Link
+
+__all__ = ["Runner", "open_runner"]
+
+
+class Runner(Protocol):
+    """Runs the jobs the engine submits; built by :func:`open_runner`, started
+    on the first job, stopped by :meth:`shutdown`. The store is the single
+    source of truth: a runner records each job's start and end there (or the
+    supervisor it feeds does)."""
+
+    #: Whether jobs run in processes of this server that reach the store
+    #: through :meth:`~wsgi_bg.stores.Backend.link` (the pool): the engine
+    #: then starts the store's backend for them, and the forkserver.
+    needs_link: bool
+    #: Whether a queued job waits in this server process and is lost with it
+    #: (the pool); if not (RQ), it waits elsewhere and outlives the process.
+    holds_queued: bool
+
+    def start(self, link: Link | None) -> None:
+        """Start what the runner needs (a pool); ``link`` when it
+        :attr:`needs_link`, else ``None``."""
+
+    def submit(
+        self, job_id: str, payload: bytes, timeout: float | None, grace: float
+    ) -> Future[str | None] | None:
+        """Run the job whose pickled call is ``payload`` (the store holds its
+        record, queued). Return a future of its final state, or ``None`` if
+        the runner reports nothing back (the store says it all)."""
+
+    def cancel(self, job_id: str) -> None:
+        """The store has cancelled this queued job: drop it where it waits,
+        if that is simple. It never runs either way (its start fails)."""
+
+    def restart(self) -> None:
+        """Replace what broke (the pool, after a worker died); a no-op for
+        runners where nothing can."""
+
+    def shutdown(self) -> None:
+        """Stop what :meth:`start` started, waiting for it."""
+
+
+def open_runner(
+    runner: Any, *, backend: Backend, max_workers: int | None,
+    start_method: str, executor_factory: Callable[[], Executor] | None,
+    jobs_per_process: int,
+) -> Runner:
+    """The runner for the middleware's ``runner=`` option; nothing starts.
+
+    :raises ValueError: for a ``runner`` that names no known runner.
+    """
+    if runner is None or runner == "pool":
+        from .pool import ProcessRunner
+
+        return ProcessRunner(
+            max_workers=max_workers,
+            mp_context=multiprocessing.get_context(start_method),
+            executor_factory=executor_factory, jobs_per_process=jobs_per_process,
+        )
+    raise ValueError(f"runner must be 'pool' (the default), got {runner!r}")
