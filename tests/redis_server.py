@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -33,18 +34,40 @@ class RedisServer:
     """One redis-server process. ``persist=True`` keeps data across
     :meth:`restart` (append-only file, fsync always)."""
 
-    def __init__(self, *, persist: bool = False) -> None:
+    def __init__(self, *, persist: bool = False, tls: bool = False) -> None:
         self.binary = redis_server_path()
         self.port = free_port()
         self.persist = persist
         self.dir = tempfile.mkdtemp(prefix="wsgi_bg-redis-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        #: The same server on a Unix socket.
+        self.socket = os.path.join(self.dir, "redis.sock")
+        self.unix_url = f"unix://{self.socket}?db=0"
+        self.tls = tls
+        if tls:  # a self-signed certificate for 127.0.0.1, trusted by the URL
+            if shutil.which("openssl") is None:
+                pytest.skip("openssl is not installed (apt-get install -y openssl)")
+            self.cert = os.path.join(self.dir, "cert.pem")
+            self.key = os.path.join(self.dir, "key.pem")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                 "-keyout", self.key, "-out", self.cert, "-days", "1",
+                 "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True, timeout=60)
+            self.url = (f"rediss://127.0.0.1:{self.port}/0"
+                        f"?ssl_ca_certs={self.cert}")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+        port = ["--port", "0", "--tls-port"] if self.tls else ["--port"]
+        args = [self.binary, *port, str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--save", "", "--daemonize", "no",
-                "--protected-mode", "no", "--loglevel", "warning"]
+                "--protected-mode", "no", "--loglevel", "warning",
+                "--unixsocket", self.socket, "--unixsocketperm", "700"]
+        if self.tls:
+            args += ["--tls-cert-file", self.cert,
+                     "--tls-key-file", self.key, "--tls-ca-cert-file", self.cert,
+                     "--tls-auth-clients", "no"]
         if self.persist:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
@@ -65,6 +88,11 @@ class RedisServer:
     def ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                if self.tls:
+                    context = ssl.create_default_context(cafile=self.cert)
+                    with context.wrap_socket(s, server_hostname="127.0.0.1") as t:
+                        t.sendall(b"PING\r\n")
+                        return t.recv(16).startswith(b"+PONG")
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:

@@ -100,6 +100,30 @@ def test_a_client_object_selects_the_redis_store(redis_server, wsgi_bg_middlewar
     client.close()
 
 
+def test_a_unix_socket_url_selects_the_redis_store(redis_server, wsgi_bg_middleware,
+                                                   tmp_path):
+    mw = wsgi_bg_middleware(redisfuncs.site, store=redis_server.unix_url,
+                            secret_key=TEST_SECRET_KEY, max_workers=1,
+                            namespace=f"u-{uuid.uuid4().hex[:8]}")
+    job = mw.submit(redisfuncs.ticker, str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    assert job.wait(10).state is JobState.SUCCEEDED
+    assert "unix:" in mw.engine._backend.link().key
+
+
+def test_a_rediss_url_talks_tls(wsgi_bg_middleware, tmp_path):
+    server = RedisServer(tls=True).start()
+    try:
+        mw = wsgi_bg_middleware(redisfuncs.site, store=server.url,
+                                secret_key=TEST_SECRET_KEY, max_workers=1)
+        job = mw.submit(redisfuncs.ticker, str(tmp_path / "flag"))
+        (tmp_path / "flag").touch()
+        assert job.wait(10).state is JobState.SUCCEEDED  # workers connect too
+        mw.shutdown()
+    finally:
+        server.stop()
+
+
 # -- several processes, one store --------------------------------------------------
 def test_namespaces_keep_apps_apart(redis_mw, tmp_path):
     shop, blog = redis_mw(namespace=f"shop-{uuid.uuid4().hex[:8]}"), redis_mw(
