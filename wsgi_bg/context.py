@@ -21,8 +21,11 @@ from __future__ import annotations
 import contextvars
 import os
 import pickle
+import reprlib
 import struct
 from typing import TYPE_CHECKING, Any
+
+from .limits import MAX_MESSAGE_CHARS, bounded_number, shorten
 
 if TYPE_CHECKING:
     from .middleware import BackgroundMiddleware
@@ -161,18 +164,33 @@ class CurrentJob:
         The status page draws it as a progress bar. Cheap enough to call in a
         loop: reports travel with the output, and only the latest is kept.
 
+        Numbers too big to show (beyond the float range, such as
+        ``10**5000``) are kept as the largest float, and a message is cut to
+        1,000 characters.
+
         :raises TypeError: if ``done`` or ``total`` is not a number.
+        :raises ValueError: if one is NaN.
         """
         job = _require()
+        numbers: list[int | float | None] = []
         for label, value in (("done", done), ("total", total)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
+            if value is None and label == "total":
+                numbers.append(None)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(
-                    f"current_job.progress: {label} must be a number, got {value!r}"
+                    f"current_job.progress: {label} must be a number, got"
+                    f" {reprlib.repr(value)}"
                 )
-        report = {"done": done, "total": total,
-                  "message": None if message is None else str(message)}
+            try:
+                numbers.append(bounded_number(value))
+            except ValueError:
+                raise ValueError(
+                    f"current_job.progress: {label} must be a number, not NaN"
+                ) from None
+        report = {"done": numbers[0], "total": numbers[1],
+                  "message": None if message is None
+                  else shorten(str(message), MAX_MESSAGE_CHARS)}
         job.report_progress(report)
 
     def __repr__(self) -> str:

@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    LengthRequired,
+    RequestEntityTooLarge,
+)
 from werkzeug.wrappers import Request, Response
 
 from . import context
@@ -47,6 +52,55 @@ _request_script_name: contextvars.ContextVar[str | None] = contextvars.ContextVa
 
 #: ``authorize(environ, action, job) -> bool``; see :mod:`wsgi_bg.auth`.
 Authorize = Callable[["WSGIEnvironment", str, "Job | None"], bool]
+
+
+def read_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """The whole request body, never a part of it.
+
+    With ``Content-Length``, that many bytes. Without it, a body the server
+    ends for us (chunked, ``wsgi.input_terminated``) is read to its end.
+
+    :raises RequestEntityTooLarge: past ``limit`` bytes, with or without
+        ``Content-Length`` (Werkzeug's own reading stops at the limit and
+        returns what it read: a marked app must not run on a cut body).
+    :raises LengthRequired: for a chunked body the server does not end.
+    :raises BadRequest: for a malformed ``Content-Length``.
+    """
+    too_large = RequestEntityTooLarge(
+        f"the request body is larger than max_body_bytes={limit}, the largest"
+        " body a marked app may receive: no job was started")
+    length_header = environ.get("CONTENT_LENGTH", "").strip()
+    want: int | None
+    if length_header:
+        if not length_header.isdigit():
+            raise BadRequest(f"Content-Length must be a number, got {length_header!r}")
+        want = int(length_header)
+        if want > limit:
+            raise too_large
+    elif environ.get("wsgi.input_terminated"):
+        want = None  # read to the end: the server dechunked it
+    elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise LengthRequired(
+            "this server does not end chunked request bodies"
+            " (wsgi.input_terminated): send a Content-Length")
+    else:
+        return b""
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while want is None or size < want:
+        step = 65536 if want is None else min(65536, want - size)
+        chunk = stream.read(min(step, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+    if want is not None and size < want:
+        raise BadRequest(f"the body ended after {size} of its {want} bytes"
+                         " (Content-Length): no job was started")
+    return b"".join(chunks)
 
 
 class BackgroundMiddleware:
@@ -209,9 +263,8 @@ class BackgroundMiddleware:
         ``application/json``.
         """
         request = Request(environ)
-        request.max_content_length = self.max_body_bytes
         try:
-            body = request.get_data(cache=False)  # 413 past max_body_bytes
+            body = read_body(environ, self.max_body_bytes)  # 413 past the limit
             job = self.engine.submit(
                 run_app, (app, snapshot_environ(environ), body), {},
                 name=f"{request.method} {request.script_root}{request.path}",

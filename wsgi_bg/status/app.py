@@ -44,6 +44,7 @@ job's life.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -56,6 +57,7 @@ from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
     HTTPException,
+    InternalServerError,
     NotFound,
     ServiceUnavailable,
 )
@@ -84,6 +86,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+logger = logging.getLogger("wsgi_bg")
 
 _STATIC = {"status.js": "text/javascript", "status.css": "text/css"}
 
@@ -292,14 +296,41 @@ class StatusApp:
         """The job, if it exists and ``authorize`` allows ``action`` on it."""
         job = self.middleware.get_job(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id} (unknown, or finished and dropped)")
-        try:
-            allowed = self.middleware.authorize(request.environ, action, job)
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+            raise NotFound(f"no job {job_id} (unknown, or finished and dropped)"
+                           + self._lost_note())
+        allowed = self._authorize(request, action, job)
         if not allowed:
             raise Forbidden(f"you may not {action} this job")
         return job
+
+    def _authorize(self, request: Request, action: str, job: Job | None) -> bool:
+        """``authorize``'s answer. One that raises is a bug in it: a 500 that
+        says so, logged with its traceback, not a 404 that would hide it."""
+        authorize = self.middleware.authorize
+        try:
+            return bool(authorize(request.environ, action, job))
+        except HTTPException:
+            raise  # the store unreachable (503), or the callable's own answer
+        except Exception as exc:
+            if job is not None and self.middleware.get_job(job.id) is None:
+                # It read the job just as it was dropped.
+                raise NotFound(f"job {job.id} is no longer stored") from None
+            name = getattr(authorize, "__qualname__", None) or repr(authorize)
+            logger.exception("wsgi_bg: authorize callable %s raised for action %r",
+                             name, action)
+            raise InternalServerError(
+                f"the authorize callable {name} raised {type(exc).__name__} for"
+                f" action {action!r}: a bug in the authorize function given to"
+                " BackgroundMiddleware; its traceback is in the server's log"
+            ) from None
+
+    def _lost_note(self) -> str:
+        lost_at = getattr(self.middleware.engine, "store_lost_at", None)
+        if lost_at is None:
+            return ""
+        return ("; the job store's process died at"
+                f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lost_at))}"
+                " and a fresh one was started: jobs started before then are lost")
 
     def _may_list(self, request: Request) -> bool:
         """Whether this visitor may see the list (to link it)."""
@@ -320,7 +351,7 @@ class StatusApp:
         """One page of the list, filtered: ``jobs`` (to_dict of each),
         ``counts`` per state, ``total`` matching, ``page``, ``pages``,
         ``state``, ``q``."""
-        if not self.middleware.authorize(request.environ, "list", None):
+        if not self._authorize(request, "list", None):
             raise Forbidden(_LIST_REFUSED)
         state = request.args.get("state", "")
         if state and state not in render.STATES:
