@@ -16,10 +16,18 @@ from __future__ import annotations
 
 from .auth import allow_all, allow_local
 from .context import current_job
-from .exceptions import AppFailed, QueueFull, ResultUnavailable, WsgiBgError
+from .exceptions import (
+    AppFailed,
+    QueueFull,
+    ResultUnavailable,
+    StoreUnavailable,
+    WsgiBgError,
+)
 from .jobs import Job, JobState
 from .marks import background, backgrounder
 from .middleware import BackgroundMiddleware
+
+__version__ = "0.1.0"
 
 __all__ = [
     "AppFailed",
@@ -28,6 +36,7 @@ __all__ = [
     "JobState",
     "QueueFull",
     "ResultUnavailable",
+    "StoreUnavailable",
     "WsgiBgError",
     "allow_all",
     "allow_local",

@@ -15,6 +15,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
@@ -101,6 +106,69 @@ def read_body(environ: WSGIEnvironment, limit: int) -> bytes:
         raise BadRequest(f"the body ended after {size} of its {want} bytes"
                          " (Content-Length): no job was started")
     return b"".join(chunks)
+
+
+def python_executable() -> str | None:
+    """The Python interpreter multiprocessing should start, when
+    ``sys.executable`` is not one (under uWSGI it is the ``uwsgi`` binary,
+    which ``forkserver`` and ``spawn`` would start with Python's options);
+    ``None`` when it is fine, or when no interpreter is found.
+
+    Looked for beside ``sys.executable`` first (a virtualenv's ``bin``, where
+    ``pip install uwsgi`` puts it), then in ``sys.prefix`` and
+    ``sys.exec_prefix``, as ``pythonX.Y``, ``python3``, ``python``.
+    """
+    current = sys.executable or ""
+    if os.path.basename(current).startswith(("python", "pypy")):
+        return None
+    names = [f"python{sys.version_info.major}.{sys.version_info.minor}",
+             f"python{sys.version_info.major}", "python"]
+    folders = [os.path.dirname(current)] if current else []
+    for prefix in (sys.prefix, sys.exec_prefix, getattr(sys, "base_prefix", "")):
+        if prefix:
+            folders.append(os.path.join(prefix, "bin"))
+    for folder in folders:
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path
+    return None
+
+
+def _use_real_python() -> None:
+    if multiprocessing.get_start_method(allow_none=True) == "fork":
+        return  # nothing is executed
+    path = python_executable()
+    if path is None:
+        if not os.path.basename(sys.executable or "").startswith(("python", "pypy")):
+            logger.warning(
+                "wsgi_bg: sys.executable is %r, not a Python interpreter, and no"
+                " interpreter was found beside it: call"
+                " multiprocessing.set_executable('/path/to/python') before the"
+                " first job", sys.executable)
+        return
+    multiprocessing.set_executable(path)
+
+
+def _sigterm_exits(signum: int, frame: Any) -> None:
+    # Unwind the server's main loop: at exit the middleware shuts down, and
+    # running jobs get cancel_grace before they are killed.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills
+    sys.exit(0)
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM exit the process through Python's own exit (as
+    ``sys.exit``), when nothing else handles it: servers that leave SIGTERM
+    to its default (waitress, ``run_simple``) would otherwise die at once and
+    take running jobs with them, without their grace. Servers with their own
+    handler (gunicorn, ``wsgi-bg serve``) and uWSGI (whose handlers are not
+    Python's) are left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or "uwsgi" in sys.modules
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+    signal.signal(signal.SIGTERM, _sigterm_exits)
 
 
 class BackgroundMiddleware:
@@ -196,6 +264,10 @@ class BackgroundMiddleware:
                 f" got {authorize!r}"
             )
         _check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
+        # Under uWSGI, sys.executable is uwsgi: point multiprocessing (the
+        # forkserver, spawn, the manager) at the interpreter instead.
+        _use_real_python()
+        _exit_on_sigterm()
         self.app = app
         self.prefix = prefix.rstrip("/")
         self.status_url = status_url.rstrip("/") if status_url else None

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .protocol import RECORD_FIELDS, Backend, Link, Record, Store
@@ -25,8 +26,13 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def open_backend(
     store: Any, *, namespace: str, secret_key: str | bytes | None,
     max_jobs: int, job_ttl: float, max_output_bytes: int,
+    on_lost: Callable[[], None] | None = None,
 ) -> Backend:
     """The backend for the middleware's ``store=`` option; nothing starts.
+
+    ``on_lost`` is called once a started store is found lost for good (the
+    default store's manager process was killed), so that the caller can start
+    a fresh one; a Redis store recovers by itself and never calls it.
 
     :raises ValueError: for a ``store`` that names no known store, or a
         Redis store without a secret key.
@@ -44,7 +50,7 @@ def open_backend(
     if store is None:
         from .memory import ManagerBackend
 
-        return ManagerBackend(**limits)
+        return ManagerBackend(**limits, on_lost=on_lost)
     is_url = isinstance(store, str) and store.startswith(_REDIS_SCHEMES)
     is_client = type(store).__module__.startswith("redis.") and hasattr(
         store, "connection_pool"

@@ -74,13 +74,13 @@ class GuardedStore:
     # -- the guard ----------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> Any:
         if self.lost:
-            raise StoreUnavailable(_LOST)
+            raise StoreUnavailable(self._lost_text())
         if self.hung:
             raise StoreUnavailable(_HUNG.format(self.timeout))
         try:
             future = self._executor.submit(getattr(self._store, method), *args)
         except RuntimeError:  # the executor was shut down: the store was stopped
-            raise StoreUnavailable(_LOST) from None
+            raise StoreUnavailable(self._lost_text()) from None
         try:
             return future.result(self.timeout)
         except FutureTimeout:
@@ -88,17 +88,22 @@ class GuardedStore:
                 future.add_done_callback(lambda f: self._undo_create(f, args[0]))
             if not self._alive():
                 self._mark_lost()
-                raise StoreUnavailable(_LOST) from None
+                raise StoreUnavailable(self._lost_text()) from None
             self._mark_hung()
             raise StoreUnavailable(_HUNG.format(self.timeout)) from None
         except (OSError, EOFError) as exc:
             # The connection broke: the process is gone, or going.
             if not self._alive():
                 self._mark_lost()
-                raise StoreUnavailable(_LOST) from exc
+                raise StoreUnavailable(self._lost_text()) from exc
             raise StoreUnavailable(
                 f"the job store could not be reached ({exc!r}); try again"
             ) from exc
+
+    def _lost_text(self) -> str:
+        return _LOST + (" A fresh one is being started: try again in a few"
+                        " seconds." if self._on_lost is not None else
+                        " Restart the server.")
 
     def _undo_create(self, future: Future[Any], record: Record) -> None:
         # A submit gave up on this create and said so; it landed after all.
@@ -141,7 +146,9 @@ class GuardedStore:
             self.lost = True
         logger.error(
             "wsgi_bg: the job store's process is gone (killed, or out of memory):"
-            " the jobs it held are lost; starting a fresh store and worker pool")
+            " the jobs it held are lost; %s", "starting a fresh store and worker"
+            " pool" if self._on_lost is not None else "requests that need it are"
+            " answered 503 until the server restarts")
         if self._on_lost is not None:
             self._on_lost()
 
@@ -202,8 +209,7 @@ class GuardedStore:
         return self._call("snapshot")  # type: ignore[no-any-return]
 
 
-_LOST = ("the job store's process is gone (killed, or out of memory); a fresh"
-         " one is being started: try again in a few seconds. Jobs started before"
-         " are lost.")
+_LOST = ("the job store's process is gone (killed, or out of memory): the jobs"
+         " it held are lost.")
 _HUNG = ("the job store did not answer within {} s (its process is stopped or"
          " overloaded): try again later")

@@ -27,11 +27,14 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
 from typing import Any
 
+from ..exceptions import StoreUnavailable
 from ..jobs import TERMINAL_STATES, JobState
+from .guard import GuardedStore
 from .protocol import Record, Store
 
 
@@ -432,6 +435,11 @@ def start_manager(
     return manager
 
 
+def _manager_alive(manager: StoreManager) -> bool:
+    process = getattr(manager, "_process", None)
+    return process is None or process.is_alive()
+
+
 class ManagerLink:
     """Reaches the manager-served store from a pool worker, and registers the
     worker with the manager's watchdog."""
@@ -455,19 +463,27 @@ class ManagerBackend:
 
     shared = False
 
-    def __init__(self, *, max_jobs: int, job_ttl: float, max_output_bytes: int) -> None:
+    def __init__(
+        self, *, max_jobs: int, job_ttl: float, max_output_bytes: int,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self.options: dict[str, Any] = {
             "max_jobs": max_jobs, "job_ttl": job_ttl,
             "max_output_bytes": max_output_bytes}
+        self.on_lost = on_lost
         self._manager: StoreManager | None = None
-        self._store: Store | None = None
+        self._store: GuardedStore | None = None
 
     def reader(self) -> Store:
         return MemoryStore(**self.options)  # empty: nothing has run here yet
 
-    def start(self, ctx: BaseContext) -> Store:
-        self._manager = start_manager(ctx, **self.options)
-        self._store = self._manager.get_store()  # type: ignore[attr-defined]
+    def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
+        manager = self._manager = start_manager(ctx, **self.options)
+        # Bounded calls: a killed or stopped manager costs a 503, not a hang
+        # or a BrokenPipeError out of a request (see wsgi_bg.stores.guard).
+        self._store = GuardedStore(
+            manager.get_store(),  # type: ignore[attr-defined]
+            alive=lambda: _manager_alive(manager), on_lost=self.on_lost)
         return self._store
 
     def link(self) -> ManagerLink:
@@ -481,8 +497,15 @@ class ManagerBackend:
         snapshot: Store
         try:
             snapshot = self._store.snapshot()  # type: ignore[union-attr]
-        except (OSError, EOFError, AttributeError):  # the manager is gone already
-            snapshot = self.reader()
-        if self._manager is not None:
-            self._manager.shutdown()
+        except (StoreUnavailable, OSError, EOFError, AttributeError):
+            snapshot = self.reader()  # the manager is gone, or hung
+        manager, store = self._manager, self._store
+        if store is not None:
+            store.close()
+        if manager is not None:
+            process = getattr(manager, "_process", None)
+            if store is not None and store.hung and process is not None:
+                # A stopped manager would hold its own shutdown for ever.
+                process.kill()
+            manager.shutdown()
         return snapshot
