@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # job modules importable by worke
 
 from helpers import SESSION_PIDS  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
+from rq_workers import RQWorkers  # noqa: E402
 from wsgi_bg import BackgroundMiddleware  # noqa: E402
 
 #: The key the Redis store signs with in tests (any 16+ bytes do).
@@ -28,15 +29,30 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "redis: runs against a real redis-server (skipped where none is"
         " installed)")
+    config.addinivalue_line(
+        "markers", "runner_contract: a module whose make_mw tests describe how jobs"
+        " run, so they also run on the RQ runner (stock rq workers)")
+    config.addinivalue_line(
+        "markers", "pool_only: a behaviour of the default pool runner alone (in a"
+        " runner_contract module); not run on the RQ runner")
 
 
 def pytest_collection_modifyitems(config, items):
     # One contract, every store: tests using make_mw run once per store, but
     # those about the Manager store's own machinery.
-    kept = [item for item in items
-            if not (item.get_closest_marker("memory_store_only")
-                    and getattr(item, "callspec", None) is not None
-                    and item.callspec.params.get("store_options") == "redis")]
+    # The RQ runner: only the tests describing how jobs run.
+    def wanted(item):
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("store_options") if callspec else None
+        if param in ("redis", "redis+rq") and item.get_closest_marker(
+                "memory_store_only"):
+            return False
+        if param == "redis+rq":
+            return bool(item.get_closest_marker("runner_contract")
+                        and not item.get_closest_marker("pool_only"))
+        return True
+
+    kept = [item for item in items if wanted(item)]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
@@ -51,31 +67,77 @@ def redis_server():
     server.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+#: The RQ queue the session's rq workers take jobs from (each test's jobs
+#: still live in a namespace of the test's own).
+RQ_TEST_QUEUE = "wsgi_bg-tests"
+
+
+@pytest.fixture(scope="session")
+def rq_workers(redis_server):
+    """Two stock ``rq worker`` processes of the test session's own."""
+    workers = RQWorkers(redis_server.url, RQ_TEST_QUEUE, TEST_SECRET_KEY).start()
+    SESSION_PIDS.update(workers.pids)
+    yield workers
+    workers.stop()
+
+
+@pytest.fixture(params=[
+    "memory",
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("redis+rq", marks=pytest.mark.redis),
+])
 def store_options(request):
-    """The options selecting a store: the default, then Redis (each test gets a
-    namespace of its own, as apps sharing one Redis do)."""
+    """The options selecting a store and runner: the default, then Redis, then
+    Redis with jobs run by the session's RQ workers (each test gets a namespace
+    of its own, as apps sharing one Redis do)."""
     if request.param == "memory":
         return {}
     server = request.getfixturevalue("redis_server")
-    return {"store": server.url, "namespace": f"test-{uuid.uuid4().hex[:12]}",
-            "secret_key": TEST_SECRET_KEY}
+    options = {"store": server.url, "namespace": f"test-{uuid.uuid4().hex[:12]}",
+               "secret_key": TEST_SECRET_KEY}
+    if request.param == "redis+rq":
+        import redis
+        import rq
+
+        workers = request.getfixturevalue("rq_workers")
+        options["runner"] = rq.Queue(
+            workers.queue, connection=redis.Redis.from_url(server.url))
+    return options
 
 
 @pytest.fixture
 def make_mw(store_options, wsgi_bg_middleware):
     """Build middlewares that are always shut down, then check nothing is left
     (the ``wsgi_bg_middleware`` fixture of the package's pytest plugin); with
-    each store in turn."""
+    each store and runner in turn."""
+    made = []
 
     def make(app=hello_app, **options) -> BackgroundMiddleware:
         options.setdefault("max_workers", 2)
         options.setdefault("cancel_grace", 1.0)
         for key, value in store_options.items():
             options.setdefault(key, value)
-        return wsgi_bg_middleware(app, **options)
+        mw = wsgi_bg_middleware(app, **options)
+        made.append(mw)
+        return mw
 
-    return make
+    yield make
+    if "runner" in store_options:
+        # Jobs on RQ outlive the web process (its shutdown leaves them be):
+        # end this test's, so that the shared workers are free for the next.
+        for mw in made:
+            stop_rq_jobs(mw, store_options["runner"])
+
+
+def stop_rq_jobs(mw: BackgroundMiddleware, queue, timeout: float = 20.0) -> None:
+    from helpers import wait_for
+
+    store = mw.engine.store
+    for job_id in store.ids_in_state("queued", "running"):
+        store.request_cancel(job_id, 0.0)
+    queue.empty()  # tests run one at a time: what waits there is this test's
+    wait_for(lambda: not store.ids_in_state("queued", "running"), timeout,
+             message="this test's RQ jobs to end")
 
 
 @pytest.fixture

@@ -8,6 +8,9 @@ import jobfuncs
 from helpers import wait_for
 from wsgi_bg import Job, JobState, background, current_job
 
+# Also on the RQ runner (see conftest.py): these describe how jobs run.
+pytestmark = pytest.mark.runner_contract
+
 started_jobs: list[Job] = []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import pickle
 import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +15,9 @@ import pytest
 import jobfuncs
 from helpers import live_children, wait_for
 from wsgi_bg import Job, JobState, QueueFull
+
+# Also on the RQ runner (see conftest.py): these describe how jobs run.
+pytestmark = pytest.mark.runner_contract
 
 
 def _job_pids(job):
@@ -33,6 +37,7 @@ def test_nothing_starts_before_first_submit(make_mw):
     assert after == before
 
 
+@pytest.mark.pool_only
 def test_default_is_a_process_pool_on_forkserver(mw):
     assert mw.engine.start_method == "forkserver"
     job = mw.submit(jobfuncs.pids_then_sleep, 0)
@@ -46,6 +51,7 @@ def test_default_is_a_process_pool_on_forkserver(mw):
     assert job_pid not in names
 
 
+@pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_spawn_start_method(make_mw):
     mw = make_mw(start_method="spawn", max_workers=1)
@@ -62,6 +68,7 @@ def test_bad_start_method(make_mw):
         make_mw(start_method="telepathy")
 
 
+@pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_executor_factory(make_mw):
     factory = functools.partial(
@@ -176,6 +183,7 @@ def test_jobs_newest_first(mw):
 
 
 # -- ids ----------------------------------------------------------------------------
+@pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_ids_random_long_url_safe_never_reused(make_mw):
     mw = make_mw(max_queued=2000, max_workers=1)
@@ -251,6 +259,7 @@ def test_queue_full(make_mw, tmp_path):
     assert mw.submit(jobfuncs.add, 9, 9).wait(timeout=20).result == 18
 
 
+@pytest.mark.pool_only
 def test_executor_factory_must_give_a_process_pool(make_mw):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -269,3 +278,13 @@ def test_result_shown_on_pages_is_bounded_and_safe(mw):
     assert loud.state is JobState.SUCCEEDED
     assert "LoudRepr" in loud.to_dict()["result"]  # a failing __repr__ is shown
     assert len(mw.engine.store.get(big.id)["result"]) < 3000  # records stay small
+
+
+def test_the_call_is_kept_in_the_store_until_the_job_is_dropped(make_mw):
+    mw = make_mw(max_jobs=1)
+    job = mw.submit(jobfuncs.add, 1, 2).wait(timeout=20)
+    assert pickle.loads(mw.engine.store.call(job.id)) == (jobfuncs.add, (1, 2), {})
+    mw.submit(jobfuncs.add, 2, 2).wait(timeout=20)  # max_jobs=1: drops the first
+    wait_for(lambda: mw.engine.store.get(job.id) is None
+             and mw.engine.store.call(job.id) is None, 10,
+             message="the first job and its call to be dropped")

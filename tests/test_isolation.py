@@ -11,6 +11,9 @@ import jobfuncs
 from helpers import wait_for
 from wsgi_bg import JobState
 
+# Also on the RQ runner (see conftest.py): these describe how jobs run.
+pytestmark = pytest.mark.runner_contract
+
 
 def gone(pid: int) -> bool:
     try:
@@ -186,6 +189,7 @@ def test_cancel_finished_job_returns_false(mw):
     assert job.result == 2
 
 
+@pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_a_dead_pool_worker_is_reported_and_the_pool_restarts(make_mw, tmp_path):
     """The limit of isolation: concurrent.futures stops every worker when one

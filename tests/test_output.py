@@ -11,6 +11,9 @@ from wsgi_bg import JobState
 from wsgi_bg.capture import Relay
 from wsgi_bg.stores.memory import MemoryStore
 
+# Also on the RQ runner (see conftest.py): these describe how jobs run.
+pytestmark = pytest.mark.runner_contract
+
 
 def test_everything_written_arrives_in_order(mw):
     job = mw.submit(jobfuncs.mixed_output).wait(timeout=20)

@@ -192,7 +192,7 @@ class Engine:
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
-        self._calls: dict[str, tuple[bytes, float | None]] = {}
+        self._calls: dict[str, tuple[bytes, float | None, str]] = {}
         self._futures: dict[str, Future[str | None]] = {}
         self._closed = False
 
@@ -218,7 +218,7 @@ class Engine:
                 runner = self._planned
                 ctx = multiprocessing.get_context(self.start_method)
                 before = _forkserver_pid()
-                store = self._backend.start(ctx)
+                store = self._backend.start(ctx, holds_queued=runner.holds_queued)
                 if runner.needs_link and self.start_method == "forkserver":
                     # Started now, not by the pool's first worker: ours to stop.
                     from multiprocessing import forkserver
@@ -267,7 +267,7 @@ class Engine:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             try:
-                created = self._store.create(record, self.max_queued)
+                created = self._store.create(record, self.max_queued, payload)
             except StoreUnavailable:
                 raise
             except (OSError, EOFError) as exc:
@@ -280,24 +280,25 @@ class Engine:
                     f"{self.max_queued} jobs are already waiting (max_queued): try"
                     " again later, or raise max_queued or max_workers"
                 )
-            self._calls[job_id] = (payload, timeout)
+            self._calls[job_id] = (payload, timeout, str(record["name"]))
             try:
                 self._dispatch(runner, job_id)
             except BaseException:
                 self._calls.pop(job_id, None)
                 self._store.finish(job_id, JobState.CRASHED.value, None,
-                                   "the job could not be handed to the worker"
-                                   " pool:\n" + traceback.format_exc())
+                                   "the job could not be handed to the"
+                                   f" {runner.kind} runner:\n"
+                                   + traceback.format_exc())
                 raise
         return Job(self, job_id)
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
-        payload, timeout = self._calls[job_id]
+        payload, timeout, name = self._calls[job_id]
         try:
-            future = runner.submit(job_id, payload, timeout, self.cancel_grace)
+            future = runner.submit(job_id, payload, timeout, self.cancel_grace, name)
         except BrokenProcessPool:
             runner.restart()
-            future = runner.submit(job_id, payload, timeout, self.cancel_grace)
+            future = runner.submit(job_id, payload, timeout, self.cancel_grace, name)
         if future is None:  # the runner reports nothing back: the store says it
             self._calls.pop(job_id, None)
             return

@@ -43,6 +43,7 @@ from .status import StatusApp
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from redis import Redis
+    from rq import Queue
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -230,8 +231,18 @@ class BackgroundMiddleware:
         that whoever can write to Redis cannot make a process run code; the
         same in every process. Default: the ``WSGI_BG_SECRET_KEY`` environment
         variable. Required by a Redis store.
+    :param runner: where jobs run. ``"pool"`` (default): a process pool of
+        this server process (``max_workers``, ``start_method``,
+        ``executor_factory`` and ``max_jobs_per_process`` apply to it).
+        ``"rq"``: queued on the RQ queue named ``namespace``, run by stock
+        ``rq worker`` processes on any host (``pip install "wsgi_bg[rq]"``;
+        needs the Redis store, and the same secret key on the workers); or
+        an :class:`rq.Queue` of your own, in the store's Redis. This process
+        then starts no pool.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        The ``runner`` option.
     """
 
     def __init__(
@@ -248,6 +259,7 @@ class BackgroundMiddleware:
         store: str | Redis | None = None,
         namespace: str = "wsgi_bg",
         secret_key: str | bytes | None = None,
+        runner: str | Queue = "pool",
     ) -> None:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
@@ -279,7 +291,7 @@ class BackgroundMiddleware:
             cancel_grace=cancel_grace, start_method=start_method,
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,
-            namespace=namespace, secret_key=secret_key,
+            namespace=namespace, secret_key=secret_key, runner=runner,
         )
         self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted

@@ -3,6 +3,10 @@
 - ``runner="pool"`` (the default):
   :class:`~wsgi_bg.runners.pool.ProcessRunner`, a process pool of the server
   process whose workers supervise the job processes.
+- ``runner="rq"``, or an :class:`rq.Queue`:
+  :class:`~wsgi_bg.runners.rq.RQRunner`, jobs queued for stock ``rq worker``
+  processes on any machine, whose work horses supervise the job processes
+  (``pip install "wsgi_bg[rq]"``; needs the Redis store).
 
 Every runner that runs jobs in processes hands them to the one supervisor,
 :func:`wsgi_bg.runners.supervisor.supervise` (fork, relay, timeout, cancel,
@@ -28,6 +32,8 @@ class Runner(Protocol):
     source of truth: a runner records each job's start and end there (or the
     supervisor it feeds does)."""
 
+    #: Its name, for messages: ``"pool"``, ``"rq"``.
+    kind: str
     #: Whether jobs run in processes of this server that reach the store
     #: through :meth:`~wsgi_bg.stores.Backend.link` (the pool): the engine
     #: then starts the store's backend for them, and the forkserver.
@@ -41,11 +47,14 @@ class Runner(Protocol):
         :attr:`needs_link`, else ``None``."""
 
     def submit(
-        self, job_id: str, payload: bytes, timeout: float | None, grace: float
+        self, job_id: str, payload: bytes, timeout: float | None, grace: float,
+        name: str,
     ) -> Future[str | None] | None:
         """Run the job whose pickled call is ``payload`` (the store holds its
-        record, queued). Return a future of its final state, or ``None`` if
-        the runner reports nothing back (the store says it all)."""
+        record, queued, and the call; ``name`` is the function's, for
+        listings such as rq-dashboard's). Return a future of its final
+        state, or ``None`` if the runner reports nothing back (the store says
+        it all)."""
 
     def cancel(self, job_id: str) -> None:
         """The store has cancelled this queued job: drop it where it waits,
@@ -66,9 +75,11 @@ def open_runner(
 ) -> Runner:
     """The runner for the middleware's ``runner=`` option; nothing starts.
 
-    :raises ValueError: for a ``runner`` that names no known runner.
+    :raises ValueError: for a ``runner`` that names no known runner, or
+        ``"rq"`` without the Redis store.
+    :raises ImportError: for ``"rq"`` without the ``rq`` package.
     """
-    if runner is None or runner == "pool":
+    if runner is None or (isinstance(runner, str) and runner == "pool"):
         from .pool import ProcessRunner
 
         return ProcessRunner(
@@ -76,4 +87,17 @@ def open_runner(
             mp_context=multiprocessing.get_context(start_method),
             executor_factory=executor_factory, jobs_per_process=jobs_per_process,
         )
-    raise ValueError(f"runner must be 'pool' (the default), got {runner!r}")
+    is_queue = (type(runner).__module__.startswith("rq.")
+                and hasattr(runner, "enqueue_call"))
+    if is_queue or (isinstance(runner, str) and runner == "rq"):
+        try:
+            from .rq import RQRunner
+        except ImportError as exc:
+            raise ImportError(
+                f'runner="rq" needs the rq package: pip install "wsgi_bg[rq]" ({exc})'
+            ) from exc
+        return RQRunner(runner if is_queue else None, backend=backend)
+    raise ValueError(
+        "runner must be 'pool' (the default), 'rq' or an rq.Queue,"
+        f" got {runner!r}"
+    )

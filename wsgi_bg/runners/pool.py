@@ -70,6 +70,7 @@ class ProcessRunner:
     executor ``executor_factory`` returns) through :func:`run_job`; the
     :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``."""
 
+    kind = "pool"
     needs_link = True
     holds_queued = True
 
@@ -124,7 +125,8 @@ class ProcessRunner:
         return self.executor
 
     def submit(
-        self, job_id: str, payload: bytes, timeout: float | None, grace: float
+        self, job_id: str, payload: bytes, timeout: float | None, grace: float,
+        name: str,
     ) -> Future[str | None]:
         return self._executor().submit(
             run_job, self._link(), job_id, payload, timeout, grace,

@@ -135,6 +135,16 @@ def supervise(
     return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
 
 
+def release_warm() -> None:
+    """Kill and reap the job process kept warm in this process, if any: for a
+    worker about to exit (an RQ work horse), which has no next job for it."""
+    global _warm
+    process, _warm = _warm, None
+    if process is not None:
+        process.kill()
+        process.reap()
+
+
 class _JobProcess:
     """A forked process that runs jobs one after another, in its own process
     group, until it is told or chooses to stop (see :func:`_job_process_main`)."""
@@ -213,7 +223,8 @@ class _Supervisor:
         self.grace = grace
         self.shown: str | None = None  # the result's repr, when it succeeded
         # This worker's parent: the server process, or the forkserver that
-        # lives as long as it. If it changes, the server is gone.
+        # lives as long as it, or the RQ worker of this work horse. If it
+        # changes, that process is gone.
         self.parent = os.getppid()
 
     def run(self, payload: bytes, jobs_per_process: int) -> str | None:
@@ -342,8 +353,9 @@ class _Supervisor:
             ), False
         if ended_by == _ORPHANED:
             return JobState.CRASHED.value, None, (
-                "its server process stopped (killed or exited) while the job ran;"
-                " the job's process was killed with it"
+                "the process its supervisor serves (the server process, or the"
+                " RQ worker) stopped (killed or exited) while the job ran; the"
+                " job's process was killed with it"
             ), False
         if ended_by == JobState.CANCELLED.value:
             return ended_by, None, (

@@ -157,8 +157,10 @@ class GuardedStore:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the Store protocol -------------------------------------------------------
-    def create(self, record: Record, max_queued: int) -> bool:
-        return bool(self._call("create", record, max_queued))
+    def create(
+        self, record: Record, max_queued: int, call: bytes | None = None
+    ) -> bool:
+        return bool(self._call("create", record, max_queued, call))
 
     def start(self, job_id: str, pid: int) -> bool:
         return bool(self._call("start", job_id, pid))
@@ -179,6 +181,9 @@ class GuardedStore:
 
     def result(self, job_id: str) -> bytes | None:
         return self._call("result", job_id)  # type: ignore[no-any-return]
+
+    def call(self, job_id: str) -> bytes | None:
+        return self._call("call", job_id)  # type: ignore[no-any-return]
 
     def request_cancel(
         self, job_id: str, grace: float | None, shutdown: bool = False

@@ -158,12 +158,15 @@ class MemoryStore:
         self._records: dict[str, Record] = {}  # creation order
         self._outputs: dict[str, _Output] = {}
         self._results: dict[str, bytes] = {}  # apart: records are read often
+        self._calls: dict[str, bytes] = {}  # the pickled calls, as results
         self._finished: dict[str, float] = {}  # finishing order: id -> ended_at
         self._queued = 0
         self._workers: set[int] = set()
 
     # -- writes ---------------------------------------------------------------
-    def create(self, record: Record, max_queued: int) -> bool:
+    def create(
+        self, record: Record, max_queued: int, call: bytes | None = None
+    ) -> bool:
         with self._lock:
             self._prune()
             if self._queued >= max_queued:
@@ -174,6 +177,8 @@ class MemoryStore:
                           cancel_requested_at=None, cancelled_how=None)
             self._records[record["id"]] = record
             self._outputs[record["id"]] = _Output(self.max_output_bytes)
+            if call is not None:
+                self._calls[record["id"]] = call
             self._queued += 1
             return True
 
@@ -271,6 +276,10 @@ class MemoryStore:
         with self._lock:
             return self._results.get(job_id)
 
+    def call(self, job_id: str) -> bytes | None:
+        with self._lock:
+            return self._calls.get(job_id)
+
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
         with self._lock:
             output = self._outputs.get(job_id)
@@ -314,6 +323,7 @@ class MemoryStore:
             del self._records[job_id]
             del self._outputs[job_id]
             self._results.pop(job_id, None)
+            self._calls.pop(job_id, None)
 
     def register_worker(self, pid: int) -> None:
         """Remember a pool worker's pid, for the watchdog."""

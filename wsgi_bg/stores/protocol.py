@@ -36,9 +36,20 @@ class Store(Protocol):
     the head and the tail are kept with a marker saying how much was dropped.
     """
 
-    def create(self, record: Record, max_queued: int) -> bool:
-        """Add a queued record; ``False`` (and nothing added) if ``max_queued``
-        jobs are already waiting."""
+    def create(
+        self, record: Record, max_queued: int, call: bytes | None = None
+    ) -> bool:
+        """Add a queued record, and ``call``, the job's pickled call (kept, as
+        the record, until the job is dropped: see :meth:`call`); ``False``
+        (and nothing added) if ``max_queued`` jobs are already waiting."""
+
+    def call(self, job_id: str) -> bytes | None:
+        """The pickled call kept with the job, or ``None`` (none kept, or the
+        job was dropped). A store others can write to checks it first.
+
+        :raises ~wsgi_bg.stores.signing.BadSignature: if the stored call fails
+            its check (it is never returned, so never unpickled).
+        """
 
     def start(self, job_id: str, pid: int) -> bool:
         """Move a queued job to running in process group ``pid``; ``False`` if
@@ -117,9 +128,12 @@ class Backend(Protocol):
     def reader(self) -> Store:
         """The store to read before :meth:`start` (nothing started yet)."""
 
-    def start(self, ctx: BaseContext) -> Store:
+    def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
         """Start what the store needs (processes, threads); the store to use
-        in this process from now on."""
+        in this process from now on. ``holds_queued``: whether the jobs this
+        process queues wait in it (a pool of its own), so that they end
+        ``crashed`` if it dies before they start; false when they wait
+        elsewhere (RQ's queue) and outlive it."""
 
     def link(self) -> Link:
         """How processes that run jobs reach the store (after :meth:`start`)."""

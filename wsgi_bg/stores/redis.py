@@ -13,8 +13,11 @@ one Redis never see each other's jobs)::
     N:out:{id}      string  the output: all of it, or its tail past the limit
     N:head:{id}     string  the head of the output, once past the limit
     N:result:{id}   string  the pickled result, signed (see signing.py)
+    N:call:{id}     string  the pickled call (fn, args, kwargs), signed: what
+                            an RQ work horse runs (the RQ job holds only the id)
     N:lease:{id}    string  TTL: the supervisor running the job is alive
     N:owner:{o}     string  TTL: server process o, holding queued jobs, is alive
+                            (a job queued on RQ has no owner: it waits in RQ)
     N:jobs          zset    every job, by created_at (the list)
     N:state:{s}     zset    the jobs in state s, by created_at (counts, sweeps)
     N:finished      zset    ended jobs, by ended_at (retention by max_jobs)
@@ -112,7 +115,7 @@ end
 
 local function drop(id)
   redis.call('DEL', k('job', id), k('out', id), k('head', id), k('result', id),
-             k('lease', id))
+             k('lease', id), k('call', id))
   redis.call('ZREM', P .. 'jobs', id)
   redis.call('ZREM', P .. 'finished', id)
   redis.call('HDEL', P .. 'suspects', id)
@@ -134,7 +137,7 @@ end
 
 local function expire(id)
   local ms = math.max(TTL_MS, 1)
-  for _, kind in ipairs({'job', 'out', 'head', 'result'}) do
+  for _, kind in ipairs({'job', 'out', 'head', 'result', 'call'}) do
     redis.call('PEXPIRE', k(kind, id), ms)
   end
 end
@@ -211,15 +214,17 @@ local function read(id, since)
 end
 """
 
-# ARGV[7] id, [8] max_queued, [9] created_at, [10...] field, value pairs
+# ARGV[7] id, [8] max_queued, [9] created_at, [10] signed call or '',
+# [11...] field, value pairs
 _CREATE = """
 prune()
 local id = ARGV[7]
 if redis.call('ZCARD', P .. 'state:queued') >= tonumber(ARGV[8]) then return 0 end
 if redis.call('EXISTS', k('job', id)) == 1 then return -1 end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', k('job', id), 'state', 'queued', 'output_size', '0', unpack(fields))
+if ARGV[10] ~= '' then redis.call('SET', k('call', id), ARGV[10]) end
 redis.call('ZADD', P .. 'jobs', ARGV[9], id)
 redis.call('ZADD', P .. 'state:queued', ARGV[9], id)
 return 1
@@ -483,15 +488,19 @@ class RedisStore:
 
     # -- writes ---------------------------------------------------------------
     @_reaching
-    def create(self, record: Record, max_queued: int) -> bool:
+    def create(
+        self, record: Record, max_queued: int, call: bytes | None = None
+    ) -> bool:
         fields: list[str] = []
         for name, value in record.items():
             if name not in ("state", "output_size"):
                 fields += [name, _dump(value)]
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
                    "cancelled_how", "null"]
+        signed = b"" if call is None else self._signer.sign("call", record["id"], call)
         created = self._create(args=self._args(
-            record["id"], max_queued, repr(float(record["created_at"])), *fields))
+            record["id"], max_queued, repr(float(record["created_at"])), signed,
+            *fields))
         if created == -1:
             raise ValueError(f"job id {record['id']!r} is already stored")
         return bool(created)
@@ -559,6 +568,14 @@ class RedisStore:
             # Evidence for whoever looks at the job; the value is never loaded.
             self._r.hset(self._prefix + "job:" + job_id, "error", _dump(str(exc)))
             raise ResultUnavailable(str(exc)) from None
+
+    @_reaching
+    def call(self, job_id: str) -> bytes | None:
+        blob: bytes | None = self._r.get(  # type: ignore[assignment]
+            self._prefix + "call:" + job_id)
+        if blob is None:
+            return None
+        return self._signer.unsign("call", job_id, blob)  # BadSignature: not loaded
 
     @_reaching
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
@@ -731,8 +748,9 @@ class RedisBackend:
     def reader(self) -> Store:
         return self._reader
 
-    def start(self, ctx: BaseContext) -> Store:
-        store = self._store_for(owner=secrets.token_hex(8))
+    def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
+        # Without an owner, queued jobs are never swept as "owner gone".
+        store = self._store_for(owner=secrets.token_hex(8) if holds_queued else None)
         store.beat()  # before any job names this owner; unreachable: 503
         self._store = store
         self._thread = threading.Thread(target=self._heartbeat, args=(store,),

@@ -1,0 +1,129 @@
+"""Stock ``rq worker`` processes for the tests: started with the test secret
+key and the tests' job modules importable, ready once RQ lists them, stopped
+(and their work horses with them) by whoever started them."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+#: What the workers import jobs from: the tests' modules and the examples.
+PYTHONPATH = os.pathsep.join([HERE, ROOT, os.path.join(ROOT, "examples")])
+
+
+def rq_command() -> str:
+    """The ``rq`` script of this interpreter's environment."""
+    path = os.path.join(os.path.dirname(sys.executable), "rq")
+    return path if os.path.exists(path) else "rq"
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants (each RQ work horse, and each job
+    process, has a process group of its own)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for process in tree:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+class RQWorkers:
+    """``count`` stock ``rq worker`` processes on ``queue``, each in a
+    session of its own (so :meth:`stop` reaches its work horse too)."""
+
+    def __init__(self, url: str, queue: str, secret_key: str, count: int = 2) -> None:
+        self.url = url
+        self.queue = queue
+        self.secret_key = secret_key
+        self.count = count
+        self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 30.0) -> RQWorkers:
+        env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
+                   PYTHONPATH=PYTHONPATH)
+        for name in self.names:
+            self.processes.append(subprocess.Popen(
+                [rq_command(), "worker", self.queue, "--url", self.url,
+                 "--name", name, "--quiet", "--worker-ttl", "60"],
+                env=env, cwd=ROOT, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def registered(self) -> set[str]:
+        import redis
+        from rq import Worker
+
+        with redis.Redis.from_url(self.url, socket_timeout=5) as client:
+            return {w.name for w in Worker.all(connection=client)}
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not set(self.names) <= self.registered():
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"rq worker exited with {process.returncode} at start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rq workers not ready within {timeout} s")
+            time.sleep(0.05)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def kill(self, index: int) -> None:
+        """SIGKILL worker ``index`` alone (its work horse lives on)."""
+        self.processes[index].kill()
+        self.processes[index].wait(10)
+
+    def kill_all_of(self, index: int) -> None:
+        """SIGKILL worker ``index``, its work horse and the job's process: a
+        host gone."""
+        _kill_tree(self.processes[index].pid)
+        self.processes[index].wait(10)
+
+    def replace(self, index: int, timeout: float = 30.0) -> None:
+        """Start a fresh worker in place of worker ``index`` (after a kill)."""
+        self.stop_one(index)
+        name = self.names[index] = f"wsgi_bg-test-{uuid.uuid4().hex[:8]}"
+        env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
+                   PYTHONPATH=PYTHONPATH)
+        self.processes[index] = subprocess.Popen(
+            [rq_command(), "worker", self.queue, "--url", self.url,
+             "--name", name, "--quiet", "--worker-ttl", "60"],
+            env=env, cwd=ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+
+    def stop_one(self, index: int, timeout: float = 10.0) -> None:
+        process = self.processes[index]
+        if process.poll() is None:
+            process.terminate()  # warm shutdown: RQ finishes the current job
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_tree(process.pid)  # the work horse and job processes left, if any
+        process.wait(10)
+
+    def stop(self) -> None:
+        for index in range(len(self.processes)):
+            self.stop_one(index, timeout=5.0)

@@ -1,0 +1,276 @@
+"""What only the RQ runner has: stock ``rq worker`` processes that outlive a
+crash, a timeout, a kill and the web process; an RQ job holding only the job
+id; the call kept signed in the store; a worker killed mid-job. The rest of
+the runner contract (results, output, isolation, cancel, timeouts) runs on RQ
+through ``make_mw`` in test_engine.py, test_isolation.py, test_output.py and
+test_background.py."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import time
+import uuid
+import zlib
+
+import psutil
+import pytest
+
+import jobfuncs
+from conftest import RQ_TEST_QUEUE, TEST_SECRET_KEY, stop_rq_jobs
+from helpers import SESSION_PIDS, wait_for
+from rq_workers import PYTHONPATH, ROOT, RQWorkers, rq_command
+from wsgi_bg import BackgroundMiddleware, JobState
+from wsgi_bg.stores.signing import Signer
+
+rq = pytest.importorskip("rq")
+redis = pytest.importorskip("redis")
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def rq_mw(redis_server, wsgi_bg_middleware):
+    """Middlewares queueing on ``queue`` (the session workers' by default),
+    each test in a namespace of its own; this test's jobs end with it."""
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    made = []
+
+    def make(queue=RQ_TEST_QUEUE, **options):
+        connection = redis.Redis.from_url(redis_server.url)
+        options.setdefault("store", redis_server.url)
+        options.setdefault("namespace", namespace)
+        options.setdefault("secret_key", TEST_SECRET_KEY)
+        options.setdefault("cancel_grace", 1.0)
+        options.setdefault("runner", rq.Queue(queue, connection=connection))
+        mw = wsgi_bg_middleware(jobfuncs.hello, **options)
+        made.append(mw)
+        return mw
+
+    yield make
+    for mw in made:
+        stop_rq_jobs(mw, mw.engine._runner.queue if mw.engine.started else
+                     rq.Queue("unused", connection=redis_server.client()))
+
+
+def _rq_job(mw, job):
+    from wsgi_bg.runners.rq import rq_job_id
+
+    return rq.job.Job.fetch(rq_job_id(job.id), connection=mw.engine._runner.queue
+                            .connection)
+
+
+def _burst(url, queue, timeout=60):
+    """Run a stock ``rq worker --burst``: it takes what waits, then exits."""
+    env = dict(os.environ, WSGI_BG_SECRET_KEY=TEST_SECRET_KEY,
+               PYTHONPATH=PYTHONPATH)
+    subprocess.run([rq_command(), "worker", "--burst", queue, "--url", url, "-q"],
+                   env=env, cwd=ROOT, timeout=timeout, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# -- choosing the runner ----------------------------------------------------------
+def test_rq_without_the_redis_store_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"runner='rq' needs the Redis store"):
+        BackgroundMiddleware(jobfuncs.hello, runner="rq")
+    with pytest.raises(ValueError, match=r"runner must be 'pool'.*'rq'.*rq.Queue"):
+        BackgroundMiddleware(jobfuncs.hello, runner="celery")
+
+
+def test_a_queue_on_another_redis_is_refused(redis_server):
+    other = rq.Queue("x", connection=redis.Redis(port=1))
+    with pytest.raises(ValueError, match="the RQ queue's Redis must be the store's"):
+        BackgroundMiddleware(jobfuncs.hello, store=redis_server.url,
+                             secret_key=TEST_SECRET_KEY, runner=other)
+
+
+def test_runner_rq_queues_on_the_namespace_queue_and_starts_no_pool(
+        redis_server, wsgi_bg_middleware):
+    namespace = f"ns-{uuid.uuid4().hex[:8]}"
+    before = {p.pid for p in psutil.Process().children()}
+    mw = wsgi_bg_middleware(jobfuncs.hello, store=redis_server.url,
+                            secret_key=TEST_SECRET_KEY, runner="rq",
+                            namespace=namespace)
+    job = mw.submit(jobfuncs.add, 2, 3)
+    assert mw.engine._runner.queue.name == namespace
+    # Nothing started here: no pool, no Manager, no forkserver.
+    assert {p.pid for p in psutil.Process().children()} - before - SESSION_PIDS == set()
+    assert job.state is JobState.QUEUED
+    _burst(redis_server.url, namespace)
+    assert job.wait(timeout=20).result == 5
+
+
+# -- what RQ holds ----------------------------------------------------------------
+def test_the_rq_job_holds_only_the_id_and_names_the_function(rq_mw, redis_server):
+    mw = rq_mw(queue=f"idle-{uuid.uuid4().hex[:8]}")  # no worker: it waits
+    secret = "s3cret-argument-" + uuid.uuid4().hex
+    job = mw.submit(jobfuncs.identity, secret)
+    rq_job = _rq_job(mw, job)
+    assert rq_job.func_name == "wsgi_bg.runners.rq.perform"
+    assert rq_job.args[0] == job.id
+    assert set(rq_job.args[1]) == {"namespace", "limits", "db", "timeout", "grace"}
+    assert rq_job.kwargs == {}
+    assert rq_job.description == "wsgi_bg: jobfuncs.identity"  # rq-dashboard's
+    assert rq_job.id != job.id  # the job id, a capability, is not in addresses
+    # Nothing of the call, nor the key, anywhere in RQ's keys.
+    client = redis_server.client()
+    for key in client.keys("rq:*"):
+        if client.type(key) != b"hash":
+            continue
+        for value in client.hgetall(key).values():
+            for blob in (value, _maybe_unzip(value)):
+                assert secret.encode() not in blob
+                assert TEST_SECRET_KEY.encode() not in blob
+    # The call lives in the store, signed.
+    stored = client.get(f"{mw.engine._runner._settings['namespace']}:call:{job.id}")
+    assert stored.startswith(b"wsgi_bg.1")
+    assert pickle.loads(mw.engine.store.call(job.id))[1] == (secret,)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _maybe_unzip(value: bytes) -> bytes:
+    try:
+        return zlib.decompress(value)
+    except zlib.error:
+        return b""
+
+
+def test_cancel_of_a_queued_job_takes_it_off_the_rq_queue(rq_mw, redis_server):
+    queue = f"idle-{uuid.uuid4().hex[:8]}"
+    mw = rq_mw(queue=queue)
+    job = mw.submit(jobfuncs.touch, "/nonexistent/never")
+    rq_job = _rq_job(mw, job)
+    assert rq_job.get_status() == "queued"
+    assert job.cancel() is True
+    assert job.state is JobState.CANCELLED
+    assert rq_job.get_status(refresh=True) == "canceled"
+    assert mw.engine._runner.queue.count == 0
+
+
+@pytest.mark.parametrize("planted", [
+    pytest.param("unsigned", id="unsigned"),
+    pytest.param("other-key", id="signed-with-another-key"),
+])
+def test_a_planted_call_is_never_loaded(rq_mw, redis_server, tmp_path, planted):
+    queue = f"idle-{uuid.uuid4().hex[:8]}"
+    mw = rq_mw(queue=queue)
+    marker = tmp_path / "ran"
+    job = mw.submit(jobfuncs.add, 1, 2)
+    evil = pickle.dumps((jobfuncs.touch, (str(marker),), {}))
+    if planted == "other-key":
+        evil = Signer(b"another-key-0123456789abcdef").sign("call", job.id, evil)
+    namespace = mw.engine._runner._settings["namespace"]
+    redis_server.client().set(f"{namespace}:call:{job.id}", evil)
+    _burst(redis_server.url, queue)
+    job.wait(timeout=20)
+    assert job.state is JobState.FAILED
+    assert f"the stored call of job {job.id}" in job.error
+    assert "not loaded" in job.error
+    assert not marker.exists()
+
+
+# -- the worker lives on ----------------------------------------------------------
+@pytest.mark.parametrize(("fn", "args", "state"), [
+    pytest.param(jobfuncs.exit_hard, (3,), JobState.CRASHED, id="os._exit"),
+    pytest.param(jobfuncs.segfault, (), JobState.CRASHED, id="segfault"),
+    pytest.param(jobfuncs.limited, (30,), JobState.TIMED_OUT, id="timeout"),
+    pytest.param(jobfuncs.stubborn, None, JobState.CANCELLED, id="cancel-killed"),
+])
+def test_the_rq_worker_lives_on_and_takes_the_next_job(
+        rq_mw, rq_workers, tmp_path, fn, args, state):
+    mw = rq_mw()
+    before = set(rq_workers.registered())
+    started = str(tmp_path / "started")
+    job = mw.submit(fn, *(args if args is not None else (started,)))
+    if state is JobState.CANCELLED:
+        wait_for(lambda: os.path.exists(started), 20, message="the job to start")
+        job.cancel()
+    job.wait(timeout=30)
+    assert job.state is state, job.error
+    assert all(p.poll() is None for p in rq_workers.processes)
+    assert set(rq_workers.registered()) == before
+    nexts = [mw.submit(jobfuncs.add, i, 1) for i in range(4)]
+    assert [j.wait(timeout=20).result for j in nexts] == [1, 2, 3, 4]
+
+
+def test_the_job_outlives_the_web_process(rq_mw, rq_workers, tmp_path):
+    mw = rq_mw()
+    flag = str(tmp_path / "go")
+    job = mw.submit(jobfuncs.print_wait_print, "outlives", flag)
+    wait_for(lambda: job.state is JobState.RUNNING, 20, message="the job to run")
+    mw.shutdown()  # a deploy: the web process goes, the job goes on
+    later = rq_mw()  # the next web process, same namespace
+    jobfuncs.touch(flag)
+    again = later.get_job(job.id)
+    assert again.wait(timeout=20).state is JobState.SUCCEEDED
+    assert again.output == "outlives start\noutlives end\n"
+
+
+# -- a worker killed mid-job ------------------------------------------------------
+@pytest.mark.parametrize("how", [
+    pytest.param("worker", id="worker-only"),
+    pytest.param("host", id="worker-horse-and-job"),
+])
+def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
+        rq_mw, redis_server, tmp_path, how):
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=2).start()
+    try:
+        mw = rq_mw(queue=queue)
+        job = mw.submit(jobfuncs.sleeper, 300)
+        wait_for(lambda: job.state is JobState.RUNNING, 20, message="the job to run")
+        job_pid = mw.engine.store.get(job.id)["pid"]
+        horse = psutil.Process(job_pid).ppid()
+        worker = psutil.Process(horse).ppid()
+        index = workers.pids.index(worker)
+        killed_at = time.monotonic()
+        if how == "worker":
+            workers.kill(index)
+        else:
+            workers.kill_all_of(index)
+        wait_for(lambda: job.state not in (JobState.QUEUED, JobState.RUNNING), 60,
+                 message="the job to end")
+        took = time.monotonic() - killed_at
+        assert job.state is JobState.CRASHED, job.error
+        assert took < 60
+        wait_for(lambda: _gone(job_pid), 10, message="the job's process to end")
+        # The other worker takes the next job.
+        assert mw.submit(jobfuncs.add, 2, 2).wait(timeout=20).result == 4
+    finally:
+        workers.stop()
+
+
+# -- the example ------------------------------------------------------------------
+def test_the_rq_example_runs_its_report_on_the_workers(
+        redis_server, rq_workers, wsgi_bg_middleware, monkeypatch):
+    import sys
+
+    from webtest import TestApp
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "examples"))
+    import rq_example
+
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    mw = wsgi_bg_middleware(
+        rq_example.site, store=redis_server.url, namespace=namespace,
+        secret_key=TEST_SECRET_KEY,
+        runner=rq.Queue(RQ_TEST_QUEUE, connection=redis_server.client()))
+    assert "rq_example" in sys.modules
+    client = TestApp(mw)
+    res = client.post("/", {"months": "3"}, status=303)
+    job = mw.get_job(res.headers["Location"].rsplit("/", 1)[1])
+    assert job.wait(timeout=30).state is JobState.SUCCEEDED, job.error
+    assert job.result == {"months": 3}
+    assert job.output.count("done on host") == 3
+    assert job.progress["done"] == 3
+    # The three commands its docstring gives.
+    doc = rq_example.__doc__
+    assert "redis-server" in doc
+    assert "rq worker wsgi_bg --url redis://localhost:6379/0 --path examples" in doc
+    assert "python examples/rq_example.py" in doc
