@@ -920,6 +920,92 @@ def bench_redis(cfg: Config) -> Result:
     )
 
 
+def _rq_wait(check: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not finish")
+        time.sleep(0.001)
+
+
+def bench_rq(cfg: Config) -> Result:
+    """wsgi_bg jobs on RQ vs plain RQ jobs, on the same two stock ``rq worker``
+    processes: trivial-job throughput and one-job latency (p50)."""
+    if shutil.which("redis-server") is None:
+        return Result(name="rq", figures={}, reference={}, ratio=None,
+                      ratio_meaning="—", target="", passed=None,
+                      note="redis-server is not installed: not run")
+    import redis
+    import rq
+    from rq.registry import FinishedJobRegistry
+
+    n, m = cfg.n(300, 20), cfg.n(60, 10)
+    with redis_store(cfg) as rcfg:
+        from rq_workers import RQWorkers  # tests/, on the path from redis_store
+
+        url = rcfg.store_options["store"]
+        key = rcfg.store_options["secret_key"]
+        workers = RQWorkers(url, "bench-rq", key, count=2).start()
+        try:
+            client = redis.Redis.from_url(url)
+            queue = rq.Queue("bench-rq", connection=client)
+            finished = FinishedJobRegistry(queue=queue)
+            with middleware(rcfg, runner=queue, max_queued=n + 10,
+                            max_jobs=cfg.reps * (n + m) + 100) as mw:
+                store = mw.engine.store
+                for i in range(4):  # warm: imports in the workers
+                    mw.submit(noop, i).wait(timeout=60)
+                    queue.enqueue(noop, i)
+                ours, plain, lat_ours, lat_plain = [], [], [], []
+                for _ in range(cfg.reps):
+                    base = store.counts()["succeeded"]
+                    start = time.perf_counter()
+                    for i in range(n):
+                        mw.submit(noop, i)
+                    _rq_wait(lambda base=base: store.counts()["succeeded"] - base >= n,
+                             "wsgi_bg jobs on RQ")
+                    ours.append(n / (time.perf_counter() - start))
+                    base = finished.count
+                    start = time.perf_counter()
+                    for i in range(n):
+                        queue.enqueue(noop, i)
+                    _rq_wait(lambda base=base: finished.count - base >= n,
+                             "plain RQ jobs")
+                    plain.append(n / (time.perf_counter() - start))
+                for i in range(m):
+                    start = time.perf_counter()
+                    job = mw.submit(noop, i)
+                    _rq_wait(lambda job=job: job.state.value == "succeeded",
+                             "a wsgi_bg job")
+                    lat_ours.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    plain_job = queue.enqueue(noop, i)
+                    _rq_wait(lambda j=plain_job: j.get_status(refresh=True)
+                             == "finished", "a plain RQ job")
+                    lat_plain.append(time.perf_counter() - start)
+        finally:
+            workers.stop()
+    w, b = median(ours), median(plain)
+    p50_w, p50_b = median(lat_ours), median(lat_plain)
+    passed = w / b >= 0.8 and p50_w <= p50_b + 0.005
+    return Result(
+        name="rq",
+        figures={"jobs_per_s": w, "latency_p50_ms": p50_w * 1000, "n": n, "m": m,
+                 "runs": [round(x) for x in ours]},
+        reference={"plain_rq_jobs_per_s": b, "plain_rq_latency_p50_ms": p50_b * 1000,
+                   "runs": [round(x) for x in plain]},
+        ratio=w / b,
+        ratio_meaning="wsgi_bg-on-RQ trivial-job throughput / plain RQ's",
+        target="throughput >= 0.8x plain RQ, latency p50 <= plain RQ's + 5 ms",
+        passed=passed,
+        rows=[
+            ("jobs/s on 2 rq workers", rate(w), f"plain RQ {rate(b)} ({w / b:.2f}x)"),
+            ("latency p50, submit to succeeded", f"{p50_w * 1000:.1f} ms",
+             f"plain RQ {p50_b * 1000:.1f} ms"),
+        ],
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "passthrough": bench_passthrough,
     "submit": bench_submit,
@@ -929,6 +1015,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "status": bench_status,
     "soak": bench_soak,
     "redis": bench_redis,
+    "rq": bench_rq,
 }
 
 
