@@ -90,6 +90,17 @@ def test_executor_factory(make_mw):
 
 
 # -- results and errors -----------------------------------------------------------
+@pytest.fixture(params=["configured", "inline"])
+def any_runner(request, make_mw, store_options):
+    """A middleware with the runner the store options give (the pool, or RQ),
+    then with runner="inline": results and errors are the same either way."""
+    if request.param == "configured":
+        return make_mw()
+    if "runner" in store_options:
+        pytest.skip("runner='inline' runs with the plain stores' options")
+    return make_mw(runner="inline")
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -101,8 +112,8 @@ def test_executor_factory(make_mw):
         pytest.param(ValueError("as a value"), id="exception-value"),
     ],
 )
-def test_return_value_is_the_result(mw, value):
-    job = mw.submit(jobfuncs.identity, value).wait(timeout=20)
+def test_return_value_is_the_result(any_runner, value):
+    job = any_runner.submit(jobfuncs.identity, value).wait(timeout=20)
     assert job.state is JobState.SUCCEEDED, job.error
     result = job.result
     if isinstance(value, Exception):
@@ -114,8 +125,8 @@ def test_return_value_is_the_result(mw, value):
     assert job.created_at <= job.started_at
 
 
-def test_exception_fails_with_traceback(mw):
-    job = mw.submit(jobfuncs.boom).wait(timeout=20)
+def test_exception_fails_with_traceback(any_runner):
+    job = any_runner.submit(jobfuncs.boom).wait(timeout=20)
     assert job.state is JobState.FAILED
     assert job.error.startswith("Traceback (most recent call last):")
     assert 'raise ValueError("boom")' in job.error
@@ -151,7 +162,8 @@ def test_exception_that_cannot_be_unpickled(mw):
     assert [j.wait(timeout=20).result for j in later] == [1, 2, 3, 4]
 
 
-def test_job_handle(mw):
+def test_job_handle(any_runner):
+    mw = any_runner
     job = mw.submit(jobfuncs.hello)
     assert isinstance(job, Job)
     assert job.name == "jobfuncs.hello"

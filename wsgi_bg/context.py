@@ -98,6 +98,31 @@ def enter_job(job_id: str, msg_fd: int, control_fd: int) -> None:
     enter(_JobContext(job_id, msg_fd, control_fd))
 
 
+#: The job running inline in this thread (``runner="inline"``): ahead of
+#: ``_job``, which is the whole process's (a job process, ``job_context()``).
+#: A context variable, so that other threads of the server (other requests)
+#: are in no job meanwhile.
+_inline_job: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "wsgi_bg.inline_job", default=None
+)
+
+
+def enter_inline(job: JobContext) -> contextvars.Token[JobContext | None]:
+    """Run this thread's code (its context) as ``job`` until
+    :func:`leave_inline`; other threads are unaffected."""
+    return _inline_job.set(job)
+
+
+def leave_inline(token: contextvars.Token[JobContext | None]) -> None:
+    """Put back the job :func:`enter_inline` replaced (the outer inline job)."""
+    _inline_job.reset(token)
+
+
+def _current() -> JobContext | None:
+    job = _inline_job.get()
+    return job if job is not None else _job
+
+
 def enter(job: JobContext) -> JobContext | None:
     """Run this process's code as ``job``: :data:`current_job` reads it and
     :func:`~wsgi_bg.background` functions run inline. Returns the context
@@ -120,18 +145,19 @@ def leave_job() -> None:
 
 
 def in_job() -> bool:
-    """Whether this process is running a job."""
-    return _job is not None
+    """Whether this process (or this thread, for an inline job) is running a job."""
+    return _current() is not None
 
 
 def _require() -> JobContext:
-    if _job is None:
+    job = _current()
+    if job is None:
         raise RuntimeError(
             "current_job is only available inside a running job: call it from a"
             " function run by BackgroundMiddleware.submit or a @background"
             " function (in a unit test, inside wsgi_bg.testing.job_context())"
         )
-    return _job
+    return job
 
 
 class CurrentJob:
@@ -194,7 +220,8 @@ class CurrentJob:
         job.report_progress(report)
 
     def __repr__(self) -> str:
-        return f"<current_job {_job.job_id if _job else '(no job)'}>"
+        job = _current()
+        return f"<current_job {job.job_id if job else '(no job)'}>"
 
 
 #: The running job, inside a job. See :class:`CurrentJob`.

@@ -30,7 +30,7 @@ from typing import Any
 
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .runners import Runner, open_runner
+from .runners import LocalLink, Runner, open_runner, runs_here
 from .stores import Backend, Store, open_backend
 
 logger = logging.getLogger("wsgi_bg")
@@ -216,6 +216,13 @@ class Engine:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             if self._runner is None:
                 runner = self._planned
+                if runs_here(runner) and not self._backend.shared:
+                    # Jobs run in this thread (runner="inline") on this
+                    # process's own store: the one read so far serves them,
+                    # with no manager process; nothing to start or stop.
+                    runner.start(LocalLink(self._store))
+                    self._runner = runner
+                    return runner
                 ctx = multiprocessing.get_context(self.start_method)
                 before = _forkserver_pid()
                 store = self._backend.start(ctx, holds_queued=runner.holds_queued)
@@ -226,7 +233,8 @@ class Engine:
                     forkserver.ensure_running()
                 _claim_forkserver(before)
                 try:
-                    runner.start(self._backend.link() if runner.needs_link else None)
+                    runner.start(self._backend.link() if runner.needs_link
+                                 else LocalLink(store) if runs_here(runner) else None)
                 except BaseException:
                     # A bad executor_factory: leave nothing running.
                     self._store = self._backend.stop()
@@ -408,7 +416,8 @@ class Engine:
                          " jobs are stopped without their grace", exc)
         finally:
             runner.shutdown()  # even when the store is gone: stop the pool
-            self._store = self._backend.stop()
+            if not (runs_here(runner) and not self._backend.shared):
+                self._store = self._backend.stop()  # (inline: nothing started)
             _release_helpers(self)
 
 

@@ -238,7 +238,11 @@ class BackgroundMiddleware:
         ``rq worker`` processes on any host (``pip install "wsgi_bg[rq]"``;
         needs the Redis store, and the same secret key on the workers); or
         an :class:`rq.Queue` of your own, in the store's Redis. This process
-        then starts no pool.
+        then starts no pool. ``"inline"``, for tests: each job runs at once
+        in the thread that starts it, in the configured store (with the
+        default store nothing starts), so mocks apply; no fd-level capture,
+        no timeout, no crash isolation, no parallelism (see
+        :mod:`wsgi_bg.runners.inline`).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2

@@ -7,6 +7,8 @@
   :class:`~wsgi_bg.runners.rq.RQRunner`, jobs queued for stock ``rq worker``
   processes on any machine, whose work horses supervise the job processes
   (``pip install "wsgi_bg[rq]"``; needs the Redis store).
+- ``runner="inline"``: :class:`~wsgi_bg.runners.inline.InlineRunner`, for
+  tests: each job runs at once in the thread that starts it.
 
 Every runner that runs jobs in processes hands them to the one supervisor,
 :func:`wsgi_bg.runners.supervisor.supervise` (fork, relay, timeout, cancel,
@@ -21,9 +23,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, Protocol
 
-from ..stores import Backend, Link
+from ..stores import Backend, Link, Store
 
-__all__ = ["Runner", "open_runner"]
+__all__ = ["LocalLink", "Runner", "open_runner", "runs_here"]
 
 
 class Runner(Protocol):
@@ -44,7 +46,8 @@ class Runner(Protocol):
 
     def start(self, link: Link | None) -> None:
         """Start what the runner needs (a pool); ``link`` when it
-        :attr:`needs_link`, else ``None``."""
+        :attr:`needs_link`, a :class:`LocalLink` when it :func:`runs_here`,
+        else ``None``."""
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
@@ -66,6 +69,27 @@ class Runner(Protocol):
 
     def shutdown(self) -> None:
         """Stop what :meth:`start` started, waiting for it."""
+
+
+def runs_here(runner: Runner) -> bool:
+    """Whether ``runner`` runs jobs in this very process (the inline runner):
+    queued jobs wait in this process (:attr:`~Runner.holds_queued`), yet no
+    process of its reaches the store (:attr:`~Runner.needs_link`). Its
+    :meth:`~Runner.start` then gets a :class:`LocalLink` to the store in use."""
+    return runner.holds_queued and not runner.needs_link
+
+
+class LocalLink:
+    """The store in use in this process, as a :class:`~wsgi_bg.stores.Link`:
+    for a runner whose jobs run here (:func:`runs_here`)."""
+
+    key = "local"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def connect(self) -> Store:
+        return self.store
 
 
 def open_runner(
@@ -97,7 +121,11 @@ def open_runner(
                 f'runner="rq" needs the rq package: pip install "wsgi_bg[rq]" ({exc})'
             ) from exc
         return RQRunner(runner if is_queue else None, backend=backend)
+    if isinstance(runner, str) and runner == "inline":
+        from .inline import InlineRunner
+
+        return InlineRunner()
     raise ValueError(
-        "runner must be 'pool' (the default), 'rq' or an rq.Queue,"
+        "runner must be 'pool' (the default), 'inline', 'rq' or an rq.Queue,"
         f" got {runner!r}"
     )
