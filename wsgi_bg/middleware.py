@@ -187,9 +187,9 @@ class BackgroundMiddleware:
         number of CPUs.
     :param max_jobs: finished jobs kept; past it the oldest finished are dropped.
     :param job_ttl: seconds a finished job is kept.
-    :param max_output_bytes: output kept per job; past it the head and the tail
-        are kept, with a marker saying how much was dropped. Counted in
-        characters of the decoded text (bytes, for ASCII output).
+    :param max_output_bytes: output kept per job, in bytes of UTF-8; past it
+        the head and the tail are kept (cut at character boundaries), with a
+        marker saying how many bytes were dropped.
     :param max_queued: jobs that may wait for a worker; one more raises
         :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
     :param cancel_grace: seconds a running job gets to stop after a cancel (or
