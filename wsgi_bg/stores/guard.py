@@ -78,7 +78,7 @@ class GuardedStore:
         if self.hung:
             raise StoreUnavailable(_HUNG.format(self.timeout))
         try:
-            future = self._executor.submit(getattr(self._store, method), *args)
+            future = self._executor.submit(_invoke, self._store, method, args)
         except RuntimeError:  # the executor was shut down: the store was stopped
             raise StoreUnavailable(self._lost_text()) from None
         try:
@@ -216,5 +216,17 @@ class GuardedStore:
 
 _LOST = ("the job store's process is gone (killed, or out of memory): the jobs"
          " it held are lost.")
+def _invoke(store: Store, method: str, args: tuple[Any, ...]) -> Any:
+    try:
+        return getattr(store, method)(*args)
+    except BaseException as exc:
+        # Drop the frames below: multiprocessing's send and receive hold
+        # memoryviews of BytesIO buffers there. Kept alive in a future and
+        # collected in a cycle later, they make CPython 3.13 report an
+        # unraisable BufferError when the buffer is finalized first.
+        exc.__traceback__ = None
+        raise
+
+
 _HUNG = ("the job store did not answer within {} s (its process is stopped or"
          " overloaded): try again later")
