@@ -945,7 +945,10 @@ def bench_rq(cfg: Config) -> Result:
 
         url = rcfg.store_options["store"]
         key = rcfg.store_options["secret_key"]
-        workers = RQWorkers(url, "bench-rq", key, count=2).start()
+        # The documented command: rq worker -c wsgi_bg.rq_worker, with the
+        # job module preloaded (it serves the plain RQ jobs too).
+        workers = RQWorkers(url, "bench-rq", key, count=2,
+                            preload="bench.jobfuncs").start()
         try:
             client = redis.Redis.from_url(url)
             queue = rq.Queue("bench-rq", connection=client)

@@ -10,7 +10,8 @@ Run it, from the repository's root, in three terminals::
 
     redis-server                                            # 1. Redis
     export WSGI_BG_SECRET_KEY=change-me-to-32-random-bytes  # in 2. and 3.
-    rq worker wsgi_bg --url redis://localhost:6379/0 --path examples   # 2.
+    # 2. (-c wsgi_bg.rq_worker: the worker imports wsgi_bg once, not per job)
+    rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://localhost:6379/0 -P examples
     python examples/rq_example.py      # 3. then open http://127.0.0.1:8080/
 
 (``pip install "wsgi_bg[rq]"`` first, for rq and redis.)

@@ -1,6 +1,8 @@
 """Stock ``rq worker`` processes for the tests: started with the test secret
-key and the tests' job modules importable, ready once RQ lists them, stopped
-(and their work horses with them) by whoever started them."""
+key and the tests' job modules importable, with the documented settings
+module (``-c wsgi_bg.rq_worker``: wsgi_bg imported once, before the forks),
+ready once RQ lists them, stopped (and their work horses with them) by
+whoever started them."""
 from __future__ import annotations
 
 import os
@@ -43,23 +45,28 @@ class RQWorkers:
     """``count`` stock ``rq worker`` processes on ``queue``, each in a
     session of its own (so :meth:`stop` reaches its work horse too)."""
 
-    def __init__(self, url: str, queue: str, secret_key: str, count: int = 2) -> None:
+    def __init__(self, url: str, queue: str, secret_key: str, count: int = 2,
+                 preload: str = "") -> None:
         self.url = url
         self.queue = queue
         self.secret_key = secret_key
         self.count = count
+        self.preload = preload  # WSGI_BG_PRELOAD: job modules to import first
         self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, timeout: float = 30.0) -> RQWorkers:
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
-                   PYTHONPATH=PYTHONPATH)
+                   PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
+        return subprocess.Popen(
+            [rq_command(), "worker", "-c", "wsgi_bg.rq_worker", self.queue,
+             "--url", self.url, "--name", name, "--quiet", "--worker-ttl", "60"],
+            env=env, cwd=ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self, timeout: float = 30.0) -> RQWorkers:
         for name in self.names:
-            self.processes.append(subprocess.Popen(
-                [rq_command(), "worker", self.queue, "--url", self.url,
-                 "--name", name, "--quiet", "--worker-ttl", "60"],
-                env=env, cwd=ROOT, start_new_session=True,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.processes.append(self._spawn(name))
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -104,13 +111,7 @@ class RQWorkers:
         """Start a fresh worker in place of worker ``index`` (after a kill)."""
         self.stop_one(index)
         name = self.names[index] = f"wsgi_bg-test-{uuid.uuid4().hex[:8]}"
-        env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
-                   PYTHONPATH=PYTHONPATH)
-        self.processes[index] = subprocess.Popen(
-            [rq_command(), "worker", self.queue, "--url", self.url,
-             "--name", name, "--quiet", "--worker-ttl", "60"],
-            env=env, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes[index] = self._spawn(name)
         self.wait_ready(timeout)
 
     def stop_one(self, index: int, timeout: float = 10.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
+import sys
 import time
 import uuid
 import zlib
@@ -272,5 +273,20 @@ def test_the_rq_example_runs_its_report_on_the_workers(
     # The three commands its docstring gives.
     doc = rq_example.__doc__
     assert "redis-server" in doc
-    assert "rq worker wsgi_bg --url redis://localhost:6379/0 --path examples" in doc
+    assert ("rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://localhost:6379/0"
+            " -P examples") in doc
     assert "python examples/rq_example.py" in doc
+
+
+def test_the_worker_settings_module_preloads_and_sets_nothing():
+    """``rq worker -c wsgi_bg.rq_worker``: the worker imports wsgi_bg's RQ
+    runner and the WSGI_BG_PRELOAD modules itself, before its forks; RQ reads
+    no setting from it (no UPPERCASE names)."""
+    code = ("import sys, wsgi_bg.rq_worker as m; print(sorted(k for k in vars(m)"
+            " if k.upper() == k), 'jobfuncs' in sys.modules,"
+            " 'wsgi_bg.runners.rq' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=" jobfuncs ,",
+               WSGI_BG_SECRET_KEY=TEST_SECRET_KEY)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["[]", "True", "True"]

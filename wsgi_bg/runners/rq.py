@@ -8,7 +8,11 @@ on machines of their own; it needs the Redis store::
 and, on each worker host (the app's code importable, the same
 ``WSGI_BG_SECRET_KEY``)::
 
-    rq worker wsgi_bg --url redis://redis:6379/0
+    rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://redis:6379/0
+
+(``-c wsgi_bg.rq_worker``: the worker imports wsgi_bg, and the job modules
+named in ``WSGI_BG_PRELOAD``, once before it forks, instead of every work
+horse importing them for its job; see :mod:`wsgi_bg.rq_worker`.)
 
 Data flow::
 
@@ -80,6 +84,12 @@ def _address(settings: dict[str, Any]) -> tuple[Any, ...]:
 
 
 _stores: dict[tuple[Any, ...], RedisStore] = {}
+try:  # redis-py >= 7: driver_info=None (lib_name and lib_version deprecated)
+    import redis.driver_info  # noqa: F401
+
+    _NO_SETINFO: dict[str, Any] = {"driver_info": None}
+except ImportError:  # redis-py 5 and 6
+    _NO_SETINFO = {"lib_name": None, "lib_version": None}
 
 
 def _worker_store(settings: dict[str, Any], connection: redis.Redis | None,
@@ -90,6 +100,9 @@ def _worker_store(settings: dict[str, Any], connection: redis.Redis | None,
         raise RuntimeError("wsgi_bg.runners.rq.perform runs only as an RQ job")
     found = connection_settings(connection)
     found["db"] = settings["db"]
+    # No CLIENT SETINFO: its two round trips, and the version lookup in the
+    # package metadata behind it, cost milliseconds in a fresh work horse.
+    found.update(_NO_SETINFO)
     key = (*_address(found), found["db"], settings["namespace"], id(signer))
     store = _stores.get(key)
     if store is None:
@@ -100,6 +113,17 @@ def _worker_store(settings: dict[str, Any], connection: redis.Redis | None,
 
 
 _signer: Signer | None = None
+
+
+def prepare_worker() -> None:
+    """What a work horse would otherwise do for every job, done once in its
+    RQ worker before the forks (see :mod:`wsgi_bg.rq_worker`): read the
+    secret key. A missing key is left for :func:`perform` to report, per job."""
+    global _signer
+    try:
+        _signer = Signer(resolve_secret_key(None))
+    except ValueError:
+        pass
 
 
 def perform(job_id: str, settings: dict[str, Any]) -> str | None:
