@@ -300,3 +300,16 @@ def test_the_call_is_kept_in_the_store_until_the_job_is_dropped(make_mw):
     wait_for(lambda: mw.engine.store.get(job.id) is None
              and mw.engine.store.call(job.id) is None, 10,
              message="the first job and its call to be dropped")
+
+
+@pytest.mark.parametrize("size", [pytest.param(300_000, id="300k"),
+                                  pytest.param(3_000_000, id="3M")])
+def test_a_large_result_from_a_process_that_then_exits_is_kept(make_mw, size):
+    # A fresh process per job: it sends its result and exits at once, and
+    # the end of the message may still be in the socket when it is reaped.
+    mw = make_mw(max_jobs_per_process=1)
+    value = b"\x01" * size
+    jobs = [mw.submit(jobfuncs.identity, value) for _ in range(6)]
+    for job in jobs:
+        assert job.wait(30).state is JobState.SUCCEEDED, job.error
+        assert job.result == value

@@ -188,7 +188,10 @@ class _JobProcess:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def reap(self, block: bool = True) -> int | None:
+    def reap(self, block: bool = True, close: bool = True) -> int | None:
+        """The exit status (``None`` while it runs, without ``block``); once
+        it has exited, the socket and pidfd are closed unless ``close`` is
+        false (the caller still reads what the process said)."""
         if self.status is None:
             try:
                 pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
@@ -197,7 +200,8 @@ class _JobProcess:
                 return None
             if pid:
                 self.status = status
-                self.close()
+        if self.status is not None and close:
+            self.close()
         return self.status
 
     def close(self) -> None:
@@ -286,6 +290,9 @@ class _Supervisor:
                     wait = min(wait, 0.05)
                 for key, _ in sel.select(max(wait, 0.0)):
                     if key.data is None:
+                        # What it said before it exited (a large result may
+                        # still be in the socket): read before reaping closes it.
+                        _drain(process.sock.fileno(), messages.feed)
                         process.kill()  # its strays, while the zombie keeps the pgid
                         status = process.reap()
                         continue
@@ -297,7 +304,9 @@ class _Supervisor:
                 for report in messages.progress():
                     relay.progress(report)
                 if status is None and process.pidfd is None:
-                    status = process.reap(block=False)
+                    if process.reap(block=False, close=False) is not None:
+                        _drain(process.sock.fileno(), messages.feed)
+                        status = process.reap()
                 now = time.monotonic()
                 if status is None and messages.final is None:
                     if os.getppid() != self.parent:
