@@ -109,7 +109,8 @@ def test_the_rq_job_holds_only_the_id_and_names_the_function(rq_mw, redis_server
     rq_job = _rq_job(mw, job)
     assert rq_job.func_name == "wsgi_bg.runners.rq.perform"
     assert rq_job.args[0] == job.id
-    assert set(rq_job.args[1]) == {"namespace", "limits", "db", "timeout", "grace"}
+    assert set(rq_job.args[1]) == {"namespace", "limits", "db", "timeout", "grace",
+                                   "max_result_bytes"}
     assert rq_job.kwargs == {}
     assert rq_job.description == "wsgi_bg: jobfuncs.identity"  # rq-dashboard's
     assert rq_job.id != job.id  # the job id, a capability, is not in addresses

@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from .exceptions import StoreUnavailable
+from .limits import bounded_progress
 from .stores import Store
 from .stores.memory import encode_output
 from .terminal import RedrawCollapser, parse_progress
@@ -93,6 +94,11 @@ class Relay:
             self._size += len(text)
 
     def progress(self, report: dict[str, Any]) -> None:
+        # Bounded here too: a job's process may send anything.
+        bounded = bounded_progress(report)
+        if bounded is None:
+            return
+        report = bounded
         self._explicit_progress = True  # the job reports its own: ignore bars
         if self._progress is None and not self._pending:
             self._first_pending = time.monotonic()
@@ -170,6 +176,7 @@ class Relay:
         self._size = 0
         progress, self._progress = self._progress, None
         if progress is None and not self._explicit_progress and "%|" in text:
-            progress = parse_progress(text)  # a tqdm bar, as the page's progress
+            # A tqdm bar, as the page's progress (its numbers may be absurd).
+            progress = bounded_progress(parse_progress(text))
         self.last_sent = time.monotonic()
         return text, progress

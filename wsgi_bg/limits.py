@@ -1,4 +1,5 @@
-"""Bounds on what a job hands over besides its output: error text, progress.
+"""Bounds on what a job hands over besides its output: error text, progress,
+its result's size.
 
 Every store keeps what it is given and pages read it on every poll, so a
 20 MB traceback or progress message would be copied with each record, and a
@@ -21,6 +22,9 @@ from typing import Any
 
 #: Characters of a job's error text kept (its head and its tail).
 MAX_ERROR_CHARS = 65536
+#: Pickled bytes a job's result may take (``max_result_bytes``'s default):
+#: past it the job fails, in its own process, and no other process keeps it.
+MAX_RESULT_BYTES = 10 * 1024 * 1024
 #: Characters of a progress message kept.
 MAX_MESSAGE_CHARS = 1000
 #: Largest magnitude a progress number keeps: past it, the float nearest

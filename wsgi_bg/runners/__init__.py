@@ -23,6 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, Protocol
 
+from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend, Link, Store
 
 __all__ = ["LocalLink", "Runner", "open_runner", "runs_here"]
@@ -95,7 +96,7 @@ class LocalLink:
 def open_runner(
     runner: Any, *, backend: Backend, max_workers: int | None,
     start_method: str, executor_factory: Callable[[], Executor] | None,
-    jobs_per_process: int,
+    jobs_per_process: int, max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> Runner:
     """The runner for the middleware's ``runner=`` option; nothing starts.
 
@@ -110,6 +111,7 @@ def open_runner(
             max_workers=max_workers,
             mp_context=multiprocessing.get_context(start_method),
             executor_factory=executor_factory, jobs_per_process=jobs_per_process,
+            max_result_bytes=max_result_bytes,
         )
     is_queue = (type(runner).__module__.startswith("rq.")
                 and hasattr(runner, "enqueue_call"))
@@ -120,11 +122,12 @@ def open_runner(
             raise ImportError(
                 f'runner="rq" needs the rq package: pip install "wsgi_bg[rq]" ({exc})'
             ) from exc
-        return RQRunner(runner if is_queue else None, backend=backend)
+        return RQRunner(runner if is_queue else None, backend=backend,
+                        max_result_bytes=max_result_bytes)
     if isinstance(runner, str) and runner == "inline":
         from .inline import InlineRunner
 
-        return InlineRunner()
+        return InlineRunner(max_result_bytes)
     raise ValueError(
         "runner must be 'pool' (the default), 'inline', 'rq' or an rq.Queue,"
         f" got {runner!r}"

@@ -68,6 +68,7 @@ from typing import Any
 from .. import context
 from ..capture import Relay
 from ..jobs import JobState
+from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
 from .supervisor import _dump_result, _shown, _Unpicklable
 
@@ -90,8 +91,9 @@ class InlineRunner:
     #: A job "waits" in this process (for no time at all).
     holds_queued = True
 
-    def __init__(self) -> None:
+    def __init__(self, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.store: Store | None = None
+        self.max_result_bytes = max_result_bytes
 
     def start(self, link: Link | None) -> None:
         if link is None:
@@ -106,7 +108,7 @@ class InlineRunner:
         ``timeout`` and ``grace`` are not enforced (nothing can be killed)."""
         if self.store is None:
             raise RuntimeError("the inline runner is not started")
-        run_inline(self.store, job_id, payload)
+        run_inline(self.store, job_id, payload, self.max_result_bytes)
 
     def cancel(self, job_id: str) -> None:
         pass  # a queued inline job is already over: nothing waits anywhere
@@ -170,7 +172,10 @@ class _InlineJob(context.JobContext):
         return cancel
 
 
-def run_inline(store: Store, job_id: str, payload: bytes) -> str | None:
+def run_inline(
+    store: Store, job_id: str, payload: bytes,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+) -> str | None:
     """Run one job's pickled call in this thread and record it in ``store``.
 
     Returns the final state, or ``None`` if the job was no longer queued.
@@ -198,7 +203,7 @@ def run_inline(store: Store, job_id: str, payload: bytes) -> str | None:
             escaping = exc  # ^C and the like: recorded, then the caller's
     else:
         try:
-            result, shown = _dump_result(value), _shown(value)
+            result, shown = _dump_result(value, max_result_bytes), _shown(value)
         except _Unpicklable as exc:
             error = str(exc)
     finally:

@@ -25,6 +25,7 @@ from concurrent.futures import (
 )
 from multiprocessing.context import BaseContext
 
+from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
 from .supervisor import die_with_parent, supervise
 
@@ -55,6 +56,7 @@ def worker_init(link: Link, die_with_parent: bool) -> None:
 def run_job(
     link: Link, job_id: str, payload: bytes,
     timeout: float | None, grace: float, jobs_per_process: int = 1,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> str | None:
     """Run one job to its end and record it; the pool's task function.
 
@@ -62,7 +64,8 @@ def run_job(
     started or had already ended.
     """
     store = _worker_store(link)
-    return supervise(store, job_id, payload, timeout, grace, jobs_per_process)
+    return supervise(store, job_id, payload, timeout, grace, jobs_per_process,
+                     max_result_bytes)
 
 
 class ProcessRunner:
@@ -77,9 +80,10 @@ class ProcessRunner:
     def __init__(
         self, *, max_workers: int | None, mp_context: BaseContext,
         executor_factory: Callable[[], Executor] | None,
-        jobs_per_process: int = 1,
+        jobs_per_process: int = 1, max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         self.jobs_per_process = jobs_per_process
+        self.max_result_bytes = max_result_bytes
         self.max_workers = max_workers
         self.mp_context = mp_context
         self.executor_factory = executor_factory
@@ -130,7 +134,7 @@ class ProcessRunner:
     ) -> Future[str | None]:
         return self._executor().submit(
             run_job, self._link(), job_id, payload, timeout, grace,
-            self.jobs_per_process,
+            self.jobs_per_process, self.max_result_bytes,
         )
 
     def cancel(self, job_id: str) -> None:

@@ -60,6 +60,7 @@ import rq
 
 from ..exceptions import StoreUnavailable
 from ..jobs import JobState
+from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend
 from ..stores.redis import RedisBackend, RedisStore, connect, connection_settings
 from ..stores.signing import BadSignature, Signer, resolve_secret_key
@@ -159,7 +160,8 @@ def perform(job_id: str, settings: dict[str, Any]) -> str | None:
                             "the job's call is not in the store")
     try:
         return supervise(store, job_id, payload, settings["timeout"],
-                         settings["grace"], 1)
+                         settings["grace"], 1,
+                         settings.get("max_result_bytes", MAX_RESULT_BYTES))
     finally:
         release_warm()  # a work horse runs one job: nothing to keep warm for
 
@@ -173,7 +175,10 @@ class RQRunner:
     needs_link = False
     holds_queued = False
 
-    def __init__(self, queue: rq.Queue | None, *, backend: Backend) -> None:
+    def __init__(
+        self, queue: rq.Queue | None, *, backend: Backend,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+    ) -> None:
         if not isinstance(backend, RedisBackend):
             raise ValueError(
                 "runner='rq' needs the Redis store: pass store='redis://…' too"
@@ -194,7 +199,7 @@ class RQRunner:
         self.queue = queue
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
-            "db": link.settings.get("db", 0),
+            "db": link.settings.get("db", 0), "max_result_bytes": max_result_bytes,
         }
 
     def start(self, link: Any) -> None:

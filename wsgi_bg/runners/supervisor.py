@@ -45,6 +45,7 @@ exception that cannot be unpickled can hang or break the worker.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import pickle
 import reprlib
@@ -64,6 +65,7 @@ from .. import context
 from ..capture import Relay, redirect_stdio
 from ..exceptions import StoreUnavailable
 from ..jobs import JobState
+from ..limits import MAX_ERROR_CHARS, MAX_RESULT_BYTES, cap_text
 from ..stores import Store
 
 #: How long to wait for a dead job's stray output to drain.
@@ -125,14 +127,18 @@ def _children_left() -> bool:
 def supervise(
     store: Store, job_id: str, payload: bytes, timeout: float | None,
     grace: float, jobs_per_process: int = 1,
+    max_result_bytes: int = MAX_RESULT_BYTES,
 ) -> str | None:
     """Run one job's pickled call (``payload``: ``(fn, args, kwargs)``) in a
-    job process of this one, to its end, and record it in ``store``.
+    job process of this one, to its end, and record it in ``store``. A result
+    of more than ``max_result_bytes`` pickled bytes fails the job in its own
+    process: it never reaches this one, nor the store.
 
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    return _Supervisor(store, job_id, timeout, grace).run(payload, jobs_per_process)
+    return _Supervisor(store, job_id, timeout, grace).run(
+        payload, jobs_per_process, max_result_bytes)
 
 
 def release_warm() -> None:
@@ -172,8 +178,11 @@ class _JobProcess:
             self.pidfd = None  # not Linux: poll waitpid
         self.status: int | None = None
 
-    def send_job(self, job_id: str, payload: bytes, fds: list[int]) -> None:
-        body = pickle.dumps((job_id, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    def send_job(
+        self, job_id: str, payload: bytes, fds: list[int], max_result_bytes: int
+    ) -> None:
+        body = pickle.dumps((job_id, payload, max_result_bytes),
+                            protocol=pickle.HIGHEST_PROTOCOL)
         socket.send_fds(self.sock, [_FRAME.pack(len(body))], fds)
         self.sock.sendall(body)
 
@@ -231,7 +240,9 @@ class _Supervisor:
         # changes, that process is gone.
         self.parent = os.getppid()
 
-    def run(self, payload: bytes, jobs_per_process: int) -> str | None:
+    def run(
+        self, payload: bytes, jobs_per_process: int, max_result_bytes: int
+    ) -> str | None:
         global _warm
         process = _warm if _warm is not None else _JobProcess(jobs_per_process)
         _warm = None  # given back below only if it ends the job cleanly
@@ -242,7 +253,7 @@ class _Supervisor:
                              _START_RETRY_SECONDS):
                 _warm = process  # cancelled while queued: never sent, still warm
                 return None
-            process.send_job(self.job_id, payload, [out_w, ctl_r])
+            process.send_job(self.job_id, payload, [out_w, ctl_r], max_result_bytes)
             os.close(out_w)
             os.close(ctl_r)
             out_w = ctl_r = -1
@@ -251,7 +262,8 @@ class _Supervisor:
             process.kill()
             process.reap()
             self.store.finish(self.job_id, JobState.CRASHED.value, None,
-                              "the job's supervisor failed:\n" + traceback.format_exc())
+                              cap_text("the job's supervisor failed:\n"
+                                       + traceback.format_exc(), MAX_ERROR_CHARS))
             raise
         finally:
             for fd in (out_r, out_w, ctl_r, ctl_w):
@@ -259,6 +271,10 @@ class _Supervisor:
                     os.close(fd)
         if reuse:
             _warm = process
+        if error is not None:
+            # Bounded here, for every store and runner: pages read it with
+            # every record (a job may raise with a 20 MB message).
+            error = cap_text(error, MAX_ERROR_CHARS)
         return _retrying(
             lambda: self.store.finish(self.job_id, state, result, error, *self.last,
                                       shown=self.shown),
@@ -435,7 +451,7 @@ class _MessageReader:
         return reports
 
 
-def _recv_job(sock: socket.socket) -> tuple[str, bytes, list[int]] | None:
+def _recv_job(sock: socket.socket) -> tuple[str, bytes, int, list[int]] | None:
     header, fds, _, _ = socket.recv_fds(sock, _FRAME.size, 2)
     if not header:
         return None  # the supervisor is gone
@@ -448,8 +464,8 @@ def _recv_job(sock: socket.socket) -> tuple[str, bytes, list[int]] | None:
         if not chunk:
             return None
         body += chunk
-    job_id, payload = pickle.loads(body)
-    return job_id, payload, fds
+    job_id, payload, max_result_bytes = pickle.loads(body)
+    return job_id, payload, max_result_bytes, fds
 
 
 def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
@@ -458,9 +474,12 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
 
     It stops after ``jobs_per_process`` jobs, or after a job that left threads
     or processes running (they would write into the next job's output, and
-    must end with their job), so the next job gets a fresh process and the
-    supervisor kills the process group. Between jobs it puts back the working
-    directory and the environment.
+    must end with their job), or whose streams could not be flushed, so the
+    next job gets a fresh process and the supervisor kills the process group.
+    Between jobs it puts back the working directory, the environment and
+    ``sys.path``. Whatever a job did to its own process (closed or re-wrapped
+    its streams, closed fds 1 and 2, removed its working directory) cannot
+    turn its return into a crash: at worst the process is not reused.
     """
     code = 0
     try:
@@ -472,38 +491,44 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans a job leaves stay ours
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         null_w = os.open(os.devnull, os.O_WRONLY)
+        _let_go_of_inherited(keep=(sock.fileno(), null_w))
         redirect_stdio(os.dup(null_w))
-        cwd, environ, path = os.getcwd(), dict(os.environ), list(sys.path)
-        streams = sys.stdin, sys.stdout, sys.stderr
+        idle = sys.stdout, sys.stderr  # between jobs: /dev/null
+        cwd = _getcwd()  # None: the server's own directory was removed
+        environ, path = dict(os.environ), list(sys.path)
+        stdin = sys.stdin
         handlers = _signal_handlers()
         msg_fd = sock.fileno()
+        # Streams a job replaced, or that failed to flush: never collected
+        # here, where closing them could close fd 1 or 2 of a later job, or
+        # flush what they hold into its output.
+        kept: list[Any] = []
         for done in range(1, jobs_per_process + 1):
             received = _recv_job(sock)
             if received is None:
                 break
-            job_id, payload, (out_w, ctl_r) = received
+            job_id, payload, max_result_bytes, (out_w, ctl_r) = received
             os.dup2(out_w, 1)
             os.dup2(out_w, 2)
             os.close(out_w)
+            # Fresh streams for each job, made on its pipe: a job may close or
+            # re-wrap them (``io.TextIOWrapper(sys.stdout.buffer)``).
+            streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
             os.set_blocking(ctl_r, False)
             context.enter_job(job_id, msg_fd, ctl_r)
-            kind, value = _run(payload)
-            sys.stdin, sys.stdout, sys.stderr = streams  # a job may replace them
-            for stream in streams[1:]:
-                stream.flush()
+            kind, value = _run(payload, max_result_bytes)
+            flushed = _let_go_of_streams(streams, kept)
+            sys.stdin = stdin
+            sys.stdout, sys.stderr = idle
             os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
             os.dup2(null_w, 2)
             os.close(ctl_r)
             context.leave_job()
-            retire = (done == jobs_per_process or threading.active_count() > 1
+            retire = (done == jobs_per_process or not flushed
+                      or threading.active_count() > 1
                       or _children_left() or _signal_handlers() != handlers)
             if not retire:
-                if os.getcwd() != cwd:
-                    os.chdir(cwd)
-                if os.environ != environ:
-                    os.environ.clear()
-                    os.environ.update(environ)
-                sys.path[:] = path
+                retire = not _put_back(cwd, environ, path)
             context.send_message(msg_fd, (kind, value, retire))
             if retire:
                 break
@@ -518,6 +543,100 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         os._exit(code)
 
 
+def _job_stream(fd: int) -> io.TextIOWrapper:
+    """A line-buffered text stream on ``fd``, built as Python builds
+    ``sys.stdout`` (a buffer below the text layer), so that a job can re-wrap
+    ``sys.stdout.buffer`` as it would anywhere."""
+    return io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
+        encoding="utf-8", errors="backslashreplace", line_buffering=True,
+    )
+
+
+def _let_go_of_streams(streams: tuple[Any, ...], kept: list[Any]) -> bool:
+    """Flush the job's streams (those it was given, and any it put in their
+    place); ``False`` if one still holds what it could not write (the job
+    closed fds 1 and 2 after an unflushed print): then the process must not
+    run another job. A stream closed by the job holds nothing."""
+    flushed = True
+    for stream in dict.fromkeys((*streams, sys.stdout, sys.stderr)):
+        if stream is None:
+            continue
+        if stream not in streams:
+            kept.append(stream)  # the job's own: collecting it might close fd 1
+        try:
+            stream.flush()
+        except ValueError:
+            pass  # closed: nothing left in it
+        except Exception:
+            flushed = False
+            kept.append(stream)
+    return flushed
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # removed (a deploy pruned the release it ran from)
+        return None
+
+
+def _put_back(cwd: str | None, environ: dict[str, str], path: list[str]) -> bool:
+    """Put back what a job may have changed for the next one; ``False`` if
+    the working directory cannot be put back (the next job then gets a fresh
+    process)."""
+    if _getcwd() != cwd:
+        if cwd is None:
+            return False  # the job left the removed directory it started in
+        try:
+            os.chdir(cwd)
+        except OSError:
+            return False
+    if os.environ != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    sys.path[:] = path
+    return True
+
+
+def _let_go_of_inherited(keep: tuple[int, ...]) -> None:
+    """Let go of every fd this process inherited from its pool worker (or RQ
+    work horse) but ``keep`` and 0-2: multiprocessing's forkserver pipe and
+    resource tracker, the pool's queues, the store's connection.
+
+    A process a job leaves behind (a ``setsid`` daemon) would hold them for
+    its whole life, and the forkserver only exits once every holder of its
+    pipe has closed it, which held ``shutdown()`` and the server's exit. Each
+    fd is pointed at /dev/null, not closed: Python objects of the worker still
+    name them, and a closed number could be reused by the job's own files.
+    The forkserver and resource tracker are forgotten, so that a job using
+    multiprocessing starts its own.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return  # not Linux
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        if fd > 2 and fd != null and fd not in keep:
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue  # listdir's own, closed since
+            os.dup2(null, fd, inheritable=False)
+    os.close(null)
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        server: Any = forkserver._forkserver
+        server._forkserver_alive_fd = server._forkserver_address = None
+        server._forkserver_pid = None
+        tracker: Any = resource_tracker._resource_tracker
+        tracker._fd = tracker._pid = None
+    except (ImportError, AttributeError):
+        pass
+
+
 def _signal_handlers() -> list[Any]:
     return [signal.getsignal(sig) for sig in _SIGNALS]
 
@@ -527,7 +646,7 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
             signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def _run(payload: bytes) -> tuple[str, Any]:
+def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> tuple[str, Any]:
     """Run one job's call: ``("result", (pickled value, its repr))`` or
     ``("error", text)``."""
     try:
@@ -538,7 +657,7 @@ def _run(payload: bytes) -> tuple[str, Any]:
         return "error", "".join(traceback.format_exception(
             type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
     try:
-        return "result", (_dump_result(value), _shown(value))
+        return "result", (_dump_result(value, max_result_bytes), _shown(value))
     except _Unpicklable as exc:
         return "error", str(exc)
 
@@ -561,15 +680,35 @@ class _Unpicklable(Exception):
     pass
 
 
-def _dump_result(value: Any) -> bytes:
+def _dump_result(value: Any, max_result_bytes: int | None = None) -> bytes:
+    """``value`` pickled, checked to unpickle and to fit ``max_result_bytes``.
+
+    :raises _Unpicklable: with the message the job's error shows.
+    """
     try:
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise _unpicklable(value, exc) from None
+    if max_result_bytes is not None and len(data) > max_result_bytes:
+        size = len(data)
+        del data
+        raise _Unpicklable(
+            f"the job's result is too big: {size:,} bytes pickled, more than"
+            f" max_result_bytes={max_result_bytes:,}. Write a large result to a"
+            " file (or a database) and return its path, or raise"
+            " max_result_bytes; the result was not kept."
+        )
+    try:
         pickle.loads(data)
     except Exception as exc:
-        raise _Unpicklable(
-            f"the job returned a {type(value).__module__}.{type(value).__qualname__}"
-            f" that cannot be pickled and unpickled: {exc!r}. Return plain data"
-            " (str, numbers, lists, dicts) or an object whose class is importable"
-            " at module level."
-        ) from None
+        raise _unpicklable(value, exc) from None
     return data
+
+
+def _unpicklable(value: Any, exc: Exception) -> _Unpicklable:
+    return _Unpicklable(
+        f"the job returned a {type(value).__module__}.{type(value).__qualname__}"
+        f" that cannot be pickled and unpickled: {exc!r}. Return plain data"
+        " (str, numbers, lists, dicts) or an object whose class is importable"
+        " at module level."
+    )
