@@ -185,6 +185,30 @@ def test_cancel_from_the_page(mw, page, tmp_path):
         assert job.state == "cancelled"
 
 
+def test_run_again_from_the_page(mw, page, tmp_path):
+    gate = tmp_path / "gate"
+    job = mw.submit(statusfuncs.gated, str(gate), before="first run\n")
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "first run")
+        assert not page.is_visible("#rerun")  # running: nothing to run again
+        gate.touch()
+        wait_text(page, "#state", "succeeded", timeout=30)
+        assert page.is_visible("#rerun") and not page.is_visible("#cancel")
+        page.click("#rerun button")
+        # On to the new job's page, which runs the same call and links back.
+        wait_for(lambda: job.id not in page.url, 15, message="the new job's page")
+        new_id = page.url.rsplit("/", 1)[1]
+        wait_text(page, "#state", "succeeded", timeout=30)
+        assert text_of(page, "#output").startswith("first run")
+        assert text_of(page, "#rerun-of") == job.id
+        assert page.is_visible("#rerun")
+        page.click("#rerun-of")
+        wait_for(lambda: page.url.endswith(job.id), 15, message="the old page")
+        assert text_of(page, "#rerun-as") == new_id
+        assert mw.get_job(new_id).result == "done"
+
+
 def test_raw_output_downloads(mw, page):
     raw = "\x1b[32mgreen\x1b[0m\n10%\r100%\n"
     job = fake_job(mw, output=raw, state="succeeded", name="tasks.report")

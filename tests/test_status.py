@@ -234,10 +234,11 @@ def test_authorize_is_asked_for_every_action(make_mw):
     client.get(f"/_jobs/api/jobs/{job.id}")
     client.get(f"/_jobs/api/jobs/{job.id}/events")
     client.post(f"/_jobs/api/jobs/{job.id}/cancel")
-    # The job page also asks "list", to link the list only for who may see it.
+    # The job page also asks "list" and "rerun", to link the list and offer
+    # Run again only to who may use them.
     assert calls == [("list", None), ("list", None), ("view", job.id),
-                     ("list", None), ("view", job.id), ("view", job.id),
-                     ("cancel", job.id)]
+                     ("list", None), ("rerun", job.id), ("view", job.id),
+                     ("view", job.id), ("cancel", job.id)]
 
 
 def test_refused_view_and_cancel_are_403(make_mw):
@@ -948,7 +949,7 @@ def test_a_503_from_the_store_keeps_its_status_and_retry_after(client, mw, monke
 
     job = fake_job(mw)
     monkeypatch.setattr(mw.engine.store, "view", unreachable)
-    monkeypatch.setattr(mw.engine.store, "list", unreachable)
+    monkeypatch.setattr(mw.engine.store, "page", unreachable)
     page = client.get(f"/_jobs/{job.id}", status=503)
     assert page.headers["Retry-After"] == "7"
     assert "<h1>Service Unavailable</h1>" in page.text
@@ -1025,3 +1026,176 @@ def test_list_pages_through_ten_thousand_jobs(make_mw):
     data = client.get("/_jobs/api/jobs?page=2&per_page=100").json
     assert [j["name"] for j in data["jobs"]][:2] == ["tasks.n9899", "tasks.n9898"]
     assert (data["total"], data["pages"]) == (10_000, 100)
+
+
+# -- run again ----------------------------------------------------------------------
+
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_run_again_starts_a_new_job_with_the_same_call_and_links_both(client, mw):
+    old = run(mw, statusfuncs.say, "again\n", result=7)
+    page = client.get(f"/_jobs/{old.id}").text
+    assert (f'<form id="rerun" class="rerun" method="post"'
+            f' action="/_jobs/api/jobs/{old.id}/rerun">') in page
+    response = client.post(f"/_jobs/api/jobs/{old.id}/rerun", status=202)
+    new_id = response.json["id"]
+    assert response.json == {"id": new_id, "url": f"/_jobs/{new_id}"}
+    assert response.headers["Location"].endswith(f"/_jobs/{new_id}")
+    new = mw.get_job(new_id).wait(timeout=30)
+    assert (new.output, new.result, new.name) == ("again\n", 7, old.name)
+    assert new.to_dict()["args"] == old.to_dict()["args"] == "('again\\n', result=7)"
+    assert new.to_dict()["rerun_of"] == old.id and old.to_dict()["rerun_as"] == new.id
+    assert client.get(f"/_jobs/api/jobs/{old.id}").json["rerun_as"] == new.id
+    assert f'<a id="rerun-as" class="jobid" href="/_jobs/{new.id}">' in client.get(
+        f"/_jobs/{old.id}").text
+    assert f'<a id="rerun-of" class="jobid" href="/_jobs/{old.id}">' in client.get(
+        f"/_jobs/{new.id}").text
+
+
+def test_run_again_from_the_page_form_redirects_to_the_new_job(client, mw):
+    old = run(mw, statusfuncs.fail_with, "boom")
+    response = client.post(f"/_jobs/api/jobs/{old.id}/rerun", headers=HTML,
+                           status=303)
+    new_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert new_id != old.id
+    assert mw.get_job(new_id).wait(timeout=30).state == "failed"
+    assert old.to_dict()["rerun_as"] == new_id
+
+
+def test_run_again_keeps_timeout_and_hidden_arguments(client, mw):
+    import jobfuncs
+
+    old = mw.engine.submit(jobfuncs.add, (1, 2), {}, name="sums", timeout=9.5)
+    old.wait(timeout=30)
+    new = mw.rerun(old.id)
+    assert mw.engine.store.get(new.id)["timeout"] == 9.5
+    assert new.wait(timeout=30).result == 3 and new.name == "sums"
+
+
+def test_a_running_job_cannot_be_run_again_from_the_pages(client, mw, tmp_path):
+    job = mw.submit(statusfuncs.gated, str(tmp_path / "gate"))
+    page = client.get(f"/_jobs/{job.id}").text
+    assert '<form id="rerun" class="rerun" method="post"' in page
+    assert f'action="/_jobs/api/jobs/{job.id}/rerun" hidden>' in page
+    answer = client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=409).json
+    assert "can be run again once it has ended" in answer["message"]
+    (tmp_path / "gate").touch()
+    job.wait(timeout=30)
+    assert len(mw.jobs()) == 1
+
+
+def test_run_again_without_a_kept_call_is_409_and_of_an_unknown_job_404(client, mw):
+    job = fake_job(mw, state="failed", error="x")  # created without its call
+    answer = client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=409).json
+    assert "its call is no longer kept" in answer["message"]
+    with pytest.raises(LookupError, match="its call is no longer kept"):
+        mw.rerun(job.id)
+    with pytest.raises(LookupError, match="is no longer stored"):
+        mw.rerun(new_job_id())
+    page = client.post(f"/_jobs/api/jobs/{new_job_id()}/rerun", headers=HTML,
+                       status=404).text
+    assert "<h1>Not Found</h1>" in page
+
+
+def test_run_again_follows_authorize_and_same_origin(make_mw):
+    asked = []
+
+    def authorize(environ, action, job):
+        asked.append(action)
+        return action != "rerun"
+
+    mw = make_mw(hello_app, authorize=authorize)
+    client = webtest.TestApp(mw, lint=True)
+    job = run(mw, statusfuncs.say, "x")
+    page = client.get(f"/_jobs/{job.id}").text
+    assert 'id="rerun"' not in page  # not offered
+    client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403)
+    assert "rerun" in asked and job.to_dict()["rerun_as"] is None
+    client = webtest.TestApp(make_mw(hello_app), lint=True)
+    job = run(client.app, statusfuncs.say, "x")
+    client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403,
+                headers={"Origin": "https://evil.example"})
+    client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403,
+                headers={"Sec-Fetch-Site": "cross-site"})
+    assert job.to_dict()["rerun_as"] is None  # (Redis: both share one namespace)
+    client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=202,
+                headers={"Origin": "http://localhost"})  # default: allowed
+
+
+def test_get_on_rerun_is_405(client, mw):
+    job = fake_job(mw, state="failed")
+    assert client.get(f"/_jobs/api/jobs/{job.id}/rerun", status=405).headers[
+        "Allow"] == "POST"
+
+
+# -- one store call per poll ---------------------------------------------------------
+
+def count_calls(monkeypatch, store):
+    calls = []
+    for name in ("get", "view", "read_output", "list", "page", "counts", "call"):
+        method = getattr(store, name)
+
+        def counted(*args, _name=name, _method=method, **kwargs):
+            calls.append(_name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    return calls
+
+
+def test_a_poll_and_a_page_cost_one_store_call(client, mw, monkeypatch):
+    job = fake_job(mw, output="hello\n")
+    calls = count_calls(monkeypatch, mw.engine.store)
+    client.get(f"/_jobs/api/jobs/{job.id}?since=6")
+    assert calls == ["view"]
+    calls.clear()
+    client.get(f"/_jobs/{job.id}")
+    assert calls == ["view"]
+    calls.clear()
+    client.get("/_jobs/api/jobs?state=running&q=fake")
+    assert calls == ["page", "counts"]
+
+
+def test_authorize_reading_a_vanished_job_is_404_not_500(make_mw):
+    def authorize(environ, action, job):
+        return job is None or job.name == "tasks.fake"  # reads the store
+
+    client = webtest.TestApp(make_mw(hello_app, authorize=authorize), lint=True)
+    for path in (f"/_jobs/{new_job_id()}", f"/_jobs/api/jobs/{new_job_id()}"):
+        assert "no longer stored" in client.get(path, status=404).text
+
+
+# -- a marked app's refusals, in the pages' look ------------------------------------
+
+def test_a_marked_apps_413_and_503_are_styled_pages_or_json(make_mw, tmp_path):
+    import appfuncs
+    import jobfuncs
+
+    mw = make_mw(appfuncs.echo_body, max_body_bytes=10, max_workers=1, max_queued=1)
+    client = webtest.TestApp(mw, lint=True)
+    page = client.post("/upload", b"x" * 11, content_type="text/plain",
+                       headers=HTML, status=413)
+    assert page.content_type == "text/html"
+    assert '<p class="code">413</p><h1>Request Entity Too Large</h1>' in page.text
+    assert "max_body_bytes=10" in page.text and "raise max_body_bytes" in page.text
+    assert 'href="/_jobs/static/status.css"' in page.text and not INLINE.search(
+        page.text)
+    for name, value in SECURITY_HEADERS.items():
+        assert page.headers[name] == value
+    answer = client.post("/upload", b"x" * 11, content_type="text/plain",
+                         headers={"Accept": "application/json"}, status=413).json
+    assert answer["error"] == "Request Entity Too Large"
+    assert "max_body_bytes=10" in answer["message"]
+    gate = tmp_path / "gate"
+    blocker = mw.submit(jobfuncs.wait_file, str(gate))
+    wait_for(lambda: blocker.state == "running", timeout=30, message="blocker")
+    mw.submit(jobfuncs.add, 1, 2)  # the one job allowed to wait
+    page = client.post("/upload", b"x", content_type="text/plain", headers=HTML,
+                       status=503)
+    assert page.headers["Retry-After"] == "5"
+    assert "<h1>Service Unavailable</h1>" in page.text and "max_queued" in page.text
+    answer = client.post("/upload", b"x", content_type="text/plain",
+                         headers={"Accept": "application/json"}, status=503)
+    assert answer.json["error"] == "Service Unavailable"
+    gate.touch()

@@ -334,3 +334,94 @@ def test_store_shutdown_stop_keeps_the_outcome(make_store):
     assert store.get("s")["cancel_requested"] is False
     assert store.finish("s", "succeeded", b"x", None, shown="1") == "succeeded"
     assert store.result("s") == b"x"
+
+
+# -- paging the list ---------------------------------------------------------------
+def paged(store, jobs: int = 30) -> None:
+    """``jobs`` jobs, ``j00`` oldest: every third failed, every third running,
+    the rest queued; names ``mail.N`` for odd N, ``Reports.N`` for even."""
+    for n in range(jobs):
+        job_id = f"j{n:02d}"
+        store.create(dict(record(job_id), created_at=1e9 + n,
+                          name=f"mail.{n}" if n % 2 else f"Reports.{n}"), 1000)
+        if n % 3:
+            store.start(job_id, 1)
+        if n % 3 == 1:
+            store.finish(job_id, "failed", None, "boom")
+
+
+def ids(found):
+    records, total = found
+    return [r["id"] for r in records], total
+
+
+def test_store_page_is_newest_first_with_the_total(make_store):
+    store = make_store()
+    paged(store)
+    assert ids(store.page(limit=3)) == (["j29", "j28", "j27"], 30)
+    assert ids(store.page(offset=27, limit=5)) == (["j02", "j01", "j00"], 30)
+    assert ids(store.page(offset=40, limit=5)) == ([], 30)
+    assert ids(store.page(limit=0)) == ([], 30)
+    records, _ = store.page(limit=1)
+    assert records[0] == store.get("j29")
+
+
+def test_store_page_filters_by_states(make_store):
+    store = make_store()
+    paged(store)
+    assert ids(store.page(("failed",), limit=3)) == (["j28", "j25", "j22"], 10)
+    assert ids(store.page(("failed",), offset=9, limit=3)) == (["j01"], 10)
+    # Several states: merged, newest first, paged across them.
+    assert ids(store.page(("queued", "failed"), limit=4)) == (
+        ["j28", "j27", "j25", "j24"], 20)
+    assert ids(store.page(("queued", "failed"), offset=18, limit=4)) == (
+        ["j01", "j00"], 20)
+    assert ids(store.page(("succeeded",))) == ([], 0)
+
+
+def test_store_page_searches_names_and_ids(make_store):
+    store = make_store()
+    paged(store)
+    # Case-insensitive, a substring of the name, newest first.
+    assert ids(store.page(query="reports.2", limit=3)) == (["j28", "j26", "j24"], 6)
+    assert ids(store.page(query="REPORTS.2", offset=5, limit=3)) == (["j02"], 6)
+    assert ids(store.page(("failed",), "mail.", limit=2)) == (["j25", "j19"], 5)
+    assert ids(store.page(query="j07")) == (["j07"], 1)  # an id, exactly
+    assert ids(store.page(query="j0")) == ([], 0)  # not a part of one
+    assert ids(store.page(query="nothing")) == ([], 0)
+
+
+def test_store_page_search_is_literal(make_store):
+    store = make_store()
+    for n, name in enumerate(['a"quoted"', "100%.done", "back\\slash", "ünï"]):
+        store.create(dict(record(f"s{n}"), name=name, created_at=1e9 + n), 10)
+    assert ids(store.page(query='"quoted')) == (["s0"], 1)
+    assert ids(store.page(query="%.")) == (["s1"], 1)
+    assert ids(store.page(query="k\\s")) == (["s2"], 1)
+    assert ids(store.page(query="ünï")) == (["s3"], 1)
+
+
+def test_store_page_skips_dropped_jobs(make_store):
+    store = make_store(max_jobs=2)
+    paged(store, jobs=9)  # 3 failed, 2 of them dropped past max_jobs
+    assert ids(store.page(("failed",))) == (["j07", "j04"], 2)
+    assert store.page()[1] == 8
+
+
+def test_store_rerun_links_both_records_in_the_create(make_store):
+    store = make_store()
+    running(store, "old")
+    store.finish("old", "failed", None, "boom")
+    assert store.get("old")["rerun_as"] is None
+    assert store.create(dict(record("new"), rerun_of="old"), 10, b"call")
+    assert store.get("new")["rerun_of"] == "old"
+    assert store.get("new")["rerun_as"] is None
+    assert store.get("old")["rerun_as"] == "new"
+    assert store.create(dict(record("newer"), rerun_of="old"), 10)
+    assert store.get("old")["rerun_as"] == "newer"  # the latest
+    # The original dropped meanwhile: the run again is created all the same.
+    assert store.create(dict(record("orphan"), rerun_of="gone"), 10)
+    assert store.get("gone") is None and store.get("orphan")["rerun_of"] == "gone"
+    # Refused (queue full): nothing linked.
+    assert not store.create(dict(record("refused"), rerun_of="old"), 1)
+    assert store.get("old")["rerun_as"] == "newer"

@@ -2,9 +2,12 @@
 
 ``authorize(environ, action, job) -> bool`` decides who may use the status
 pages. ``action`` is ``"list"`` (the job list; ``job`` is ``None``), ``"view"``
-(one job's page, JSON or event stream) or ``"cancel"``. Without one, a job's
-own pages and its cancel are open to whoever holds its id (an unguessable
-capability) and the list is refused.
+(one job's page, JSON or event stream), ``"cancel"`` or ``"rerun"`` (run an
+ended job's call again, as a new job). Without one, a job's own pages, its
+cancel and its run again are open to whoever holds its id (an unguessable
+capability) and the list is refused. ``job`` is a lazy
+:class:`~wsgi_bg.Job` handle: reading it reads the store, and a job dropped
+meanwhile raises :exc:`LookupError` (answered ``404``).
 """
 
 from __future__ import annotations
@@ -129,5 +132,6 @@ def allow_local_hosts(*hosts: str) -> Callable[[WSGIEnvironment, str, Any], bool
 
 
 def default_authorize(environ: WSGIEnvironment, action: str, job: Any) -> bool:
-    """The default: one job's pages and cancel for whoever holds its id; no list."""
+    """The default: one job's pages, cancel and run again for whoever holds
+    its id; no list."""
     return action != "list"

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -31,7 +30,6 @@ from typing import Any
 
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .limits import MAX_RESULT_BYTES
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .stores import Backend, Store, open_backend
 
@@ -151,7 +149,7 @@ class Engine:
         executor_factory: Callable[[], Executor] | None = None,
         max_jobs_per_process: int = 100, store: Any = None,
         namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
-        runner: Any = None, max_result_bytes: int = MAX_RESULT_BYTES,
+        runner: Any = None,
     ) -> None:
         _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
@@ -161,7 +159,6 @@ class Engine:
         _check_number("job_ttl", job_ttl, minimum=0)
         _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
         _check_number("max_queued", max_queued, minimum=1, integer=True)
-        _check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
         _check_number("cancel_grace", cancel_grace, minimum=0)
         methods = multiprocessing.get_all_start_methods()
         if start_method is not None and start_method not in methods:
@@ -182,7 +179,6 @@ class Engine:
         self.start_method = start_method or default_start_method()
         self.executor_factory = executor_factory
         self.max_jobs_per_process = max_jobs_per_process
-        self.max_result_bytes = max_result_bytes
         self._lock = threading.RLock()
         self._backend: Backend = open_backend(
             store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
@@ -191,7 +187,7 @@ class Engine:
         self._planned: Runner = open_runner(
             runner, backend=self._backend, max_workers=max_workers,
             start_method=self.start_method, executor_factory=executor_factory,
-            jobs_per_process=max_jobs_per_process, max_result_bytes=max_result_bytes,
+            jobs_per_process=max_jobs_per_process,
         )
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
@@ -228,7 +224,6 @@ class Engine:
                     self._runner = runner
                     return runner
                 ctx = multiprocessing.get_context(self.start_method)
-                _survive_removed_cwd()
                 before = _forkserver_pid()
                 store = self._backend.start(ctx, holds_queued=runner.holds_queued)
                 if runner.needs_link and self.start_method == "forkserver":
@@ -274,6 +269,41 @@ class Engine:
             "args": (describe_args(args, kwargs)
                      if options.get("show_args", True) else None),
         }
+        return self._create(runner, record, payload, timeout)
+
+    def rerun(
+        self, job_id: str, url_for: Callable[[str], str | None] | None = None
+    ) -> Job:
+        """Queue the call of a stored job again; see
+        :meth:`BackgroundMiddleware.rerun`."""
+        record = self._store.get(job_id) if isinstance(job_id, str) else None
+        if record is None:
+            raise LookupError(
+                f"job {job_id!r} is no longer stored: finished jobs are dropped"
+                " after job_ttl seconds or past max_jobs, so it cannot run again")
+        payload = self._store.call(job_id)  # BadSignature: never unpickled
+        if payload is None:
+            raise LookupError(
+                f"job {job_id!r} cannot run again: its call is no longer kept"
+                " (it was dropped with the job, or the job was stored by a"
+                " version of wsgi_bg that did not keep it)")
+        runner = self._start()
+        new_id = new_job_id()
+        new = {
+            "id": new_id, "name": record["name"], "created_at": time.time(),
+            "started_at": None, "ended_at": None, "result": None, "error": None,
+            "progress": None, "timeout": record["timeout"],
+            "cancel_requested": False, "cancel_grace": None,
+            "url": url_for(new_id) if url_for else None, "pid": None,
+            "args": record.get("args"), "rerun_of": job_id,
+        }
+        return self._create(runner, new, payload, record["timeout"])
+
+    def _create(
+        self, runner: Runner, record: dict[str, Any], payload: bytes,
+        timeout: float | None,
+    ) -> Job:
+        job_id = record["id"]
         # Under the lock: a job created here is always seen by shutdown's
         # sweep of queued jobs, or refused.
         with self._lock:
@@ -443,33 +473,6 @@ def _worker_failure(exc: BaseException) -> str:
             f" pool was restarted for later jobs ({exc!r})"
         )
     return f"the worker process running this job failed: {exc!r}"
-
-
-class _OsModule(types.ModuleType):
-    """:mod:`os` for :mod:`multiprocessing.spawn`, whose ``getcwd()`` answers
-    ``"/"`` once this process's working directory was removed."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    @staticmethod
-    def getcwd() -> str:
-        try:
-            return os.getcwd()
-        except FileNotFoundError:
-            return "/"
-
-
-def _survive_removed_cwd() -> None:
-    """Let multiprocessing start processes (pool workers, the store's
-    manager, the forkserver) after the server's working directory was
-    removed (a deploy pruning old releases): it sends every new process the
-    parent's ``os.getcwd()``, which then raises. They start in ``/``
-    instead; nothing else changes, and only where it would have failed."""
-    from multiprocessing import spawn
-
-    if not isinstance(getattr(spawn, "os", None), _OsModule):
-        spawn.os = _OsModule("os")  # type: ignore[attr-defined]
 
 
 def _release_helpers(engine: Engine) -> None:

@@ -256,7 +256,10 @@ class Job:
         cancel_requested, output_size, args (a bounded repr of the call's
         arguments, or ``None`` when hidden by ``show_args=False``),
         cancel_requested_at, cancelled_how (``"before_start"``, ``"stopped"``
-        by itself within its grace, ``"killed"`` after it, or ``None``).
+        by itself within its grace, ``"killed"`` after it, or ``None``),
+        rerun_of (the id of the job this one runs again, or ``None``),
+        rerun_as (the id of this job's latest run again, or ``None``; see
+        :meth:`BackgroundMiddleware.rerun <wsgi_bg.BackgroundMiddleware.rerun>`).
         """
         return record_to_dict(self._record())
 
@@ -291,4 +294,6 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "args": record.get("args"),
         "cancel_requested_at": record.get("cancel_requested_at"),
         "cancelled_how": record.get("cancelled_how"),
+        "rerun_of": record.get("rerun_of"),
+        "rerun_as": record.get("rerun_as"),
     }

@@ -37,7 +37,6 @@ from .auth import default_authorize
 from .engine import Engine, _check_number
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job
-from .limits import MAX_RESULT_BYTES
 from .marks import MIDDLEWARE_KEY, MarkedApp, run_app, snapshot_environ
 from .status import StatusApp
 
@@ -191,11 +190,6 @@ class BackgroundMiddleware:
     :param max_output_bytes: output kept per job, in bytes of UTF-8; past it
         the head and the tail are kept (cut at character boundaries), with a
         marker saying how many bytes were dropped.
-    :param max_result_bytes: the largest result a job may return, in pickled
-        bytes (default 10 MiB). A job returning more ends ``failed`` with an
-        error naming the size and the limit; the result is dropped in the
-        job's own process and no other process, nor the store, keeps it.
-        Return a path to a file for results this large.
     :param max_queued: jobs that may wait for a worker; one more raises
         :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
     :param cancel_grace: seconds a running job gets to stop after a cancel (or
@@ -270,7 +264,6 @@ class BackgroundMiddleware:
         namespace: str = "wsgi_bg",
         secret_key: str | bytes | None = None,
         runner: str | Queue = "pool",
-        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
@@ -303,7 +296,6 @@ class BackgroundMiddleware:
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,
             namespace=namespace, secret_key=secret_key, runner=runner,
-            max_result_bytes=max_result_bytes,
         )
         self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted
@@ -367,7 +359,13 @@ class BackgroundMiddleware:
                 timeout=app.timeout, url_for=self.url_for,
             )
         except HTTPException as exc:  # 413, or QueueFull's 503
-            return exc(environ, start_response)
+            # As the status pages answer theirs: a page in their look, or JSON.
+            best = request.accept_mimetypes.best_match(
+                ["text/html", "application/json"])
+            response = self.status_app.error_response(
+                request, exc, as_json=best == "application/json",
+                root=self._status_base())
+            return response(environ, start_response)
         url = self.url_for(job.id)
         best = request.accept_mimetypes.best_match(["text/html", "application/json"])
         if best == "application/json":
@@ -422,6 +420,25 @@ class BackgroundMiddleware:
     def jobs(self) -> list[Job]:
         """Every stored job, newest first."""
         return self.engine.jobs()
+
+    def rerun(self, job_id: str) -> Job:
+        """Queue a stored job's call again, as a new job; return it at once.
+
+        The new job runs the same pickled call (a marked app: the same
+        request) with the same name, ``timeout`` and arguments shown; its
+        ``rerun_of`` is ``job_id``, and the old job's ``rerun_as`` becomes the
+        new id (the latest run again), set by the same store call. It may be
+        run again while the old one still runs: the status pages offer it
+        only once the job is done.
+
+        :raises LookupError: if the job is no longer stored, or its call is
+            not kept (jobs stored by an older wsgi_bg have none).
+        :raises QueueFull: if ``max_queued`` jobs are already waiting.
+        :raises RuntimeError: after :meth:`shutdown`.
+
+        .. versionadded:: 0.2
+        """
+        return self.engine.rerun(job_id, url_for=self.url_for)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop every process started: queued jobs end cancelled; running jobs

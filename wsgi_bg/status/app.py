@@ -17,6 +17,8 @@ Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
     GET  /api/jobs/<id>/output.txt  the raw output, a download  authorize "view"
     GET  /api/jobs/<id>/events      Server-Sent Events, in windows  "view"
     POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
+    POST /api/jobs/<id>/rerun       run a job that ended again, as a new job
+                                    (same origin)            authorize "rerun"
     GET  /static/status.js|css      the pages' script and style
 
 Every answer carries a Content-Security-Policy without inline script or
@@ -55,6 +57,7 @@ from urllib.parse import urlsplit
 
 from werkzeug.exceptions import (
     BadRequest,
+    Conflict,
     Forbidden,
     HTTPException,
     InternalServerError,
@@ -66,6 +69,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from ..jobs import Job, record_to_dict
+from ..stores.signing import BadSignature
 from . import render
 from .events import dump_json, job_events
 
@@ -245,6 +249,8 @@ class StatusApp:
                      methods=["GET"]),
                 Rule("/api/jobs/<jobid:job_id>/cancel", endpoint="cancel",
                      methods=["POST"]),
+                Rule("/api/jobs/<jobid:job_id>/rerun", endpoint="rerun",
+                     methods=["POST"]),
                 Rule("/static/<name>", endpoint="static", methods=["GET"]),
                 Rule("/<jobid:job_id>", endpoint="job_page", methods=["GET"]),
             ],
@@ -269,21 +275,45 @@ class StatusApp:
         response.headers.update(SECURITY_HEADERS)
         return response(environ, start_response)  # type: ignore[no-any-return]
 
-    def _error(self, request: Request, exc: HTTPException) -> Response:
+    def error_response(
+        self, request: Request, exc: HTTPException, *, as_json: bool,
+        root: str,
+    ) -> Response:
+        """``exc`` answered as the pages answer their own errors: JSON
+        ``{"error", "message"}`` when ``as_json``, else a page in their look
+        (its links and style below ``root``, where the pages are mounted),
+        with their security headers. What the middleware answers a marked
+        app's request with when it starts no job (413, 503)."""
+        response = self._error(request, exc, as_json=as_json, root=root)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def _error(
+        self, request: Request, exc: HTTPException, *, as_json: bool | None = None,
+        root: str | None = None,
+    ) -> Response:
         # get_response keeps what the exception carries: its status and its
         # headers (Retry-After of a 503, Allow of a 405, Location of a redirect).
         response = exc.get_response(request.environ)
         code = exc.code or 500
         if code < 400:
             return response
-        if request.path.startswith("/api/"):
+        if as_json is None:
+            # API clients get JSON; the pages' own forms (cancel, run again:
+            # a POST asking for HTML) a page.
+            as_json = request.path.startswith("/api/") and not (
+                request.method == "POST"
+                and request.accept_mimetypes.best_match(
+                    ["application/json", "text/html"]) == "text/html")
+        if as_json:
             # API clients get the same message as JSON.
             body = {"error": exc.name, "message": exc.description}
             response.set_data(dump_json(body))
             response.mimetype = "application/json"
         else:
             page = render.error_page(
-                request.script_root, code, exc.name, str(exc.description or ""),
+                request.script_root if root is None else root, code, exc.name,
+                str(exc.description or ""),
                 may_list=self._may_list(request),
                 retry_after=response.headers.get("Retry-After"),
             )
@@ -296,12 +326,30 @@ class StatusApp:
         """The job, if it exists and ``authorize`` allows ``action`` on it."""
         job = self.middleware.get_job(job_id)
         if job is None:
-            raise NotFound(f"no job {job_id} (unknown, or finished and dropped)"
-                           + self._lost_note())
+            raise self._gone(job_id)
         allowed = self._authorize(request, action, job)
         if not allowed:
             raise Forbidden(f"you may not {action} this job")
         return job
+
+    def _view(
+        self, request: Request, job_id: str, since: int
+    ) -> tuple[dict[str, Any], str, int]:
+        """:meth:`Job.view` if ``authorize`` allows "view": one store call.
+        ``authorize`` gets a handle (handles are lazy: one that reads the job
+        reads the store itself) before anything is read; a job found missing,
+        before or after, is a 404."""
+        job = Job(self.middleware.engine, job_id)
+        if not self._authorize(request, "view", job):
+            raise Forbidden("you may not view this job")
+        try:
+            return job.view(since)
+        except LookupError:
+            raise self._gone(job_id) from None
+
+    def _gone(self, job_id: str) -> NotFound:
+        return NotFound(f"no job {job_id} (unknown, or finished and dropped)"
+                        + self._lost_note())
 
     def _authorize(self, request: Request, action: str, job: Job | None) -> bool:
         """``authorize``'s answer. One that raises is a bug in it: a 500 that
@@ -334,9 +382,13 @@ class StatusApp:
 
     def _may_list(self, request: Request) -> bool:
         """Whether this visitor may see the list (to link it)."""
+        return self._may(request, "list", None)
+
+    def _may(self, request: Request, action: str, job: Job | None) -> bool:
+        """Whether this visitor may do ``action`` (to offer it)."""
         try:
-            return bool(self.middleware.authorize(request.environ, "list", None))
-        except Exception:  # a failing authorize links nothing, breaks nothing
+            return bool(self.middleware.authorize(request.environ, action, job))
+        except Exception:  # a failing authorize offers nothing, breaks nothing
             return False
 
     def _notice(self, request: Request) -> str | None:
@@ -361,19 +413,12 @@ class StatusApp:
         search = request.args.get("q", "").strip()
         page = parse_offset(request.args.get("page"), "page") or 1
         store = self.middleware.engine.store
-        # One store call for the records (newest first), one for the counts:
-        # filtering and paging 10,000 records here takes milliseconds.
-        records = store.list(None)
-        if state:
-            records = [r for r in records if r["state"] == state]
-        if search:
-            folded = search.casefold()
-            records = [r for r in records
-                       if folded in str(r["name"]).casefold() or r["id"] == search]
-        total = len(records)
+        # One store call for the page (filtered and paged by the store: a
+        # Redis store sends one page, not every record), one for the counts.
+        records, total = store.page(
+            (state,) if state else (), search, (page - 1) * per_page, per_page)
         pages = max(1, math.ceil(total / per_page))
-        start = (page - 1) * per_page
-        jobs = [record_to_dict(r) for r in records[start : start + per_page]]
+        jobs = [record_to_dict(r) for r in records]
         return {"jobs": jobs, "counts": store.counts(), "total": total,
                 "page": page, "pages": pages, "state": state, "q": search}
 
@@ -403,25 +448,19 @@ class StatusApp:
         return self._json(self._list(request, per_page))
 
     def _job_page(self, request: Request, job_id: str) -> Response:
-        job = self._job(request, job_id, "view")
-        try:
-            data, output, offset = job.view(0)
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+        data, output, offset = self._view(request, job_id, 0)
         page = render.job_page(
             request.script_root, data, output, offset,
             may_list=self._may_list(request), now=time.time(),
             notice=self._notice(request),
+            may_rerun=self._may(request, "rerun",
+                                Job(self.middleware.engine, job_id)),
         )
         return Response(page, mimetype="text/html")
 
     def _job_api(self, request: Request, job_id: str) -> Response:
         since = parse_offset(request.args.get("since"), "since") or 0
-        job = self._job(request, job_id, "view")
-        try:
-            data, output, offset = job.view(since)
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+        data, output, offset = self._view(request, job_id, since)
         # The same state and output after the same offset: the same tag. A
         # page polling with If-None-Match gets an empty 304 until news come.
         digest = hashlib.blake2b(
@@ -496,6 +535,30 @@ class StatusApp:
             # The page's form (no script): back to the page, as a GET.
             return redirect(f"{request.script_root}/{job_id}", 303)
         return self._json({"cancelled": cancelled, "state": state})
+
+    def _rerun(self, request: Request, job_id: str) -> Response:
+        check_same_origin(request)
+        job = self._job(request, job_id, "rerun")
+        try:
+            state = job.state
+        except LookupError:
+            raise self._gone(job_id) from None
+        if not state.done:
+            raise Conflict(
+                f"job {job_id} is still {state.value}: it can be run again once"
+                " it has ended (cancel it first to stop it)")
+        try:
+            new = self.middleware.rerun(job_id)
+        except (LookupError, BadSignature) as exc:
+            raise Conflict(str(exc)) from None
+        url = f"{request.script_root}/{new.id}"
+        best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+        if best == "text/html":
+            # The page's form (no script): on to the new job's page.
+            return redirect(url, 303)
+        response = self._json({"id": new.id, "url": url}, status=202)
+        response.headers["Location"] = url
+        return response
 
     def _static(self, request: Request, name: str) -> Response:
         if name not in self._files:

@@ -433,6 +433,7 @@ def list_page(
 def job_page(
     root: str, job: Mapping[str, Any], output: str, offset: int, *,
     may_list: bool = False, now: float | None = None, notice: str | None = None,
+    may_rerun: bool = False,
 ) -> str:
     """The HTML page of one job.
 
@@ -445,6 +446,8 @@ def job_page(
     :param now: the server's time (epoch): the script measures the elapsed
         time of a running job from it, whatever the visitor's clock says.
     :param notice: a warning shown above the job.
+    :param may_rerun: whether the visitor may run the job again (to offer it
+        once the job is done).
     """
     job_id = job["id"]
     done = bool(job["done"])
@@ -475,6 +478,20 @@ def job_page(
         how=f" · {how}" if how else "")
     back = Markup('<a class="back" href="{}/">← All jobs</a>\n').format(root) \
         if may_list else Markup("")
+    reruns = Markup("")
+    for label, other, element_id in (
+        ("Run again of", job.get("rerun_of"), "rerun-of"),
+        ("Run again as", job.get("rerun_as"), "rerun-as"),
+    ):
+        if other:
+            reruns += Markup(
+                '<dt>{label}</dt><dd><a id="{eid}" class="jobid" href="{root}/{id}">'
+                "{id}</a></dd>").format(label=label, eid=element_id, root=root,
+                                        id=other)
+    rerun = Markup(
+        '<form id="rerun" class="rerun" method="post" action="{api}/rerun"{hide}>'
+        '<button type="submit">Run again</button></form>\n'
+    ).format(api=api, hide=_hidden(not done)) if may_rerun else Markup("")
     main = Markup(
         '{back}{notice}'
         '<div id="lost" class="banner error" role="alert" hidden></div>\n'
@@ -488,8 +505,8 @@ def job_page(
         "<dt>Started</dt><dd>{started}</dd>"
         "<dt>Ended</dt><dd>{ended}</dd>"
         '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
-        "{arguments}{cancel_info}</dl>\n"
-        "{progress}\n"
+        "{arguments}{cancel_info}{reruns}</dl>\n"
+        "{progress}\n{rerun}"
         '<form id="cancel" class="cancel" method="post" action="{api}/cancel"'
         '{hide_cancel}><button type="submit">Cancel job</button>'
         '<span id="cancel-note" class="note"{hide_note}> cancel requested…</span>'
@@ -519,7 +536,7 @@ def job_page(
         ended=_time(job["ended_at"], "ended"),
         duration_label="Duration" if done else "Elapsed",
         duration=format_duration(job["started_at"], end),
-        arguments=arguments, cancel_info=cancel_info,
+        arguments=arguments, cancel_info=cancel_info, reruns=reruns, rerun=rerun,
         progress=_progress(job["progress"], ids=True),
         hide_cancel=_hidden(done),
         hide_note=_hidden(done or not job.get("cancel_requested")),
@@ -541,6 +558,8 @@ ERROR_HINTS = {
          " (max_jobs), and a restarted server forgets the jobs it kept in"
          " memory. Start the work again from the page that started it.",
     405: "This address does not take that kind of request.",
+    409: "The job cannot be run again now. Start the work again from the page"
+         " that started it.",
     413: "Send less data, or ask whoever runs this site to raise max_body_bytes.",
     503: "The server is busy or cannot reach its job store. Try again in a"
          " moment.",

@@ -203,6 +203,13 @@ class GuardedStore:
     def list(self, limit: int | None = None) -> builtins.list[Record]:
         return self._call("list", limit)  # type: ignore[no-any-return]
 
+    def page(
+        self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Record], int]:
+        return self._call(  # type: ignore[no-any-return]
+            "page", states, query, offset, limit)
+
     def ids_in_state(self, *states: str) -> builtins.list[str]:
         return self._call("ids_in_state", *states)  # type: ignore[no-any-return]
 

@@ -174,8 +174,12 @@ class MemoryStore:
             if record["id"] in self._records:
                 raise ValueError(f"job id {record['id']!r} is already stored")
             record = dict(record, state=JobState.QUEUED.value, output_size=0,
-                          cancel_requested_at=None, cancelled_how=None)
+                          cancel_requested_at=None, cancelled_how=None,
+                          rerun_as=None)
             self._records[record["id"]] = record
+            original = self._records.get(record.get("rerun_of") or "")
+            if original is not None:
+                original["rerun_as"] = record["id"]
             self._outputs[record["id"]] = _Output(self.max_output_bytes)
             if call is not None:
                 self._calls[record["id"]] = call
@@ -299,6 +303,21 @@ class MemoryStore:
             self._prune()
             records = reversed(self._records.values())
             return [dict(r) for r in itertools.islice(records, limit or None)]
+
+    def page(
+        self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Record], int]:
+        folded = query.casefold()
+        with self._lock:
+            self._prune()
+            found = [
+                r for r in reversed(self._records.values())
+                if (not states or r["state"] in states)
+                and (not query or folded in str(r["name"]).casefold()
+                     or r["id"] == query)
+            ]
+            return [dict(r) for r in found[offset : offset + limit]], len(found)
 
     def ids_in_state(self, *states: str) -> builtins.list[str]:
         with self._lock:

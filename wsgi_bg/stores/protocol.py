@@ -25,6 +25,11 @@ RECORD_FIELDS = (
     "pid", "output_size", "args", "cancel_requested_at", "cancelled_how",
 )
 
+#: Optional fields: ``rerun_of``, the id of the job this one runs again (set
+#: by whoever creates it), and ``rerun_as``, the id of its latest run again
+#: (set by :meth:`Store.create` of that run, in the same call).
+RERUN_FIELDS = ("rerun_of", "rerun_as")
+
 
 class Store(Protocol):
     """Records are plain dicts with at least :data:`RECORD_FIELDS`. Each method
@@ -41,7 +46,12 @@ class Store(Protocol):
     ) -> bool:
         """Add a queued record, and ``call``, the job's pickled call (kept, as
         the record, until the job is dropped: see :meth:`call`); ``False``
-        (and nothing added) if ``max_queued`` jobs are already waiting."""
+        (and nothing added) if ``max_queued`` jobs are already waiting.
+
+        A record whose ``rerun_of`` names a stored job is a run again of it:
+        the same call sets that job's ``rerun_as`` to the new id, so each
+        page links to the other and no reader sees one link without the
+        other."""
 
     def call(self, job_id: str) -> bytes | None:
         """The pickled call kept with the job, or ``None`` (none kept, or the
@@ -101,6 +111,19 @@ class Store(Protocol):
 
     def list(self, limit: int | None = None) -> builtins.list[Record]:
         """Records, newest first."""
+
+    def page(
+        self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Record], int]:
+        """One page of the list, newest first, and how many records match:
+        those in any of ``states`` (all when empty) whose name contains
+        ``query`` (ignoring case; on Redis, only ASCII letters' case) or
+        whose id is ``query``; ``limit`` records from the ``offset``-th. What
+        the list pages read: one call, whatever the number of jobs kept.
+
+        .. versionadded:: 0.2
+        """
 
     def ids_in_state(self, *states: str) -> builtins.list[str]:
         """Ids of the jobs in any of ``states``, oldest first."""

@@ -215,15 +215,18 @@ end
 """
 
 # ARGV[7] id, [8] max_queued, [9] created_at, [10] signed call or '',
-# [11...] field, value pairs
+# [11] id of the job this one runs again or '', [12...] field, value pairs
 _CREATE = """
 prune()
 local id = ARGV[7]
 if redis.call('ZCARD', P .. 'state:queued') >= tonumber(ARGV[8]) then return 0 end
 if redis.call('EXISTS', k('job', id)) == 1 then return -1 end
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', k('job', id), 'state', 'queued', 'output_size', '0', unpack(fields))
+if ARGV[11] ~= '' and redis.call('EXISTS', k('job', ARGV[11])) == 1 then
+  redis.call('HSET', k('job', ARGV[11]), 'rerun_as', '"' .. id .. '"')
+end
 if ARGV[10] ~= '' then redis.call('SET', k('call', id), ARGV[10]) end
 redis.call('ZADD', P .. 'jobs', ARGV[9], id)
 redis.call('ZADD', P .. 'state:queued', ARGV[9], id)
@@ -338,6 +341,59 @@ for _, id in ipairs(ids) do
   if #fields > 0 then records[#records + 1] = fields end
 end
 return records
+"""
+
+# ARGV[7] query as it is stored (JSON-escaped, lower case) or '', [8] the
+# query as given (an id), [9] offset, [10] limit, [11...] states (none: all).
+# Without a query: ZCARD and ZREVRANGE ... LIMIT on the state zsets (merged
+# when several); with one, the names of the jobs kept are read here, in Redis
+# (bounded by max_jobs and the jobs queued and running), never sent back.
+_PAGE = """
+prune()
+local q, qid = ARGV[7], ARGV[8]
+local offset, limit = tonumber(ARGV[9]), tonumber(ARGV[10])
+local keys = {}
+for i = 11, #ARGV do keys[#keys + 1] = P .. 'state:' .. ARGV[i] end
+if #keys == 0 then keys = {P .. 'jobs'} end
+local function newer(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end
+local found, total = {}, 0
+if q == '' then
+  for _, key in ipairs(keys) do
+    total = total + redis.call('ZCARD', key)
+    if limit > 0 then  -- (ZREVRANGE 0 -1 would be everything)
+      local got = redis.call('ZREVRANGE', key, #keys == 1 and offset or 0,
+                             offset + limit - 1, 'WITHSCORES')
+      for i = 1, #got, 2 do found[#found + 1] = {tonumber(got[i + 1]), got[i]} end
+    end
+  end
+  if #keys > 1 then
+    table.sort(found, newer)
+  else
+    offset = 0  -- ZREVRANGE skipped it
+  end
+else
+  for _, key in ipairs(keys) do
+    local got = redis.call('ZREVRANGE', key, 0, -1, 'WITHSCORES')
+    for i = 1, #got, 2 do
+      local id = got[i]
+      local name = redis.call('HGET', k('job', id), 'name')
+      if id == qid or (name and string.find(string.lower(name), q, 1, true)) then
+        found[#found + 1] = {tonumber(got[i + 1]), id}
+      end
+    end
+  end
+  if #keys > 1 then table.sort(found, newer) end
+  total = #found
+end
+local records = {}
+for i = offset + 1, math.min(offset + limit, #found) do
+  local fields = redis.call('HGETALL', k('job', found[i][2]))
+  if #fields > 0 then records[#records + 1] = fields end
+end
+return {total, records}
 """
 
 _COUNTS = """
@@ -479,6 +535,7 @@ class RedisStore:
         self._read = script(_LIB + _READ)
         self._list = script(_LIB + _LIST)
         self._counts = script(_LIB + _COUNTS)
+        self._page = script(_LIB + _PAGE)
         self._sweep = script(_LIB + _SWEEP)
 
     def _args(self, *extra: Any) -> list[Any]:
@@ -496,11 +553,11 @@ class RedisStore:
             if name not in ("state", "output_size"):
                 fields += [name, _dump(value)]
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
-                   "cancelled_how", "null"]
+                   "cancelled_how", "null", "rerun_as", "null"]
         signed = b"" if call is None else self._signer.sign("call", record["id"], call)
         created = self._create(args=self._args(
             record["id"], max_queued, repr(float(record["created_at"])), signed,
-            *fields))
+            record.get("rerun_of") or "", *fields))
         if created == -1:
             raise ValueError(f"job id {record['id']!r} is already stored")
         return bool(created)
@@ -596,6 +653,21 @@ class RedisStore:
     def list(self, limit: int | None = None) -> builtins.list[Record]:
         self._maybe_sweep()
         return [_decode_record(f) for f in self._list(args=self._args(limit or 0))]
+
+    @_reaching
+    def page(
+        self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[builtins.list[Record], int]:
+        self._maybe_sweep()
+        for state in states:
+            if state not in _STATES:
+                raise ValueError(f"states must be job states, got {state!r}")
+        # Names are stored as JSON: the query is matched as JSON too.
+        stored = _dump(query)[1:-1].lower() if query else ""
+        total, found = self._page(args=self._args(
+            stored, query, max(0, int(offset)), max(0, int(limit)), *states))
+        return [_decode_record(f) for f in found], int(total)
 
     @_reaching
     def ids_in_state(self, *states: str) -> builtins.list[str]:

@@ -310,6 +310,7 @@
       progress(job.progress);
       byId("cancel-note").hidden = !job.cancel_requested || !!job.done;
       byId("cancel").hidden = !!job.done;
+      if (byId("rerun")) { byId("rerun").hidden = !job.done; }
       if (finite(job.cancel_requested_at)) {
         byId("cancel-dt").hidden = byId("cancel-info").hidden = false;
         setTime(byId("cancel-at"), job.cancel_requested_at);
@@ -336,6 +337,7 @@
     function lost(status) {
       done = true;
       byId("cancel").hidden = true;
+      if (byId("rerun")) { byId("rerun").hidden = true; }
       if (follow) { follow.parentNode.hidden = true; }
       if (status === 404) {
         badge("lost", "lost");
