@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -30,6 +31,7 @@ from typing import Any
 
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
+from .limits import MAX_RESULT_BYTES
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .stores import Backend, Store, open_backend
 
@@ -149,7 +151,7 @@ class Engine:
         executor_factory: Callable[[], Executor] | None = None,
         max_jobs_per_process: int = 100, store: Any = None,
         namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
-        runner: Any = None,
+        runner: Any = None, max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
@@ -159,6 +161,7 @@ class Engine:
         _check_number("job_ttl", job_ttl, minimum=0)
         _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
         _check_number("max_queued", max_queued, minimum=1, integer=True)
+        _check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
         _check_number("cancel_grace", cancel_grace, minimum=0)
         methods = multiprocessing.get_all_start_methods()
         if start_method is not None and start_method not in methods:
@@ -179,6 +182,7 @@ class Engine:
         self.start_method = start_method or default_start_method()
         self.executor_factory = executor_factory
         self.max_jobs_per_process = max_jobs_per_process
+        self.max_result_bytes = max_result_bytes
         self._lock = threading.RLock()
         self._backend: Backend = open_backend(
             store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
@@ -187,7 +191,7 @@ class Engine:
         self._planned: Runner = open_runner(
             runner, backend=self._backend, max_workers=max_workers,
             start_method=self.start_method, executor_factory=executor_factory,
-            jobs_per_process=max_jobs_per_process,
+            jobs_per_process=max_jobs_per_process, max_result_bytes=max_result_bytes,
         )
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
@@ -224,6 +228,7 @@ class Engine:
                     self._runner = runner
                     return runner
                 ctx = multiprocessing.get_context(self.start_method)
+                _survive_removed_cwd()
                 before = _forkserver_pid()
                 store = self._backend.start(ctx, holds_queued=runner.holds_queued)
                 if runner.needs_link and self.start_method == "forkserver":
@@ -473,6 +478,33 @@ def _worker_failure(exc: BaseException) -> str:
             f" pool was restarted for later jobs ({exc!r})"
         )
     return f"the worker process running this job failed: {exc!r}"
+
+
+class _OsModule(types.ModuleType):
+    """:mod:`os` for :mod:`multiprocessing.spawn`, whose ``getcwd()`` answers
+    ``"/"`` once this process's working directory was removed."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def getcwd() -> str:
+        try:
+            return os.getcwd()
+        except FileNotFoundError:
+            return "/"
+
+
+def _survive_removed_cwd() -> None:
+    """Let multiprocessing start processes (pool workers, the store's
+    manager, the forkserver) after the server's working directory was
+    removed (a deploy pruning old releases): it sends every new process the
+    parent's ``os.getcwd()``, which then raises. They start in ``/``
+    instead; nothing else changes, and only where it would have failed."""
+    from multiprocessing import spawn
+
+    if not isinstance(getattr(spawn, "os", None), _OsModule):
+        spawn.os = _OsModule("os")  # type: ignore[attr-defined]
 
 
 def _release_helpers(engine: Engine) -> None:

@@ -37,6 +37,7 @@ from .auth import default_authorize
 from .engine import Engine, _check_number
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job
+from .limits import MAX_RESULT_BYTES
 from .marks import MIDDLEWARE_KEY, MarkedApp, run_app, snapshot_environ
 from .status import StatusApp
 
@@ -190,6 +191,11 @@ class BackgroundMiddleware:
     :param max_output_bytes: output kept per job, in bytes of UTF-8; past it
         the head and the tail are kept (cut at character boundaries), with a
         marker saying how many bytes were dropped.
+    :param max_result_bytes: the largest result a job may return, in pickled
+        bytes (default 10 MiB). A job returning more ends ``failed`` with an
+        error naming the size and the limit; the result is dropped in the
+        job's own process and no other process, nor the store, keeps it.
+        Return a path to a file for results this large.
     :param max_queued: jobs that may wait for a worker; one more raises
         :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
     :param cancel_grace: seconds a running job gets to stop after a cancel (or
@@ -264,6 +270,7 @@ class BackgroundMiddleware:
         namespace: str = "wsgi_bg",
         secret_key: str | bytes | None = None,
         runner: str | Queue = "pool",
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
@@ -296,6 +303,7 @@ class BackgroundMiddleware:
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,
             namespace=namespace, secret_key=secret_key, runner=runner,
+            max_result_bytes=max_result_bytes,
         )
         self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted
@@ -413,14 +421,6 @@ class BackgroundMiddleware:
         """
         return self.engine.submit(fn, args, kwargs, url_for=self.url_for)
 
-    def get_job(self, job_id: str) -> Job | None:
-        """The job with this id, or ``None`` if unknown or already dropped."""
-        return self.engine.get(job_id)
-
-    def jobs(self) -> list[Job]:
-        """Every stored job, newest first."""
-        return self.engine.jobs()
-
     def rerun(self, job_id: str) -> Job:
         """Queue a stored job's call again, as a new job; return it at once.
 
@@ -439,6 +439,14 @@ class BackgroundMiddleware:
         .. versionadded:: 0.2
         """
         return self.engine.rerun(job_id, url_for=self.url_for)
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None`` if unknown or already dropped."""
+        return self.engine.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Every stored job, newest first."""
+        return self.engine.jobs()
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop every process started: queued jobs end cancelled; running jobs
