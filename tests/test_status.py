@@ -234,10 +234,10 @@ def test_authorize_is_asked_for_every_action(make_mw):
     client.get(f"/_jobs/api/jobs/{job.id}")
     client.get(f"/_jobs/api/jobs/{job.id}/events")
     client.post(f"/_jobs/api/jobs/{job.id}/cancel")
-    # The job page also asks "list" and "rerun", to link the list and offer
+    # The job page also asks "list" and "retry", to link the list and offer
     # Run again only to who may use them.
     assert calls == [("list", None), ("list", None), ("view", job.id),
-                     ("list", None), ("rerun", job.id), ("view", job.id),
+                     ("list", None), ("retry", job.id), ("view", job.id),
                      ("view", job.id), ("cancel", job.id)]
 
 
@@ -1103,7 +1103,7 @@ def test_run_again_follows_authorize_and_same_origin(make_mw):
 
     def authorize(environ, action, job):
         asked.append(action)
-        return action != "rerun"
+        return action != "retry"
 
     mw = make_mw(hello_app, authorize=authorize)
     client = webtest.TestApp(mw, lint=True)
@@ -1111,7 +1111,7 @@ def test_run_again_follows_authorize_and_same_origin(make_mw):
     page = client.get(f"/_jobs/{job.id}").text
     assert 'id="rerun"' not in page  # not offered
     client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403)
-    assert "rerun" in asked and job.to_dict()["rerun_as"] is None
+    assert "retry" in asked and job.to_dict()["rerun_as"] is None
     client = webtest.TestApp(make_mw(hello_app), lint=True)
     job = run(client.app, statusfuncs.say, "x")
     client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403,

@@ -2,7 +2,7 @@
 
 ``authorize(environ, action, job) -> bool`` decides who may use the status
 pages. ``action`` is ``"list"`` (the job list; ``job`` is ``None``), ``"view"``
-(one job's page, JSON or event stream), ``"cancel"`` or ``"rerun"`` (run an
+(one job's page, JSON or event stream), ``"cancel"`` or ``"retry"`` (run an
 ended job's call again, as a new job). Without one, a job's own pages, its
 cancel and its run again are open to whoever holds its id (an unguessable
 capability) and the list is refused. ``job`` is a lazy

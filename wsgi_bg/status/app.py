@@ -18,7 +18,7 @@ Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
     GET  /api/jobs/<id>/events      Server-Sent Events, in windows  "view"
     POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
     POST /api/jobs/<id>/rerun       run a job that ended again, as a new job
-                                    (same origin)            authorize "rerun"
+                                    (same origin)            authorize "retry"
     GET  /static/status.js|css      the pages' script and style
 
 Every answer carries a Content-Security-Policy without inline script or
@@ -453,7 +453,7 @@ class StatusApp:
             request.script_root, data, output, offset,
             may_list=self._may_list(request), now=time.time(),
             notice=self._notice(request),
-            may_rerun=self._may(request, "rerun",
+            may_rerun=self._may(request, "retry",
                                 Job(self.middleware.engine, job_id)),
         )
         return Response(page, mimetype="text/html")
@@ -538,7 +538,7 @@ class StatusApp:
 
     def _rerun(self, request: Request, job_id: str) -> Response:
         check_same_origin(request)
-        job = self._job(request, job_id, "rerun")
+        job = self._job(request, job_id, "retry")
         try:
             state = job.state
         except LookupError:
