@@ -289,12 +289,17 @@ class Gunicorn:
              f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "redisfuncs:app"],
             env=env, cwd=TESTS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
-        wait_for(self._ready, timeout=20, interval=0.05, message="gunicorn to serve")
+        try:
+            wait_for(self._ready, timeout=20, interval=0.05,
+                     message="gunicorn to serve")
+        except BaseException:
+            self.kill_all()  # nothing left behind when it never served
+            raise
 
     def _ready(self) -> bool:
         try:
-            return requests.get(self.url + "/", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(self.url + "/", timeout=2).ok
+        except requests.RequestException:  # not up yet, or slow to answer
             return False
 
     def tree(self) -> list[psutil.Process]:
