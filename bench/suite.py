@@ -20,13 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_bg import BackgroundMiddleware
@@ -1009,6 +1011,112 @@ def bench_rq(cfg: Config) -> Result:
     )
 
 
+# -- 10. open job pages on a server with few threads -----------------------------------
+
+
+class _FourThreads(BaseWSGIServer):
+    """A server with 4 request threads, as gunicorn ``--threads 4``."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__("127.0.0.1", 0, app, handler=_QuietHandler)
+        self.pool = ThreadPoolExecutor(4)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _page(base: str, job_id: str, stop: threading.Event, errors: list[str]) -> None:
+    """What an open job page does: poll for new output with ``since`` and
+    ``If-None-Match``, 0.5 s after news, slowing to 2 s while nothing changes."""
+    since, etag, delay = 0, None, 0.5
+    while not stop.is_set():
+        url = f"{base}{PREFIX}/api/jobs/{job_id}?since={since}"
+        request = urllib.request.Request(url)
+        if etag:
+            request.add_header("If-None-Match", etag)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                data = json.loads(answer.read())
+                etag = answer.headers.get("ETag")
+                since, delay = data["next"], 0.5
+        except urllib.error.HTTPError as exc:
+            if exc.code != 304:
+                errors.append(f"HTTP {exc.code}")
+            delay = min(delay * 2, 2.0)
+        except OSError as exc:
+            errors.append(repr(exc))
+        stop.wait(delay)
+
+
+def bench_pages(cfg: Config) -> Result:
+    """16 open job pages on a 4-thread server, jobs live: how long the app's
+    other routes take meanwhile (the pages must cost no thread for a job's life)."""
+    pages, duration = 16, max(3.0, cfg.duration / 3)
+    stop, errors = threading.Event(), []
+    latencies: list[float] = []
+    with middleware(cfg, max_workers=pages) as mw:
+        jobs = [mw.submit(jobfuncs.tick, int(duration * 4) + 40, 0.25)
+                for _ in range(pages)]
+        deadline = time.monotonic() + 60
+        while any(job.state.value == "queued" for job in jobs):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the page jobs did not start")
+            time.sleep(0.05)
+        server = _FourThreads(mw)
+        serve = threading.Thread(target=server.serve_forever, daemon=True)
+        serve.start()
+        base = f"http://127.0.0.1:{server.server_port}"
+        pollers = [threading.Thread(target=_page, args=(base, j.id, stop, errors),
+                                    daemon=True) for j in jobs]
+        try:
+            for poller in pollers:
+                poller.start()
+            time.sleep(1.0)  # the pages settle into following their jobs
+            deadline = time.monotonic() + duration
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                with urllib.request.urlopen(f"{base}/", timeout=10) as answer:
+                    answer.read()
+                latencies.append(time.perf_counter() - start)
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for poller in pollers:
+                poller.join(15)
+            server.shutdown()
+            server.server_close()
+            for job in jobs:
+                job.cancel()
+    worst, p99 = max(latencies), percentile(latencies, 99)
+    return Result(
+        name="pages",
+        figures={"other_route_p50_ms": percentile(latencies, 50) * 1e3,
+                 "other_route_p99_ms": p99 * 1e3, "other_route_max_ms": worst * 1e3,
+                 "requests": len(latencies), "page_errors": len(errors),
+                 "error_samples": sorted(set(errors))[:5]},
+        reference={"budget_s": 1.0},
+        ratio=worst / 1.0,
+        ratio_meaning="slowest other-route answer as a fraction of 1 s",
+        target="16 live pages on 4 threads: other routes < 1 s, pages without errors",
+        passed=worst < 1.0 and not errors,
+        rows=[("GET / while 16 job pages poll (4 threads)",
+               f"p50 {ms(percentile(latencies, 50))}, p99 {ms(p99)}, max {ms(worst)}",
+               f"{len(latencies)} requests; page errors {len(errors)}")],
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "passthrough": bench_passthrough,
     "submit": bench_submit,
@@ -1018,6 +1126,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "status": bench_status,
     "soak": bench_soak,
     "redis": bench_redis,
+    "pages": bench_pages,
     "rq": bench_rq,
 }
 
