@@ -1014,7 +1014,7 @@ def bench_rq(cfg: Config) -> Result:
 # -- 10. open job pages on a server with few threads -----------------------------------
 
 
-class _FourThreads(BaseWSGIServer):
+class FourThreads(BaseWSGIServer):
     """A server with 4 request threads, as gunicorn ``--threads 4``."""
 
     def __init__(self, app: Any) -> None:
@@ -1074,7 +1074,7 @@ def bench_pages(cfg: Config) -> Result:
             if time.monotonic() > deadline:
                 raise TimeoutError("the page jobs did not start")
             time.sleep(0.05)
-        server = _FourThreads(mw)
+        server = FourThreads(mw)
         serve = threading.Thread(target=server.serve_forever, daemon=True)
         serve.start()
         base = f"http://127.0.0.1:{server.server_port}"

@@ -7,6 +7,8 @@ import uuid
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # job modules importable by workers
+# bench/ (not installed) for the tests that share its helpers
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helpers import SESSION_PIDS  # noqa: E402
 from redis_server import RedisServer  # noqa: E402

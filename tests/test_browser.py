@@ -10,13 +10,13 @@ import shutil
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pytest
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import make_server
 
 import statusfuncs
+from bench.suite import FourThreads  # a server with 4 request threads
 from helpers import wait_for
 from test_status import fake_job, hello_app
 from wsgi_bg.auth import allow_all
@@ -319,30 +319,6 @@ def test_no_horizontal_scroll_at_390_px(mw, context, console, which):
 
 
 # -- open pages cost no thread ---------------------------------------------------------
-
-class FourThreads(BaseWSGIServer):
-    """A server with 4 request threads, as gunicorn --threads 4 (one request
-    per connection: HTTP/1.0, as the single-threaded server speaks)."""
-
-    def __init__(self, app):
-        super().__init__("127.0.0.1", 0, app)
-        self.pool = ThreadPoolExecutor(4)
-
-    def process_request(self, request, client_address):
-        self.pool.submit(self._handle, request, client_address)
-
-    def _handle(self, request, client_address):
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-
-    def server_close(self):
-        super().server_close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
 
 @pytest.mark.timeout(180)
 def test_sixteen_open_pages_leave_a_four_thread_server_free(mw, context, console):
