@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,14 +296,17 @@ def bench_submit(cfg: Config) -> Result:
 def bench_throughput(cfg: Config) -> Result:
     """N trivial jobs until all succeeded in the store vs a bare pool's results."""
     n = cfg.n(2000, 20)
+    # The bare pool's rate swings by up to 2x from run to run (see
+    # docs/performance.md): five interleaved runs, the median of each side.
+    reps = max(cfg.reps, 5)
     ours, bare, submit_loop = [], [], []
     with (
-        middleware(cfg, max_queued=n + 10, max_jobs=cfg.reps * n + 100) as mw,
+        middleware(cfg, max_queued=n + 10, max_jobs=reps * n + 100) as mw,
         bare_pool(cfg) as pool,
     ):
         warm(mw, cfg)
         store = mw.engine.store
-        for _ in range(cfg.reps):
+        for _ in range(reps):
             base = store.counts()["succeeded"]
             start = time.perf_counter()
             for i in range(n):
@@ -319,9 +322,13 @@ def bench_throughput(cfg: Config) -> Result:
             wait_idle(mw)
             start = time.perf_counter()
             futures = [pool.submit(noop, i) for i in range(n)]
-            for future in futures:
-                future.result()
+            # Wait for all at once, as a plain use would: result() in turn
+            # wakes this thread once per future, which costs the bare pool
+            # (its server-side threads share one GIL) a few percent.
+            wait(futures)
             bare.append(n / (time.perf_counter() - start))
+            for future in futures:
+                future.result()  # a failed noop would make the reference a lie
     w, b = median(ours), median(bare)
     per_submit = median(submit_loop)
     return Result(
@@ -332,13 +339,15 @@ def bench_throughput(cfg: Config) -> Result:
             "submit_call_us": per_submit * 1e6,
             "runs": [round(x) for x in ours],
         },
-        reference={"bare_pool_jobs_per_s": b, "runs": [round(x) for x in bare]},
+        reference={"bare_pool_jobs_per_s": b, "bare_pool_best_jobs_per_s": max(bare),
+                   "runs": [round(x) for x in bare]},
         ratio=w / b,
         ratio_meaning="fraction of a bare ProcessPoolExecutor's jobs/s",
         target=">= 0.5 of the bare rate",
         passed=w / b >= 0.5,
         rows=[
-            ("jobs/s, submit to succeeded in store", rate(w), f"bare pool {rate(b)}"),
+            ("jobs/s, submit to succeeded in store", rate(w),
+             f"bare pool {rate(b)} (best run {rate(max(bare))})"),
             (
                 "submit() call, server side",
                 f"{per_submit * 1e6:.0f} us",
