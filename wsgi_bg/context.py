@@ -30,10 +30,20 @@ from .limits import MAX_MESSAGE_CHARS, bounded_number, shorten
 if TYPE_CHECKING:
     from .middleware import BackgroundMiddleware
 
-#: The middleware serving the current request, for @background and marked apps.
-active_middleware: contextvars.ContextVar[BackgroundMiddleware | None] = (
-    contextvars.ContextVar("wsgi_bg.middleware", default=None)
+#: The middleware serving the current request, for @background and marked
+#: apps, with the request's ``SCRIPT_NAME`` as it reached the middleware (apps
+#: below, such as DispatcherMiddleware, change environ's in place), for job
+#: links; ``None`` there: where the middleware was last seen mounted. One
+#: variable, not two: each is set and reset on every request.
+serving: contextvars.ContextVar[tuple[BackgroundMiddleware, str | None] | None] = (
+    contextvars.ContextVar("wsgi_bg.serving", default=None)
 )
+
+
+def active_middleware() -> BackgroundMiddleware | None:
+    """The middleware serving the current request, or ``None``."""
+    served = serving.get()
+    return served[0] if served is not None else None
 
 _HEADER = struct.Struct("!I")
 

@@ -88,7 +88,7 @@ class BackgroundFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         if context.in_job():
             return self.__wrapped__(*args, **kwargs)
-        middleware = context.active_middleware.get()
+        middleware = context.active_middleware()
         if middleware is None:
             raise RuntimeError(
                 f"{self._name} is a @background function: calling it starts a"
@@ -238,7 +238,7 @@ class MarkedApp:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        middleware = environ.get(MIDDLEWARE_KEY) or context.active_middleware.get()
+        middleware = environ.get(MIDDLEWARE_KEY) or context.active_middleware()
         if middleware is None:
             logger.error(
                 "%s is marked with backgrounder but no BackgroundMiddleware is"

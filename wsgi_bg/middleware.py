@@ -12,7 +12,6 @@ code anywhere calls :meth:`BackgroundMiddleware.submit`.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import multiprocessing
@@ -50,12 +49,6 @@ logger = logging.getLogger("wsgi_bg")
 
 P = ParamSpec("P")
 
-
-# The middleware's own SCRIPT_NAME for the request being served: apps below
-# (DispatcherMiddleware) change environ["SCRIPT_NAME"] in place.
-_request_script_name: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "wsgi_bg.script_name", default=None
-)
 
 #: ``authorize(environ, action, job) -> bool``; see :mod:`wsgi_bg.auth`.
 Authorize = Callable[["WSGIEnvironment", str, "Job | None"], bool]
@@ -294,6 +287,7 @@ class BackgroundMiddleware:
         _exit_on_sigterm()
         self.app = app
         self.prefix = prefix.rstrip("/")
+        self._prefix_dir = self.prefix + "/"
         self.status_url = status_url.rstrip("/") if status_url else None
         self.max_body_bytes = max_body_bytes
         self.authorize: Authorize = authorize or default_authorize
@@ -317,27 +311,28 @@ class BackgroundMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
+        # Every request passes here: kept to what each needs (issue 13: the
+        # prefix test at a "/" boundary, one context variable set and reset).
         script_name = environ.get("SCRIPT_NAME", "")
         self._script_name = script_name
         if not self._multiprocess_checked:
             self._check_multiprocess(environ)
         path = environ.get("PATH_INFO", "")
-        if path == self.prefix or path.startswith(self.prefix + "/"):
+        if path.startswith(self.prefix) and (
+                path == self.prefix or path.startswith(self._prefix_dir)):
             # Mount the pages as werkzeug's DispatcherMiddleware would.
             environ["SCRIPT_NAME"] = script_name + self.prefix
             environ["PATH_INFO"] = path[len(self.prefix) :]
             return self.status_app(environ, start_response)
         environ[MIDDLEWARE_KEY] = self
-        token = context.active_middleware.set(self)
-        mount_token = _request_script_name.set(script_name)
+        token = context.serving.set((self, script_name))
         try:
             return self.app(environ, start_response)
         except (QueueFull, StoreUnavailable) as exc:
             # A @background call in a view found no room, or no store: 503.
             return exc(environ, start_response)
         finally:
-            _request_script_name.reset(mount_token)
-            context.active_middleware.reset(token)
+            context.serving.reset(token)
 
     def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
         self._multiprocess_checked = True
@@ -396,7 +391,10 @@ class BackgroundMiddleware:
     def _status_base(self) -> str:
         if self.status_url is not None:
             return self.status_url
-        script_name = _request_script_name.get()
+        served = context.serving.get()
+        # The request's own mount point (apps below may have changed environ's),
+        # when this middleware serves it; else where it was last seen mounted.
+        script_name = served[1] if served is not None and served[0] is self else None
         if script_name is None:
             script_name = self._script_name
         return script_name + self.prefix

@@ -367,11 +367,11 @@ def serving(mw: BackgroundMiddleware) -> Iterator[BackgroundMiddleware]:
 
     if not isinstance(mw, BackgroundMiddleware):
         raise TypeError(f"serving() takes a BackgroundMiddleware, got {mw!r}")
-    token = context.active_middleware.set(mw)
+    token = context.serving.set((mw, None))
     try:
         yield mw
     finally:
-        context.active_middleware.reset(token)
+        context.serving.reset(token)
 
 
 def _find_middleware(obj: Any, depth: int = 0) -> BackgroundMiddleware | None:
