@@ -7,9 +7,18 @@ out, and a killed one makes the call raise ``BrokenPipeError`` or
 manager backend in the server process, turns both into
 :exc:`~wsgi_bg.exceptions.StoreUnavailable` (a ``503`` with ``Retry-After``)::
 
-    request thread ── call ──► a "wsgi_bg-store" thread ── proxy ──► manager
-         │ waits at most ``timeout``                                (hung? dead?)
+    request thread ── call on a pooled connection ──► manager
+         │ polls for the answer at most ``timeout``   (hung? dead?)
          └─ StoreUnavailable
+
+A call is made in the calling thread, on one of a few connections to the
+manager kept for every thread (a proxy keeps one per thread, and a threaded
+server starts a thread per request): no hop to another thread, whose two
+hand-overs of the GIL cost ~90 µs a call and more under load (issue 13).
+Only opening a connection, rare, is done by a helper thread, so that a
+stopped manager (which accepts but never answers the handshake) cannot hold
+the caller beyond ``timeout``. Stores that are not manager proxies are
+called through those helper threads.
 
 - **Hung**: a call that takes longer than ``timeout`` is given up; until the
   store answers again (one probe thread keeps asking) every call fails at once,
@@ -31,6 +40,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from multiprocessing import connection, managers
 from typing import Any
 
 from ..exceptions import StoreUnavailable
@@ -40,7 +50,8 @@ logger = logging.getLogger("wsgi_bg")
 
 #: Seconds a call may take before the store is deemed hung.
 DEFAULT_TIMEOUT = 3.0
-#: Threads making calls at once (each keeps its own connection to the manager).
+#: Calls in flight at once, each on a connection of its own to the manager
+#: (and helper threads, for opening them).
 _THREADS = 8
 
 
@@ -70,13 +81,20 @@ class GuardedStore:
         self._lock = threading.Lock()
         self.hung = False
         self.lost = False
+        self._closed = False
+        # A manager proxy is called directly, on pooled connections.
+        self._direct = isinstance(store, managers.BaseProxy)
+        self._idle: list[connection.Connection] = []
+        self._slots = threading.BoundedSemaphore(_THREADS)
 
     # -- the guard ----------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> Any:
-        if self.lost:
+        if self.lost or self._closed:
             raise StoreUnavailable(self._lost_text())
         if self.hung:
             raise StoreUnavailable(_HUNG.format(self.timeout))
+        if self._direct:
+            return self._call_direct(method, args)
         try:
             future = self._executor.submit(_invoke, self._store, method, args)
         except RuntimeError:  # the executor was shut down: the store was stopped
@@ -86,19 +104,100 @@ class GuardedStore:
         except FutureTimeout:
             if method == "create":
                 future.add_done_callback(lambda f: self._undo_create(f, args[0]))
-            if not self._alive():
-                self._mark_lost()
-                raise StoreUnavailable(self._lost_text()) from None
-            self._mark_hung()
-            raise StoreUnavailable(_HUNG.format(self.timeout)) from None
+            raise self._no_answer() from None
         except (OSError, EOFError) as exc:
-            # The connection broke: the process is gone, or going.
-            if not self._alive():
-                self._mark_lost()
-                raise StoreUnavailable(self._lost_text()) from exc
-            raise StoreUnavailable(
-                f"the job store could not be reached ({exc!r}); try again"
-            ) from exc
+            raise self._broken(exc) from exc
+
+    def _call_direct(self, method: str, args: tuple[Any, ...]) -> Any:
+        """The call on a pooled connection, in this thread; what
+        ``BaseProxy._callmethod`` does, with a bounded wait for the answer."""
+        if not self._slots.acquire(timeout=self.timeout):
+            raise self._no_answer()  # every connection waits on the store
+        try:
+            conn = self._connection()
+            # Back to the pool only in step with the manager (its answer
+            # read); closed if anything else happened on the way.
+            outcome = "broken"
+            try:
+                conn.send((self._store._id, method, args, {}))  # type: ignore[attr-defined]
+                if not conn.poll(self.timeout):
+                    # The answer may come later: read it in a thread of its
+                    # own (a create that lands is then cancelled), never here.
+                    outcome = "late"
+                    threading.Thread(
+                        target=self._late_answer, args=(conn, method, args),
+                        name="wsgi_bg-store-late", daemon=True).start()
+                    raise self._no_answer()
+                kind, result = conn.recv()
+                outcome = "answered"
+            except (OSError, EOFError) as exc:
+                raise self._broken(exc) from exc
+            finally:
+                if outcome == "answered" and not self._closed:
+                    self._idle.append(conn)
+                elif outcome != "late":
+                    _close(conn)
+        finally:
+            self._slots.release()
+        if kind == "#RETURN":
+            return result
+        error = _managers.convert_to_error(kind, result)
+        error.__traceback__ = None
+        raise error
+
+    def _connection(self) -> connection.Connection:
+        """An idle pooled connection, or a new one opened by a helper thread
+        within ``timeout`` (a stopped manager never finishes the handshake)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        try:
+            future = self._executor.submit(self._open)
+        except RuntimeError:  # the executor was shut down: the store was stopped
+            raise StoreUnavailable(self._lost_text()) from None
+        try:
+            return future.result(self.timeout)
+        except FutureTimeout:
+            future.add_done_callback(_close_opened)
+            raise self._no_answer() from None
+        except (OSError, EOFError) as exc:
+            raise self._broken(exc) from exc
+
+    def _open(self) -> connection.Connection:
+        proxy: Any = self._store
+        conn = connection.Client(proxy._token.address, authkey=proxy._authkey)
+        _managers.dispatch(conn, None, "accept_connection", ("wsgi_bg-store",))
+        return conn
+
+    def _late_answer(
+        self, conn: connection.Connection, method: str, args: tuple[Any, ...]
+    ) -> None:
+        try:
+            kind, result = conn.recv()
+            if method == "create" and kind == "#RETURN" and result is True:
+                # A submit gave up on this create and said so; it landed after all.
+                self._store.request_cancel(args[0]["id"], 0.0)
+        except Exception:  # noqa: S110 - the store is gone: so is the record
+            pass
+        finally:
+            _close(conn)
+
+    def _no_answer(self) -> StoreUnavailable:
+        """No answer within ``timeout``: the store is lost or hung."""
+        if not self._alive():
+            self._mark_lost()
+            return StoreUnavailable(self._lost_text())
+        self._mark_hung()
+        return StoreUnavailable(_HUNG.format(self.timeout))
+
+    def _broken(self, exc: BaseException) -> StoreUnavailable:
+        """The connection broke: the process is gone, or going."""
+        if not self._alive():
+            self._mark_lost()
+            return StoreUnavailable(self._lost_text())
+        return StoreUnavailable(
+            f"the job store could not be reached ({exc!r}); try again")
 
     def _lost_text(self) -> str:
         return _LOST + (" A fresh one is being started: try again in a few"
@@ -153,8 +252,15 @@ class GuardedStore:
             self._on_lost()
 
     def close(self) -> None:
-        """Stop the call threads (without waiting for a hung call)."""
+        """Stop the helper threads and close the idle connections (without
+        waiting for a hung call)."""
+        self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+        while self._idle:
+            try:
+                _close(self._idle.pop())
+            except IndexError:
+                break
 
     # -- the Store protocol -------------------------------------------------------
     def create(
@@ -233,6 +339,23 @@ def _invoke(store: Store, method: str, args: tuple[Any, ...]) -> Any:
         # unraisable BufferError when the buffer is finalized first.
         exc.__traceback__ = None
         raise
+
+
+def _close(conn: connection.Connection) -> None:
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+def _close_opened(future: Future[connection.Connection]) -> None:
+    # A connection opened after its caller gave up on it.
+    if future.exception() is None:
+        _close(future.result())
+
+
+#: multiprocessing.managers, for the helpers typeshed does not declare.
+_managers: Any = managers
 
 
 _HUNG = ("the job store did not answer within {} s (its process is stopped or"
