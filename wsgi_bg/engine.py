@@ -215,6 +215,9 @@ class Engine:
         return self._runner is not None
 
     def _start(self) -> Runner:
+        runner = self._runner
+        if runner is not None and not self._closed:
+            return runner  # started: no lock, which the pool's callbacks take
         with self._lock:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
@@ -309,26 +312,47 @@ class Engine:
         timeout: float | None,
     ) -> Job:
         job_id = record["id"]
-        # Under the lock: a job created here is always seen by shutdown's
-        # sweep of queued jobs, or refused.
+        # Known to shutdown's sweep of this engine's jobs before it is
+        # created, so that it is cancelled or refused. The store's round trip
+        # is made without the lock: held across it, it stalled the pool's
+        # management thread (its callbacks take the lock) for every submit.
         with self._lock:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
-            try:
-                created = self._store.create(record, self.max_queued, payload)
-            except StoreUnavailable:
-                raise
-            except (OSError, EOFError) as exc:
-                raise StoreUnavailable(
-                    "the job store's process is gone (was it killed?): jobs can"
-                    " neither be started nor read until the server restarts"
-                ) from exc
-            if not created:
-                raise QueueFull(
-                    f"{self.max_queued} jobs are already waiting (max_queued): try"
-                    " again later, or raise max_queued or max_workers"
-                )
+            store = self._store
             self._calls[job_id] = (payload, timeout, str(record["name"]))
+        try:
+            created = store.create(record, self.max_queued, payload)
+        except (OSError, EOFError) as exc:
+            self._calls.pop(job_id, None)
+            raise StoreUnavailable(
+                "the job store's process is gone (was it killed?): jobs can"
+                " neither be started nor read until the server restarts"
+            ) from exc
+        except BaseException:
+            self._calls.pop(job_id, None)
+            raise
+        if not created:
+            self._calls.pop(job_id, None)
+            raise QueueFull(
+                f"{self.max_queued} jobs are already waiting (max_queued): try"
+                " again later, or raise max_queued or max_workers"
+            )
+        with self._lock:
+            if self._closed or self._store is not store:
+                # Shut down, or the store replaced (see _store_lost), while it
+                # was being created: shutdown's sweep may have missed the
+                # record; cancelled here (a no-op if it did not).
+                self._calls.pop(job_id, None)
+                try:
+                    store.request_cancel(job_id, 0.0, shutdown=True)
+                except (StoreUnavailable, OSError, EOFError):
+                    pass  # the store is gone, and the record with it
+                if self._closed:
+                    raise RuntimeError("this BackgroundMiddleware was shut down")
+                raise StoreUnavailable(
+                    "the job store was replaced while this job was being"
+                    " created (its process was lost): try again")
             try:
                 self._dispatch(runner, job_id)
             except BaseException:

@@ -161,6 +161,9 @@ class MemoryStore:
         self._calls: dict[str, bytes] = {}  # the pickled calls, as results
         self._finished: dict[str, float] = {}  # finishing order: id -> ended_at
         self._queued = 0
+        # Jobs per state, kept with every change: counts() is polled (pages,
+        # waiting for jobs) and must not walk every record under the lock.
+        self._counts = dict.fromkeys((s.value for s in JobState), 0)
         self._workers: set[int] = set()
 
     # -- writes ---------------------------------------------------------------
@@ -184,6 +187,7 @@ class MemoryStore:
             if call is not None:
                 self._calls[record["id"]] = call
             self._queued += 1
+            self._counts[JobState.QUEUED.value] += 1
             return True
 
     def start(self, job_id: str, pid: int) -> bool:
@@ -193,6 +197,7 @@ class MemoryStore:
                 return False
             record.update(state=JobState.RUNNING.value, started_at=time.time(), pid=pid)
             self._queued -= 1
+            self._moved(JobState.QUEUED.value, JobState.RUNNING.value)
             return True
 
     def relay(
@@ -233,6 +238,7 @@ class MemoryStore:
             record["cancelled_how"] = how
             if record["state"] == JobState.QUEUED:
                 self._queued -= 1
+            self._moved(record["state"], state)
             now = time.time()
             succeeded = state == JobState.SUCCEEDED
             record.update(state=state, ended_at=now, error=error, pid=None,
@@ -257,6 +263,7 @@ class MemoryStore:
                               cancel_requested=True, cancel_requested_at=now,
                               cancelled_how="before_start")
                 self._queued -= 1
+                self._moved(JobState.QUEUED.value, JobState.CANCELLED.value)
                 self._finished[job_id] = now
                 return "cancelled"
             if not shutdown and not record["cancel_requested"]:
@@ -325,10 +332,11 @@ class MemoryStore:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            counts = dict.fromkeys((s.value for s in JobState), 0)
-            for record in self._records.values():
-                counts[record["state"]] += 1
-            return counts
+            return dict(self._counts)
+
+    def _moved(self, old: str, new: str) -> None:
+        self._counts[old] -= 1
+        self._counts[new] += 1
 
     # -- bookkeeping ------------------------------------------------------------
     def _prune(self) -> None:
@@ -339,7 +347,7 @@ class MemoryStore:
             if len(finished) <= self.max_jobs and ended_at >= cutoff:
                 break
             del finished[job_id]
-            del self._records[job_id]
+            self._counts[self._records.pop(job_id)["state"]] -= 1
             del self._outputs[job_id]
             self._results.pop(job_id, None)
             self._calls.pop(job_id, None)
