@@ -961,8 +961,9 @@ def _rq_wait(check: Callable[[], bool], what: str, timeout: float = 300) -> None
 
 
 def bench_rq(cfg: Config) -> Result:
-    """wsgi_bg jobs on RQ vs plain RQ jobs, on the same two stock ``rq worker``
-    processes: trivial-job throughput and one-job latency (p50)."""
+    """wsgi_bg jobs on RQ vs plain RQ jobs, on the same two ``rq worker``
+    processes (wsgi_bg's worker class, where plain RQ jobs fork a work horse
+    as on a stock worker): trivial-job throughput and one-job latency (p50)."""
     if shutil.which("redis-server") is None:
         return Result(name="rq", figures={}, reference={}, ratio=None,
                       ratio_meaning="—", target="", passed=None,
@@ -977,8 +978,8 @@ def bench_rq(cfg: Config) -> Result:
 
         url = rcfg.store_options["store"]
         key = rcfg.store_options["secret_key"]
-        # The documented command: rq worker -c wsgi_bg.rq_worker, with the
-        # job module preloaded (it serves the plain RQ jobs too).
+        # The documented command: rq worker -w wsgi_bg.rq_worker.Worker, with
+        # the job module preloaded (it serves the plain RQ jobs too).
         workers = RQWorkers(url, "bench-rq", key, count=2,
                             preload="bench.jobfuncs").start()
         try:

@@ -1,4 +1,4 @@
-"""Jobs on stock RQ workers: the web process queues, ``rq worker`` runs.
+"""Jobs on RQ workers: the web process queues, ``rq worker`` runs.
 
 The web process keeps no pool: each job is queued on the RQ queue named after
 the namespace (``wsgi_bg``) and run by an ``rq worker`` on any machine that
@@ -10,8 +10,8 @@ Run it, from the repository's root, in three terminals::
 
     redis-server                                            # 1. Redis
     export WSGI_BG_SECRET_KEY=change-me-to-32-random-bytes  # in 2. and 3.
-    # 2. (-c wsgi_bg.rq_worker: the worker imports wsgi_bg once, not per job)
-    rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://localhost:6379/0 -P examples
+    # 2. (-w: wsgi_bg's worker class runs wsgi_bg's jobs without a work horse)
+    rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg -u redis://localhost:6379 -P examples
     python examples/rq_example.py      # 3. then open http://127.0.0.1:8080/
 
 (``pip install "wsgi_bg[rq]"`` first, for rq and redis.)

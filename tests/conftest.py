@@ -10,10 +10,11 @@ sys.path.insert(0, os.path.dirname(__file__))  # job modules importable by worke
 # bench/ (not installed) for the tests that share its helpers
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import SESSION_PIDS  # noqa: E402
+from helpers import SESSION_PIDS, assert_no_children  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 from rq_workers import RQWorkers  # noqa: E402
 from wsgi_bg import BackgroundMiddleware  # noqa: E402
+from wsgi_bg.testing import MiddlewareFactory  # noqa: E402
 
 #: The key the Redis store signs with in tests (any 16+ bytes do).
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef"
@@ -108,10 +109,26 @@ def store_options(request):
 
 
 @pytest.fixture
-def make_mw(store_options, wsgi_bg_middleware):
+def session_middleware():
+    """The package plugin's ``wsgi_bg_middleware``, for tests whose jobs run
+    on the session's RQ workers: its check that nothing is left leaves out
+    the session's own processes, such as the job process each RQ worker
+    keeps for its next job (see helpers.py)."""
+    factory = MiddlewareFactory(check_processes=False)
+    try:
+        yield factory
+    finally:
+        factory.close()
+        assert_no_children()
+
+
+@pytest.fixture
+def make_mw(store_options, request):
     """Build middlewares that are always shut down, then check nothing is left
-    (the ``wsgi_bg_middleware`` fixture of the package's pytest plugin); with
-    each store and runner in turn."""
+    (the ``wsgi_bg_middleware`` fixture of the package's pytest plugin, or
+    ``session_middleware`` on RQ); with each store and runner in turn."""
+    wsgi_bg_middleware = request.getfixturevalue(
+        "session_middleware" if "runner" in store_options else "wsgi_bg_middleware")
     made = []
 
     def make(app=hello_app, **options) -> BackgroundMiddleware:

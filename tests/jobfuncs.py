@@ -276,6 +276,11 @@ def print_pid():
     return os.getpid()
 
 
+def pid_and_parent():
+    """Where it runs: this process's pid and its parent's."""
+    return os.getpid(), os.getppid()
+
+
 def set_handler():
     import signal
 

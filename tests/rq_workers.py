@@ -1,6 +1,7 @@
-"""Stock ``rq worker`` processes for the tests: started with the test secret
-key and the tests' job modules importable, with the documented settings
-module (``-c wsgi_bg.rq_worker``: wsgi_bg imported once, before the forks),
+"""``rq worker`` processes for the tests: started with the test secret key
+and the tests' job modules importable, with the documented worker class
+(``-w wsgi_bg.rq_worker.Worker``: wsgi_bg's jobs run in the worker itself)
+or RQ's stock forking one with the settings module (``-c wsgi_bg.rq_worker``),
 ready once RQ lists them, stopped (and their work horses with them) by
 whoever started them."""
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The documented worker class; ``None`` below: RQ's stock forking ``Worker``.
+WSGI_BG_WORKER = "wsgi_bg.rq_worker.Worker"
 ROOT = os.path.dirname(HERE)
 #: What the workers import jobs from: the tests' modules and the examples.
 PYTHONPATH = os.pathsep.join([HERE, ROOT, os.path.join(ROOT, "examples")])
@@ -42,25 +45,32 @@ def _kill_tree(pid: int) -> None:
 
 
 class RQWorkers:
-    """``count`` stock ``rq worker`` processes on ``queue``, each in a
-    session of its own (so :meth:`stop` reaches its work horse too)."""
+    """``count`` ``rq worker`` processes on ``queue`` with ``worker_class``
+    (``None``: RQ's stock one), each in a session of its own (so :meth:`stop`
+    reaches its work horse and job processes too); ``options``: more of the
+    command's options."""
 
     def __init__(self, url: str, queue: str, secret_key: str, count: int = 2,
-                 preload: str = "") -> None:
+                 preload: str = "", worker_class: str | None = WSGI_BG_WORKER,
+                 options: tuple[str, ...] = ()) -> None:
         self.url = url
         self.queue = queue
         self.secret_key = secret_key
         self.count = count
         self.preload = preload  # WSGI_BG_PRELOAD: job modules to import first
+        self.worker_class = worker_class
+        self.options = options
         self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
                    PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
+        chosen = (["-w", self.worker_class] if self.worker_class
+                  else ["-c", "wsgi_bg.rq_worker"])
         return subprocess.Popen(
-            [rq_command(), "worker", "-c", "wsgi_bg.rq_worker", self.queue,
-             "--url", self.url, "--name", name, "--quiet", "--worker-ttl", "60"],
+            [rq_command(), "worker", *chosen, self.queue, "--url", self.url,
+             "--name", name, "--quiet", "--worker-ttl", "60", *self.options],
             env=env, cwd=ROOT, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

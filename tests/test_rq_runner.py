@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ import pytest
 import jobfuncs
 from conftest import RQ_TEST_QUEUE, TEST_SECRET_KEY, stop_rq_jobs
 from helpers import SESSION_PIDS, wait_for
-from rq_workers import PYTHONPATH, ROOT, RQWorkers, rq_command
+from rq_workers import PYTHONPATH, ROOT, WSGI_BG_WORKER, RQWorkers, rq_command
 from wsgi_bg import BackgroundMiddleware, JobState
 from wsgi_bg.stores.signing import Signer
 
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def rq_mw(redis_server, wsgi_bg_middleware):
+def rq_mw(redis_server, session_middleware):
     """Middlewares queueing on ``queue`` (the session workers' by default),
     each test in a namespace of its own; this test's jobs end with it."""
     namespace = f"t-{uuid.uuid4().hex[:12]}"
@@ -44,7 +45,7 @@ def rq_mw(redis_server, wsgi_bg_middleware):
         options.setdefault("secret_key", TEST_SECRET_KEY)
         options.setdefault("cancel_grace", 1.0)
         options.setdefault("runner", rq.Queue(queue, connection=connection))
-        mw = wsgi_bg_middleware(jobfuncs.hello, **options)
+        mw = session_middleware(jobfuncs.hello, **options)
         made.append(mw)
         return mw
 
@@ -110,7 +111,7 @@ def test_the_rq_job_holds_only_the_id_and_names_the_function(rq_mw, redis_server
     assert rq_job.func_name == "wsgi_bg.runners.rq.perform"
     assert rq_job.args[0] == job.id
     assert set(rq_job.args[1]) == {"namespace", "limits", "db", "timeout", "grace",
-                                   "max_result_bytes"}
+                                   "max_result_bytes", "jobs_per_process"}
     assert rq_job.kwargs == {}
     assert rq_job.description == "wsgi_bg: jobfuncs.identity"  # rq-dashboard's
     assert rq_job.id != job.id  # the job id, a capability, is not in addresses
@@ -214,28 +215,179 @@ def test_the_job_outlives_the_web_process(rq_mw, rq_workers, tmp_path):
     assert again.output == "outlives start\noutlives end\n"
 
 
+# -- wsgi_bg's worker class ---------------------------------------------------------
+def _plain_rq_result(queue, fn, *args):
+    """Run ``fn(*args)`` as a plain RQ job on ``queue``; its return value."""
+    rq_job = queue.enqueue(fn, *args)
+    wait_for(lambda: rq_job.get_status(refresh=True) in ("finished", "failed"), 20,
+             message="the plain RQ job to end")
+    assert rq_job.get_status() == "finished", rq_job.latest_result()
+    return rq_job.return_value()
+
+
+def test_wsgi_bg_jobs_run_in_the_worker_and_plain_rq_jobs_in_a_work_horse(
+        rq_mw, redis_server):
+    queue = f"mixed-{uuid.uuid4().hex[:8]}"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    try:
+        mw = rq_mw(queue=queue)
+        worker = workers.pids[0]
+        ran = [mw.submit(jobfuncs.pid_and_parent).wait(timeout=20).result
+               for _ in range(3)]
+        # A job process of the worker itself (no work horse), kept for the next.
+        assert {parent for _, parent in ran} == {worker}
+        assert len({pid for pid, _ in ran}) == 1
+        warm = ran[0][0]
+        # A plain RQ job on the same worker gets a work horse, as on a stock one.
+        with redis_server.client() as client:
+            horse, parent = _plain_rq_result(rq.Queue(queue, connection=client),
+                                             jobfuncs.pid_and_parent)
+        assert parent == worker
+        assert horse not in (worker, warm)
+        wait_for(lambda: _gone(horse), 10, message="the work horse to end")
+        # The job process kept warm, killed while it waits: the next job gets
+        # a fresh one.
+        os.kill(warm, signal.SIGKILL)
+        wait_for(lambda: _gone(warm), 10, message="the killed job process to end")
+        again = mw.submit(jobfuncs.pid_and_parent).wait(timeout=20)
+        assert again.state is JobState.SUCCEEDED, again.error
+        fresh, parent = again.result
+        assert parent == worker
+        assert fresh != warm
+        # It ends with the worker (here, its warm shutdown while idle).
+        workers.processes[0].terminate()
+        workers.processes[0].wait(20)
+        wait_for(lambda: _gone(fresh), 10,
+                 message="the job process kept warm to end with its worker")
+    finally:
+        workers.stop()
+
+
+@pytest.mark.parametrize(("fn", "signals", "grace", "state"), [
+    pytest.param(jobfuncs.cooperative, 1, 1.0, JobState.SUCCEEDED,
+                 id="the-job-stops-as-asked"),
+    pytest.param(jobfuncs.stubborn, 1, 1.0, JobState.CANCELLED,
+                 id="killed-after-cancel_grace"),
+    pytest.param(jobfuncs.stubborn, 2, 60.0, JobState.CANCELLED,
+                 id="a-second-signal-kills-it-at-once"),
+])
+def test_a_worker_stopped_mid_job_stops_its_job_then_exits(
+        rq_mw, redis_server, tmp_path, fn, signals, grace, state):
+    queue = f"stop-{uuid.uuid4().hex[:8]}"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    try:
+        mw = rq_mw(queue=queue, cancel_grace=grace)
+        started = str(tmp_path / "started")
+        job = mw.submit(fn, started)
+        wait_for(lambda: os.path.exists(started), 20, message="the job to start")
+        job_pid = mw.engine.store.get(job.id)["pid"]
+        worker = workers.processes[0]
+        asked = time.monotonic()
+        worker.terminate()  # RQ's warm shutdown
+        if signals == 2:
+            # Not a synchronisation: RQ ignores a second signal that comes
+            # within 1 s of the first (rq worker-pool sends duplicates).
+            time.sleep(1.5)
+            worker.terminate()  # RQ's cold shutdown
+        worker.wait(30)  # the worker exits by itself once its job is recorded
+        assert job.state is state, job.error
+        if state is JobState.SUCCEEDED:
+            assert job.result == "stopped"
+            assert "stopping as asked" in job.output
+        else:
+            assert "its process was killed" in job.error
+        if signals == 2:
+            assert time.monotonic() - asked < grace / 2
+        wait_for(lambda: _gone(job_pid), 10, message="the job's process to end")
+    finally:
+        workers.stop()
+
+
+def test_rqs_stop_job_command_kills_the_job_and_the_worker_lives_on(
+        rq_mw, rq_workers, tmp_path):
+    mw = rq_mw(cancel_grace=60.0)
+    started = str(tmp_path / "started")
+    job = mw.submit(jobfuncs.stubborn, started)
+    wait_for(lambda: os.path.exists(started), 20, message="the job to start")
+    rq_job = _rq_job(mw, job)
+    rq.command.send_stop_job_command(rq_job.connection, rq_job.id)
+    assert job.wait(timeout=20).state is JobState.CANCELLED, job.error
+    assert all(p.poll() is None for p in rq_workers.processes)
+    nexts = [mw.submit(jobfuncs.add, i, 1) for i in range(4)]
+    assert [j.wait(timeout=20).result for j in nexts] == [1, 2, 3, 4]
+
+
+def test_rq_heartbeats_go_on_while_a_job_runs_in_the_worker(
+        rq_mw, redis_server, tmp_path):
+    """RQ takes a worker, and the job it runs, for dead once their heartbeat
+    runs out (``--job-monitoring-interval`` + 60 s after the last): a forking
+    worker renews it while it waits for its horse, wsgi_bg's from the
+    supervisor's loop."""
+    queue = f"beat-{uuid.uuid4().hex[:8]}"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
+                        options=("--job-monitoring-interval", "1")).start()
+    try:
+        mw = rq_mw(queue=queue)
+        flag = str(tmp_path / "go")
+        job = mw.submit(jobfuncs.print_wait_print, "long", flag)
+        wait_for(lambda: job.state is JobState.RUNNING, 20, message="the job to run")
+        rq_job = _rq_job(mw, job)
+        started = rq_job.started_at.timestamp()
+        connection = mw.engine._runner.queue.connection
+        worker = rq.Worker.find_by_key(
+            rq.Worker.redis_worker_namespace_prefix + workers.names[0],
+            connection=connection)
+        wait_for(lambda: (worker.refresh() or worker.last_heartbeat.timestamp())
+                 > started + 2, 10, message="the worker's heartbeats during the job")
+        # RQ's own clean-up, as of the end of the job's first heartbeat window
+        # (61 s after it started): without heartbeats since, the job would be
+        # abandoned there, and failed.
+        registry = rq.registry.StartedJobRegistry(queue=rq.Queue(
+            queue, connection=connection))
+        registry.cleanup(timestamp=started + 61.5)
+        assert rq_job.get_status(refresh=True) == "started"
+        assert job.state is JobState.RUNNING
+        jobfuncs.touch(flag)
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+        wait_for(lambda: rq_job.get_status(refresh=True) == "finished", 10,
+                 message="RQ to record its job finished")
+    finally:
+        workers.stop()
+
+
 # -- a worker killed mid-job ------------------------------------------------------
-@pytest.mark.parametrize("how", [
-    pytest.param("worker", id="worker-only"),
-    pytest.param("host", id="worker-horse-and-job"),
+@pytest.mark.parametrize(("worker_class", "how"), [
+    # wsgi_bg's worker: the job's process is the worker's child, and dies
+    # with it; the job's lease runs out.
+    pytest.param(WSGI_BG_WORKER, "worker", id="wsgi_bg-worker"),
+    # RQ's stock worker: its work horse notices at once, unless it is
+    # killed too (a host gone).
+    pytest.param(None, "worker", id="stock-worker-only"),
+    pytest.param(None, "host", id="stock-worker-horse-and-job"),
 ])
 def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
-        rq_mw, redis_server, tmp_path, how):
+        rq_mw, redis_server, tmp_path, worker_class, how):
     queue = f"kill-{uuid.uuid4().hex[:8]}"
-    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=2).start()
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=2,
+                        worker_class=worker_class).start()
     try:
         mw = rq_mw(queue=queue)
         job = mw.submit(jobfuncs.sleeper, 300)
         wait_for(lambda: job.state is JobState.RUNNING, 20, message="the job to run")
         job_pid = mw.engine.store.get(job.id)["pid"]
-        horse = psutil.Process(job_pid).ppid()
-        worker = psutil.Process(horse).ppid()
-        index = workers.pids.index(worker)
+        ancestors = [p.pid for p in psutil.Process(job_pid).parents()]
+        # The job's process is the worker's child, or its work horse's.
+        assert ancestors.index(next(p for p in ancestors if p in workers.pids)) == (
+            0 if worker_class else 1)
+        index = workers.pids.index(next(p for p in ancestors if p in workers.pids))
         killed_at = time.monotonic()
         if how == "worker":
             workers.kill(index)
         else:
             workers.kill_all_of(index)
+        if worker_class:
+            wait_for(lambda: _gone(job_pid), 10,
+                     message="the job's process to die with its worker")
         wait_for(lambda: job.state not in (JobState.QUEUED, JobState.RUNNING), 60,
                  message="the job to end")
         took = time.monotonic() - killed_at
@@ -250,7 +402,7 @@ def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
 
 # -- the example ------------------------------------------------------------------
 def test_the_rq_example_runs_its_report_on_the_workers(
-        redis_server, rq_workers, wsgi_bg_middleware, monkeypatch):
+        redis_server, rq_workers, session_middleware, monkeypatch):
     import sys
 
     from webtest import TestApp
@@ -259,7 +411,7 @@ def test_the_rq_example_runs_its_report_on_the_workers(
     import rq_example
 
     namespace = f"t-{uuid.uuid4().hex[:12]}"
-    mw = wsgi_bg_middleware(
+    mw = session_middleware(
         rq_example.site, store=redis_server.url, namespace=namespace,
         secret_key=TEST_SECRET_KEY,
         runner=rq.Queue(RQ_TEST_QUEUE, connection=redis_server.client()))
@@ -274,8 +426,8 @@ def test_the_rq_example_runs_its_report_on_the_workers(
     # The three commands its docstring gives.
     doc = rq_example.__doc__
     assert "redis-server" in doc
-    assert ("rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://localhost:6379/0"
-            " -P examples") in doc
+    assert ("rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg -u"
+            " redis://localhost:6379 -P examples") in doc
     assert "python examples/rq_example.py" in doc
 
 

@@ -4,8 +4,9 @@
   :class:`~wsgi_bg.runners.pool.ProcessRunner`, a process pool of the server
   process whose workers supervise the job processes.
 - ``runner="rq"``, or an :class:`rq.Queue`:
-  :class:`~wsgi_bg.runners.rq.RQRunner`, jobs queued for stock ``rq worker``
-  processes on any machine, whose work horses supervise the job processes
+  :class:`~wsgi_bg.runners.rq.RQRunner`, jobs queued for ``rq worker``
+  processes on any machine, which supervise the job processes (with
+  wsgi_bg's worker class; with RQ's stock one, their work horses do)
   (``pip install "wsgi_bg[rq]"``; needs the Redis store).
 - ``runner="inline"``: :class:`~wsgi_bg.runners.inline.InlineRunner`, for
   tests: each job runs at once in the thread that starts it.
@@ -123,7 +124,8 @@ def open_runner(
                 f'runner="rq" needs the rq package: pip install "wsgi_bg[rq]" ({exc})'
             ) from exc
         return RQRunner(runner if is_queue else None, backend=backend,
-                        max_result_bytes=max_result_bytes)
+                        max_result_bytes=max_result_bytes,
+                        jobs_per_process=jobs_per_process)
     if isinstance(runner, str) and runner == "inline":
         from .inline import InlineRunner
 

@@ -1,4 +1,4 @@
-"""The RQ runner: jobs run on stock ``rq worker`` processes, on any machine.
+"""The RQ runner: jobs run on ``rq worker`` processes, on any machine.
 
 Use it when jobs must outlive the web server's deploys and restarts, or run
 on machines of their own; it needs the Redis store::
@@ -6,13 +6,15 @@ on machines of their own; it needs the Redis store::
     app = BackgroundMiddleware(app, store="redis://redis:6379/0", runner="rq")
 
 and, on each worker host (the app's code importable, the same
-``WSGI_BG_SECRET_KEY``)::
+``WSGI_BG_SECRET_KEY``), the stock command with wsgi_bg's worker class::
 
-    rq worker -c wsgi_bg.rq_worker wsgi_bg --url redis://redis:6379/0
+    rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg --url redis://redis:6379/0
 
-(``-c wsgi_bg.rq_worker``: the worker imports wsgi_bg, and the job modules
-named in ``WSGI_BG_PRELOAD``, once before it forks, instead of every work
-horse importing them for its job; see :mod:`wsgi_bg.rq_worker`.)
+(see :mod:`wsgi_bg.rq_worker`: the worker runs wsgi_bg's jobs in its own
+process, a long-lived supervisor as a pool worker is, and forks a work horse
+for any other RQ job. RQ's stock worker class works too, slower:
+``rq worker -c wsgi_bg.rq_worker wsgi_bg ...`` forks a work horse per job, and
+the horse runs the supervisor.)
 
 Data flow::
 
@@ -22,37 +24,40 @@ Data flow::
       store.create(record, call) ─► N:job:{id}, N:call:{id}
                                     (the call signed)
       queue.enqueue(perform, id) ─► rq:queue:N ─────────────► rq worker
-                                                               fork: work horse
                                                                perform(id, settings)
                                       N:call:{id} ◄───────────   store.call: checked
                                                                  supervise(...)
-                                                                   fork: job process
+                                                                   job process (kept
+                                                                   for the next job)
     pages ◄── store.view ◄─────────  output, progress,  ◄─────     relay, kill, reap
                                      result, lease
 
 The RQ job holds the wsgi_bg job id and settings that are no secret (the
-namespace, the store's limits, the timeout and the grace): RQ's own pickles
-hold nothing of the user's, and its description (what rq-dashboard shows)
-names the function only. The call lives in the store, signed with the app's
-secret key; a work horse checks it before anything unpickles it, and a call
-that fails the check ends the job ``failed`` without being loaded.
+namespace, the store's limits, the timeout, the grace and
+``max_jobs_per_process``): RQ's own pickles hold nothing of the user's, and
+its description (what rq-dashboard shows) names the function only. The call
+lives in the store, signed with the app's secret key; the worker checks it
+before anything unpickles it, and a call that fails the check ends the job
+``failed`` without being loaded.
 
-The work horse runs the same supervisor as a pool worker
+The worker runs the same supervisor as a pool worker
 (:func:`~wsgi_bg.runners.supervisor.supervise`): the job gets a process of its
-own, so a timeout, a cancel or a crash ends that process, never the work
-horse, and the RQ worker takes its next job. While the job runs, the
-supervisor renews its lease in the store (with every relay); if the worker
-host dies, the lease runs out and any process using the store ends the job
-``crashed`` (within ``LEASE_SECONDS`` + 10 s). A job queued on RQ has no owner
-in the store: it waits in RQ, not in the web process, and survives it.
+own, so a timeout, a cancel or a crash ends that process, never the worker,
+which takes its next job. While the job runs, the supervisor renews its lease
+in the store (with every relay), and RQ's heartbeat; if the worker host dies,
+the lease runs out and any process using the store ends the job ``crashed``
+(within ``LEASE_SECONDS`` + 10 s). A job queued on RQ has no owner in the
+store: it waits in RQ, not in the web process, and survives it.
 
 .. versionadded:: 0.2
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -158,12 +163,38 @@ def perform(job_id: str, settings: dict[str, Any]) -> str | None:
             return None  # dropped (expired) while it waited
         return store.finish(job_id, JobState.FAILED.value, None,
                             "the job's call is not in the store")
+    max_result_bytes = settings.get("max_result_bytes", MAX_RESULT_BYTES)
+    tick = _in_worker
+    if tick is not None:
+        # In the RQ worker itself (wsgi_bg.rq_worker.Worker): a long-lived
+        # supervisor, as a pool worker is, whose job process stays warm.
+        return supervise(store, job_id, payload, settings["timeout"],
+                         settings["grace"], settings.get("jobs_per_process", 1),
+                         max_result_bytes, tick=tick, watch_parent=False)
     try:
         return supervise(store, job_id, payload, settings["timeout"],
-                         settings["grace"], 1,
-                         settings.get("max_result_bytes", MAX_RESULT_BYTES))
+                         settings["grace"], 1, max_result_bytes)
     finally:
         release_warm()  # a work horse runs one job: nothing to keep warm for
+
+
+#: While :class:`wsgi_bg.rq_worker.Worker` runs a job in its own process (not
+#: a work horse): the supervisor's ``tick`` (RQ's heartbeat, and whether the
+#: worker is stopping; see :func:`~wsgi_bg.runners.supervisor.supervise`).
+_in_worker: Callable[[], float | None] | None = None
+
+
+@contextlib.contextmanager
+def running_in_worker(tick: Callable[[], float | None]) -> Iterator[None]:
+    """Within it, :func:`perform` supervises its job here, in the RQ worker's
+    own long-lived process, calling ``tick`` on every turn of the
+    supervisor's loop; the job process is kept for the next job."""
+    global _in_worker
+    _in_worker = tick
+    try:
+        yield
+    finally:
+        _in_worker = None
 
 
 class RQRunner:
@@ -177,7 +208,7 @@ class RQRunner:
 
     def __init__(
         self, queue: rq.Queue | None, *, backend: Backend,
-        max_result_bytes: int = MAX_RESULT_BYTES,
+        max_result_bytes: int = MAX_RESULT_BYTES, jobs_per_process: int = 1,
     ) -> None:
         if not isinstance(backend, RedisBackend):
             raise ValueError(
@@ -200,6 +231,7 @@ class RQRunner:
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
             "db": link.settings.get("db", 0), "max_result_bytes": max_result_bytes,
+            "jobs_per_process": jobs_per_process,
         }
 
     def start(self, link: Any) -> None:
@@ -247,7 +279,7 @@ class RQRunner:
     def restart(self) -> None:
         pass  # nothing here can break: RQ's workers are their own processes
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         # Jobs queued or running on RQ are the workers': they outlive this
         # web process (that is the point), so nothing is cancelled here.
         if self.queue is not None and self._given is None:

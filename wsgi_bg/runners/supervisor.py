@@ -1,12 +1,13 @@
 """The supervisor: forks a job process, relays its output, enforces timeout,
 cancel and kill, reaps; shared by every runner that runs jobs in processes
-(a pool worker of :mod:`~wsgi_bg.runners.pool`, an RQ work horse of
+(a pool worker of :mod:`~wsgi_bg.runners.pool`; an RQ worker of
+:mod:`wsgi_bg.rq_worker`, or a work horse of a stock one, for
 :mod:`~wsgi_bg.runners.rq`).
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
-    runner (pool worker     supervisor (this module)       job process
-    or RQ work horse)       ────────────────────────       ───────────
+    runner (pool worker,    supervisor (this module)       job process
+    RQ worker or horse)     ────────────────────────       ───────────
     supervise(job, call) ─► fork (if none is warm) ───►  own process group
                             store.start(job, pid)
                             job + fds ── socket ──────►  fds 1+2 → the job's pipe
@@ -127,17 +128,27 @@ def _children_left() -> bool:
 def supervise(
     store: Store, job_id: str, payload: bytes, timeout: float | None,
     grace: float, jobs_per_process: int = 1,
-    max_result_bytes: int = MAX_RESULT_BYTES,
+    max_result_bytes: int = MAX_RESULT_BYTES, *,
+    tick: Callable[[], float | None] | None = None, watch_parent: bool = True,
 ) -> str | None:
     """Run one job's pickled call (``payload``: ``(fn, args, kwargs)``) in a
     job process of this one, to its end, and record it in ``store``. A result
     of more than ``max_result_bytes`` pickled bytes fails the job in its own
     process: it never reaches this one, nor the store.
 
+    ``tick``, for a supervisor inside a long-lived process of another program
+    (an RQ worker): called on every turn of the loop while the job runs (at
+    least every 0.1 s), for that program's own upkeep (its heartbeat); it
+    returns ``None``, or the seconds the job may still run because that
+    program is stopping (the job is asked to stop, as by a cancel, and killed
+    after that many seconds, at most ``grace``). With ``watch_parent`` (a pool
+    worker, an RQ work horse), the job is killed if this process's parent
+    goes: the process it serves.
+
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    return _Supervisor(store, job_id, timeout, grace).run(
+    return _Supervisor(store, job_id, timeout, grace, tick, watch_parent).run(
         payload, jobs_per_process, max_result_bytes)
 
 
@@ -156,6 +167,7 @@ class _JobProcess:
     group, until it is told or chooses to stop (see :func:`_job_process_main`)."""
 
     def __init__(self, jobs_per_process: int) -> None:
+        self.jobs_per_process = jobs_per_process
         ours, theirs = socket.socketpair()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
@@ -228,22 +240,28 @@ _ORPHANED = "orphaned"
 
 class _Supervisor:
     def __init__(
-        self, store: Store, job_id: str, timeout: float | None, grace: float
+        self, store: Store, job_id: str, timeout: float | None, grace: float,
+        tick: Callable[[], float | None] | None = None, watch_parent: bool = True,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.timeout = timeout
         self.grace = grace
+        self.tick = tick
         self.shown: str | None = None  # the result's repr, when it succeeded
         # This worker's parent: the server process, or the forkserver that
         # lives as long as it, or the RQ worker of this work horse. If it
         # changes, that process is gone.
-        self.parent = os.getppid()
+        self.parent = os.getppid() if watch_parent else None
 
     def run(
         self, payload: bytes, jobs_per_process: int, max_result_bytes: int
     ) -> str | None:
         global _warm
+        if _warm is not None and _warm.reap(block=False) is not None:
+            _warm = None  # killed while it waited (an RQ worker's waits long)
+        if _warm is not None and _warm.jobs_per_process != jobs_per_process:
+            release_warm()  # kept for jobs of another app (an RQ worker's)
         process = _warm if _warm is not None else _JobProcess(jobs_per_process)
         _warm = None  # given back below only if it ends the job cleanly
         out_r, out_w = os.pipe()
@@ -293,13 +311,14 @@ class _Supervisor:
         now = time.monotonic()
         deadline = None if self.timeout is None else now + self.timeout
         kill_at: float | None = None
+        stop_at: float | None = None  # when the process around us must stop
         cancel_seen: float | None = None
         ended_by: str | None = None
         status: int | None = None
         try:
             while status is None and messages.final is None:
                 wait = relay.due_in()
-                for limit in (deadline, kill_at):
+                for limit in (deadline, kill_at, stop_at):
                     if limit is not None:
                         wait = min(wait, limit - time.monotonic())
                 if process.pidfd is None:
@@ -324,12 +343,23 @@ class _Supervisor:
                         _drain(process.sock.fileno(), messages.feed)
                         status = process.reap()
                 now = time.monotonic()
+                if self.tick is not None and status is None and messages.final is None:
+                    stop_in = self.tick()
+                    if stop_in is not None:
+                        if cancel_seen is None:
+                            cancel_seen = now
+                            try:
+                                os.write(ctl_w, b"c")  # asked as by a cancel
+                            except OSError:
+                                pass
+                        until = now + max(0.0, min(stop_in, self.grace))
+                        stop_at = until if stop_at is None else min(stop_at, until)
                 if status is None and messages.final is None:
-                    if os.getppid() != self.parent:
+                    if self.parent is not None and os.getppid() != self.parent:
                         ended_by = _ORPHANED
                     elif deadline is not None and now >= deadline:
                         ended_by = JobState.TIMED_OUT.value
-                    elif kill_at is not None and now >= kill_at:
+                    elif any(at is not None and now >= at for at in (kill_at, stop_at)):
                         ended_by = JobState.CANCELLED.value
                     if ended_by is not None:
                         process.kill()
@@ -385,8 +415,8 @@ class _Supervisor:
         if ended_by == JobState.CANCELLED.value:
             return ended_by, None, (
                 "stopped: still running cancel_grace seconds after it was asked"
-                " to stop (a cancel, or the server shutting down); its process"
-                " was killed"
+                " to stop (a cancel, or the server or RQ worker shutting down);"
+                " its process was killed"
             ), False
         return JobState.CRASHED.value, None, (
             f"the job's process {_describe(status)} before the job returned"
@@ -490,6 +520,12 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
             os._exit(1)
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans a job leaves stay ours
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Handlers its worker's Python code set (an RQ worker's SIGTERM for
+        # its warm shutdown, SIGALRM for RQ's timeout) mean nothing in a job:
+        # it starts with the defaults, as in a pool worker.
+        for sig in _SIGNALS:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
         null_w = os.open(os.devnull, os.O_WRONLY)
         _let_go_of_inherited(keep=(sock.fileno(), null_w))
         redirect_stdio(os.dup(null_w))
