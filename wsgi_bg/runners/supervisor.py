@@ -195,8 +195,12 @@ class _JobProcess:
     ) -> None:
         body = pickle.dumps((job_id, payload, max_result_bytes),
                             protocol=pickle.HIGHEST_PROTOCOL)
-        socket.send_fds(self.sock, [_FRAME.pack(len(body))], fds)
-        self.sock.sendall(body)
+        # The fds, the frame and the call in one message where it fits: the
+        # job process, waiting in recv, then wakes once per job, not twice.
+        data = _FRAME.pack(len(body)) + body
+        sent = socket.send_fds(self.sock, [data], fds)
+        if sent < len(data):
+            self.sock.sendall(memoryview(data)[sent:])
 
     def kill(self) -> None:
         """SIGKILL the process and its group: a job's own children end with it."""
@@ -231,6 +235,8 @@ class _JobProcess:
             os.close(self.pidfd)
             self.pidfd = None
 
+
+_Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
 
 #: This worker's job process, kept between jobs.
 _warm: _JobProcess | None = None
@@ -303,7 +309,9 @@ class _Supervisor:
     ) -> tuple[str, bytes | None, str | None, bool]:
         relay = Relay(self.store, self.job_id)
         messages = _MessageReader()
-        sel = selectors.DefaultSelector()
+        # poll(2), not epoll: no kernel object to make, fill and close for
+        # three fds, four system calls per job fewer.
+        sel = _Selector()
         sel.register(out_r, selectors.EVENT_READ, relay.feed)
         sel.register(process.sock.fileno(), selectors.EVENT_READ, messages.feed)
         if process.pidfd is not None:
