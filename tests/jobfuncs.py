@@ -281,6 +281,18 @@ def pid_and_parent():
     return os.getpid(), os.getppid()
 
 
+def signal_handlers():
+    """The handlers this job started with, by signal name ("default",
+    "ignored", or the handler's name)."""
+    import signal
+
+    names = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored"}
+    return {sig.name: names.get(signal.getsignal(sig),
+                                 getattr(signal.getsignal(sig), "__name__", "?"))
+            for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGINT,
+                        signal.SIGHUP, signal.SIGUSR1)}
+
+
 def set_handler():
     import signal
 

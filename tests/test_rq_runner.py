@@ -303,6 +303,16 @@ def test_a_worker_stopped_mid_job_stops_its_job_then_exits(
         workers.stop()
 
 
+def test_a_job_on_the_rq_worker_starts_with_default_signal_handlers(rq_mw, rq_workers):
+    """Not the worker's (RQ's warm shutdown on SIGTERM, its timeout on
+    SIGALRM): the job's process was forked from the worker itself."""
+    mw = rq_mw()
+    job = mw.submit(jobfuncs.signal_handlers).wait(timeout=20)
+    assert job.result == {"SIGTERM": "default", "SIGALRM": "default",
+                          "SIGINT": "default", "SIGHUP": "default",
+                          "SIGUSR1": "default"}, job.error
+
+
 def test_rqs_stop_job_command_kills_the_job_and_the_worker_lives_on(
         rq_mw, rq_workers, tmp_path):
     mw = rq_mw(cancel_grace=60.0)
