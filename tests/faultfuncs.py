@@ -89,3 +89,10 @@ def raw_progress():
     context._job.report_progress({"done": 10**5000, "total": float("inf"),
                                   "message": "m" * 20_000})
     return "done"
+
+
+def blocked_signals():
+    """The signals this job's process blocks (none, wherever it started)."""
+    import signal
+
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))

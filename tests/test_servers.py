@@ -61,7 +61,10 @@ class Server:
         self.tmp.mkdir()
         self.log = tmp_path / "server.log"
         env = dict(os.environ, WSGI_BG_TEST_DIR=str(self.marks), TMPDIR=str(self.tmp),
-                   WSGI_BG_TEST_GRACE=str(GRACE), PYTHONPATH=TESTS)
+                   WSGI_BG_TEST_GRACE=str(GRACE),
+                   # this checkout's wsgi_bg too, when the run was given it
+                   PYTHONPATH=os.pathsep.join(
+                       filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 command(server, self.port), env=env, cwd=TESTS, stdout=log,
@@ -172,9 +175,6 @@ def test_jobs_run(server):
 
 
 def test_sigterm_gives_running_jobs_their_grace_then_stops_them(server):
-    if server.process.args[0] == UWSGI:
-        pytest.skip("uWSGI: the worker is at times held past SIGTERM (the master"
-                    " waits its 60 s mercy); under investigation, see issue 10")
     cooperative = server.start("/cooperative")
     stubborn = server.start("/stubborn")
     wait_for(lambda: server.job_pids("cooperative") and server.job_pids("stubborn"),

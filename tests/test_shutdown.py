@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
 import pytest
 
+import faultfuncs
 import jobfuncs
 from helpers import assert_no_children, wait_for
 from wsgi_bg import JobState
@@ -79,6 +81,32 @@ def test_shutdown_without_wait_kills_at_once(make_mw, tmp_path):
     assert time.monotonic() - start < 3
     assert job.state is JobState.CANCELLED
     assert_no_children(timeout=0.5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.memory_store_only
+def test_first_job_from_a_thread_that_blocks_signals(make_mw):
+    # uWSGI's request threads block nearly every signal, and a process
+    # inherits the mask of the thread that starts it: a forkserver started
+    # from one never saw SIGCHLD, never reaped a pool worker, and shutdown
+    # waited for ever. Every process is started with no signal blocked.
+    mw = make_mw(max_workers=1)
+    found = {}
+
+    def first_job() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        found["job"] = mw.submit(faultfuncs.blocked_signals)
+
+    thread = threading.Thread(target=first_job)
+    thread.start()
+    thread.join(30)
+    job = found["job"].wait(timeout=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result == []
+    start = time.monotonic()
+    mw.shutdown()
+    assert time.monotonic() - start < 5
+    assert_no_children(timeout=5)
 
 
 def test_shutdown_before_any_submit(make_mw):

@@ -13,18 +13,20 @@ worker die before the job started.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import pickle
 import reprlib
+import signal
 import sys
 import threading
 import time
 import traceback
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -233,21 +235,25 @@ class Engine:
                 ctx = multiprocessing.get_context(self.start_method)
                 _survive_removed_cwd()
                 before = _forkserver_pid()
-                store = self._backend.start(ctx, holds_queued=runner.holds_queued)
-                if runner.needs_link and self.start_method == "forkserver":
-                    # Started now, not by the pool's first worker: ours to stop.
-                    from multiprocessing import forkserver
+                with _signals_unblocked():
+                    store = self._backend.start(ctx,
+                                                holds_queued=runner.holds_queued)
+                    if runner.needs_link and self.start_method == "forkserver":
+                        # Started now, not by the pool's first worker: ours
+                        # to stop.
+                        from multiprocessing import forkserver
 
-                    forkserver.ensure_running()
-                _claim_forkserver(before)
-                try:
-                    runner.start(self._backend.link() if runner.needs_link
-                                 else LocalLink(store) if runs_here(runner) else None)
-                except BaseException:
-                    # A bad executor_factory: leave nothing running.
-                    self._store = self._backend.stop()
-                    _release_helpers(self)
-                    raise
+                        forkserver.ensure_running()
+                    _claim_forkserver(before)
+                    try:
+                        runner.start(self._backend.link() if runner.needs_link
+                                     else LocalLink(store) if runs_here(runner)
+                                     else None)
+                    except BaseException:
+                        # A bad executor_factory: leave nothing running.
+                        self._store = self._backend.stop()
+                        _release_helpers(self)
+                        raise
                 self._runner = runner
                 self._store = store
                 _register_exit(self)
@@ -529,6 +535,29 @@ def _survive_removed_cwd() -> None:
 
     if not isinstance(getattr(spawn, "os", None), _OsModule):
         spawn.os = _OsModule("os")  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _signals_unblocked() -> Iterator[None]:
+    """Start processes with no signal blocked.
+
+    A process inherits the signal mask of the thread that forks or spawns it,
+    and the processes multiprocessing starts from there inherit it in turn
+    (the forkserver's: the store's manager, pool workers, job processes). Servers
+    block signals in their request threads (uWSGI blocks nearly all), so a
+    forkserver started from one never saw SIGCHLD: it reaped no pool worker,
+    and shutdown waited for ever for a worker that had exited (uWSGI's master
+    then killed the server after its 60 s mercy). A signal that arrives in
+    this short window may be handled by this thread, as by any other.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _release_helpers(engine: Engine) -> None:
