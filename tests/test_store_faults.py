@@ -1,7 +1,7 @@
 """The default store's manager process killed or stopped from outside: bounded
-waits, 503 with Retry-After, one log line, recovery, a shutdown that never
-raises. Each test kills or stops the manager by its pid and always lets a
-stopped one go on."""
+waits, 503 with Retry-After, one log line, recovery (a killed store is
+replaced by a fresh store and pool), a shutdown that never raises. Each test
+kills or stops the manager by its pid and always lets a stopped one go on."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +10,12 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 import webtest
 
 import jobfuncs
-from helpers import wait_for
+from helpers import live_children, wait_for
 from wsgi_bg import JobState
 from wsgi_bg.exceptions import StoreUnavailable
 
@@ -28,6 +29,26 @@ def site(environ, start_response):
 
 def manager_pid(mw) -> int:
     return mw.engine._backend._manager._process.pid
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP the process and wait until every thread of it has stopped: a
+    process stops thread by thread, and one thread may still answer a call
+    after kill() has returned."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                    state = stat.read().rpartition(")")[2].split()[0]
+            except FileNotFoundError:
+                continue  # a thread that ended
+            if state not in ("T", "t"):
+                return False
+        return True
+
+    wait_for(stopped, 10, interval=0.001, message="every thread of it to stop")
 
 
 def started_mw(wsgi_bg_middleware, **options):
@@ -72,7 +93,7 @@ def test_hung_store_costs_a_bounded_wait(wsgi_bg_middleware, caplog):
     mw, job = started_mw(wsgi_bg_middleware)
     client = webtest.TestApp(mw)
     pid = manager_pid(mw)
-    os.kill(pid, signal.SIGSTOP)
+    stop(pid)
     try:
         with caplog.at_level(logging.ERROR, logger="wsgi_bg"):
             start = time.monotonic()
@@ -105,7 +126,7 @@ def test_submit_with_a_hung_store_fails_fast_and_blocks_no_other(
         else:
             outcomes.append((None, time.monotonic() - start))
 
-    os.kill(pid, signal.SIGSTOP)
+    stop(pid)
     try:
         threads = [threading.Thread(target=submit) for _ in range(3)]
         for thread in threads:
@@ -144,3 +165,106 @@ def test_shutdown_never_raises_for_a_bad_store(wsgi_bg_middleware, fault):
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def submit_once_recovered(mw, fn, *args, timeout: float = 20.0):
+    """Submit, trying again while the store is being replaced (503s)."""
+    made = []
+
+    def attempt() -> bool:
+        try:
+            made.append(mw.submit(fn, *args))
+        except StoreUnavailable:
+            return False
+        return True
+
+    wait_for(attempt, timeout, interval=0.05, message="a submit on a fresh store")
+    return made[0]
+
+
+def ours_but_the_forkserver() -> list[psutil.Process]:
+    """The store's manager, the pool's workers and their job processes: the
+    forkserver's descendants (it is the whole process's and stays)."""
+    found = []
+    for child in live_children():
+        if child.ppid == os.getpid():  # the forkserver
+            continue
+        try:
+            found.append(psutil.Process(child.pid))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def still_alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.memory_store_only
+def test_a_killed_store_is_replaced_by_a_fresh_store_and_pool(wsgi_bg_middleware,
+                                                              caplog):
+    mw, _ = started_mw(wsgi_bg_middleware, max_workers=2)
+    client = webtest.TestApp(mw)
+    with caplog.at_level(logging.WARNING, logger="wsgi_bg"):
+        for loss in (1, 2):  # and a second loss recovers again
+            running = mw.submit(jobfuncs.sleeper, 60)
+            wait_for(lambda: running.state is JobState.RUNNING, 20,  # noqa: B023
+                     message="the job to run")
+            old = ours_but_the_forkserver()
+            assert len(old) >= 3  # the manager, a worker, the job's process
+            os.kill(manager_pid(mw), signal.SIGKILL)
+            job = submit_once_recovered(mw, jobfuncs.add, loss, 1)
+            assert job.wait(timeout=20).state is JobState.SUCCEEDED
+            assert job.result == loss + 1
+            # The lost job's pages say why it is gone.
+            page = client.get(f"/_jobs/api/jobs/{running.id}", status=404)
+            assert "job store was restarted at" in page.json["message"]
+            assert "jobs from before then are gone" in page.json["message"]
+            html = client.get(f"/_jobs/{running.id}", status=404)
+            assert "job store was restarted at" in html.text
+            with pytest.raises(LookupError, match="job store was restarted"):
+                running.state  # noqa: B018
+            # The lost store's manager, the old pool's workers and the job
+            # process they ran all end.
+            wait_for(lambda: not still_alive(old), 15,  # noqa: B023
+                     message="the lost store's processes to end")
+    errors = [r.getMessage() for r in caplog.records
+              if r.name == "wsgi_bg" and r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors  # one per loss
+    assert all("job store's process is gone" in m for m in errors), errors
+    start = time.monotonic()
+    mw.shutdown()  # never raises; the fixture checks nothing is left
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.memory_store_only
+def test_shutdown_while_a_fresh_store_starts(wsgi_bg_middleware):
+    mw, _ = started_mw(wsgi_bg_middleware)
+    running = mw.submit(jobfuncs.sleeper, 60)
+    wait_for(lambda: running.state is JobState.RUNNING, 20, message="the job to run")
+    pid = manager_pid(mw)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid)
+             or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             message="the manager to die")
+
+    def lost() -> bool:  # a store call notices: a fresh store starts
+        try:
+            mw.engine.store.counts()
+        except StoreUnavailable:
+            return mw.engine.store_lost_at is not None
+        return False
+
+    wait_for(lost, 10, message="the loss to be noticed")
+    start = time.monotonic()
+    mw.shutdown()  # never raises; the fixture checks nothing is left
+    assert time.monotonic() - start < 10
+    with pytest.raises(RuntimeError, match="shut down"):
+        mw.submit(jobfuncs.add, 1, 1)

@@ -14,6 +14,7 @@ worker die before the job started.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -189,12 +190,26 @@ class Engine:
         self._backend: Backend = open_backend(
             store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
             job_ttl=job_ttl, max_output_bytes=max_output_bytes,
+            on_lost=self._store_lost,
         )
-        self._planned: Runner = open_runner(
-            runner, backend=self._backend, max_workers=max_workers,
+        self._open_runner = functools.partial(
+            open_runner, runner, backend=self._backend, max_workers=max_workers,
             start_method=self.start_method, executor_factory=executor_factory,
             jobs_per_process=max_jobs_per_process, max_result_bytes=max_result_bytes,
         )
+        self._planned: Runner = self._open_runner()
+        #: When this process last found its store's process gone (the
+        #: default store: its manager killed) and started a fresh one; ``None``
+        #: if it never did. Jobs created before then are gone.
+        self.store_lost_at: float | None = None
+        # Recovery from a lost store (see _store_lost). _backend_lock: held
+        # while the backend is stopped or started, by recovery and shutdown.
+        self._backend_lock = threading.Lock()
+        self._recovery_lock = threading.Lock()
+        self._recovery: threading.Thread | None = None
+        self._lost_pending = False
+        self._closing = threading.Event()
+        self._retiring: list[threading.Thread] = []
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
@@ -359,6 +374,9 @@ class Engine:
                 raise StoreUnavailable(
                     "the job store was replaced while this job was being"
                     " created (its process was lost): try again")
+            # The runner of the store the job is created in: a fresh one if
+            # the store was replaced since _start (see _store_lost).
+            runner = self._runner or runner
             try:
                 self._dispatch(runner, job_id)
             except BaseException:
@@ -419,9 +437,12 @@ class Engine:
     def _finish(self, job_id: str, state: str, error: str) -> None:
         # From callbacks and threads: a store that cannot be reached is logged,
         # not raised into concurrent.futures' machinery.
+        store = self._store
         try:
-            self._store.finish(job_id, state, None, error)
+            store.finish(job_id, state, None, error)
         except (StoreUnavailable, OSError, EOFError) as exc:
+            if getattr(store, "lost", False):
+                return  # the job went with its store; the loss is logged once
             logger.error("wsgi_bg: could not record job %s as %s: %s",
                          job_id, state, exc)
 
@@ -468,13 +489,27 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            runner = self._runner
-        if runner is None:
+            started = self._runner is not None
+        self._closing.set()
+        if not started:
             return
-        store = self._store
+        # After a store restart under way, if any: then its store and pool
+        # are the ones to stop.
+        with self._backend_lock:
+            self._stop(wait)
+        with self._recovery_lock:
+            retiring = list(self._retiring)
+        deadline = time.monotonic() + self.cancel_grace + _RETIRE_SECONDS
+        for thread in retiring:  # pools of lost stores, stopping
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _stop(self, wait: bool) -> None:
         with self._lock:
+            runner, store = self._runner, self._store
             # This engine's own jobs: a shared store holds other processes' too.
             own = list(self._calls)
+        if runner is None:
+            return
         grace = self.cancel_grace if wait else 0.0
         try:
             for job_id in own:
@@ -482,13 +517,121 @@ class Engine:
                 # that a job done within its grace keeps its outcome.
                 store.request_cancel(job_id, grace, shutdown=True)
         except (StoreUnavailable, OSError, EOFError) as exc:
-            logger.error("wsgi_bg: shutting down without the store (%s): running"
-                         " jobs are stopped without their grace", exc)
+            if not getattr(store, "lost", False):  # (a loss is logged once)
+                logger.error("wsgi_bg: shutting down without the store (%s):"
+                             " running jobs are stopped without their grace", exc)
         finally:
             runner.shutdown()  # even when the store is gone: stop the pool
             if not (runs_here(runner) and not self._backend.shared):
                 self._store = self._backend.stop()  # (inline: nothing started)
             _release_helpers(self)
+
+    # -- a lost store ---------------------------------------------------------------
+    def _store_lost(self) -> None:
+        """The backend's ``on_lost``: the default store's manager process is
+        gone (killed, out of memory), and the jobs it held with it. Starts a
+        fresh store and pool in a thread of its own; until they run, the lost
+        store answers every call with StoreUnavailable (503). Called once per
+        loss, from whichever thread noticed (a request's, which may hold
+        ``_lock``): it must not block."""
+        with self._recovery_lock:
+            if self._closed:
+                return
+            self.store_lost_at = time.time()
+            self._lost_pending = True
+            if self._recovery is not None:
+                return  # the running recovery sees _lost_pending again
+            self._recovery = threading.Thread(
+                target=self._recover, name="wsgi_bg-store-restart", daemon=True)
+            self._recovery.start()
+
+    def _recover(self) -> None:
+        delay = 1.0
+        while True:
+            with self._recovery_lock:
+                if not self._lost_pending or self._closed:
+                    self._recovery = None
+                    return
+                self._lost_pending = False
+            try:
+                self._restart_store()
+                delay = 1.0
+            except Exception:
+                logger.exception(
+                    "wsgi_bg: a fresh job store could not be started; trying"
+                    " again in %s s (requests that need it are answered 503)",
+                    delay)
+                with self._recovery_lock:
+                    self._lost_pending = True
+                self._closing.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _restart_store(self) -> None:
+        """Replace the lost store and the pool whose workers reach it."""
+        with self._backend_lock:
+            if self._closed:
+                return
+            with self._lock:
+                old_runner = self._runner
+            ctx = multiprocessing.get_context(self.start_method)
+            _survive_removed_cwd()
+            # Reaps the dead manager and stops the lost store's threads; the
+            # engine keeps answering from the lost store (StoreUnavailable)
+            # until the swap below.
+            self._backend.stop()
+            runner = self._open_runner()
+            with _signals_unblocked():
+                store = self._backend.start(ctx, holds_queued=runner.holds_queued)
+                try:
+                    runner.start(self._backend.link())
+                except BaseException:
+                    self._backend.stop()
+                    raise
+            with self._lock:
+                # Requests in flight hold _lock while they create and hand
+                # over a job: each one's job is in the lost store (and fails)
+                # or in this one, on this pool. The lost store's jobs are
+                # gone: their calls are dropped, never run again.
+                self._store, self._runner = store, runner
+                dropped = len(self._calls)
+                self._calls.clear()
+                self._futures.clear()
+        logger.warning(
+            "wsgi_bg: a fresh job store and worker pool run; %d job(s) of this"
+            " process that were queued or running in the lost store are gone",
+            dropped)
+        if old_runner is not None:
+            # Its workers reach the dead store: each ends the job it
+            # supervised (killing its process group) when its store calls
+            # fail, then exits. Stopped apart: a pool waits for its workers.
+            retire = threading.Thread(target=_retire, args=(old_runner,),
+                                      name="wsgi_bg-pool-retire", daemon=True)
+            with self._recovery_lock:
+                self._retiring = [t for t in self._retiring if t.is_alive()]
+                self._retiring.append(retire)
+            retire.start()
+
+    def lost_note(self) -> str:
+        """What to add where a job is not found, when this process's store
+        was lost and replaced (``""`` if it never was)."""
+        lost_at = self.store_lost_at
+        if lost_at is None:
+            return ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lost_at))
+        return (f"; the job store was restarted at {when} after its process"
+                " was lost: jobs from before then are gone")
+
+
+#: Seconds past cancel_grace that shutdown waits for the pool of a lost store.
+_RETIRE_SECONDS = 5.0
+
+
+def _retire(runner: Runner) -> None:
+    try:
+        runner.shutdown()
+    except Exception:
+        logger.exception("wsgi_bg: the worker pool of the lost job store did not"
+                         " stop cleanly")
 
 
 #: Engines started and not yet shut down, in this process. The forkserver and

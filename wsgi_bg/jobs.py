@@ -103,6 +103,7 @@ class Job:
             raise LookupError(
                 f"job {self._id!r} is no longer stored: finished jobs are dropped"
                 " after job_ttl seconds or past max_jobs"
+                + self._engine.lost_note()
             )
         return record
 

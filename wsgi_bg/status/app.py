@@ -362,7 +362,8 @@ class StatusApp:
         except Exception as exc:
             if job is not None and self.middleware.get_job(job.id) is None:
                 # It read the job just as it was dropped.
-                raise NotFound(f"job {job.id} is no longer stored") from None
+                raise NotFound(f"job {job.id} is no longer stored"
+                               + self._lost_note()) from None
             name = getattr(authorize, "__qualname__", None) or repr(authorize)
             logger.exception("wsgi_bg: authorize callable %s raised for action %r",
                              name, action)
@@ -373,12 +374,7 @@ class StatusApp:
             ) from None
 
     def _lost_note(self) -> str:
-        lost_at = getattr(self.middleware.engine, "store_lost_at", None)
-        if lost_at is None:
-            return ""
-        return ("; the job store's process died at"
-                f" {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lost_at))}"
-                " and a fresh one was started: jobs started before then are lost")
+        return self.middleware.engine.lost_note()
 
     def _may_list(self, request: Request) -> bool:
         """Whether this visitor may see the list (to link it)."""
@@ -480,7 +476,8 @@ class StatusApp:
             text = job.output
             name = job.name
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+            raise NotFound(f"job {job_id} is no longer stored"
+                           + self._lost_note()) from None
         response = Response(render.clean_text(text), mimetype="text/plain")
         stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
         response.headers.set("Content-Disposition", "attachment",
@@ -496,7 +493,8 @@ class StatusApp:
         try:
             job.state  # noqa: B018 - gone already: 404, not an empty stream
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+            raise NotFound(f"job {job_id} is no longer stored"
+                           + self._lost_note()) from None
         if self._streams >= self.max_streams:
             raise ServiceUnavailable(
                 f"{self.max_streams} event streams are open (max_streams): poll"
@@ -529,7 +527,8 @@ class StatusApp:
         try:
             state = job.state.value
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+            raise NotFound(f"job {job_id} is no longer stored"
+                           + self._lost_note()) from None
         best = request.accept_mimetypes.best_match(["application/json", "text/html"])
         if best == "text/html":
             # The page's form (no script): back to the page, as a GET.
