@@ -250,10 +250,9 @@ def test_shutdown_while_a_fresh_store_starts(wsgi_bg_middleware):
     running = mw.submit(jobfuncs.sleeper, 60)
     wait_for(lambda: running.state is JobState.RUNNING, 20, message="the job to run")
     pid = manager_pid(mw)
+    manager = psutil.Process(pid)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(pid)
-             or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
-             message="the manager to die")
+    wait_for(lambda: not still_alive([manager]), 10, message="the manager to die")
 
     def lost() -> bool:  # a store call notices: a fresh store starts
         try:
