@@ -17,6 +17,13 @@ from wsgi_bg import (
 MARKS = Path(os.environ.get("WSGI_BG_TEST_DIR", "."))
 
 
+def mark(name: str, text: str) -> None:
+    """Leave a mark for the test, whole: it may read it at any moment."""
+    partial = MARKS / f".{name}.partial"
+    partial.write_text(text)
+    os.replace(partial, MARKS / name)
+
+
 @background
 def double(x):
     return 2 * x
@@ -25,18 +32,18 @@ def double(x):
 @background
 def cooperative():
     """Stops when asked, a little after: it must get its grace."""
-    (MARKS / f"cooperative-{os.getpid()}.pid").write_text(str(os.getpid()))
+    mark(f"cooperative-{os.getpid()}.pid", str(os.getpid()))
     while not current_job.cancel_requested:
         time.sleep(0.05)
     time.sleep(0.3)
-    (MARKS / "cooperative-stopped").write_text("stopped within its grace")
+    mark("cooperative-stopped", "stopped within its grace")
     return "stopped"
 
 
 @background
 def stubborn():
     """Ignores every cancel: must be killed after its grace."""
-    (MARKS / f"stubborn-{os.getpid()}.pid").write_text(str(os.getpid()))
+    mark(f"stubborn-{os.getpid()}.pid", str(os.getpid()))
     while True:
         time.sleep(0.05)
 
