@@ -39,7 +39,9 @@ def command(server: str, port: int) -> list[str]:
     if server == "uwsgi":
         return [UWSGI or "uwsgi", "--master", "--processes", "1", "--threads", "8",
                 "--http-socket", listen, "--module", "serverfuncs:app",
-                "--pythonpath", TESTS, "--die-on-term", "--need-app",
+                "--pythonpath", TESTS, "--need-app",
+                # SIGTERM: a graceful shutdown (see docs/deployment.md)
+                "--hook-master-start", "unix_signal:15 gracefully_kill_them_all",
                 "--disable-logging"]
     if server == "waitress":
         return [sys.executable, "-m", "waitress", "--threads=8",
