@@ -333,16 +333,20 @@
     }
 
     // The job is gone for good (404) or out of reach (403): say so, offer no
-    // cancel, stop polling.
-    function lost(status) {
+    // cancel, stop polling. A 404's message says when the job store was
+    // restarted after its process was lost (its jobs went with it).
+    var RESTARTED = "the job store was restarted";
+    function lost(status, message) {
       done = true;
       byId("cancel").hidden = true;
       if (byId("rerun")) { byId("rerun").hidden = true; }
       if (follow) { follow.parentNode.hidden = true; }
       if (status === 404) {
         badge("lost", "lost");
+        var at = typeof message === "string" ? message.indexOf(RESTARTED) : -1;
         say("This job is no longer on the server: it was dropped (finished jobs are"
             + " kept for a limited time and number) or the server restarted."
+            + (at < 0 ? "" : " The j" + message.slice(at + 5) + ".")
             + " The output below is what this page last received.");
       } else {
         badge("no access", "lost");
@@ -378,8 +382,10 @@
           return null;
         }
         if (response.status === 404 || response.status === 403) {
-          lost(response.status);
-          return null;
+          var status = response.status;
+          return response.json().then(function (body) {
+            lost(status, body && body.message);
+          }, function () { lost(status); });
         }
         if (!response.ok) {
           var after = parseInt(response.headers.get("Retry-After"), 10);
