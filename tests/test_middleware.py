@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import types
 
 import pytest
 import webtest
@@ -9,7 +11,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import appfuncs
 from helpers import wait_for
-from wsgi_bg import BackgroundMiddleware, JobState, backgrounder
+from wsgi_bg import BackgroundMiddleware, JobState, backgrounder, middleware
 from wsgi_bg.terminal import render_terminal
 
 
@@ -225,3 +227,22 @@ def test_flask_view_starts_a_job_and_redirects_to_it(make_mw, tmp_path):
     app.post("/count/1", status=303)
     assert app.post("/count/1", status=503).headers["Retry-After"] == "5"
     gate.touch()
+
+
+@pytest.mark.parametrize(("options", "warned"), [
+    pytest.param({"die-on-term": True}, True, id="die-on-term"),
+    pytest.param({"die-on-term": True, "hook-master-start":
+                  b"unix_signal:15 gracefully_kill_them_all"}, False, id="graceful"),
+    pytest.param({"hook-master-start": [b"unix_signal:15 gracefully_kill_them_all"]},
+                 False, id="graceful-only"),
+])
+def test_uwsgi_die_on_term_is_warned_of(monkeypatch, caplog, options, warned):
+    # What uWSGI's embedded module shows the app: its options.
+    monkeypatch.setitem(sys.modules, "uwsgi", types.SimpleNamespace(opt=options))
+    monkeypatch.setattr(middleware, "_uwsgi_warned", False)
+    with caplog.at_level(logging.WARNING, logger="wsgi_bg"):
+        BackgroundMiddleware(raw_app).shutdown()
+    said = [r.getMessage() for r in caplog.records if "--die-on-term" in r.getMessage()]
+    assert bool(said) is warned, said
+    if warned:
+        assert "unix_signal:15 gracefully_kill_them_all" in said[0]

@@ -166,6 +166,36 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _sigterm_exits)
 
 
+#: The uWSGI option that makes SIGTERM a graceful shutdown.
+UWSGI_GRACEFUL_SIGTERM = "unix_signal:15 gracefully_kill_them_all"
+_uwsgi_warned = False
+
+
+def _check_uwsgi_sigterm() -> None:
+    """Warn, once, when uWSGI runs with ``--die-on-term`` and not the
+    graceful SIGTERM: it then ends the worker from a signal handler, and
+    skips Python's exit (so the middleware's shutdown) whenever a request is
+    in flight, and running jobs get no ``cancel_grace``."""
+    global _uwsgi_warned
+    uwsgi = sys.modules.get("uwsgi")
+    options = getattr(uwsgi, "opt", None)
+    if _uwsgi_warned or not isinstance(options, dict):
+        return
+    hooks = options.get("hook-master-start") or []
+    if not isinstance(hooks, list):
+        hooks = [hooks]
+    graceful = any(b"gracefully_kill_them_all" in (
+        hook if isinstance(hook, bytes) else str(hook).encode()) for hook in hooks)
+    if options.get("die-on-term") and not graceful:
+        _uwsgi_warned = True
+        logger.warning(
+            "wsgi_bg: uWSGI runs with --die-on-term, which stops its worker on"
+            " SIGTERM without Python's exit whenever a request is in flight:"
+            " running jobs then get no cancel_grace and are killed at once."
+            ' Use --hook-master-start "%s" instead (a graceful shutdown; see'
+            " wsgi_bg's deployment docs, uWSGI)", UWSGI_GRACEFUL_SIGTERM)
+
+
 class BackgroundMiddleware:
     """Runs marked work in background processes and serves its status pages.
 
@@ -286,6 +316,7 @@ class BackgroundMiddleware:
         # forkserver, spawn, the manager) at the interpreter instead.
         _use_real_python()
         _exit_on_sigterm()
+        _check_uwsgi_sigterm()
         self.app = app
         self.prefix = prefix.rstrip("/")
         self._prefix_dir = self.prefix + "/"
