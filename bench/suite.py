@@ -798,8 +798,8 @@ def _rss(pid: int) -> int:
 def _memory(mw: BackgroundMiddleware) -> dict[str, int]:
     gc.collect()
     engine = mw.engine
-    manager = engine._manager._process.pid  # type: ignore[union-attr]
-    workers = list(engine._runner.executor._processes)  # type: ignore[union-attr]
+    manager = engine._backend._manager._process.pid  # type: ignore[attr-defined]
+    workers = engine._runner.worker_pids()  # type: ignore[union-attr]
     return {
         "server": _rss(os.getpid()),
         "manager": _rss(manager),

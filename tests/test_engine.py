@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import pickle
 import re
 import threading
@@ -44,7 +45,11 @@ def test_default_is_a_process_pool_on_forkserver(mw):
     job_pid, _ = _job_pids(job)
     job.wait(timeout=20)
     assert job.state is JobState.SUCCEEDED
-    assert isinstance(mw.engine._runner.executor, ProcessPoolExecutor)
+    # The pool's own workers, each with a pipe of its own: a worker's death
+    # is its job's alone.
+    runner = mw.engine._runner
+    assert runner.executor is None
+    assert len(runner.worker_pids()) == 1  # started on demand
     # The job ran in a process forked by a pool worker, itself started by the
     # forkserver: not a child of the server process.
     names = {p.pid for p in psutil.Process().children()}
@@ -58,9 +63,10 @@ def test_spawn_start_method(make_mw):
     job = mw.submit(jobfuncs.add, 2, 3).wait(timeout=40)
     assert job.state is JobState.SUCCEEDED, job.error
     assert job.result == 5
-    executor = mw.engine._runner.executor
-    assert isinstance(executor, ProcessPoolExecutor)
-    assert executor._mp_context.get_start_method() == "spawn"
+    runner = mw.engine._runner
+    assert runner.mp_context.get_start_method() == "spawn"
+    [worker] = runner.worker_pids()
+    assert psutil.Process(worker).ppid() == os.getpid()  # spawned by the server
 
 
 def test_bad_start_method(make_mw):

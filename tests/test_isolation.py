@@ -1,8 +1,11 @@
 """Isolation: a crash, a timeout or a cancel of one job touches no other."""
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import re
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import psutil
 import pytest
@@ -193,10 +196,35 @@ def test_cancel_finished_job_returns_false(mw):
 
 @pytest.mark.pool_only
 @pytest.mark.timeout(60)
-def test_a_dead_pool_worker_is_reported_and_the_pool_restarts(make_mw, tmp_path):
-    """The limit of isolation: concurrent.futures stops every worker when one
-    dies. Jobs then running say why; queued and later jobs still run."""
+def test_a_dead_pool_worker_costs_only_its_job(make_mw, tmp_path):
+    """Each worker is a pool of its own: one that dies (here killed by its
+    own job) fails the job it ran, and no other; queued and later jobs run."""
     mw = make_mw(max_workers=2)
+    gate = tmp_path / "gate"
+    neighbour = mw.submit(jobfuncs.wait_file, str(gate))
+    wait_for(lambda: neighbour.state is JobState.RUNNING, message="neighbour running")
+    killer = mw.submit(jobfuncs.kill_supervisor)
+    queued = mw.submit(jobfuncs.add, 2, 3)
+    killer.wait(timeout=30)
+    assert killer.state is JobState.CRASHED
+    assert "the pool worker running this job" in killer.error
+    assert "was killed by SIGKILL (signal 9)" in killer.error
+    assert queued.wait(timeout=30).result == 5
+    assert neighbour.state is JobState.RUNNING
+    gate.touch()
+    assert neighbour.wait(timeout=30).state is JobState.SUCCEEDED, neighbour.error
+    assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=30).result == 2
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_an_executor_factory_pool_breaks_as_a_whole(make_mw, tmp_path):
+    """executor_factory's executor is one pool: concurrent.futures stops
+    every worker when one dies. Jobs then running say why; queued and later
+    jobs run on a fresh one."""
+    factory = functools.partial(ProcessPoolExecutor, 2,
+                                mp_context=multiprocessing.get_context("forkserver"))
+    mw = make_mw(executor_factory=factory)
     gate = tmp_path / "gate"
     neighbour = mw.submit(jobfuncs.wait_file, str(gate))
     wait_for(lambda: neighbour.state is JobState.RUNNING, message="neighbour running")
@@ -208,3 +236,22 @@ def test_a_dead_pool_worker_is_reported_and_the_pool_restarts(make_mw, tmp_path)
         assert "a worker process of the pool died" in job.error
     assert queued.wait(timeout=30).result == 5
     assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=30).result == 2
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_no_job_waits_behind_a_long_one_while_a_worker_is_free(make_mw, tmp_path):
+    """A worker holds its next job in its pipe (what keeps a plain pool's
+    throughput); one held behind a long job is taken over by a free worker."""
+    mw = make_mw(max_workers=2)
+    gates = [tmp_path / "long", tmp_path / "other"]
+    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
+    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
+             message="both workers busy")
+    shorts = [mw.submit(jobfuncs.add, i, 1) for i in range(4)]  # two held next
+    gates[1].touch()  # one worker free: every short job runs there
+    for job in shorts:
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+    assert long.state is JobState.RUNNING
+    gates[0].touch()
+    assert long.wait(timeout=20).state is JobState.SUCCEEDED

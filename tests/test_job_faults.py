@@ -1,8 +1,11 @@
 """Issue 10: whatever a job does to its own process, its return is kept; its
-result, error and progress are bounded before any store sees them."""
+result, error and progress are bounded before any store sees them; a pool
+worker killed from outside costs only the job it ran."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from multiprocessing import forkserver, resource_tracker
 
@@ -130,3 +133,48 @@ def open_files(pid: int) -> set[str]:
         except FileNotFoundError:
             pass
     return found
+
+
+# -- a pool worker killed from outside ------------------------------------------------
+@pytest.mark.pool_only
+@pytest.mark.timeout(90)
+def test_a_worker_killed_from_outside_costs_only_its_own_job(make_mw, tmp_path):
+    mw = make_mw(max_workers=2)
+    flag = str(tmp_path / "go")
+    beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    victim = mw.submit(jobfuncs.pids_then_sleep, 60, 60)
+    wait_for(lambda: "beside start" in beside.output and "pids" in victim.output,
+             20, message="both jobs to run")
+    queued = mw.submit(jobfuncs.add, 2, 3)  # held by one of the two workers
+    assert queued.state is JobState.QUEUED
+    job_pid, grandchild = map(int, re.search(r"pids (\d+) (\d+)", victim.output)
+                              .groups())
+    worker = psutil.Process(job_pid).ppid()  # the job process's parent
+    assert worker in mw.engine._runner.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    victim.wait(timeout=20)
+    assert victim.state is JobState.CRASHED
+    assert (f"the pool worker running this job (pid {worker}) was killed by"
+            " SIGKILL (signal 9)") in victim.error
+    assert "No other job was touched" in victim.error
+    # The job queued behind it runs on a fresh worker, while the other job
+    # still runs in its own.
+    assert queued.wait(timeout=20).state is JobState.SUCCEEDED, queued.error
+    assert queued.result == 5
+    assert beside.state is JobState.RUNNING
+    jobfuncs.touch(flag)
+    assert beside.wait(timeout=20).state is JobState.SUCCEEDED, beside.error
+    assert beside.output == "beside start\nbeside end\n"
+    # What the killed job started went with it.
+    wait_for(lambda: gone(job_pid) and gone(grandchild), 10,
+             message="the killed job's processes to end")
+    for job in [mw.submit(jobfuncs.add, i, i) for i in range(4)]:
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+    assert worker not in mw.engine._runner.worker_pids()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -155,7 +155,8 @@ SERVER = textwrap.dedent(
         return [b""]
 
     def main():
-        mw = BackgroundMiddleware(app, max_workers=2, cancel_grace={grace})
+        mw = BackgroundMiddleware(app, max_workers=2, cancel_grace={grace},
+                                  **{options!r})
         job = mw.submit(jobfuncs.pids_then_sleep, 120, 120)
         deadline = time.monotonic() + 30
         while not (match := re.search(r"pids (\\d+) (\\d+)", job.output)):
@@ -183,18 +184,24 @@ def gone(pid: int) -> bool:
         return True
 
 
-def start_server(tmp_path, mode: str, grace: float = 1.0):
+def start_server(tmp_path, mode: str, grace: float = 1.0, options=None):
+    """Run SERVER; its TMPDIR (where multiprocessing puts its pymp-* temporary
+    directories) is ``tmp_path / "tmp"``."""
     script = tmp_path / "server.py"
-    script.write_text(SERVER.format(tests=TESTS, root=ROOT, grace=grace, mode=mode))
+    script.write_text(SERVER.format(tests=TESTS, root=ROOT, grace=grace, mode=mode,
+                                    options=options or {}))
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     line = proc.stdout.readline()  # bounded by the test's timeout
     if not line:
         proc.stdout.close()
         raise AssertionError(f"the server script failed (code {proc.wait(10)})")
     pids = json.loads(line)
     everything = {pids["server"], pids["job"], pids["grandchild"], *pids["children"]}
-    assert len(pids["children"]) >= 5  # manager, forkserver, workers, job, ...
+    # tracker, forkserver, a worker, job, grandchild (and the default store's manager)
+    assert len(pids["children"]) >= 5
     assert pids["job"] in pids["children"] and pids["grandchild"] in pids["children"]
     return proc, everything, pids
 
@@ -212,11 +219,28 @@ def finish(proc, everything) -> list[int]:
     return left
 
 
+def temporary_dirs(tmp_path) -> list[str]:
+    """The server's multiprocessing temporary directories (pymp-*) left."""
+    return sorted(path.name for path in (tmp_path / "tmp").glob("pymp-*"))
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def server_store(request):
+    """The store options of a SERVER: the default store, then Redis (no
+    manager there: the pool's workers see the server die)."""
+    if request.param == "memory":
+        return {}
+    from conftest import TEST_SECRET_KEY
+
+    return {"store": request.getfixturevalue("redis_server").url,
+            "secret_key": TEST_SECRET_KEY, "namespace": "test-server-killed"}
+
+
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM],
                          ids=["SIGKILL", "SIGTERM"])
-def test_server_killed_outright_leaves_nothing(tmp_path, sig):
-    proc, everything, _ = start_server(tmp_path, "block")
+def test_server_killed_outright_leaves_nothing(tmp_path, sig, server_store):
+    proc, everything, _ = start_server(tmp_path, "block", options=server_store)
     try:
         os.kill(proc.pid, sig)
         proc.wait(10)
@@ -228,6 +252,9 @@ def test_server_killed_outright_leaves_nothing(tmp_path, sig):
     finally:
         left = finish(proc, everything)
     assert not left, f"still alive 5 s after {sig.name}: {left}"
+    # Nor a temporary directory (the forkserver's socket, the manager's):
+    # the server never removed them itself after a SIGKILL.
+    assert not temporary_dirs(tmp_path)
 
 
 @pytest.mark.timeout(40)
@@ -245,3 +272,4 @@ def test_server_exiting_normally_stops_a_long_job(tmp_path):
     assert not left
     assert proc.returncode == 0
     assert took < grace + 3, f"the server took {took:.1f} s to exit"
+    assert not temporary_dirs(tmp_path)

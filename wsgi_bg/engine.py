@@ -36,7 +36,9 @@ from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .limits import MAX_RESULT_BYTES
 from .runners import LocalLink, Runner, open_runner, runs_here
+from .runners.pool import WorkerLost, kill_group
 from .stores import Backend, Store, open_backend
+from .stores.guard import GuardedStore
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -417,8 +419,11 @@ class Engine:
             exc = future.exception()
             if exc is None:
                 return
+            lost_at_shutdown = isinstance(exc, WorkerLost) and exc.shutting_down
             try:
-                record = self._store.get(job_id)
+                # (Not for a worker killed by shutdown, which killed the job's
+                # processes too: its store may be the one that hangs.)
+                record = None if lost_at_shutdown else self._store.get(job_id)
             except (StoreUnavailable, OSError, EOFError):
                 record = None
             if (isinstance(exc, BrokenProcessPool) and call is not None
@@ -432,7 +437,12 @@ class Engine:
                 threading.Thread(target=self._redispatch, args=(job_id,),
                                  name="wsgi_bg-resubmit", daemon=True).start()
                 return
-        self._finish(job_id, JobState.CRASHED.value, _worker_failure(exc))
+        if isinstance(exc, WorkerLost) and record is not None and record["pid"]:
+            # Its job process died with the worker (its parent-death signal);
+            # what the job started, in its process group, did not.
+            kill_group(record["pid"])
+        self._finish(job_id, (JobState.CANCELLED if lost_at_shutdown
+                              else JobState.CRASHED).value, _worker_failure(exc))
 
     def _finish(self, job_id: str, state: str, error: str) -> None:
         # From callbacks and threads: a store that cannot be reached is logged,
@@ -511,17 +521,26 @@ class Engine:
         if runner is None:
             return
         grace = self.cancel_grace if wait else 0.0
+        if isinstance(store, GuardedStore):
+            # A hung store must not hold shutdown for its usual bound.
+            store.timeout = min(store.timeout, _SHUTDOWN_STORE_SECONDS)
+        asked = True
         try:
             for job_id in own:
                 # Queued: cancelled. Running: asked to stop, not cancelled, so
                 # that a job done within its grace keeps its outcome.
                 store.request_cancel(job_id, grace, shutdown=True)
         except (StoreUnavailable, OSError, EOFError) as exc:
+            asked = False
             if not getattr(store, "lost", False):  # (a loss is logged once)
                 logger.error("wsgi_bg: shutting down without the store (%s):"
                              " running jobs are stopped without their grace", exc)
         finally:
-            runner.shutdown()  # even when the store is gone: stop the pool
+            # Even when the store is gone: stop the pool. Jobs asked to stop
+            # end within their grace (their supervisors see to it); a worker
+            # still busy a little later (its store calls hang), or at once
+            # when the jobs could not be asked, is killed with its job.
+            runner.shutdown(grace + _SHUTDOWN_MARGIN if asked else 0.0)
             if not (runs_here(runner) and not self._backend.shared):
                 self._store = self._backend.stop()  # (inline: nothing started)
             _release_helpers(self)
@@ -622,6 +641,14 @@ class Engine:
                 " was lost: jobs from before then are gone")
 
 
+#: Seconds a store call may take during shutdown (a hung store's first call
+#: costs that much; later ones fail at once).
+_SHUTDOWN_STORE_SECONDS = 1.0
+#: Seconds past cancel_grace that shutdown waits for a pool worker to end its
+#: job before it kills the worker (a job asked to stop is killed by its
+#: supervisor at cancel_grace, and recorded; the worker then answers at once).
+_SHUTDOWN_MARGIN = 0.5
+
 #: Seconds past cancel_grace that shutdown waits for the pool of a lost store.
 _RETIRE_SECONDS = 5.0
 
@@ -643,8 +670,11 @@ _started_lock = threading.Lock()
 
 
 def _worker_failure(exc: BaseException) -> str:
+    if isinstance(exc, WorkerLost):  # the pool's own: one worker, one job
+        return str(exc)
     if isinstance(exc, BrokenProcessPool):
-        # concurrent.futures stops every worker when one dies.
+        # executor_factory's pool: concurrent.futures stops every worker when
+        # one dies.
         return (
             "a worker process of the pool died (killed from outside, or out of"
             " memory) and the pool stopped every worker, this job's too; the"

@@ -66,11 +66,13 @@ class Runner(Protocol):
         if that is simple. It never runs either way (its start fails)."""
 
     def restart(self) -> None:
-        """Replace what broke (the pool, after a worker died); a no-op for
-        runners where nothing can."""
+        """Replace what broke (an ``executor_factory`` pool, after a worker
+        died); a no-op for runners where nothing can."""
 
-    def shutdown(self) -> None:
-        """Stop what :meth:`start` started, waiting for it."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop what :meth:`start` started, waiting for it; what still runs
+        ``timeout`` seconds later (``None``: no limit) is killed, where the
+        runner can."""
 
 
 def runs_here(runner: Runner) -> bool:

@@ -116,7 +116,7 @@ class InlineRunner:
     def restart(self) -> None:
         pass  # nothing can break
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         pass  # nothing was started; a job in progress ends by itself
 
 

@@ -105,9 +105,9 @@ def _prctl(option: int, value: int) -> None:
     _libc.prctl(option, value, 0, 0, 0)
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send this process ``sig`` when its parent dies."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def _children_left() -> bool:

@@ -230,6 +230,8 @@ class GuardedStore:
         try:
             self._store.counts()
         except Exception:
+            if self._closed:
+                return  # stopped meanwhile (a hung manager is killed): no news
             if not self._alive():
                 self._mark_lost()
                 return

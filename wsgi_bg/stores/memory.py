@@ -12,8 +12,9 @@ process that the middleware starts on its first submit. Nothing to install::
 
 The watchdog exists because a manager, like the pool's workers, outlives a
 server process that is killed outright (SIGKILL): it watches the server's pid
-and, when it dies, kills every job process group and worker it knows of, then
-exits.
+and, when it dies, kills every job process group and worker it knows of,
+removes the server's multiprocessing temporary directory and its own
+(``pymp-*``, which the killed server never did), then exits.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import multiprocessing
 import os
 import re
 import select
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing import util
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
 from typing import Any
@@ -164,7 +167,7 @@ class MemoryStore:
         # Jobs per state, kept with every change: counts() is polled (pages,
         # waiting for jobs) and must not walk every record under the lock.
         self._counts = dict.fromkeys((s.value for s in JobState), 0)
-        self._workers: set[int] = set()
+        self._workers: dict[int, int | None] = {}  # pid -> its start time
 
     # -- writes ---------------------------------------------------------------
     def create(
@@ -354,18 +357,22 @@ class MemoryStore:
 
     def register_worker(self, pid: int) -> None:
         """Remember a pool worker's pid, for the watchdog."""
+        started = _start_time(pid)
         with self._lock:
-            self._workers.add(pid)
+            self._workers[pid] = started
 
     def kill_all(self) -> None:
-        """SIGKILL every running job's process group and every known worker."""
+        """SIGKILL every running job's process group and every known worker
+        still running (a worker that died since, say killed from outside,
+        may have left its pid to another process)."""
         with self._lock:
             groups = [r["pid"] for r in self._records.values() if r.get("pid")]
-            workers = list(self._workers)
+            workers = dict(self._workers)
         for pgid in groups:
             _kill(os.killpg, pgid)
-        for pid in workers:
-            _kill(os.kill, pid)
+        for pid, started in workers.items():
+            if _start_time(pid) == started:
+                _kill(os.kill, pid)
 
     def snapshot(self) -> MemoryStore:
         """This store, to be copied to the caller through the manager: lets
@@ -376,7 +383,7 @@ class MemoryStore:
         with self._lock:
             state = self.__dict__.copy()
         del state["_lock"]
-        state["_workers"] = set()
+        state["_workers"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -408,6 +415,18 @@ def _kill(kill: Any, pid: int) -> None:
         pass
 
 
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; Linux), which
+    tells it from a later process given the same pid; ``None`` elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+        # Field 22; the command (field 2) is in parentheses and may hold spaces.
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # -- the manager-served default ----------------------------------------------------
 _served: MemoryStore | None = None
 
@@ -424,12 +443,16 @@ class StoreManager(BaseManager):
 StoreManager.register("get_store", callable=_get_store)
 
 
-def _serve(server_pid: int, options: dict[str, Any]) -> None:
-    """Manager process initializer: create the store, start the watchdog."""
+def _serve(
+    server_pid: int, options: dict[str, Any], server_tmp: str | None = None
+) -> None:
+    """Manager process initializer: create the store, start the watchdog.
+    ``server_tmp``: the server's multiprocessing temporary directory."""
     global _served
     _served = MemoryStore(**options)
     threading.Thread(
-        target=_watch, args=(server_pid, _served), name="wsgi_bg-watchdog", daemon=True
+        target=_watch, args=(server_pid, _served, server_tmp),
+        name="wsgi_bg-watchdog", daemon=True,
     ).start()
 
 
@@ -455,9 +478,16 @@ def wait_for_exit(pid: int, poll: float = 0.5) -> None:
         time.sleep(poll)
 
 
-def _watch(server_pid: int, store: MemoryStore) -> None:
+def _watch(server_pid: int, store: MemoryStore, server_tmp: str | None) -> None:
     wait_for_exit(server_pid)
     store.kill_all()
+    # Multiprocessing's temporary directories (pymp-*: the forkserver's socket
+    # in the server's, this manager's socket in its own), which a killed
+    # server never removed and this exit skips.
+    own = multiprocessing.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
+    for folder in (server_tmp, own):
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     os._exit(0)
 
 
@@ -468,7 +498,8 @@ def start_manager(
     manager = StoreManager(ctx=ctx)
     options = {"max_jobs": max_jobs, "job_ttl": job_ttl,
                "max_output_bytes": max_output_bytes}
-    manager.start(initializer=_serve, initargs=(os.getpid(), options))
+    manager.start(initializer=_serve,
+                  initargs=(os.getpid(), options, util.get_temp_dir()))
     return manager
 
 
