@@ -255,3 +255,46 @@ def test_no_job_waits_behind_a_long_one_while_a_worker_is_free(make_mw, tmp_path
     assert long.state is JobState.RUNNING
     gates[0].touch()
     assert long.wait(timeout=20).state is JobState.SUCCEEDED
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and every process under it, so far."""
+    total = 0.0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_a_cancelled_job_held_behind_a_long_one_is_not_taken_over_again(
+        make_mw, tmp_path):
+    """A job held next behind a long job, then cancelled: a free worker takes
+    it over once, its start is refused, and that is the end of it (it used to
+    be taken over again and again, every process busy, until the long job
+    ended)."""
+    mw = make_mw(max_workers=2)
+    gates = [tmp_path / "long", tmp_path / "other"]
+    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
+    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
+             message="both workers busy")
+    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    for job in held:
+        assert job.cancel() is True
+    gates[1].touch()  # one worker free: it may take over the one behind `long`
+    assert other.wait(timeout=20).state is JobState.SUCCEEDED
+    time.sleep(0.5)  # (not synchronisation: the window whose CPU time is read)
+    before, start = _cpu_seconds(), time.monotonic()
+    time.sleep(1.0)
+    used = _cpu_seconds() - before
+    elapsed = time.monotonic() - start
+    # Idle, every process together uses a few ms a second; the loop kept
+    # both CPUs busy.
+    assert used < 0.3 * elapsed, f"{used:.2f} s of CPU in {elapsed:.2f} s while idle"
+    assert all(job.state is JobState.CANCELLED for job in held)
+    gates[0].touch()
+    assert long.wait(timeout=20).state is JobState.SUCCEEDED

@@ -332,7 +332,7 @@ class _Job:
     answer decides); a copy left behind another job answers later, unheard.
     """
 
-    __slots__ = ("future", "message", "copies", "lost", "done")
+    __slots__ = ("future", "message", "copies", "lost", "done", "refused")
 
     def __init__(self, future: Future[str | None], message: bytes) -> None:
         self.future = future
@@ -340,6 +340,9 @@ class _Job:
         self.copies = 0  # copies held by workers, not yet answered
         self.lost: WorkerLost | None = None  # a copy's worker died
         self.done = False  # the future has (or is being given) its outcome
+        # A copy's start was refused (cancelled, or started by the other
+        # copy): it never becomes startable again, so it is not taken over.
+        self.refused = False
 
 
 class _Slot:
@@ -567,8 +570,8 @@ class ProcessRunner:
             if slot.state != _READY or len(slot.jobs) < 2:
                 continue
             job = slot.jobs[-1]
-            if job.done or job.copies > 1:
-                continue  # ended, or taken over already
+            if job.done or job.copies > 1 or job.refused:
+                continue  # ended, taken over already, or cannot start
             if now - slot.since >= _STUCK_AFTER:
                 return job
             if soonest is None or slot.since < soonest:
@@ -739,6 +742,7 @@ class ProcessRunner:
                 return None
         elif error is None and result is None:
             if job.copies:
+                job.refused = True
                 return None  # this copy did not run it: another may
             error = job.lost  # none did, unless the one whose worker died
         job.done = True
@@ -827,11 +831,14 @@ class ProcessRunner:
             with self._lock:
                 late = [s.process for s in self._slots if s.process is not None]
             for process in late:
-                if process.pid is not None and process.is_alive():
-                    # (a process that ended may have left its pid to another)
-                    for child in _children(process.pid):
-                        kill_group(child)  # the job's processes
-                    process.kill()
+                # The collector may close a worker that ends meanwhile: then
+                # pid and is_alive() raise ValueError, and it is not ours.
+                with contextlib.suppress(ValueError):
+                    if process.pid is not None and process.is_alive():
+                        # (a process that ended may have left its pid to another)
+                        for child in _children(process.pid):
+                            kill_group(child)  # the job's processes
+                        process.kill()
             self._collector.join(5.0)  # killed workers: seen at once
 
 
