@@ -78,7 +78,7 @@ from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
-from .supervisor import die_with_parent, supervise
+from .supervisor import describe_exitcode, die_with_parent, supervise
 
 _store_cache: dict[str, Store] = {}
 
@@ -253,13 +253,7 @@ class WorkerLost(BrokenProcessPool):
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "died"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"was killed by {name} (signal {-exitcode})"
-    return f"exited with code {exitcode}"
+    return describe_exitcode(exitcode)
 
 
 # -- a pool worker's own loop ----------------------------------------------------------

@@ -448,7 +448,11 @@ def _drain(fd: int, feed: Callable[[bytes], None], until: float | None = None) -
 def _describe(status: int | None) -> str:
     if status is None:
         return "vanished"
-    code = os.waitstatus_to_exitcode(status)
+    return describe_exitcode(os.waitstatus_to_exitcode(status))
+
+
+def describe_exitcode(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal)."""
     if code < 0:
         try:
             name = signal.Signals(-code).name
