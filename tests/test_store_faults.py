@@ -18,6 +18,7 @@ import jobfuncs
 from helpers import live_children, wait_for
 from wsgi_bg import JobState
 from wsgi_bg.exceptions import StoreUnavailable
+from wsgi_bg.stores.guard import GuardedStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,6 +148,72 @@ def test_submit_with_a_hung_store_fails_fast_and_blocks_no_other(
             return False
 
     wait_for(none_queued, 15, message="no job left queued")
+
+
+def test_a_call_in_flight_when_the_store_is_closed_is_no_loss(
+        wsgi_bg_middleware, caplog):
+    # Shutdown closes the store, then stops its manager (a hung one is
+    # killed) under calls still waiting for it: they fail, but the store
+    # was stopped, not lost.
+    mw, job = started_mw(wsgi_bg_middleware)
+    manager = mw.engine._backend._manager
+    pid = manager._process.pid
+    killed = threading.Event()  # set before the kill: no check can race it
+    lost: list[int] = []
+    store = GuardedStore(manager.get_store(), alive=lambda: not killed.is_set(),
+                         on_lost=lambda: lost.append(1), timeout=30.0)
+    store.get(job.id)  # a pooled connection
+    failed: list[StoreUnavailable] = []
+
+    def call() -> None:
+        try:
+            store.get(job.id)
+        except StoreUnavailable as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=call)
+    stop(pid)
+    try:
+        with caplog.at_level(logging.ERROR, logger="wsgi_bg"):
+            thread.start()
+            # Sent: it took the pooled connection (the manager is stopped).
+            wait_for(lambda: not store._idle, 10,
+                     message="the call to take the connection")
+            store.close()
+            killed.set()
+            os.kill(pid, signal.SIGKILL)
+            thread.join(10)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert not thread.is_alive()
+    assert len(failed) == 1
+    assert "stopped" in str(failed[0].description)
+    assert not lost
+    assert not store_errors(caplog)
+
+
+def test_a_connection_returned_after_close_is_closed(wsgi_bg_middleware):
+    mw, _ = started_mw(wsgi_bg_middleware)
+    store = mw.engine.store
+    returned = []
+
+    class ClosedMeanwhile(list):
+        """The pool, with close() landing just as a call returns its
+        connection to it."""
+
+        def append(self, conn):
+            store.close()
+            returned.append(conn)
+            super().append(conn)
+
+    store._idle = ClosedMeanwhile(store._idle)
+    store.counts()
+    assert returned
+    assert not store._idle  # nothing left in the pool of a closed store
+    assert all(conn.closed for conn in returned)
 
 
 @pytest.mark.parametrize(("fault", "bound"), [

@@ -27,7 +27,9 @@ called through those helper threads.
   nothing will run.
 - **Dead**: a call that fails because the process is gone marks the store
   lost, for good; ``on_lost`` is called once (the engine then starts a fresh
-  store and pool).
+  store and pool). Not once :meth:`~GuardedStore.close` was called: the
+  process then ends because it was stopped, and calls still in flight just
+  fail.
 
 Each state change is logged once, not once per request.
 """
@@ -133,8 +135,8 @@ class GuardedStore:
             except (OSError, EOFError) as exc:
                 raise self._broken(exc) from exc
             finally:
-                if outcome == "answered" and not self._closed:
-                    self._idle.append(conn)
+                if outcome == "answered":
+                    self._release(conn)
                 elif outcome != "late":
                     _close(conn)
         finally:
@@ -185,6 +187,8 @@ class GuardedStore:
 
     def _no_answer(self) -> StoreUnavailable:
         """No answer within ``timeout``: the store is lost or hung."""
+        if self._closed:  # stopped meanwhile: no news, nothing to log
+            return StoreUnavailable(_STOPPED)
         if not self._alive():
             self._mark_lost()
             return StoreUnavailable(self._lost_text())
@@ -193,6 +197,8 @@ class GuardedStore:
 
     def _broken(self, exc: BaseException) -> StoreUnavailable:
         """The connection broke: the process is gone, or going."""
+        if self._closed:  # stopped meanwhile (shutdown): not a loss
+            return StoreUnavailable(_STOPPED)
         if not self._alive():
             self._mark_lost()
             return StoreUnavailable(self._lost_text())
@@ -200,6 +206,8 @@ class GuardedStore:
             f"the job store could not be reached ({exc!r}); try again")
 
     def _lost_text(self) -> str:
+        if not self.lost and self._closed:
+            return _STOPPED
         return _LOST + (" A fresh one is being started: try again in a few"
                         " seconds." if self._on_lost is not None else
                         " Restart the server.")
@@ -242,7 +250,9 @@ class GuardedStore:
 
     def _mark_lost(self) -> None:
         with self._lock:
-            if self.lost:
+            # Closed: the process ends because it was stopped (shutdown, or
+            # a hung one killed), which is no loss to log or recover from.
+            if self.lost or self._closed:
                 return
             self.lost = True
         logger.error(
@@ -253,16 +263,30 @@ class GuardedStore:
         if self._on_lost is not None:
             self._on_lost()
 
+    def _release(self, conn: connection.Connection) -> None:
+        """Back to the pool: ``conn`` is in step with the manager."""
+        self._idle.append(conn)
+        if self._closed:
+            # close() may have emptied the pool between this call's start
+            # and the append: empty it again (close() sets _closed first).
+            self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            _close(conn)
+
     def close(self) -> None:
         """Stop the helper threads and close the idle connections (without
-        waiting for a hung call)."""
+        waiting for a hung call). Calls in flight fail with
+        :exc:`~wsgi_bg.exceptions.StoreUnavailable`; none of them counts as
+        the store lost."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
-        while self._idle:
-            try:
-                _close(self._idle.pop())
-            except IndexError:
-                break
+        self._drain()
 
     # -- the Store protocol -------------------------------------------------------
     def create(
@@ -331,6 +355,9 @@ class GuardedStore:
 
 _LOST = ("the job store's process is gone (killed, or out of memory): the jobs"
          " it held are lost.")
+_STOPPED = ("the job store was stopped (the server is shutting down, or its"
+            " store is being replaced): try again in a few seconds")
+
 def _invoke(store: Store, method: str, args: tuple[Any, ...]) -> Any:
     try:
         return getattr(store, method)(*args)
