@@ -216,6 +216,50 @@ def test_a_connection_returned_after_close_is_closed(wsgi_bg_middleware):
     assert all(conn.closed for conn in returned)
 
 
+def test_calls_waiting_for_a_connection_when_the_store_is_closed(
+        wsgi_bg_middleware):
+    # Connections are opened by helper threads; an opening still queued
+    # when close() stops them is cancelled: its call is a 503, not a 500.
+    mw, _ = started_mw(wsgi_bg_middleware)
+    manager = mw.engine._backend._manager
+    pid = manager._process.pid
+    store = GuardedStore(manager.get_store(), alive=lambda: True, timeout=2.0)
+    outcomes: list[object] = []
+
+    def call() -> None:
+        try:
+            outcomes.append(store.counts())
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+            outcomes.append(exc)
+
+    stop(pid)
+    threads = []
+    try:
+        # Every helper thread opens a connection the stopped manager never
+        # accepts; meanwhile more calls wait for a slot, then queue their
+        # openings behind those.
+        for _ in range(8):
+            threads.append(threading.Thread(target=call))
+            threads[-1].start()
+        wait_for(lambda: store._slots._value == 0, 10,
+                 message="every slot to be taken")
+        store.timeout = 4.0
+        for _ in range(8):
+            threads.append(threading.Thread(target=call))
+            threads[-1].start()
+        wait_for(lambda: store._executor._work_queue.qsize() > 0, 10,
+                 message="an opening to be queued")
+        store.close()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        for thread in threads:
+            thread.join(10)
+    assert len(outcomes) == 16
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all(isinstance(e, StoreUnavailable) for e in errors), errors
+    assert any("stopped" in str(e.description) for e in errors), errors
+
+
 @pytest.mark.parametrize(("fault", "bound"), [
     pytest.param(signal.SIGKILL, 10.0, id="dead"),
     # Stopped while a job runs: its worker hangs in a store call; shutdown

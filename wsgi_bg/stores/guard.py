@@ -40,7 +40,7 @@ import builtins
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from multiprocessing import connection, managers
 from typing import Any
@@ -107,6 +107,8 @@ class GuardedStore:
             if method == "create":
                 future.add_done_callback(lambda f: self._undo_create(f, args[0]))
             raise self._no_answer() from None
+        except CancelledError:  # still queued when close() stopped the helpers
+            raise StoreUnavailable(_STOPPED) from None
         except (OSError, EOFError) as exc:
             raise self._broken(exc) from exc
 
@@ -163,6 +165,8 @@ class GuardedStore:
         except FutureTimeout:
             future.add_done_callback(_close_opened)
             raise self._no_answer() from None
+        except CancelledError:  # still queued when close() stopped the helpers
+            raise StoreUnavailable(_STOPPED) from None
         except (OSError, EOFError) as exc:
             raise self._broken(exc) from exc
 
@@ -379,7 +383,7 @@ def _close(conn: connection.Connection) -> None:
 
 def _close_opened(future: Future[connection.Connection]) -> None:
     # A connection opened after its caller gave up on it.
-    if future.exception() is None:
+    if not future.cancelled() and future.exception() is None:
         _close(future.result())
 
 
