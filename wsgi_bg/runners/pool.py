@@ -1,37 +1,36 @@
-"""The default runner: pool worker processes of the server that supervise a
-job process each, ``max_workers`` at once.
+"""The default runner: ``max_workers`` pool worker processes of the server,
+each supervising a job process.
 
-Jobs run on the server's own machine, in worker processes started on demand
-(up to ``max_workers``) from the first job on::
+Jobs run on the server's own machine, in
+executors of one worker each (:class:`~concurrent.futures.ProcessPoolExecutor`),
+started on demand (up to ``max_workers``) from the first job on::
 
     app = BackgroundMiddleware(app)            # runner="pool", the default
 
-Data flow (compare :mod:`concurrent.futures.process`)::
+Data flow::
 
-    engine.submit ─► ProcessRunner.submit ─ a free worker? ─yes─► its pipe
+    engine.submit ─► ProcessRunner.submit ─ a free worker? ─yes─► its executor
                           │ no (or all busy: as a worker's next job)  │
                           ▼                                           ▼
                      waiting (FIFO;                  worker: run_job ─► supervise
-                     a cancel drops it)                               │ answer
+                     a cancel drops it)                               │ outcome
                           │                                           ▼
-                          └─► the next job to ◄── the collector thread reads every
-                              that worker, at once  worker's answers and sees its end;
-                                                    then the job's future is done
+                          └─► the next job to ◄── the executor's thread calls
+                              that worker, at once  back with the outcome; then
+                                                    the job's future is done
 
-Why a pipe per worker, not one :class:`~concurrent.futures.ProcessPoolExecutor`:
-that pool breaks as a whole (``BrokenProcessPool``) when one of its workers
-dies, failing the jobs of every other worker (a worker killed while it holds
-a queue's lock leaves the shared queues unusable). Here a worker shares
-nothing with another: one killed from outside (an operator, the out-of-memory
-killer) fails only the job it ran (:class:`WorkerLost`, which says so), the
-job it held next goes back to the front of the queue, a fresh worker takes its
-place when one is needed, and every other job goes on. Each worker holds at
-most two jobs (the one it runs, and its next, sent ahead so that it starts at
-once: what keeps a plain pool's throughput); a job held next by a worker busy
-for longer than ``_STUCK_AFTER`` is taken over by a free worker, so that no job
-waits behind a long one. Writing to a worker's pipe directly, and one thread
-reading them all, costs the server less per job than the executor's manager
-and feeder threads did.
+Why one executor of one worker per worker, not one executor of
+``max_workers``: a :class:`~concurrent.futures.ProcessPoolExecutor` breaks as
+a whole (``BrokenProcessPool``) when one of its workers dies, failing the jobs
+of every other worker. With one worker each, a worker killed from outside (an
+operator, the out-of-memory killer) fails only the job it ran
+(:class:`WorkerLost`, which says so), the job it held next goes back to the
+front of the queue, a fresh executor takes the slot when a job needs one, and
+every other job goes on. Each worker holds at most two jobs (the one it runs,
+and its next, already in its executor's call queue so that it starts at once:
+what keeps a plain pool's throughput); a job held next by a worker busy for
+longer than ``_STUCK_AFTER`` is taken over by a free worker, so that no job
+waits behind a long one.
 
 ``executor_factory`` (the user's own executor) is used as it is: jobs go to it
 directly, and when it breaks, the jobs it ran are lost and a fresh one is made
@@ -54,24 +53,23 @@ holds the forkserver's socket) once the server is gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import pickle
 import select
 import shutil
 import signal
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import (
     Executor,
     Future,
+    ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import util
-from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -256,82 +254,34 @@ def _describe_exit(exitcode: int | None) -> str:
     return describe_exitcode(exitcode)
 
 
-# -- a pool worker's own loop ----------------------------------------------------------
-_STOP = None  # the message that ends a worker
-
-
-def _worker_main(conn: Connection, initargs: tuple[Any, ...]) -> None:
-    """A pool worker: set up, say so, then run the jobs the server sends on
-    ``conn`` one after another, answering each with its outcome, until told
-    to stop or the server is gone."""
-    worker_init(*initargs)
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            args = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
-            return  # the server process is gone
-        if args is _STOP:
-            return
-        try:
-            reply: tuple[Any, ...] = ("done", run_job(*args), None)
-        except BaseException as exc:  # noqa: BLE001 - the job's future's
-            reply = ("done", None, _sendable(exc))
-        try:
-            conn.send(reply)
-        except OSError:
-            return
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc``, or its text, whichever can be pickled to the server."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"the pool worker failed:\n{text}")
-    exc.__traceback__ = None
-    return exc
-
-
 # -- the pool ------------------------------------------------------------------
 #: Jobs a worker holds at once: the one it runs and the next, already in its
-#: pipe so that it starts it as soon as the first ends (as a plain
-#: ProcessPoolExecutor's workers do).
+#: executor's call queue so that it starts as soon as the first ends (a plain
+#: ProcessPoolExecutor's call queue holds one job more than it has workers).
 _DEPTH = 2
-#: A next job held by a busy worker is sent ahead only up to this size: a
-#: bigger one would fill the pipe and block the sender until the job before
-#: it ends. It is sent when the worker is free instead.
-_AHEAD_BYTES = 32768
 #: Seconds a job may wait behind another worker's job while a worker is free
 #: before that one takes it over (see ProcessRunner._take_over).
 _STUCK_AFTER = 0.05
 
-# What a slot's worker is doing.
-_COLD = "cold"  # none runs: never started, or it died
-_STARTING = "starting"  # being started and set up
-_READY = "ready"  # takes jobs
-
 
 class _Job:
-    """A job handed to the pool: its future (the engine's), the message for a
-    worker (the pickled arguments of :func:`run_job`), and its copies.
+    """A job handed to the pool: its future (the engine's), the arguments of
+    :func:`run_job`, and its copies.
 
     A job waiting behind another worker's long job is taken over by a free
-    worker: a second copy is sent to it. Whichever copy's supervisor starts
-    the job in the store first runs it (the store's ``start`` is atomic); the
-    other answers ``None`` at once. The future gets the first outcome of a
-    copy that ran it. A copy whose worker died decides, unless another copy is
-    another worker's first job (then either may have run it, and the last
-    answer decides); a copy left behind another job answers later, unheard.
+    worker: a second copy is submitted to it. Whichever copy's supervisor
+    starts the job in the store first runs it (the store's ``start`` is
+    atomic); the other answers ``None`` at once. The future gets the first
+    outcome of a copy that ran it; a copy whose worker died decides only when
+    no other copy is left to answer.
     """
 
-    __slots__ = ("future", "message", "copies", "lost", "done", "refused")
+    __slots__ = ("future", "args", "copies", "lost", "done", "refused")
 
-    def __init__(self, future: Future[str | None], message: bytes) -> None:
+    def __init__(self, future: Future[str | None], args: tuple[Any, ...]) -> None:
         self.future = future
-        self.message = message
-        self.copies = 0  # copies held by workers, not yet answered
+        self.args = args
+        self.copies = 0  # slots holding a copy, not yet answered
         self.lost: WorkerLost | None = None  # a copy's worker died
         self.done = False  # the future has (or is being given) its outcome
         # A copy's start was refused (cancelled, or started by the other
@@ -340,37 +290,39 @@ class _Job:
 
 
 class _Slot:
-    """One worker's place: its process and pipe, its state, the jobs it holds
-    (the one it runs first) and the messages not yet written to its pipe.
-    Changed only under the runner's lock; written to under ``sending``."""
+    """One worker's place: a :class:`~concurrent.futures.ProcessPoolExecutor`
+    of one worker (``None``: not started yet, or its worker died), that
+    worker's process, the jobs it holds (the one it runs first) and those of
+    them not yet submitted to it. Changed only under the runner's lock;
+    submitted to under ``sending``."""
 
-    __slots__ = ("process", "conn", "state", "jobs", "outbox", "since", "sending")
+    __slots__ = ("executor", "process", "jobs", "outbox", "since", "sending")
 
     def __init__(self) -> None:
+        self.executor: ProcessPoolExecutor | None = None
         self.process: BaseProcess | None = None
-        self.conn: Connection | None = None
-        self.state = _COLD
         self.jobs: list[_Job] = []
-        self.outbox: deque[bytes] = deque()
+        self.outbox: deque[_Job] = deque()
         self.since = 0.0  # when its first job became first
-        self.sending = threading.Lock()
+        # Reentrant: a job that is done by the time its callback is added
+        # runs the callback, which may submit, in the submitting thread.
+        self.sending = threading.RLock()
 
 
 _Outcome = tuple[Any, BaseException | None]
 
 
 class ProcessRunner:
-    """Runs jobs through :func:`run_job` in ``max_workers`` worker processes,
-    each with a pipe of its own (or in the executor ``executor_factory``
-    returns); the :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``.
+    """Runs jobs through :func:`run_job` in ``max_workers``
+    :class:`~concurrent.futures.ProcessPoolExecutor` instances of one worker
+    each (or in the executor ``executor_factory`` returns); the
+    :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``.
 
-    A job goes to a free worker; else, when every worker runs and none is
-    starting, to a worker's pipe as its next job; else it waits here, first
-    in, first out, and starts a worker (up to ``max_workers``): the first
-    worker ready takes the first job waiting. A job held as a busy worker's
-    next job is taken over by a free one after ``_STUCK_AFTER`` seconds, so
-    that no job waits behind a long one. One thread of the runner reads every
-    worker's answers and sees every worker's end.
+    A job goes to a free worker (a started one first, else a new one is
+    started); else, when every worker has a job, to a worker as its next
+    job; else it waits here, first in, first out, until a worker answers. A
+    job held as a busy worker's next job is taken over by a free one after
+    ``_STUCK_AFTER`` seconds, so that no job waits behind a long one.
     """
 
     kind = "pool"
@@ -395,8 +347,6 @@ class ProcessRunner:
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._closed = False
-        self._wake_r, self._wake_w = -1, -1  # tells the collector of new workers
-        self._collector: threading.Thread | None = None
         # Taking over stuck jobs when no answer would (see _take_over).
         self._balance = threading.Condition(self._lock)
         self._balance_at: float | None = None
@@ -415,11 +365,6 @@ class ProcessRunner:
         server = (os.getpid(), util.get_temp_dir()) if forkserver else None
         self._initargs = (link, forkserver, server)
         self._slots = [_Slot() for _ in range(self.max_workers or os.cpu_count() or 1)]
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._collector = threading.Thread(
-            target=self._collect, name="wsgi_bg-pool", daemon=True)
-        self._collector.start()
 
     def _user_executor(self) -> Executor:
         assert self.executor_factory is not None
@@ -460,26 +405,23 @@ class ProcessRunner:
             return self.executor.submit(run_job, *args)
         if not self._slots:
             raise RuntimeError("the pool runner is not started")
-        job = _Job(Future(), pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
+        job = _Job(Future(), args)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool runner was shut down")
             slot = self._place(job)
-            cold = None if slot is not None else self._to_start()
         if slot is not None:
             self._send(slot)
-        else:
-            self._start(cold)
         return job.future
 
     def _place(self, job: _Job) -> _Slot | None:
-        """Under the lock: the slot that takes ``job`` now (a free worker,
-        else, when every worker runs and none starts, a busy one as its next
-        job), or ``None``: it waits."""
-        slot = next((s for s in self._slots if s.state == _READY and not s.jobs),
-                    None)
-        if (slot is None and len(job.message) <= _AHEAD_BYTES
-                and all(s.state == _READY for s in self._slots)):
+        """Under the lock: the slot that takes ``job`` now (a free worker, a
+        started one first; else a busy one as its next job), or ``None``: it
+        waits."""
+        free = [s for s in self._slots if not s.jobs]
+        slot = next((s for s in free if s.executor is not None),
+                    free[0] if free else None)
+        if slot is None:
             slot = next((s for s in self._slots if len(s.jobs) < _DEPTH), None)
         if slot is None:
             self._waiting.append(job)
@@ -489,42 +431,166 @@ class ProcessRunner:
         return slot
 
     def _add(self, slot: _Slot, job: _Job) -> None:
-        """Under the lock: ``job`` is ``slot``'s, its message to be sent."""
+        """Under the lock: ``job`` is ``slot``'s, to be submitted to it."""
         if not slot.jobs:
             slot.since = time.monotonic()
         slot.jobs.append(job)
-        slot.outbox.append(job.message)
+        slot.outbox.append(job)
         job.copies += 1
 
+    def _drop(self, slot: _Slot, job: _Job) -> bool:
+        """Under the lock: ``slot`` no longer holds ``job`` (it answered);
+        ``False`` if it did not hold it (the slot's worker died meanwhile)."""
+        if job not in slot.jobs:
+            return False
+        slot.jobs.remove(job)
+        with contextlib.suppress(ValueError):
+            slot.outbox.remove(job)
+        job.copies -= 1
+        slot.since = time.monotonic()  # its next job's start
+        return True
+
     def _send(self, slot: _Slot) -> None:
-        """Write ``slot``'s pending messages to its worker, in order (one
-        thread at a time). A worker that died is seen by the collector."""
+        """Submit ``slot``'s pending jobs to its executor, in order (one
+        thread at a time), starting its worker if it has none."""
         with slot.sending:
             while True:
                 with self._lock:
-                    if not slot.outbox or slot.conn is None:
+                    if not slot.outbox:
                         return
-                    message, conn = slot.outbox.popleft(), slot.conn
+                    job = slot.outbox.popleft()
+                    executor = slot.executor
+                    if executor is None and not self._closed:
+                        executor = slot.executor = ProcessPoolExecutor(
+                            1, mp_context=self.mp_context,
+                            initializer=worker_init, initargs=self._initargs)
+                if executor is None:  # shut down before it started
+                    self._not_sent(slot, None, job, RuntimeError(
+                        "the worker pool was shut down before this job started"))
+                    continue
                 try:
-                    conn.send_bytes(message)
-                except (OSError, ValueError):
-                    return
+                    inner = executor.submit(run_job, *job.args)
+                except BaseException as exc:  # noqa: BLE001 - the job's, or the pool's
+                    self._not_sent(slot, executor, job, exc)
+                    continue
+                with self._lock:
+                    if slot.executor is executor and slot.process is None:
+                        # concurrent.futures starts the worker in submit().
+                        processes = getattr(executor, "_processes", None) or {}
+                        slot.process = next(iter(processes.values()), None)
+                inner.add_done_callback(
+                    functools.partial(self._answered, slot, executor, job))
 
-    def _to_start(self) -> _Slot | None:
-        """Under the lock: a cold slot to start (now marked starting) if
-        fewer are starting than jobs wait, here or held next by a busy worker
-        (the new one may take it over: after a worker died, say)."""
-        if self._closed:
-            return None
-        starting = sum(s.state == _STARTING for s in self._slots)
-        if starting >= len(self._waiting) and starting >= sum(
-                len(s.jobs) > 1 for s in self._slots):
-            return None
-        slot = next((s for s in self._slots if s.state == _COLD), None)
-        if slot is not None:
-            slot.state = _STARTING
-        return slot
+    def _not_sent(self, slot: _Slot, executor: Executor | None, job: _Job,
+                  error: BaseException) -> None:
+        """``job`` could not be submitted to ``slot``'s ``executor``."""
+        if isinstance(error, BrokenProcessPool) and executor is not None:
+            # Its worker died while it held no job (no callback says so):
+            # the job goes elsewhere with the others the slot held.
+            self._broke(slot, executor)
+            return
+        with self._lock:
+            if not self._drop(slot, job):
+                return
+            discard = executor is not None and slot.executor is executor
+            if discard:  # (the worker could not be started: try a fresh one)
+                slot.executor = slot.process = None
+            outcome = self._settle(job, None, error)
+        if discard and executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        if outcome is not None:
+            _resolve(job, outcome)
 
+    # -- answers -----------------------------------------------------------------------
+    def _answered(self, slot: _Slot, executor: ProcessPoolExecutor, job: _Job,
+                  inner: Future[str | None]) -> None:
+        """A done callback (in the executor's own thread): a copy of ``job``
+        ended on ``slot``'s worker; give the worker its next job."""
+        result: str | None = None
+        error: BaseException | None
+        if inner.cancelled():  # the executor was shut down before it ran it
+            error = RuntimeError(
+                "the worker pool was shut down before this job started")
+        else:
+            error = inner.exception()
+            if isinstance(error, BrokenProcessPool):
+                self._broke(slot, executor)
+                return
+            if error is None:
+                result = inner.result()
+        outcome = None
+        with self._lock:
+            if self._drop(slot, job):
+                outcome = self._settle(job, result, error)
+            if not self._closed:
+                self._refill(slot)
+        self._send(slot)
+        if outcome is not None:
+            _resolve(job, outcome)
+
+    def _broke(self, slot: _Slot, executor: Executor) -> None:
+        """``slot``'s worker died: the job it ran (if any) gets the loss,
+        those it held next go back to the front of the queue (they never
+        started there), and the slot is free for a fresh worker."""
+        with self._lock:
+            if slot.executor is not executor:
+                return  # seen already (a callback for each job it held)
+            process, jobs, unsent = slot.process, slot.jobs, set(slot.outbox)
+            slot.executor = slot.process = None
+            slot.jobs, slot.outbox = [], deque()
+            for job in jobs:
+                job.copies -= 1
+        if process is not None:
+            process.join(0.5)  # dead: its exit status, for the job's error
+        lost = WorkerLost(None if process is None else process.pid,
+                          None if process is None else process.exitcode,
+                          shutting_down=self._closed)
+        outcomes: list[tuple[_Job, _Outcome]] = []
+        with self._lock:
+            if jobs and jobs[0] not in unsent:  # the one it ran, if it began
+                outcome = self._settle(jobs[0], None, lost)
+                if outcome is not None:
+                    outcomes.append((jobs[0], outcome))
+                jobs = jobs[1:]
+            for job in reversed(jobs):
+                if job.done or job.copies:
+                    continue  # another copy answers
+                if self._closed:
+                    job.done = True
+                    outcomes.append((job, (None, RuntimeError(
+                        "the worker pool was shut down before this job started"))))
+                else:
+                    self._waiting.appendleft(job)
+            send = [] if self._closed else self._fill_free()
+        # (Not executor.shutdown(): concurrent.futures shut it down as it broke,
+        # and on Python 3.13 this runs under the lock shutdown() takes.)
+        for other in send:
+            self._send(other)
+        for job, outcome in outcomes:
+            _resolve(job, outcome)
+
+    def _settle(self, job: _Job, result: str | None,
+                error: BaseException | None) -> _Outcome | None:
+        """Under the lock: the outcome ``job``'s future gets now from one of
+        its copies, or ``None`` (it has one, or another copy decides)."""
+        if job.done:
+            return None  # a copy that lost the race, or the future has it
+        if isinstance(error, WorkerLost):
+            if job.copies:
+                # Another worker holds a copy: if this one never started the
+                # job, that one runs it; if it did, that one's start is
+                # refused and the loss decides then.
+                job.lost = error
+                return None
+        elif error is None and result is None:
+            if job.copies:
+                job.refused = True
+                return None  # this copy did not run it: another may
+            error = job.lost  # none did, unless the one whose worker died
+        job.done = True
+        return result, error
+
+    # -- giving workers jobs -----------------------------------------------------------
     def _pop_waiting(self) -> _Job | None:
         """Under the lock: the first waiting job not cancelled (its future
         now running), or ``None``."""
@@ -537,21 +603,31 @@ class ProcessRunner:
         return None
 
     def _refill(self, slot: _Slot) -> None:
-        """Under the lock: jobs for ``slot``, whose worker is ready: one taken
+        """Under the lock: jobs for ``slot``, whose worker answered: one taken
         over from behind a long job, else the first waiting, and its next."""
         if not slot.jobs:
             job = self._take_over(time.monotonic(), idle=not self._waiting)
             if job is not None:
                 self._add(slot, job)
         while len(slot.jobs) < _DEPTH:
-            if slot.jobs and (not self._waiting
-                              or len(self._waiting[0].message) > _AHEAD_BYTES
-                              or any(s.state == _STARTING for s in self._slots)):
-                break  # (a worker starting takes the next job)
             job = self._pop_waiting()
             if job is None:
                 break
             self._add(slot, job)
+
+    def _fill_free(self) -> list[_Slot]:
+        """Under the lock: jobs for free slots (started ones first), waiting
+        or stuck behind a long job (after a worker died, say); the slots
+        given some."""
+        given = []
+        free = sorted((s for s in self._slots if not s.jobs),
+                      key=lambda s: s.executor is None)
+        for slot in free:
+            self._refill(slot)
+            if not slot.jobs:
+                break
+            given.append(slot)
+        return given
 
     def _take_over(self, now: float, idle: bool) -> _Job | None:
         """Under the lock: a job held as a busy worker's next job that a free
@@ -561,7 +637,7 @@ class ProcessRunner:
         waited that long."""
         soonest = None
         for slot in self._slots:
-            if slot.state != _READY or len(slot.jobs) < 2:
+            if len(slot.jobs) < 2:
                 continue
             job = slot.jobs[-1]
             if job.done or job.copies > 1 or job.refused:
@@ -601,187 +677,16 @@ class ProcessRunner:
                     return
                 self._balance_at = None
                 given = []
-                for slot in self._slots:
-                    if slot.state == _READY and not slot.jobs:
-                        job = self._take_over(time.monotonic(), idle=True)
-                        if job is None:
-                            break
-                        self._add(slot, job)
-                        given.append(slot)
+                free = sorted((s for s in self._slots if not s.jobs),
+                              key=lambda s: s.executor is None)
+                for slot in free:
+                    job = self._take_over(time.monotonic(), idle=True)
+                    if job is None:
+                        break
+                    self._add(slot, job)
+                    given.append(slot)
             for slot in given:
                 self._send(slot)
-
-    # -- the collector: answers and ends of workers --------------------------------
-    def _collect(self) -> None:
-        """Read every worker's answers and see every worker's end, until the
-        pool is shut down and no worker is left."""
-        while True:
-            with self._lock:
-                running = [(s, s.process, s.conn) for s in self._slots
-                           if s.process is not None]
-                if self._closed and not running:
-                    break
-            ready: dict[Any, tuple[_Slot, BaseProcess, Connection, bool]] = {}
-            for slot, process, conn in running:
-                assert conn is not None
-                ready[conn] = (slot, process, conn, False)
-                ready[process.sentinel] = (slot, process, conn, True)
-            seen = wait([self._wake_r, *ready])
-            if self._wake_r in seen:
-                os.read(self._wake_r, 4096)
-            # Answers first: a worker's last ones arrive before its end.
-            for ended in (False, True):
-                for obj in seen:
-                    entry = ready.get(obj)
-                    if entry is None or entry[3] is not ended:
-                        continue
-                    slot, process, conn, _ = entry
-                    if slot.process is not process:
-                        continue  # its end was seen already
-                    if ended or not self._answer(slot, conn):
-                        self._died(slot, process, conn)
-        with self._lock:  # (under the lock: _wake never writes to a reused fd)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
-
-    def _wake(self) -> None:
-        with self._lock:
-            if self._wake_w < 0:
-                return  # the collector is gone
-            try:
-                os.write(self._wake_w, b"w")
-            except BlockingIOError:
-                pass  # awake already
-
-    def _answer(self, slot: _Slot, conn: Connection) -> bool:
-        """Read what ``slot``'s worker said; ``False`` if it is gone."""
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return False
-        except Exception as exc:  # noqa: BLE001 - an answer that cannot be read
-            message = ("done", None, RuntimeError(
-                f"the answer of a pool worker could not be read: {exc!r}"))
-        outcome = None
-        with self._lock:
-            if message[0] == "ready":
-                slot.state = _READY
-            elif slot.jobs:
-                job = slot.jobs.pop(0)
-                slot.since = time.monotonic()  # its next job's start
-                job.copies -= 1
-                outcome = self._settle(job, message[1], message[2])
-            if not self._closed:
-                self._refill(slot)
-        self._send(slot)  # its worker waits: the next job first
-        if outcome is not None:
-            _resolve(job, outcome)
-        return True
-
-    def _died(self, slot: _Slot, process: BaseProcess, conn: Connection) -> None:
-        """``slot``'s worker ended: read its last answers; the job it ran (if
-        any) gets the loss, those it held next go back to the front of the
-        queue (they never started there), and the slot is cold."""
-        try:
-            while conn.poll(0):
-                if not self._answer(slot, conn):
-                    break
-        except (EOFError, OSError):
-            pass
-        process.join(0.5)  # its exit status, for the job's error
-        lost = WorkerLost(process.pid, process.exitcode, shutting_down=self._closed)
-        outcomes = []
-        with self._lock:
-            jobs, starting = slot.jobs, slot.state == _STARTING
-            slot.jobs, slot.state = [], _COLD
-            slot.process = slot.conn = None
-            slot.outbox.clear()
-            for job in jobs:
-                job.copies -= 1
-            if jobs:
-                outcome = self._settle(jobs[0], None, lost)
-                if outcome is not None:
-                    outcomes.append((jobs[0], outcome))
-            for job in reversed(jobs[1:]):
-                if not job.done and job.copies == 0:
-                    self._waiting.appendleft(job)
-            if starting and not self._closed:
-                # It died setting up: the first job waiting fails, saying so
-                # (it never started: the engine may queue it again).
-                head = self._pop_waiting()
-                outcome = None if head is None else self._settle(head, None, lost)
-                if head is not None and outcome is not None:
-                    outcomes.append((head, outcome))
-            cold = self._to_start()
-        with slot.sending:  # not while a message is being written to it
-            conn.close()
-        with contextlib.suppress(ValueError):  # still running: not ours to close
-            process.close()
-        self._start(cold)
-        for job, outcome in outcomes:
-            _resolve(job, outcome)
-
-    def _settle(self, job: _Job, result: str | None,
-                error: BaseException | None) -> _Outcome | None:
-        """Under the lock: the outcome ``job``'s future gets now from one of
-        its copies, or ``None`` (it has one, or another copy decides)."""
-        if job.done:
-            return None  # a copy that lost the race, or the future has it
-        if isinstance(error, WorkerLost):
-            if any(s.jobs and s.jobs[0] is job for s in self._slots):
-                # Another worker's first job too: it may be the one that ran
-                # it (a copy held next, behind another job, cannot be).
-                job.lost = error
-                return None
-        elif error is None and result is None:
-            if job.copies:
-                job.refused = True
-                return None  # this copy did not run it: another may
-            error = job.lost  # none did, unless the one whose worker died
-        job.done = True
-        return result, error
-
-    # -- starting workers --------------------------------------------------------
-    def _start(self, slot: _Slot | None) -> None:
-        """Start the worker of ``slot`` (marked starting); once it is set up,
-        it takes jobs."""
-        while slot is not None:
-            ours, theirs = self.mp_context.Pipe()
-            try:
-                process = self.mp_context.Process(  # type: ignore[attr-defined]
-                    target=_worker_main, args=(theirs, self._initargs),
-                    name="wsgi_bg-pool-worker")
-                with self._lock:
-                    if self._closed:
-                        raise RuntimeError("the pool runner was shut down")
-                process.start()
-            except BaseException as exc:  # noqa: BLE001 - a job fails with it
-                ours.close()
-                slot = self._start_failed(slot, exc)
-                continue
-            finally:
-                theirs.close()
-            with self._lock:
-                slot.process, slot.conn = process, ours
-                if self._closed:  # shut down meanwhile: it stops at once
-                    slot.outbox.append(pickle.dumps(_STOP))
-            self._wake()
-            self._send(slot)
-            return
-
-    def _start_failed(self, slot: _Slot, error: BaseException) -> _Slot | None:
-        """A worker could not be started: the slot is cold again, and the
-        first waiting job fails with ``error``. Returns the next slot to
-        start, if any."""
-        with self._lock:
-            slot.state = _COLD
-            head = self._pop_waiting()
-            outcome = None if head is None else self._settle(head, None, error)
-            cold = self._to_start()
-        if head is not None and outcome is not None:
-            _resolve(head, outcome)
-        return cold
 
     # -- the rest of the Runner protocol -------------------------------------------
     def cancel(self, job_id: str) -> None:
@@ -803,37 +708,20 @@ class ProcessRunner:
             _shut_down([self.executor], timeout)
             return
         with self._lock:
-            if self._collector is None:
-                return  # never started
+            if self._closed:
+                return
             self._closed = True
             self._balance.notify()
             waiting, self._waiting = list(self._waiting), deque()
             for job in waiting:
                 job.done = True
-            stopping = [s for s in self._slots if s.process is not None]
-            for slot in stopping:
-                slot.outbox.append(pickle.dumps(_STOP))
+            executors: list[Executor] = [
+                s.executor for s in self._slots if s.executor is not None]
         for job in waiting:
             if not job.future.cancel():  # taken back from a dead worker: running
                 job.future.set_exception(RuntimeError(
-                    "the worker pool was shut down before it started"))
-        for slot in stopping:
-            self._send(slot)
-        self._wake()
-        self._collector.join(timeout)
-        if self._collector.is_alive():
-            with self._lock:
-                late = [s.process for s in self._slots if s.process is not None]
-            for process in late:
-                # The collector may close a worker that ends meanwhile: then
-                # pid and is_alive() raise ValueError, and it is not ours.
-                with contextlib.suppress(ValueError):
-                    if process.pid is not None and process.is_alive():
-                        # (a process that ended may have left its pid to another)
-                        for child in _children(process.pid):
-                            kill_group(child)  # the job's processes
-                        process.kill()
-            self._collector.join(5.0)  # killed workers: seen at once
+                    "the worker pool was shut down before this job started"))
+        _shut_down(executors, timeout)
 
 
 def _resolve(job: _Job, outcome: _Outcome) -> None:
@@ -846,7 +734,7 @@ def _resolve(job: _Job, outcome: _Outcome) -> None:
 
 def _shut_down(executors: list[Executor], timeout: float | None) -> None:
     """Shut ``executors`` down together; kill the workers of those not done
-    within ``timeout`` seconds."""
+    within ``timeout`` seconds, with their job processes' groups."""
     workers = {id(executor): list((getattr(executor, "_processes", None) or {})
                                   .values()) for executor in executors}
     threads = [
@@ -864,9 +752,11 @@ def _shut_down(executors: list[Executor], timeout: float | None) -> None:
             if thread.is_alive()]
     for executor in late:
         for process in workers[id(executor)]:
-            if process.is_alive():  # else its pid may be another's by now
-                for child in _children(process.pid):
-                    kill_group(child)  # the job's processes
-                process.kill()
+            # (a process that ended may have left its pid to another)
+            with contextlib.suppress(ValueError):  # closed by its executor
+                if process.pid is not None and process.is_alive():
+                    for child in _children(process.pid):
+                        kill_group(child)  # the job's processes
+                    process.kill()
     for thread in threads:
         thread.join(5.0)  # killed workers: their executor ends at once
