@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
+import struct
 import threading
 import time
+from multiprocessing import connection, managers
 
 import psutil
 import pytest
@@ -112,16 +115,23 @@ def test_hung_store_costs_a_bounded_wait(wsgi_bg_middleware, caplog):
              10, message="the store to answer again")
 
 
+@pytest.mark.parametrize("payload", [
+    pytest.param(0, id="small"),
+    # Far bigger than a socket's buffer: the stopped manager never takes all
+    # of it, so sending it must be bounded too.
+    pytest.param(8_000_000, id="8MB-payload"),
+])
 def test_submit_with_a_hung_store_fails_fast_and_blocks_no_other(
-        wsgi_bg_middleware):
+        wsgi_bg_middleware, payload):
     mw, _ = started_mw(wsgi_bg_middleware)
     pid = manager_pid(mw)
     outcomes: list[tuple[type[BaseException] | None, float]] = []
+    call = (jobfuncs.identity, b"x" * payload) if payload else (jobfuncs.add, 1, 1)
 
     def submit() -> None:
         start = time.monotonic()
         try:
-            mw.submit(jobfuncs.add, 1, 1)
+            mw.submit(*call)
         except BaseException as exc:  # noqa: BLE001 - recorded for the assert
             outcomes.append((type(exc), time.monotonic() - start))
         else:
@@ -148,6 +158,62 @@ def test_submit_with_a_hung_store_fails_fast_and_blocks_no_other(
             return False
 
     wait_for(none_queued, 15, message="no job left queued")
+
+
+def test_an_answer_cut_short_costs_a_bounded_wait():
+    # A manager stopped in the middle of a large answer (here a stand-in that
+    # speaks multiprocessing's protocol and stalls after its answer's first
+    # megabyte): the call gives up at its deadline, as for no answer at all.
+    authkey = os.urandom(32)
+    listener = connection.Listener(family="AF_UNIX", authkey=authkey)
+    stalled, release = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        with listener.accept() as conn:
+            conn.recv()  # accept_connection
+            conn.send(("#RETURN", None))
+            conn.recv()  # the call
+            answer = pickle.dumps(("#RETURN", b"x" * 4_000_000))
+            os.write(conn.fileno(),
+                     struct.pack("!i", len(answer)) + answer[:1_000_000])
+            stalled.set()
+            release.wait(30)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    before = set(threading.enumerate())
+    proxy = managers.BaseProxy(managers.Token("Store", listener.address, "1"),
+                               "pickle", authkey=authkey, incref=False,
+                               manager_owned=True)
+    store = GuardedStore(proxy, alive=lambda: True, timeout=1.0)
+    outcome: list[tuple[object, float]] = []
+
+    def call() -> None:
+        start = time.monotonic()
+        try:
+            outcome.append((store.result("job"), time.monotonic() - start))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+            outcome.append((exc, time.monotonic() - start))
+
+    caller = threading.Thread(target=call)
+    try:
+        caller.start()
+        caller.join(10)
+        assert stalled.is_set()
+        assert outcome, "the call still waits for the rest of its answer"
+        error, took = outcome[0]
+        assert isinstance(error, StoreUnavailable), error
+        assert took < 3, f"the call waited {took:.1f} s"
+    finally:
+        store.close()
+        release.set()
+        listener.close()  # ends the probe's attempt to connect
+        caller.join(10)
+        server.join(10)
+    # The threads the store started (the late reader, the probe) end.
+    wait_for(lambda: not [t for t in threading.enumerate()
+                          if t not in before and t.is_alive()], 10,
+             message="the store's threads to end")
 
 
 def test_a_call_in_flight_when_the_store_is_closed_is_no_loss(

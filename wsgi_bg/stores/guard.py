@@ -8,17 +8,22 @@ manager backend in the server process, turns both into
 :exc:`~wsgi_bg.exceptions.StoreUnavailable` (a ``503`` with ``Retry-After``)::
 
     request thread ── call on a pooled connection ──► manager
-         │ polls for the answer at most ``timeout``   (hung? dead?)
+         │ sends and reads within ``timeout``        (hung? dead?)
          └─ StoreUnavailable
 
 A call is made in the calling thread, on one of a few connections to the
 manager kept for every thread (a proxy keeps one per thread, and a threaded
 server starts a thread per request): no hop to another thread, whose two
 hand-overs of the GIL cost ~90 µs a call and more under load (issue 13).
-Only opening a connection, rare, is done by a helper thread, so that a
-stopped manager (which accepts but never answers the handshake) cannot hold
-the caller beyond ``timeout``. Stores that are not manager proxies are
-called through those helper threads.
+The connections are non-blocking and every wait on one is a ``poll(2)``
+bounded by the call's deadline, ``timeout`` from its start: a stopped
+manager neither reads a large message (a ``create`` with a big payload
+fills the socket's buffer) nor finishes a large answer, and a blocking write
+or read would wait for as long as it is stopped. Only opening a connection,
+rare, is done by a helper thread, so that a stopped manager (which accepts
+but never answers the handshake) cannot hold the caller past its deadline.
+Stores that are not manager proxies are called through those helper
+threads.
 
 - **Hung**: a call that takes longer than ``timeout`` is given up; until the
   store answers again (one probe thread keeps asking) every call fails at once,
@@ -37,12 +42,18 @@ Each state change is logged once, not once per request.
 from __future__ import annotations
 
 import builtins
+import io
 import logging
+import os
+import pickle
+import select
+import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from multiprocessing import connection, managers
+from multiprocessing import connection, managers, reduction
 from typing import Any
 
 from ..exceptions import StoreUnavailable
@@ -86,7 +97,7 @@ class GuardedStore:
         self._closed = False
         # A manager proxy is called directly, on pooled connections.
         self._direct = isinstance(store, managers.BaseProxy)
-        self._idle: list[connection.Connection] = []
+        self._idle: list[_Link] = []
         self._slots = threading.BoundedSemaphore(_THREADS)
 
     # -- the guard ----------------------------------------------------------------
@@ -114,44 +125,51 @@ class GuardedStore:
 
     def _call_direct(self, method: str, args: tuple[Any, ...]) -> Any:
         """The call on a pooled connection, in this thread; what
-        ``BaseProxy._callmethod`` does, with a bounded wait for the answer."""
-        if not self._slots.acquire(timeout=self.timeout):
+        ``BaseProxy._callmethod`` does, every wait bounded by one deadline."""
+        deadline = time.monotonic() + self.timeout
+        message = _dumps((self._store._id, method, args, {}))  # type: ignore[attr-defined]
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise self._no_answer()  # every connection waits on the store
         try:
-            conn = self._connection()
+            link = self._connection(deadline)
             # Back to the pool only in step with the manager (its answer
             # read); closed if anything else happened on the way.
             outcome = "broken"
             try:
-                conn.send((self._store._id, method, args, {}))  # type: ignore[attr-defined]
-                if not conn.poll(self.timeout):
-                    # The answer may come later: read it in a thread of its
-                    # own (a create that lands is then cancelled), never here.
+                if not link.send(message, deadline):
+                    # Not all of it written (the manager stopped reading):
+                    # it never runs, and the link is out of step.
+                    raise self._no_answer()
+                answer = link.receive(deadline)
+                if answer is None:
+                    # The answer, or its rest, may come later: read it in a
+                    # thread of its own (a create that lands is then
+                    # cancelled), never here.
                     outcome = "late"
                     threading.Thread(
-                        target=self._late_answer, args=(conn, method, args),
+                        target=self._late_answer, args=(link, method, args),
                         name="wsgi_bg-store-late", daemon=True).start()
                     raise self._no_answer()
-                kind, result = conn.recv()
                 outcome = "answered"
             except (OSError, EOFError) as exc:
                 raise self._broken(exc) from exc
             finally:
                 if outcome == "answered":
-                    self._release(conn)
+                    self._release(link)
                 elif outcome != "late":
-                    _close(conn)
+                    link.close()
         finally:
             self._slots.release()
+        kind, result = pickle.loads(answer)
         if kind == "#RETURN":
             return result
         error = _managers.convert_to_error(kind, result)
         error.__traceback__ = None
         raise error
 
-    def _connection(self) -> connection.Connection:
+    def _connection(self, deadline: float) -> _Link:
         """An idle pooled connection, or a new one opened by a helper thread
-        within ``timeout`` (a stopped manager never finishes the handshake)."""
+        by ``deadline`` (a stopped manager never finishes the handshake)."""
         try:
             return self._idle.pop()
         except IndexError:
@@ -161,7 +179,7 @@ class GuardedStore:
         except RuntimeError:  # the executor was shut down: the store was stopped
             raise StoreUnavailable(self._lost_text()) from None
         try:
-            return future.result(self.timeout)
+            return future.result(max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             future.add_done_callback(_close_opened)
             raise self._no_answer() from None
@@ -170,24 +188,28 @@ class GuardedStore:
         except (OSError, EOFError) as exc:
             raise self._broken(exc) from exc
 
-    def _open(self) -> connection.Connection:
+    def _open(self) -> _Link:
         proxy: Any = self._store
         conn = connection.Client(proxy._token.address, authkey=proxy._authkey)
-        _managers.dispatch(conn, None, "accept_connection", ("wsgi_bg-store",))
-        return conn
+        try:
+            _managers.dispatch(conn, None, "accept_connection", ("wsgi_bg-store",))
+            return _Link(conn)
+        except BaseException:
+            _close(conn)
+            raise
 
     def _late_answer(
-        self, conn: connection.Connection, method: str, args: tuple[Any, ...]
+        self, link: _Link, method: str, args: tuple[Any, ...]
     ) -> None:
         try:
-            kind, result = conn.recv()
+            kind, result = pickle.loads(link.receive(None))  # type: ignore[arg-type]
             if method == "create" and kind == "#RETURN" and result is True:
                 # A submit gave up on this create and said so; it landed after all.
                 self._store.request_cancel(args[0]["id"], 0.0)
         except Exception:  # noqa: S110 - the store is gone: so is the record
             pass
         finally:
-            _close(conn)
+            link.close()
 
     def _no_answer(self) -> StoreUnavailable:
         """No answer within ``timeout``: the store is lost or hung."""
@@ -267,9 +289,9 @@ class GuardedStore:
         if self._on_lost is not None:
             self._on_lost()
 
-    def _release(self, conn: connection.Connection) -> None:
-        """Back to the pool: ``conn`` is in step with the manager."""
-        self._idle.append(conn)
+    def _release(self, link: _Link) -> None:
+        """Back to the pool: ``link`` is in step with the manager."""
+        self._idle.append(link)
         if self._closed:
             # close() may have emptied the pool between this call's start
             # and the append: empty it again (close() sets _closed first).
@@ -278,10 +300,10 @@ class GuardedStore:
     def _drain(self) -> None:
         while True:
             try:
-                conn = self._idle.pop()
+                link = self._idle.pop()
             except IndexError:
                 return
-            _close(conn)
+            link.close()
 
     def close(self) -> None:
         """Stop the helper threads and close the idle connections (without
@@ -381,10 +403,132 @@ def _close(conn: connection.Connection) -> None:
         pass
 
 
-def _close_opened(future: Future[connection.Connection]) -> None:
+def _close_opened(future: Future[_Link]) -> None:
     # A connection opened after its caller gave up on it.
     if not future.cancelled() and future.exception() is None:
-        _close(future.result())
+        future.result().close()
+
+
+def _dumps(message: Any) -> bytes:
+    """``message`` pickled as ``Connection.send`` does. As bytes, not a view
+    of the pickler's buffer: a view kept by a traceback would make its
+    finalization raise BufferError."""
+    buffer = io.BytesIO()
+    reduction.ForkingPickler(buffer).dump(message)
+    return buffer.getvalue()
+
+
+_SIZE = struct.Struct("!i")
+_LONG_SIZE = struct.Struct("!Q")
+#: Bytes read at once: a whole small answer in one read.
+_CHUNK = 65536
+
+
+class _Link:
+    """A pooled connection to the manager, made non-blocking: every wait on
+    it is a poll(2) bounded by the caller's deadline. Messages are framed as
+    :mod:`multiprocessing.connection` frames them: a 4-byte big-endian size,
+    or -1 and an 8-byte size past 2 GiB, then the bytes."""
+
+    __slots__ = ("conn", "fd", "_readable", "_writable", "_head", "_body",
+                 "_filled")
+
+    def __init__(self, conn: connection.Connection) -> None:
+        self.conn = conn
+        self.fd = conn.fileno()
+        os.set_blocking(self.fd, False)
+        self._readable = select.poll()
+        self._readable.register(self.fd, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self.fd, select.POLLOUT)
+        self._head = b""  # an answer's first bytes, until its size is known
+        self._body: bytearray | None = None  # a large answer, being read
+        self._filled = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def close(self) -> None:
+        _close(self.conn)
+
+    def send(self, data: bytes, deadline: float) -> bool:
+        """Write one message; ``False`` if ``deadline`` passed first (then
+        part of it may have been written: the link is out of step)."""
+        size = len(data)
+        header = (_SIZE.pack(size) if size <= 0x7FFFFFFF
+                  else _SIZE.pack(-1) + _LONG_SIZE.pack(size))
+        parts: list[bytes | memoryview] = [header, data]
+        while True:
+            try:
+                sent = os.writev(self.fd, parts)
+            except BlockingIOError:
+                sent = 0
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                del parts[0]
+            if not parts:
+                return True
+            parts[0] = memoryview(parts[0])[sent:]
+            if not _ready(self._writable, deadline):
+                return False
+
+    def receive(self, deadline: float | None) -> bytes | bytearray | memoryview | None:
+        """The answer; ``None`` if ``deadline`` passed first (what was read
+        is kept: call again to wait for the rest). No deadline: wait for as
+        long as it takes."""
+        while self._body is None:
+            if not _ready(self._readable, deadline):
+                return None
+            try:
+                chunk = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise EOFError("the job store's process closed the connection")
+            head = self._head + chunk if self._head else chunk
+            start = _SIZE.size
+            if len(head) < start:
+                self._head = head
+                continue
+            size = _SIZE.unpack_from(head)[0]
+            if size == -1:
+                start += _LONG_SIZE.size
+                if len(head) < start:
+                    self._head = head
+                    continue
+                size = _LONG_SIZE.unpack_from(head, _SIZE.size)[0]
+            self._head = b""
+            got = len(head) - start
+            if got == size:  # a small answer, whole
+                return memoryview(head)[start:]
+            if got > size:
+                raise OSError("the job store sent more than its answer")
+            self._body = bytearray(size)
+            self._body[:got] = memoryview(head)[start:]
+            self._filled = got
+        body = self._body
+        while self._filled < len(body):
+            if not _ready(self._readable, deadline):
+                return None
+            with memoryview(body)[self._filled:] as rest:
+                try:
+                    got = os.readv(self.fd, [rest])
+                except BlockingIOError:
+                    continue
+            if not got:
+                raise EOFError("the job store's process closed the connection"
+                               " in the middle of an answer")
+            self._filled += got
+        self._body = None
+        return body
+
+
+def _ready(poll: select.poll, deadline: float | None) -> bool:
+    """Whether ``poll``'s event came by ``deadline`` (``None``: wait for it)."""
+    if deadline is None:
+        return bool(poll.poll())
+    return bool(poll.poll(max(0.0, deadline - time.monotonic()) * 1000))
 
 
 #: multiprocessing.managers, for the helpers typeshed does not declare.
