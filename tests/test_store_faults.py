@@ -11,6 +11,7 @@ import signal
 import struct
 import threading
 import time
+import warnings
 from multiprocessing import connection, managers
 
 import psutil
@@ -324,6 +325,50 @@ def test_calls_waiting_for_a_connection_when_the_store_is_closed(
     errors = [o for o in outcomes if isinstance(o, BaseException)]
     assert all(isinstance(e, StoreUnavailable) for e in errors), errors
     assert any("stopped" in str(e.description) for e in errors), errors
+
+
+def test_a_forked_child_never_uses_the_parents_connections(wsgi_bg_middleware):
+    # A child forked from the server (the fork start method, a job process)
+    # that called the store on the parent's pooled connection would leave
+    # its answer there for the parent to read as its own.
+    mw, job = started_mw(wsgi_bg_middleware)
+    store = mw.engine.store
+    assert store._idle  # the job's wait left connections in the pool
+    pid = manager_pid(mw)
+    stop(pid)  # the child's call goes unanswered while it lives
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of forking a process with threads; the
+            # child only calls the store and exits.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                store.timeout = 0.5
+                try:
+                    store.list()
+                except StoreUnavailable:
+                    code = 0
+            finally:
+                os._exit(code)
+        exited: list[int] = []
+
+        def reaped() -> bool:
+            done, status = os.waitpid(child, os.WNOHANG)
+            if done:
+                exited.append(os.waitstatus_to_exitcode(status))
+            return bool(done)
+
+        wait_for(reaped, 10, message="the child to exit")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert exited == [0]  # the child's call was bounded and said why (503)
+    # The parent's connections are in step: each answer is its own call's.
+    counts = store.counts()
+    assert isinstance(counts, dict), counts
+    assert counts[JobState.SUCCEEDED.value] == 1
+    assert store.get(job.id)["id"] == job.id
 
 
 @pytest.mark.parametrize(("fault", "bound"), [

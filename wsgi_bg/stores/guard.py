@@ -36,6 +36,11 @@ threads.
   process then ends because it was stopped, and calls still in flight just
   fail.
 
+A child forked from a process that holds a GuardedStore (the fork start
+method, a job process) never uses the parent's connections: their messages
+would interleave with the parent's on the same sockets. It drops them
+(closing only its copies of the descriptors) and opens its own.
+
 Each state change is logged once, not once per request.
 """
 
@@ -50,6 +55,7 @@ import select
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -98,7 +104,27 @@ class GuardedStore:
         # A manager proxy is called directly, on pooled connections.
         self._direct = isinstance(store, managers.BaseProxy)
         self._idle: list[_Link] = []
+        # Every connection opened and not yet collected (pooled, in use, or
+        # read by a late-answer thread), for a forked child to let go of.
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         self._slots = threading.BoundedSemaphore(_THREADS)
+        _stores.add(self)
+
+    def _forked(self) -> None:
+        """In a child just forked from the process that made this store: its
+        connections are the parent's (its sockets, shared), its threads and
+        their locks stayed behind. The child lets go of the connections
+        without a word on them and will open its own; closing its copies of
+        the descriptors leaves the parent's connections as they were."""
+        for link in list(self._links):
+            link.close()
+        self._links = weakref.WeakSet()
+        self._idle = []
+        self._executor = ThreadPoolExecutor(
+            _THREADS, thread_name_prefix="wsgi_bg-store")
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(_THREADS)
+        self.hung = False  # the probe stayed with the parent: ask again
 
     # -- the guard ----------------------------------------------------------------
     def _call(self, method: str, *args: Any) -> Any:
@@ -193,10 +219,12 @@ class GuardedStore:
         conn = connection.Client(proxy._token.address, authkey=proxy._authkey)
         try:
             _managers.dispatch(conn, None, "accept_connection", ("wsgi_bg-store",))
-            return _Link(conn)
+            link = _Link(conn)
         except BaseException:
             _close(conn)
             raise
+        self._links.add(link)
+        return link
 
     def _late_answer(
         self, link: _Link, method: str, args: tuple[Any, ...]
@@ -403,6 +431,18 @@ def _close(conn: connection.Connection) -> None:
         pass
 
 
+#: Every GuardedStore of this process, for a forked child to reset.
+_stores: weakref.WeakSet[GuardedStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _close_opened(future: Future[_Link]) -> None:
     # A connection opened after its caller gave up on it.
     if not future.cancelled() and future.exception() is None:
@@ -431,7 +471,7 @@ class _Link:
     or -1 and an 8-byte size past 2 GiB, then the bytes."""
 
     __slots__ = ("conn", "fd", "_readable", "_writable", "_head", "_body",
-                 "_filled")
+                 "_filled", "__weakref__")
 
     def __init__(self, conn: connection.Connection) -> None:
         self.conn = conn

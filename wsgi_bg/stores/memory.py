@@ -503,9 +503,22 @@ def start_manager(
     return manager
 
 
-def _manager_alive(manager: StoreManager) -> bool:
+def _manager_alive(manager: StoreManager, owner: int) -> bool:
+    """Whether the manager process runs; ``owner``: the pid that started it."""
     process = getattr(manager, "_process", None)
-    return process is None or process.is_alive()
+    if process is None:
+        return True
+    if os.getpid() != owner:
+        # A process forked from the owner: multiprocessing only answers for
+        # a process's own children (it asserts), so ask the system.
+        try:
+            os.kill(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return bool(process.is_alive())
 
 
 class ManagerLink:
@@ -547,11 +560,12 @@ class ManagerBackend:
 
     def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
         manager = self._manager = start_manager(ctx, **self.options)
+        owner = os.getpid()
         # Bounded calls: a killed or stopped manager costs a 503, not a hang
         # or a BrokenPipeError out of a request (see wsgi_bg.stores.guard).
         self._store = GuardedStore(
             manager.get_store(),  # type: ignore[attr-defined]
-            alive=lambda: _manager_alive(manager), on_lost=self.on_lost)
+            alive=lambda: _manager_alive(manager, owner), on_lost=self.on_lost)
         return self._store
 
     def link(self) -> ManagerLink:
