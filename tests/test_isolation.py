@@ -241,8 +241,9 @@ def test_an_executor_factory_pool_breaks_as_a_whole(make_mw, tmp_path):
 @pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_no_job_waits_behind_a_long_one_while_a_worker_is_free(make_mw, tmp_path):
-    """A worker holds its next job in its pipe (what keeps a plain pool's
-    throughput); one held behind a long job is taken over by a free worker."""
+    """A worker holds its next job in its executor's queue (what keeps a
+    plain pool's throughput); one held behind a long job is taken over by a
+    free worker."""
     mw = make_mw(max_workers=2)
     gates = [tmp_path / "long", tmp_path / "other"]
     long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
@@ -255,6 +256,53 @@ def test_no_job_waits_behind_a_long_one_while_a_worker_is_free(make_mw, tmp_path
     assert long.state is JobState.RUNNING
     gates[0].touch()
     assert long.wait(timeout=20).state is JobState.SUCCEEDED
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_no_job_waits_behind_a_long_one_in_a_burst(make_mw, tmp_path):
+    """Jobs that waited go to a worker several at once; those behind a long
+    one among them are taken over by a worker that becomes free."""
+    mw = make_mw(max_workers=2)
+    gates = [tmp_path / "long", tmp_path / "other", tmp_path / "late"]
+    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates[:2])
+    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
+             message="both workers busy")
+    shorts = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    late = mw.submit(jobfuncs.wait_file, str(gates[2]), 60)  # first of those waiting
+    shorts += [mw.submit(jobfuncs.add, i, 1) for i in range(2, 12)]
+    gates[1].touch()  # `late` and what follows it go to that worker
+    running(late)
+    gates[0].touch()  # the other worker runs what it holds, then takes them over
+    for i, job in enumerate(shorts):
+        assert job.wait(timeout=20).result == i + 1, job.error
+    assert late.state is JobState.RUNNING
+    gates[2].touch()
+    assert late.wait(timeout=20).state is JobState.SUCCEEDED
+    assert long.wait(timeout=20).state is JobState.SUCCEEDED
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_a_dead_pool_worker_costs_only_its_job_in_a_burst(make_mw, tmp_path):
+    """Jobs that waited go to a worker several at once. When that worker dies
+    on one of them, those it ran before keep their outcome, the one it ran
+    ends crashed, and those after it run on a fresh worker."""
+    mw = make_mw(max_workers=1)
+    gate = tmp_path / "gate"
+    first = mw.submit(jobfuncs.wait_file, str(gate))
+    running(first)
+    before = [mw.submit(jobfuncs.add, i, 1) for i in range(3)]
+    killer = mw.submit(jobfuncs.kill_supervisor)
+    after = [mw.submit(jobfuncs.add, i, 10) for i in range(3)]
+    gate.touch()
+    assert killer.wait(timeout=30).state is JobState.CRASHED
+    assert "was killed by SIGKILL (signal 9)" in killer.error
+    for i, job in enumerate(before):
+        assert job.wait(timeout=30).result == i + 1, job.error
+    for i, job in enumerate(after):
+        assert job.wait(timeout=30).result == i + 10, job.error
+    assert first.state is JobState.SUCCEEDED
 
 
 def _cpu_seconds() -> float:

@@ -10,14 +10,14 @@ started on demand (up to ``max_workers``) from the first job on::
 Data flow::
 
     engine.submit ─► ProcessRunner.submit ─ a free worker? ─yes─► its executor
-                          │ no (or all busy: as a worker's next job)  │
+                          │ no (or all busy: as a worker's next call) │
                           ▼                                           ▼
-                     waiting (FIFO;                  worker: run_job ─► supervise
-                     a cancel drops it)                               │ outcome
+                     waiting (FIFO;               worker: run_jobs ─► supervise
+                     a cancel drops it)                      each job │ outcomes
                           │                                           ▼
-                          └─► the next job to ◄── the executor's thread calls
-                              that worker, at once  back with the outcome; then
-                                                    the job's future is done
+                          └─► the next jobs to ◄── the executor's thread calls
+                              that worker, at once  back with the outcomes; then
+                                                    the jobs' futures are done
 
 Why one executor of one worker per worker, not one executor of
 ``max_workers``: a :class:`~concurrent.futures.ProcessPoolExecutor` breaks as
@@ -26,11 +26,13 @@ of every other worker. With one worker each, a worker killed from outside (an
 operator, the out-of-memory killer) fails only the job it ran
 (:class:`WorkerLost`, which says so), the job it held next goes back to the
 front of the queue, a fresh executor takes the slot when a job needs one, and
-every other job goes on. Each worker holds at most two jobs (the one it runs,
-and its next, already in its executor's call queue so that it starts at once:
-what keeps a plain pool's throughput); a job held next by a worker busy for
-longer than ``_STUCK_AFTER`` is taken over by a free worker, so that no job
-waits behind a long one.
+every other job goes on. Each worker holds at most two calls (the one it
+runs, and its next, already in its executor's call queue so that it starts at
+once: what keeps a plain pool's throughput). A call is one job, or, when jobs
+wait, several (:func:`run_jobs`, an even share of those waiting, as
+``Executor.map``'s ``chunksize``): one hand-off, one answer, for many short
+jobs. Jobs held behind a job that has run for longer than ``_STUCK_AFTER``
+are taken over by a free worker, so that no job waits behind a long one.
 
 ``executor_factory`` (the user's own executor) is used as it is: jobs go to it
 directly, and when it breaks, the jobs it ran are lost and a fresh one is made
@@ -55,11 +57,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pickle
 import select
 import shutil
 import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import (
@@ -218,6 +222,36 @@ def run_job(
                      max_result_bytes)
 
 
+def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | None]]:
+    """Run several jobs one after another, each as :func:`run_job` (the
+    arguments of each in ``calls``); the pool's task function when jobs
+    wait, so that one hand-off to a worker serves several (as the
+    ``chunksize`` of :meth:`concurrent.futures.Executor.map` does).
+
+    Returns each job's ``(final state, None)`` or ``(None, the exception
+    run_job raised)``: one job's failure does not stop the others.
+    """
+    outcomes: list[tuple[Any, BaseException | None]] = []
+    for args in calls:
+        try:
+            outcomes.append((run_job(*args), None))
+        except Exception as exc:  # noqa: BLE001 - that job's future's
+            outcomes.append((None, _sendable(exc)))
+    return outcomes
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """``exc``, or its text, whichever can be pickled back to the server
+    (one that cannot would fail the outcomes of every job of its call)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any pickling failure
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return RuntimeError(f"the pool worker failed:\n{text}")
+    exc.__traceback__ = None
+    return exc
+
+
 # -- the runner ----------------------------------------------------------------------
 class WorkerLost(BrokenProcessPool):
     """The pool worker running a job died: the outcome of that job's future.
@@ -255,10 +289,14 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 # -- the pool ------------------------------------------------------------------
-#: Jobs a worker holds at once: the one it runs and the next, already in its
+#: Calls a worker holds at once: the one it runs and the next, already in its
 #: executor's call queue so that it starts as soon as the first ends (a plain
-#: ProcessPoolExecutor's call queue holds one job more than it has workers).
+#: ProcessPoolExecutor's call queue holds one call more than it has workers).
 _DEPTH = 2
+#: Jobs at most in one call when jobs wait (spread evenly over the workers),
+#: and their payloads' bytes at most, beyond the first job's.
+_CHUNK = 16
+_CHUNK_BYTES = 262144
 #: Seconds a job may wait behind another worker's job while a worker is free
 #: before that one takes it over (see ProcessRunner._take_over).
 _STUCK_AFTER = 0.05
@@ -276,12 +314,14 @@ class _Job:
     no other copy is left to answer.
     """
 
-    __slots__ = ("future", "args", "copies", "lost", "done", "refused")
+    __slots__ = ("future", "args", "size", "copies", "lost", "done", "refused")
 
-    def __init__(self, future: Future[str | None], args: tuple[Any, ...]) -> None:
+    def __init__(self, future: Future[str | None], args: tuple[Any, ...],
+                 size: int) -> None:
         self.future = future
         self.args = args
-        self.copies = 0  # slots holding a copy, not yet answered
+        self.size = size  # its payload's bytes
+        self.copies = 0  # calls holding a copy, not yet answered
         self.lost: WorkerLost | None = None  # a copy's worker died
         self.done = False  # the future has (or is being given) its outcome
         # A copy's start was refused (cancelled, or started by the other
@@ -289,22 +329,25 @@ class _Job:
         self.refused = False
 
 
+_Call = list[_Job]  # the jobs of one call of run_jobs, in the order it runs them
+
+
 class _Slot:
     """One worker's place: a :class:`~concurrent.futures.ProcessPoolExecutor`
     of one worker (``None``: not started yet, or its worker died), that
-    worker's process, the jobs it holds (the one it runs first) and those of
+    worker's process, the calls it holds (the one it runs first) and those of
     them not yet submitted to it. Changed only under the runner's lock;
     submitted to under ``sending``."""
 
-    __slots__ = ("executor", "process", "jobs", "outbox", "since", "sending")
+    __slots__ = ("executor", "process", "calls", "outbox", "since", "sending")
 
     def __init__(self) -> None:
         self.executor: ProcessPoolExecutor | None = None
         self.process: BaseProcess | None = None
-        self.jobs: list[_Job] = []
-        self.outbox: deque[_Job] = deque()
-        self.since = 0.0  # when its first job became first
-        # Reentrant: a job that is done by the time its callback is added
+        self.calls: list[_Call] = []
+        self.outbox: deque[_Call] = deque()
+        self.since = 0.0  # when its first call became first
+        # Reentrant: a call that is done by the time its callback is added
         # runs the callback, which may submit, in the submitting thread.
         self.sending = threading.RLock()
 
@@ -313,16 +356,18 @@ _Outcome = tuple[Any, BaseException | None]
 
 
 class ProcessRunner:
-    """Runs jobs through :func:`run_job` in ``max_workers``
+    """Runs jobs through :func:`run_jobs` in ``max_workers``
     :class:`~concurrent.futures.ProcessPoolExecutor` instances of one worker
-    each (or in the executor ``executor_factory`` returns); the
-    :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``.
+    each (or through :func:`run_job` in the executor ``executor_factory``
+    returns); the :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``.
 
     A job goes to a free worker (a started one first, else a new one is
     started); else, when every worker has a job, to a worker as its next
-    job; else it waits here, first in, first out, until a worker answers. A
-    job held as a busy worker's next job is taken over by a free one after
-    ``_STUCK_AFTER`` seconds, so that no job waits behind a long one.
+    call; else it waits here, first in, first out, until a worker answers,
+    which then takes the jobs waiting at its turn as one call (up to
+    ``_CHUNK``, an even share of them). A job held behind a busy worker's
+    first one is taken over by a free worker after ``_STUCK_AFTER`` seconds,
+    so that no job waits behind a long one.
     """
 
     kind = "pool"
@@ -405,7 +450,7 @@ class ProcessRunner:
             return self.executor.submit(run_job, *args)
         if not self._slots:
             raise RuntimeError("the pool runner is not started")
-        job = _Job(Future(), args)
+        job = _Job(Future(), args, len(payload))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool runner was shut down")
@@ -416,62 +461,63 @@ class ProcessRunner:
 
     def _place(self, job: _Job) -> _Slot | None:
         """Under the lock: the slot that takes ``job`` now (a free worker, a
-        started one first; else a busy one as its next job), or ``None``: it
+        started one first; else a busy one as its next call), or ``None``: it
         waits."""
-        free = [s for s in self._slots if not s.jobs]
+        free = [s for s in self._slots if not s.calls]
         slot = next((s for s in free if s.executor is not None),
                     free[0] if free else None)
         if slot is None:
-            slot = next((s for s in self._slots if len(s.jobs) < _DEPTH), None)
+            slot = next((s for s in self._slots if len(s.calls) < _DEPTH), None)
         if slot is None:
             self._waiting.append(job)
             return None
         job.future.set_running_or_notify_cancel()
-        self._add(slot, job)
+        self._add(slot, [job])
         return slot
 
-    def _add(self, slot: _Slot, job: _Job) -> None:
-        """Under the lock: ``job`` is ``slot``'s, to be submitted to it."""
-        if not slot.jobs:
+    def _add(self, slot: _Slot, call: _Call) -> None:
+        """Under the lock: ``call`` is ``slot``'s, to be submitted to it."""
+        if not slot.calls:
             slot.since = time.monotonic()
-        slot.jobs.append(job)
-        slot.outbox.append(job)
-        job.copies += 1
+        slot.calls.append(call)
+        slot.outbox.append(call)
+        for job in call:
+            job.copies += 1
 
-    def _drop(self, slot: _Slot, job: _Job) -> bool:
-        """Under the lock: ``slot`` no longer holds ``job`` (it answered);
+    def _drop(self, slot: _Slot, call: _Call) -> bool:
+        """Under the lock: ``slot`` no longer holds ``call`` (it answered);
         ``False`` if it did not hold it (the slot's worker died meanwhile)."""
-        if job not in slot.jobs:
+        if not any(held is call for held in slot.calls):
             return False
-        slot.jobs.remove(job)
-        with contextlib.suppress(ValueError):
-            slot.outbox.remove(job)
-        job.copies -= 1
-        slot.since = time.monotonic()  # its next job's start
+        slot.calls = [held for held in slot.calls if held is not call]
+        slot.outbox = deque(held for held in slot.outbox if held is not call)
+        for job in call:
+            job.copies -= 1
+        slot.since = time.monotonic()  # its next call's start
         return True
 
     def _send(self, slot: _Slot) -> None:
-        """Submit ``slot``'s pending jobs to its executor, in order (one
+        """Submit ``slot``'s pending calls to its executor, in order (one
         thread at a time), starting its worker if it has none."""
         with slot.sending:
             while True:
                 with self._lock:
                     if not slot.outbox:
                         return
-                    job = slot.outbox.popleft()
+                    call = slot.outbox.popleft()
                     executor = slot.executor
                     if executor is None and not self._closed:
                         executor = slot.executor = ProcessPoolExecutor(
                             1, mp_context=self.mp_context,
                             initializer=worker_init, initargs=self._initargs)
                 if executor is None:  # shut down before it started
-                    self._not_sent(slot, None, job, RuntimeError(
+                    self._not_sent(slot, None, call, RuntimeError(
                         "the worker pool was shut down before this job started"))
                     continue
                 try:
-                    inner = executor.submit(run_job, *job.args)
-                except BaseException as exc:  # noqa: BLE001 - the job's, or the pool's
-                    self._not_sent(slot, executor, job, exc)
+                    inner = executor.submit(run_jobs, [job.args for job in call])
+                except BaseException as exc:  # noqa: BLE001 - the jobs', or the pool's
+                    self._not_sent(slot, executor, call, exc)
                     continue
                 with self._lock:
                     if slot.executor is executor and slot.process is None:
@@ -479,67 +525,67 @@ class ProcessRunner:
                         processes = getattr(executor, "_processes", None) or {}
                         slot.process = next(iter(processes.values()), None)
                 inner.add_done_callback(
-                    functools.partial(self._answered, slot, executor, job))
+                    functools.partial(self._answered, slot, executor, call))
 
-    def _not_sent(self, slot: _Slot, executor: Executor | None, job: _Job,
+    def _not_sent(self, slot: _Slot, executor: Executor | None, call: _Call,
                   error: BaseException) -> None:
-        """``job`` could not be submitted to ``slot``'s ``executor``."""
+        """``call`` could not be submitted to ``slot``'s ``executor``."""
         if isinstance(error, BrokenProcessPool) and executor is not None:
-            # Its worker died while it held no job (no callback says so):
-            # the job goes elsewhere with the others the slot held.
+            # Its worker died while it held no call (no callback says so):
+            # the jobs go elsewhere with the others the slot held.
             self._broke(slot, executor)
             return
         with self._lock:
-            if not self._drop(slot, job):
+            if not self._drop(slot, call):
                 return
             discard = executor is not None and slot.executor is executor
             if discard:  # (the worker could not be started: try a fresh one)
                 slot.executor = slot.process = None
-            outcome = self._settle(job, None, error)
+            outcomes = self._settle_all(call, [(None, error)] * len(call))
         if discard and executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-        if outcome is not None:
-            _resolve(job, outcome)
+        _resolve_all(outcomes)
 
     # -- answers -----------------------------------------------------------------------
-    def _answered(self, slot: _Slot, executor: ProcessPoolExecutor, job: _Job,
-                  inner: Future[str | None]) -> None:
-        """A done callback (in the executor's own thread): a copy of ``job``
-        ended on ``slot``'s worker; give the worker its next job."""
-        result: str | None = None
-        error: BaseException | None
+    def _answered(self, slot: _Slot, executor: ProcessPoolExecutor, call: _Call,
+                  inner: Future[list[_Outcome]]) -> None:
+        """A done callback (in the executor's own thread): a copy of each job
+        of ``call`` ended on ``slot``'s worker; give the worker its next
+        call."""
+        answers: list[_Outcome]
         if inner.cancelled():  # the executor was shut down before it ran it
-            error = RuntimeError(
-                "the worker pool was shut down before this job started")
+            answers = [(None, RuntimeError(
+                "the worker pool was shut down before this job started"))] * len(call)
         else:
             error = inner.exception()
             if isinstance(error, BrokenProcessPool):
                 self._broke(slot, executor)
                 return
-            if error is None:
-                result = inner.result()
-        outcome = None
+            answers = inner.result() if error is None else [(None, error)] * len(call)
+        outcomes: list[tuple[_Job, _Outcome]] = []
         with self._lock:
-            if self._drop(slot, job):
-                outcome = self._settle(job, result, error)
+            if self._drop(slot, call):
+                outcomes = self._settle_all(call, answers)
             if not self._closed:
                 self._refill(slot)
         self._send(slot)
-        if outcome is not None:
-            _resolve(job, outcome)
+        _resolve_all(outcomes)
 
     def _broke(self, slot: _Slot, executor: Executor) -> None:
-        """``slot``'s worker died: the job it ran (if any) gets the loss,
-        those it held next go back to the front of the queue (they never
-        started there), and the slot is free for a fresh worker."""
+        """``slot``'s worker died: each job of the call it ran (if it began)
+        gets the loss (the engine runs again one that had not started), the
+        jobs of the call it held next go back to the front of the queue, and
+        the slot is free for a fresh worker."""
         with self._lock:
             if slot.executor is not executor:
-                return  # seen already (a callback for each job it held)
-            process, jobs, unsent = slot.process, slot.jobs, set(slot.outbox)
+                return  # seen already (a callback for each call it held)
+            process, calls = slot.process, slot.calls
+            unsent = [call for call in slot.outbox]
             slot.executor = slot.process = None
-            slot.jobs, slot.outbox = [], deque()
-            for job in jobs:
-                job.copies -= 1
+            slot.calls, slot.outbox = [], deque()
+            for call in calls:
+                for job in call:
+                    job.copies -= 1
         if process is not None:
             process.join(0.5)  # dead: its exit status, for the job's error
         lost = WorkerLost(None if process is None else process.pid,
@@ -547,12 +593,10 @@ class ProcessRunner:
                           shutting_down=self._closed)
         outcomes: list[tuple[_Job, _Outcome]] = []
         with self._lock:
-            if jobs and jobs[0] not in unsent:  # the one it ran, if it began
-                outcome = self._settle(jobs[0], None, lost)
-                if outcome is not None:
-                    outcomes.append((jobs[0], outcome))
-                jobs = jobs[1:]
-            for job in reversed(jobs):
+            if calls and not any(calls[0] is call for call in unsent):
+                ran, calls = calls[0], calls[1:]  # the call it ran, if it began
+                outcomes = self._settle_all(ran, [(None, lost)] * len(ran))
+            for job in reversed([job for call in calls for job in call]):
                 if job.done or job.copies:
                     continue  # another copy answers
                 if self._closed:
@@ -566,8 +610,18 @@ class ProcessRunner:
         # and on Python 3.13 this runs under the lock shutdown() takes.)
         for other in send:
             self._send(other)
-        for job, outcome in outcomes:
-            _resolve(job, outcome)
+        _resolve_all(outcomes)
+
+    def _settle_all(self, call: _Call,
+                    answers: list[_Outcome]) -> list[tuple[_Job, _Outcome]]:
+        """Under the lock: the outcomes the futures of ``call``'s jobs get
+        now from their copies' ``answers``."""
+        outcomes = []
+        for job, (result, error) in zip(call, answers, strict=True):
+            outcome = self._settle(job, result, error)
+            if outcome is not None:
+                outcomes.append((job, outcome))
+        return outcomes
 
     def _settle(self, job: _Job, result: str | None,
                 error: BaseException | None) -> _Outcome | None:
@@ -602,53 +656,74 @@ class ProcessRunner:
                 return job
         return None
 
-    def _refill(self, slot: _Slot) -> None:
-        """Under the lock: jobs for ``slot``, whose worker answered: one taken
-        over from behind a long job, else the first waiting, and its next."""
-        if not slot.jobs:
-            job = self._take_over(time.monotonic(), idle=not self._waiting)
-            if job is not None:
-                self._add(slot, job)
-        while len(slot.jobs) < _DEPTH:
+    def _chunk(self) -> _Call:
+        """Under the lock: the next call's jobs from those waiting: an even
+        share of them, at most ``_CHUNK`` jobs and ``_CHUNK_BYTES`` beyond
+        the first's payload."""
+        share = min(_CHUNK, max(1, len(self._waiting) // len(self._slots)))
+        call: _Call = []
+        size = 0
+        while len(call) < share and self._waiting:
+            if call and size + self._waiting[0].size > _CHUNK_BYTES:
+                break
             job = self._pop_waiting()
             if job is None:
                 break
-            self._add(slot, job)
+            call.append(job)
+            size += job.size
+        return call
+
+    def _refill(self, slot: _Slot) -> None:
+        """Under the lock: calls for ``slot``, whose worker answered: jobs
+        taken over from behind a long one, else those first waiting, and its
+        next."""
+        if not slot.calls:
+            call = self._take_over(time.monotonic(), idle=not self._waiting)
+            if call:
+                self._add(slot, call)
+        while len(slot.calls) < _DEPTH:
+            call = self._chunk()
+            if not call:
+                break
+            self._add(slot, call)
 
     def _fill_free(self) -> list[_Slot]:
         """Under the lock: jobs for free slots (started ones first), waiting
         or stuck behind a long job (after a worker died, say); the slots
         given some."""
         given = []
-        free = sorted((s for s in self._slots if not s.jobs),
-                      key=lambda s: s.executor is None)
-        for slot in free:
+        for slot in self._free():
             self._refill(slot)
-            if not slot.jobs:
+            if not slot.calls:
                 break
             given.append(slot)
         return given
 
-    def _take_over(self, now: float, idle: bool) -> _Job | None:
-        """Under the lock: a job held as a busy worker's next job that a free
-        worker should run instead: one whose worker's job has run for
-        ``_STUCK_AFTER`` seconds. If there is none but the free worker would
-        be ``idle``, the check is made again once the first such job has
-        waited that long."""
+    def _free(self) -> list[_Slot]:
+        """Under the lock: the slots that hold no call, started ones first."""
+        return sorted((s for s in self._slots if not s.calls),
+                      key=lambda s: s.executor is None)
+
+    def _take_over(self, now: float, idle: bool) -> _Call:
+        """Under the lock: jobs held behind a busy worker's first job that a
+        free worker should run instead: those of the worker whose current
+        call has run for ``_STUCK_AFTER`` seconds, the longest. If there are
+        none but the free worker would be ``idle``, the check is made again
+        once the first such job has waited that long."""
         soonest = None
-        for slot in self._slots:
-            if len(slot.jobs) < 2:
-                continue
-            job = slot.jobs[-1]
-            if job.done or job.copies > 1 or job.refused:
+        for slot in sorted(self._slots, key=lambda s: s.since):
+            held = [job for call in slot.calls for job in call][1:]
+            held = [job for job in held
+                    if not (job.done or job.copies > 1 or job.refused)]
+            if not held:
                 continue  # ended, taken over already, or cannot start
             if now - slot.since >= _STUCK_AFTER:
-                return job
-            if soonest is None or slot.since < soonest:
+                return held[:_CHUNK]
+            if soonest is None:
                 soonest = slot.since
         if idle and soonest is not None:
             self._check_at(soonest + _STUCK_AFTER)
-        return None
+        return []
 
     def _check_at(self, when: float) -> None:
         """Under the lock: look for stuck jobs again at ``when``."""
@@ -663,8 +738,8 @@ class ProcessRunner:
             self._balance.notify()
 
     def _balance_loop(self) -> None:
-        """Give a job stuck behind another worker's long job to a free worker
-        once it has waited ``_STUCK_AFTER`` seconds, when no answer did."""
+        """Give jobs stuck behind another worker's long job to a free worker
+        once they have waited ``_STUCK_AFTER`` seconds, when no answer did."""
         while True:
             with self._lock:
                 while not self._closed:
@@ -677,13 +752,11 @@ class ProcessRunner:
                     return
                 self._balance_at = None
                 given = []
-                free = sorted((s for s in self._slots if not s.jobs),
-                              key=lambda s: s.executor is None)
-                for slot in free:
-                    job = self._take_over(time.monotonic(), idle=True)
-                    if job is None:
+                for slot in self._free():
+                    call = self._take_over(time.monotonic(), idle=True)
+                    if not call:
                         break
-                    self._add(slot, job)
+                    self._add(slot, call)
                     given.append(slot)
             for slot in given:
                 self._send(slot)
@@ -701,7 +774,7 @@ class ProcessRunner:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the pool: waiting jobs are cancelled, workers end after the
-        jobs they hold. Workers still busy ``timeout`` seconds later (their
+        calls they hold. Workers still busy ``timeout`` seconds later (their
         job store hung) are killed, with their job processes' groups;
         ``None``: wait for them."""
         if self.executor is not None:
@@ -724,12 +797,12 @@ class ProcessRunner:
         _shut_down(executors, timeout)
 
 
-def _resolve(job: _Job, outcome: _Outcome) -> None:
-    result, error = outcome
-    if error is None:
-        job.future.set_result(result)
-    else:
-        job.future.set_exception(error)
+def _resolve_all(outcomes: list[tuple[_Job, _Outcome]]) -> None:
+    for job, (result, error) in outcomes:
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
 
 
 def _shut_down(executors: list[Executor], timeout: float | None) -> None:
