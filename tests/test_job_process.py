@@ -115,3 +115,40 @@ class _Import:
 
     def __reduce__(self):
         return (importlib.import_module, (self.name,))
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_on_one_worker_each_job_its_outcome_a_cancelled_one_never_runs(
+        make_mw, tmp_path):
+    """Jobs that waited go to the worker as one call, run in one kept process,
+    each job's end recorded with the next one's start: each gets its own
+    result and output, and one cancelled while its call is held is refused
+    its start (it never runs) while the end of the job before it lands."""
+    mw = make_mw(max_workers=1)
+    gates = [tmp_path / "first", tmp_path / "head"]
+    first = mw.submit(jobfuncs.wait_file, str(gates[0]))
+    wait_for(lambda: first.state is JobState.RUNNING, 20, message="first to run")
+    alone = mw.submit(jobfuncs.add, 0, 1)  # held next: a call of its own
+    head = mw.submit(jobfuncs.wait_file, str(gates[1]))  # first of the call
+    before = [mw.submit(jobfuncs.add, i, 1) for i in range(1, 4)]
+    printed = mw.submit(jobfuncs.print_pid)  # just before the cancelled one
+    never = mw.submit(jobfuncs.touch, str(tmp_path / "ran"))
+    after = [mw.submit(jobfuncs.add, i, 1) for i in range(4, 8)]
+    gates[0].touch()
+    # Running: its call, with every job behind it, is the worker's now.
+    wait_for(lambda: head.state is JobState.RUNNING, 20, message="head to run")
+    assert never.cancel()
+    gates[1].touch()
+    for job in (first, alone, head):
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+    assert alone.result == 1
+    for i, job in enumerate([*before, *after]):
+        assert job.wait(timeout=20).result == i + 2, job.error
+        assert job.started_at >= head.ended_at
+    assert printed.wait(timeout=20).output == "visible\n"
+    assert printed.ended_at <= after[0].started_at
+    assert never.wait(timeout=20).state is JobState.CANCELLED
+    assert never.started_at is None and not (tmp_path / "ran").exists()
+    # One kept process ran the whole call (the job before and after the
+    # refused one included).
+    assert printed.result == mw.submit(jobfuncs.print_pid).wait(timeout=20).result

@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
+import jobfuncs
 from wsgi_bg import JobState
+from wsgi_bg.stores.guard import GuardedStore
 from wsgi_bg.stores.memory import MemoryStore, _Output
 
 
@@ -164,6 +166,110 @@ def test_store_cancel(make_store):
     assert store.finish("r", "succeeded", b"x", None) == "cancelled"
     assert store.get("r")["result"] is None
     assert store.request_cancel("r", None) == ""
+
+
+def test_store_finish_and_start_is_finish_then_start(make_store):
+    store = make_store()
+    store.create(record("a"), 10)
+    store.create(record("b"), 10)
+    store.start("a", 7)
+    store.relay("a", "one\n", None)
+    assert store.finish_and_start(
+        "a", "succeeded", b"r", None, "two\n", {"done": 1, "total": 1,
+                                               "message": None},
+        4, "'r'", "b", 8) == ("succeeded", True)
+    a, b = store.get("a"), store.get("b")
+    assert (a["state"], a["pid"], a["result"]) == ("succeeded", None, "'r'")
+    assert a["progress"] == {"done": 1, "total": 1, "message": None}
+    assert store.result("a") == b"r"
+    assert store.read_output("a", 0) == ("one\ntwo\n", 8)
+    assert (b["state"], b["pid"]) == ("running", 8)
+    assert b["started_at"] >= a["ended_at"]
+    counts = store.counts()
+    assert (counts["succeeded"], counts["running"], counts["queued"]) == (1, 1, 0)
+    # The next job's start is refused as start's would be; the end still lands.
+    store.create(record("c"), 10)
+    assert store.finish_and_start("b", "failed", None, "boom", "", None, None,
+                                  None, "b", 9) == ("failed", False)
+    assert store.get("b")["state"] == "failed"
+    assert store.counts()["running"] == 0
+
+
+def test_store_finish_and_start_next_cancelled_while_queued(make_store):
+    store = make_store()
+    store.create(record("a"), 10)
+    store.create(record("b"), 10)
+    store.start("a", 1)
+    assert store.request_cancel("b", None) == "cancelled"
+    assert store.finish_and_start("a", "succeeded", b"x", None, "", None, None,
+                                  "1", "b", 2) == ("succeeded", False)
+    assert store.get("a")["state"] == "succeeded"
+    b = store.get("b")
+    assert (b["state"], b["pid"], b["started_at"]) == ("cancelled", None, None)
+    assert store.counts()["running"] == 0
+
+
+def test_store_finish_and_start_next_already_ended_or_unknown(make_store):
+    store = make_store()
+    for job in ("a", "b", "c"):
+        store.create(record(job), 10)
+    store.start("b", 3)
+    store.finish("b", "succeeded", None, None)
+    store.start("a", 1)
+    assert store.finish_and_start("a", "failed", None, "no", "", None, None,
+                                  None, "b", 2) == ("failed", False)
+    assert (store.get("b")["state"], store.get("b")["pid"]) == ("succeeded", None)
+    store.start("c", 4)
+    assert store.finish_and_start("c", "succeeded", None, None, "", None, None,
+                                  None, "missing", 2) == ("succeeded", False)
+    assert store.get("missing") is None
+
+
+def test_store_finish_and_start_of_an_ended_job_still_starts_the_next(make_store):
+    store = make_store()
+    store.create(record("a"), 10)
+    store.create(record("b"), 10)
+    store.start("a", 1)
+    store.request_cancel("a", 0.0)
+    assert store.finish("a", "cancelled", None, "killed") == "cancelled"
+    assert store.finish_and_start("a", "succeeded", b"x", None, "late\n", None,
+                                  None, "1", "b", 2) == (None, True)
+    a = store.get("a")
+    assert (a["state"], a["error"], a["output_size"]) == ("cancelled", "killed", 0)
+    assert store.result("a") is None
+    assert store.get("b")["state"] == "running"
+
+
+def test_store_finish_and_start_keeps_the_cancel_outcome(make_store):
+    store = make_store()
+    store.create(record("a"), 10)
+    store.create(record("b"), 10)
+    store.start("a", 1)
+    store.request_cancel("a", None)  # asked while running, then it returned
+    assert store.finish_and_start("a", "succeeded", b"x", None, "", None, None,
+                                  "1", "b", 2) == ("cancelled", True)
+    assert store.get("a")["cancelled_how"] == "stopped"
+
+
+@pytest.mark.timeout(60)
+def test_guarded_manager_store_passes_finish_and_start_on(wsgi_bg_middleware):
+    """The server's store (the guard, calling the manager on its own pooled
+    connections) answers the call as the memory store does."""
+    mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1)
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+    store = mw.engine.store
+    assert isinstance(store, GuardedStore)
+    for job in ("a", "b", "c"):
+        store.create(record(job), 10)
+    store.start("a", 1)
+    store.request_cancel("c", None)
+    assert store.finish_and_start("a", "succeeded", b"x", None, "out\n", None,
+                                  None, "'x'", "b", 2) == ("succeeded", True)
+    assert store.finish_and_start("b", "failed", None, "no", "", None, None,
+                                  None, "c", 3) == ("failed", False)
+    assert [store.get(job)["state"] for job in ("a", "b", "c")] == [
+        "succeeded", "failed", "cancelled"]
+    assert store.read_output("a", 0) == ("out\n", 4)
 
 
 def test_store_max_queued(make_store):

@@ -80,7 +80,7 @@ from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
-from .supervisor import describe_exitcode, die_with_parent, supervise
+from .supervisor import describe_exitcode, die_with_parent, supervise, supervise_all
 
 _store_cache: dict[str, Store] = {}
 
@@ -230,7 +230,21 @@ def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | No
 
     Returns each job's ``(final state, None)`` or ``(None, the exception
     run_job raised)``: one job's failure does not stop the others.
+
+    Run by :func:`~wsgi_bg.runners.supervisor.supervise_all`: a job's end is
+    recorded with the next one's start, in one store call; a lone job
+    makes the store calls :func:`run_job` makes.
     """
+    jobs = []
+    for link, *rest in calls:
+        try:
+            store = _worker_store(link)
+        except Exception:  # noqa: BLE001 - each job's own failure, as run_job's
+            break
+        jobs.append((store, *rest))
+    else:
+        return [(state, None if error is None else _sendable(error))
+                for state, error in supervise_all(jobs)]
     outcomes: list[tuple[Any, BaseException | None]] = []
     for args in calls:
         try:

@@ -35,6 +35,11 @@ subreaper on Linux, so even orphaned grandchildren count). Otherwise, or after
 ``jobs_per_process`` jobs, it is killed with its process group and the next
 job gets a fresh one.
 
+A pool worker handed several jobs at once runs them with
+:func:`supervise_all`: where the next job starts in the process the last one
+left warm, the last one's ``store.finish`` and the next one's
+``store.start`` are one store call (``Store.finish_and_start``).
+
 The call is unpickled only in the job process: an import that hangs, starts
 threads or crashes must meet the timeout, cancel and isolation of a job, not
 stall or thread the worker. Results travel pickled; the job process checks
@@ -59,7 +64,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .. import context
@@ -148,8 +153,59 @@ def supervise(
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    return _Supervisor(store, job_id, timeout, grace, tick, watch_parent).run(
+    ended = _Supervisor(store, job_id, timeout, grace, tick, watch_parent).run(
         payload, jobs_per_process, max_result_bytes)
+    return None if ended is None else ended.finish()
+
+
+def supervise_all(
+    jobs: Sequence[tuple[Store, str, bytes, float | None, float, int, int]],
+) -> list[tuple[str | None, Exception | None]]:
+    """Run ``jobs`` one after another, each as :func:`supervise` runs it
+    (``(store, job_id, payload, timeout, grace, jobs_per_process,
+    max_result_bytes)``): what a pool worker given several jobs at once does.
+
+    Where a job follows one whose process is kept warm for it, the end of
+    the one and the start of the other are recorded in one store call
+    (:meth:`~wsgi_bg.stores.Store.finish_and_start`), one round trip per job
+    fewer. Nothing waits for it: the next job's start is the next thing its
+    supervisor does. Where no warm process is there (a fork would delay the
+    end), or the last job is alone, each is recorded on its own as by
+    :func:`supervise`.
+
+    Returns each job's ``(final state or None, None)``, or ``(None, the
+    exception its supervisor raised)``: one job's failure does not stop the
+    others.
+    """
+    outcomes: list[tuple[str | None, Exception | None]] = [(None, None)] * len(jobs)
+    held: _Ended | None = None  # the last job's end, to go with the next start
+    try:
+        for i, (store, job_id, payload, timeout, grace, per_process,
+                max_result_bytes) in enumerate(jobs):
+            if held is not None and held.store is not store:
+                held.record()  # (another store: no call holds both)
+            after = held if held is not None and held.outcome is None else None
+            ended: _Ended | None = None
+            try:
+                ended = _Supervisor(store, job_id, timeout, grace).run(
+                    payload, per_process, max_result_bytes, after=after)
+            except Exception as exc:  # noqa: BLE001 - that job's outcome
+                outcomes[i] = (None, exc)
+            if held is not None:
+                if held.outcome is None:
+                    held.record()  # (run recorded it, unless it failed first)
+                outcomes[i - 1] = held.outcome or (None, None)
+                held = None
+            if ended is not None:
+                if ended.reuse and i + 1 < len(jobs):
+                    held = ended  # the next job starts in its process
+                else:
+                    ended.record()
+                    outcomes[i] = ended.outcome or (None, None)
+    finally:
+        if held is not None and held.outcome is None:
+            held.record()  # never left unrecorded, whatever stopped the loop
+    return outcomes
 
 
 def release_warm() -> None:
@@ -244,6 +300,64 @@ _FRAME = struct.Struct("!I")
 _ORPHANED = "orphaned"
 
 
+class _Ended:
+    """A job's end as its supervisor saw it, not yet in the store."""
+
+    __slots__ = ("store", "job_id", "state", "result", "error", "last", "shown",
+                 "reuse", "outcome")
+
+    def __init__(
+        self, store: Store, job_id: str, state: str, result: bytes | None,
+        error: str | None, last: tuple[str, dict[str, Any] | None, int | None],
+        shown: str | None, reuse: bool,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.state = state
+        self.result = result
+        self.error = error
+        self.last = last  # the output and progress not yet relayed, its offset
+        self.shown = shown
+        self.reuse = reuse  # its process is kept warm for the next job
+        #: Once recorded: what recording it gave, as supervise_all returns it.
+        self.outcome: tuple[str | None, Exception | None] | None = None
+
+    def finish(self) -> str | None:
+        """Record it alone: the state stored, or ``None`` (it had ended);
+        retried while the store cannot be reached."""
+        return _retrying(
+            lambda: self.store.finish(self.job_id, self.state, self.result,
+                                      self.error, *self.last, shown=self.shown),
+            _FINISH_RETRY_SECONDS)
+
+    def record(self) -> None:
+        """:meth:`finish`, its outcome (or its exception) kept as :attr:`outcome`."""
+        try:
+            self.outcome = (self.finish(), None)
+        except Exception as exc:  # noqa: BLE001 - this job's outcome
+            self.outcome = (None, exc)
+
+    def finish_and_start(self, next_id: str, pid: int) -> bool:
+        """Record it with the start of ``next_id`` in process group ``pid``,
+        in one store call; whether ``next_id`` started.
+
+        If that call fails, each is done on its own, as for a lone job, with
+        its own retries: a call that timed out may have landed, and then this
+        end is not recorded twice (``finish`` answers ``None``, as a retried
+        lone finish would), and the start is refused as a retried start that
+        had landed is."""
+        try:
+            state, started = self.store.finish_and_start(
+                self.job_id, self.state, self.result, self.error, *self.last,
+                self.shown, next_id, pid)
+        except Exception:  # noqa: BLE001 - unreachable, or an error: one by one
+            self.record()
+            return _retrying(lambda: self.store.start(next_id, pid),
+                             _START_RETRY_SECONDS)
+        self.outcome = (state, None)
+        return started
+
+
 class _Supervisor:
     def __init__(
         self, store: Store, job_id: str, timeout: float | None, grace: float,
@@ -261,20 +375,32 @@ class _Supervisor:
         self.parent = os.getppid() if watch_parent else None
 
     def run(
-        self, payload: bytes, jobs_per_process: int, max_result_bytes: int
-    ) -> str | None:
+        self, payload: bytes, jobs_per_process: int, max_result_bytes: int,
+        after: _Ended | None = None,
+    ) -> _Ended | None:
+        """Run the job to its end; its end, not yet recorded, or ``None`` if
+        its start was refused. ``after``: the last job's end, recorded with
+        this job's start (see :func:`supervise_all`)."""
         global _warm
         if _warm is not None and _warm.reap(block=False) is not None:
             _warm = None  # killed while it waited (an RQ worker's waits long)
         if _warm is not None and _warm.jobs_per_process != jobs_per_process:
             release_warm()  # kept for jobs of another app (an RQ worker's)
+        if after is not None and _warm is None:
+            after.record()  # a fork first would delay the end pages wait for
+            after = None
         process = _warm if _warm is not None else _JobProcess(jobs_per_process)
         _warm = None  # given back below only if it ends the job cleanly
         out_r, out_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
         try:
-            if not _retrying(lambda: self.store.start(self.job_id, process.pid),
-                             _START_RETRY_SECONDS):
+            if after is not None:
+                started = after.finish_and_start(self.job_id, process.pid)
+            else:
+                started = _retrying(
+                    lambda: self.store.start(self.job_id, process.pid),
+                    _START_RETRY_SECONDS)
+            if not started:
                 _warm = process  # cancelled while queued: never sent, still warm
                 return None
             process.send_job(self.job_id, payload, [out_w, ctl_r], max_result_bytes)
@@ -285,6 +411,8 @@ class _Supervisor:
         except BaseException:
             process.kill()
             process.reap()
+            if after is not None and after.outcome is None:
+                after.record()  # the last job's end first: it ended first
             self.store.finish(self.job_id, JobState.CRASHED.value, None,
                               cap_text("the job's supervisor failed:\n"
                                        + traceback.format_exc(), MAX_ERROR_CHARS))
@@ -299,10 +427,8 @@ class _Supervisor:
             # Bounded here, for every store and runner: pages read it with
             # every record (a job may raise with a 20 MB message).
             error = cap_text(error, MAX_ERROR_CHARS)
-        return _retrying(
-            lambda: self.store.finish(self.job_id, state, result, error, *self.last,
-                                      shown=self.shown),
-            _FINISH_RETRY_SECONDS)
+        return _Ended(self.store, self.job_id, state, result, error, self.last,
+                      self.shown, reuse)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int

@@ -365,6 +365,15 @@ class GuardedStore:
         return self._call(  # type: ignore[no-any-return]
             "finish", job_id, state, result, error, text, progress, offset, shown)
 
+    def finish_and_start(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None, next_id: str, pid: int,
+    ) -> tuple[str | None, bool]:
+        return self._call(  # type: ignore[no-any-return]
+            "finish_and_start", job_id, state, result, error, text, progress,
+            offset, shown, next_id, pid)
+
     def result(self, job_id: str) -> bytes | None:
         return self._call("result", job_id)  # type: ignore[no-any-return]
 

@@ -195,13 +195,16 @@ class MemoryStore:
 
     def start(self, job_id: str, pid: int) -> bool:
         with self._lock:
-            record = self._records.get(job_id)
-            if record is None or record["state"] != JobState.QUEUED:
-                return False
-            record.update(state=JobState.RUNNING.value, started_at=time.time(), pid=pid)
-            self._queued -= 1
-            self._moved(JobState.QUEUED.value, JobState.RUNNING.value)
-            return True
+            return self._start(job_id, pid)
+
+    def _start(self, job_id: str, pid: int) -> bool:
+        record = self._records.get(job_id)
+        if record is None or record["state"] != JobState.QUEUED:
+            return False
+        record.update(state=JobState.RUNNING.value, started_at=time.time(), pid=pid)
+        self._queued -= 1
+        self._moved(JobState.QUEUED.value, JobState.RUNNING.value)
+        return True
 
     def relay(
         self, job_id: str, text: str, progress: dict[str, Any] | None,
@@ -233,24 +236,42 @@ class MemoryStore:
         offset: int | None = None, shown: str | None = None,
     ) -> str | None:
         with self._lock:
-            record = self._records.get(job_id)
-            if record is None or record["state"] in TERMINAL_STATES:
-                return None
-            self._add(record, text, progress, offset)
-            state, error, how = cancel_outcome(record, state, error)
-            record["cancelled_how"] = how
-            if record["state"] == JobState.QUEUED:
-                self._queued -= 1
-            self._moved(record["state"], state)
-            now = time.time()
-            succeeded = state == JobState.SUCCEEDED
-            record.update(state=state, ended_at=now, error=error, pid=None,
-                          result=shown if succeeded else None)
-            if succeeded and result is not None:
-                self._results[job_id] = result
-            self._finished[job_id] = now
-            self._prune()
-            return state
+            return self._finish(job_id, state, result, error, text, progress,
+                                offset, shown)
+
+    def finish_and_start(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None, next_id: str, pid: int,
+    ) -> tuple[str | None, bool]:
+        with self._lock:
+            return (self._finish(job_id, state, result, error, text, progress,
+                                 offset, shown),
+                    self._start(next_id, pid))
+
+    def _finish(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None,
+    ) -> str | None:
+        record = self._records.get(job_id)
+        if record is None or record["state"] in TERMINAL_STATES:
+            return None
+        self._add(record, text, progress, offset)
+        state, error, how = cancel_outcome(record, state, error)
+        record["cancelled_how"] = how
+        if record["state"] == JobState.QUEUED:
+            self._queued -= 1
+        self._moved(record["state"], state)
+        now = time.time()
+        succeeded = state == JobState.SUCCEEDED
+        record.update(state=state, ended_at=now, error=error, pid=None,
+                      result=shown if succeeded else None)
+        if succeeded and result is not None:
+            self._results[job_id] = result
+        self._finished[job_id] = now
+        self._prune()
+        return state
 
     def request_cancel(
         self, job_id: str, grace: float | None, shutdown: bool = False

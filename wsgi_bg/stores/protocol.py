@@ -88,6 +88,24 @@ class Store(Protocol):
         ``repr`` for pages; a job whose cancel was requested ends cancelled.
         Return the state stored, or ``None`` if the job had already ended."""
 
+    def finish_and_start(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None, next_id: str, pid: int,
+    ) -> tuple[str | None, bool]:
+        """:meth:`finish` of ``job_id`` (the same arguments), then
+        :meth:`start` of ``next_id`` in process group ``pid``, as one atomic
+        change: one round trip where a worker runs jobs back to back, and no
+        reader sees the next job running while the last one still runs.
+        The end is recorded whatever the start's answer (``next_id``
+        cancelled while queued, or started elsewhere).
+
+        Return what :meth:`finish` and :meth:`start` would: ``(the state
+        stored or None, whether next_id started)``.
+
+        .. versionadded:: 0.2
+        """
+
     def result(self, job_id: str) -> bytes | None:
         """The pickled result of a job that succeeded, else ``None``."""
 

@@ -233,16 +233,20 @@ redis.call('ZADD', P .. 'state:queued', ARGV[9], id)
 return 1
 """
 
-# ARGV[7] id, [8] pid, [9] started_at
-_START = """
-local id = ARGV[7]
-local key = k('job', id)
-if redis.call('HGET', key, 'state') ~= 'queued' then return 0 end
-redis.call('HSET', key, 'state', 'running', 'started_at', ARGV[9], 'pid', ARGV[8])
-move(id, 'queued', 'running')
-redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
-return 1
+# a[1] id, [2] pid, [3] started_at
+_START_FN = """
+local function start(a)
+  local id = a[1]
+  local key = k('job', id)
+  if redis.call('HGET', key, 'state') ~= 'queued' then return 0 end
+  redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
+  move(id, 'queued', 'running')
+  redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
+  return 1
+end
 """
+# ARGV[7...9]: start's a[1...3]
+_START = _START_FN + "return start({unpack(ARGV, 7, 9)})\n"
 
 # ARGV[7] id, [8] text, [9] progress JSON or '', [10] expected offset or ''
 _RELAY = """
@@ -259,32 +263,43 @@ if f[1] == 'true' or f[2] == 'true' then stop = 1 end
 return {stop, f[3] or 'null'}
 """
 
-# ARGV[7] id, [8] state, [9] error JSON, [10] error if it was cancelled JSON,
-# [11] text, [12] progress JSON or '', [13] shown JSON, [14] signed result,
-# [15] '1' if there is a result, [16] ended_at, [17] expected offset or ''
-_FINISH = """
-local id = ARGV[7]
-local key = k('job', id)
-local old = redis.call('HGET', key, 'state')
-if not old or TERMINAL[old] then return false end
-append(id, ARGV[11], ARGV[17])
-if ARGV[12] ~= '' then redis.call('HSET', key, 'progress', ARGV[12]) end
-local state, err, how = ARGV[8], ARGV[9], 'null'
-if state == 'cancelled' then
-  if old == 'queued' then how = '"before_start"' else how = '"killed"' end
-elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
-  state, err, how = 'cancelled', ARGV[10], '"stopped"'
+# a[1] id, [2] state, [3] error JSON, [4] error if it was cancelled JSON,
+# [5] text, [6] progress JSON or '', [7] shown JSON, [8] signed result,
+# [9] '1' if there is a result, [10] ended_at, [11] expected offset or ''
+_FINISH_FN = """
+local function finish(a)
+  local id = a[1]
+  local key = k('job', id)
+  local old = redis.call('HGET', key, 'state')
+  if not old or TERMINAL[old] then return false end
+  append(id, a[5], a[11])
+  if a[6] ~= '' then redis.call('HSET', key, 'progress', a[6]) end
+  local state, err, how = a[2], a[3], 'null'
+  if state == 'cancelled' then
+    if old == 'queued' then how = '"before_start"' else how = '"killed"' end
+  elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
+    state, err, how = 'cancelled', a[4], '"stopped"'
+  end
+  local shown = 'null'
+  if state == 'succeeded' then
+    shown = a[7]
+    if a[9] == '1' then redis.call('SET', k('result', id), a[8]) end
+  end
+  redis.call('HSET', key, 'state', state, 'ended_at', a[10], 'error', err,
+             'pid', 'null', 'result', shown, 'cancelled_how', how)
+  ended(id, old, state, a[10])
+  prune()
+  return state
 end
-local shown = 'null'
-if state == 'succeeded' then
-  shown = ARGV[13]
-  if ARGV[15] == '1' then redis.call('SET', k('result', id), ARGV[14]) end
-end
-redis.call('HSET', key, 'state', state, 'ended_at', ARGV[16], 'error', err,
-           'pid', 'null', 'result', shown, 'cancelled_how', how)
-ended(id, old, state, ARGV[16])
-prune()
-return state
+"""
+# ARGV[7...17]: finish's a[1...11]
+_FINISH = _FINISH_FN + "return finish({unpack(ARGV, 7, 17)})\n"
+# ARGV[7...17]: finish's a[1...11], [18...20]: start's a[1...3]. The state
+# stored ('' if the job had ended: false would end the reply's array) and 1
+# if the next job started.
+_FINISH_AND_START = _FINISH_FN + _START_FN + """
+local state = finish({unpack(ARGV, 7, 17)})
+return {state or '', start({unpack(ARGV, 18, 20)})}
 """
 
 # ARGV[7] id, [8] grace or '', [9] '1' for a shutdown, [10] now JSON
@@ -530,6 +545,7 @@ class RedisStore:
         self._start = script(_LIB + _START)
         self._relay = script(_LIB + _RELAY)
         self._finish = script(_LIB + _FINISH)
+        self._finish_and_start = script(_LIB + _FINISH_AND_START)
         self._cancel = script(_LIB + _CANCEL)
         self._view = script(_LIB + _VIEW)
         self._read = script(_LIB + _READ)
@@ -583,15 +599,35 @@ class RedisStore:
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
     ) -> str | None:
+        stored = self._finish(args=self._args(*self._finish_args(
+            job_id, state, result, error, text, progress, offset, shown)))
+        return None if stored is None else stored.decode()
+
+    @_reaching
+    def finish_and_start(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None, next_id: str, pid: int,
+    ) -> tuple[str | None, bool]:
+        stored, started = self._finish_and_start(args=self._args(
+            *self._finish_args(job_id, state, result, error, text, progress,
+                               offset, shown),
+            next_id, _dump(pid), repr(time.time())))
+        return (stored.decode() or None), bool(started)
+
+    def _finish_args(
+        self, job_id: str, state: str, result: bytes | None, error: str | None,
+        text: str, progress: dict[str, Any] | None, offset: int | None,
+        shown: str | None,
+    ) -> list[Any]:
+        """The arguments of the finish script's ``finish(a)``."""
         if_cancelled = "cancelled while running" + (
             f"; the job then ended {state}:\n{error}" if error else "")
         signed = b"" if result is None else self._signer.sign("result", job_id, result)
-        stored = self._finish(args=self._args(
-            job_id, state, _dump(error), _dump(if_cancelled),
-            encode_output(text), _dump_progress(progress),
-            _dump(shown), signed, "1" if result is not None else "0",
-            repr(time.time()), "" if offset is None else offset))
-        return None if stored is None else stored.decode()
+        return [job_id, state, _dump(error), _dump(if_cancelled),
+                encode_output(text), _dump_progress(progress),
+                _dump(shown), signed, "1" if result is not None else "0",
+                repr(time.time()), "" if offset is None else offset]
 
     @_reaching
     def request_cancel(
