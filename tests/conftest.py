@@ -94,7 +94,8 @@ def store_options(request):
     Redis with jobs run by the session's RQ workers (each test gets a namespace
     of its own, as apps sharing one Redis do)."""
     if request.param == "memory":
-        return {}
+        yield {}
+        return
     server = request.getfixturevalue("redis_server")
     options = {"store": server.url, "namespace": f"test-{uuid.uuid4().hex[:12]}",
                "secret_key": TEST_SECRET_KEY}
@@ -103,9 +104,11 @@ def store_options(request):
         import rq
 
         workers = request.getfixturevalue("rq_workers")
-        options["runner"] = rq.Queue(
-            workers.queue, connection=redis.Redis.from_url(server.url))
-    return options
+        with redis.Redis.from_url(server.url) as connection:
+            options["runner"] = rq.Queue(workers.queue, connection=connection)
+            yield options  # (its sockets closed after the test's middleware)
+        return
+    yield options
 
 
 @pytest.fixture

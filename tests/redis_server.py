@@ -38,6 +38,7 @@ class RedisServer:
         self.binary = redis_server_path()
         self.port = free_port()
         self.persist = persist
+        self._clients: list = []
         self.dir = tempfile.mkdtemp(prefix="wsgi_bg-redis-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         #: The same server on a Unix socket.
@@ -99,9 +100,13 @@ class RedisServer:
             return False
 
     def client(self):
+        """A redis-py client of this server, closed when the server stops (an
+        unclosed one's socket warns when it is collected, failing the run)."""
         import redis
 
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+        client = redis.Redis.from_url(self.url, socket_timeout=5)
+        self._clients.append(client)
+        return client
 
     def pause(self) -> None:
         """Hang it (SIGSTOP): connections open, nothing answers."""
@@ -125,5 +130,8 @@ class RedisServer:
         self.start()
 
     def stop(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import re
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -303,6 +306,79 @@ def test_a_dead_pool_worker_costs_only_its_job_in_a_burst(make_mw, tmp_path):
     for i, job in enumerate(after):
         assert job.wait(timeout=30).result == i + 10, job.error
     assert first.state is JobState.SUCCEEDED
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_a_worker_dying_as_a_job_is_handed_to_it_blocks_no_one(
+        make_mw, tmp_path, monkeypatch):
+    """Python 3.12+ reports a dead worker to its executor's futures under
+    that executor's lock, which a request handing a job to the same executor
+    at that moment waits for, holding the pool's locks: the pool must not
+    wait for those in return (it did, and every later request hung)."""
+    mw = make_mw(max_workers=1)
+    first = mw.submit(jobfuncs.wait_file, str(tmp_path / "never"), 60)
+    running(first)
+    [slot] = mw.engine._runner._slots
+    executor = slot.executor
+    in_submit, go = threading.Event(), threading.Event()
+    real = ProcessPoolExecutor.submit
+
+    def submit(self, fn, /, *args, **kwargs):
+        if threading.current_thread().name == "request":
+            in_submit.set()
+            go.wait(30)
+        return real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    jobs = []
+    request = threading.Thread(
+        target=lambda: jobs.append(mw.submit(jobfuncs.add, 1, 1)),
+        name="request", daemon=True)
+    request.start()
+    assert in_submit.wait(20)
+    os.kill(slot.process.pid, signal.SIGKILL)
+    # concurrent.futures has begun to fail the dead worker's futures:
+    wait_for(lambda: executor._broken, 20, message="the executor to see the death")
+    go.set()
+    request.join(20)
+    assert not request.is_alive(), "the request hung"
+    assert jobs[0].wait(timeout=30).result == 2
+    assert first.wait(timeout=30).state is JobState.CRASHED
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(60)
+def test_a_copy_that_fails_to_start_does_not_decide_a_taken_over_job(
+        make_mw, tmp_path, monkeypatch):
+    """A job held behind a long one is taken over by a free worker; if that
+    copy fails before it runs the job (here its hand-off raises, as a fork
+    failing for lack of memory would), the copy still held runs it: it used
+    to end the job crashed at once, and the held copy's start was refused."""
+    mw = make_mw(max_workers=2)
+    gates = [tmp_path / "long", tmp_path / "other"]
+    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
+    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
+             message="both workers busy")
+    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    handed = {job.id: 1 for job in held}  # (each handed to a worker already)
+    real = ProcessPoolExecutor.submit
+
+    def submit(self, fn, /, *args, **kwargs):
+        for call in args[0]:
+            handed[call[1]] = handed.get(call[1], 0) + 1
+            if handed[call[1]] > 1:  # a second copy
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    gates[1].touch()  # one worker free: it takes over the job behind `long`
+    wait_for(lambda: 2 in handed.values(), 20, message="a job taken over")
+    assert held[1].wait(timeout=20).result == 2
+    assert not any(job.done for job in (long, held[0]))
+    gates[0].touch()
+    assert held[0].wait(timeout=20).result == 1, held[0].error
+    assert long.wait(timeout=20).state is JobState.SUCCEEDED
 
 
 def _cpu_seconds() -> float:

@@ -12,7 +12,7 @@ Data flow::
     engine.submit ─► ProcessRunner.submit ─ a free worker? ─yes─► its executor
                           │ no (or all busy: as a worker's next call) │
                           ▼                                           ▼
-                     waiting (FIFO;               worker: run_jobs ─► supervise
+                     waiting (FIFO;           worker: run_jobs ─► supervise_all
                      a cancel drops it)                      each job │ outcomes
                           │                                           ▼
                           └─► the next jobs to ◄── the executor's thread calls
@@ -39,10 +39,12 @@ directly, and when it breaks, the jobs it ran are lost and a fresh one is made
 for later jobs.
 
 Each pool worker is a long-lived, single-threaded supervisor: the pool's task
-function :func:`run_job` hands the job to :func:`~wsgi_bg.runners.supervisor.supervise`,
-which forks (or reuses) the job process. The worker reaches the store
-through the backend's picklable :class:`~wsgi_bg.stores.Link`, once per
-process.
+function :func:`run_jobs` hands its jobs to
+:func:`~wsgi_bg.runners.supervisor.supervise_all` (one job:
+:func:`~wsgi_bg.runners.supervisor.supervise`), which forks (or reuses) the
+job process, and records a job's end with the next job's start. The worker
+reaches the store through the backend's picklable
+:class:`~wsgi_bg.stores.Link`, once per process.
 
 When the server process is killed outright (SIGKILL), forkserver workers see
 it: they let go of the forkserver's "alive" pipe, so the forkserver exits with
@@ -324,11 +326,12 @@ class _Job:
     worker: a second copy is submitted to it. Whichever copy's supervisor
     starts the job in the store first runs it (the store's ``start`` is
     atomic); the other answers ``None`` at once. The future gets the first
-    outcome of a copy that ran it; a copy whose worker died decides only when
-    no other copy is left to answer.
+    outcome of a copy that ran it; a copy that failed (its worker died, or it
+    raised) decides only when no other copy is left to answer: until then
+    that one may be the copy that runs it.
     """
 
-    __slots__ = ("future", "args", "size", "copies", "lost", "done", "refused")
+    __slots__ = ("future", "args", "size", "copies", "failed", "done", "refused")
 
     def __init__(self, future: Future[str | None], args: tuple[Any, ...],
                  size: int) -> None:
@@ -336,7 +339,9 @@ class _Job:
         self.args = args
         self.size = size  # its payload's bytes
         self.copies = 0  # calls holding a copy, not yet answered
-        self.lost: WorkerLost | None = None  # a copy's worker died
+        # A copy failed (its worker died, or it raised) while another was
+        # held: the outcome if no other copy runs the job.
+        self.failed: BaseException | None = None
         self.done = False  # the future has (or is being given) its outcome
         # A copy's start was refused (cancelled, or started by the other
         # copy): it never becomes startable again, so it is not taken over.
@@ -406,6 +411,7 @@ class ProcessRunner:
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._killed: set[int] = set()  # workers shutdown killed, late
         # Taking over stuck jobs when no answer would (see _take_over).
         self._balance = threading.Condition(self._lock)
         self._balance_at: float | None = None
@@ -552,8 +558,9 @@ class ProcessRunner:
         with self._lock:
             if not self._drop(slot, call):
                 return
-            discard = executor is not None and slot.executor is executor
-            if discard:  # (the worker could not be started: try a fresh one)
+            discard = (executor is not None and slot.executor is executor
+                       and slot.process is None)
+            if discard:  # (its worker could not be started: try a fresh one)
                 slot.executor = slot.process = None
             outcomes = self._settle_all(call, [(None, error)] * len(call))
         if discard and executor is not None:
@@ -573,7 +580,11 @@ class ProcessRunner:
         else:
             error = inner.exception()
             if isinstance(error, BrokenProcessPool):
-                self._broke(slot, executor)
+                # Not in this thread: on Python 3.12+ concurrent.futures calls
+                # back under the executor's lock, which a request thread
+                # submitting to it waits for while holding ours.
+                threading.Thread(target=self._broke, args=(slot, executor),
+                                 name="wsgi_bg-pool-broke", daemon=True).start()
                 return
             answers = inner.result() if error is None else [(None, error)] * len(call)
         outcomes: list[tuple[_Job, _Outcome]] = []
@@ -601,10 +612,17 @@ class ProcessRunner:
                 for job in call:
                     job.copies -= 1
         if process is not None:
-            process.join(0.5)  # dead: its exit status, for the job's error
-        lost = WorkerLost(None if process is None else process.pid,
-                          None if process is None else process.exitcode,
-                          shutting_down=self._closed)
+            # Its exit status, for the job's error, read once concurrent.futures
+            # has reaped it: two threads reading a forkserver child's status
+            # race, and the loser reads 255.
+            manager = getattr(executor, "_executor_manager_thread", None)
+            if manager is not None and manager is not threading.current_thread():
+                manager.join(5.0)
+            else:
+                process.join(0.5)
+        pid = None if process is None else process.pid
+        lost = WorkerLost(pid, None if process is None else process.exitcode,
+                          shutting_down=pid is not None and pid in self._killed)
         outcomes: list[tuple[_Job, _Outcome]] = []
         with self._lock:
             if calls and not any(calls[0] is call for call in unsent):
@@ -643,18 +661,20 @@ class ProcessRunner:
         its copies, or ``None`` (it has one, or another copy decides)."""
         if job.done:
             return None  # a copy that lost the race, or the future has it
-        if isinstance(error, WorkerLost):
+        if error is not None:
             if job.copies:
                 # Another worker holds a copy: if this one never started the
                 # job, that one runs it; if it did, that one's start is
-                # refused and the loss decides then.
-                job.lost = error
+                # refused and this failure decides then. (A job that ran on a
+                # worker that died stays running until then: its record says
+                # so, and a cancel kills its processes.)
+                job.failed = error
                 return None
-        elif error is None and result is None:
+        elif result is None:
             if job.copies:
                 job.refused = True
                 return None  # this copy did not run it: another may
-            error = job.lost  # none did, unless the one whose worker died
+            error = job.failed  # none did, unless the one that failed
         job.done = True
         return result, error
 
@@ -808,7 +828,7 @@ class ProcessRunner:
             if not job.future.cancel():  # taken back from a dead worker: running
                 job.future.set_exception(RuntimeError(
                     "the worker pool was shut down before this job started"))
-        _shut_down(executors, timeout)
+        _shut_down(executors, timeout, self._killed)
 
 
 def _resolve_all(outcomes: list[tuple[_Job, _Outcome]]) -> None:
@@ -819,9 +839,11 @@ def _resolve_all(outcomes: list[tuple[_Job, _Outcome]]) -> None:
             job.future.set_exception(error)
 
 
-def _shut_down(executors: list[Executor], timeout: float | None) -> None:
+def _shut_down(executors: list[Executor], timeout: float | None,
+               killed: set[int] | None = None) -> None:
     """Shut ``executors`` down together; kill the workers of those not done
-    within ``timeout`` seconds, with their job processes' groups."""
+    within ``timeout`` seconds, with their job processes' groups (their pids
+    added to ``killed`` first)."""
     workers = {id(executor): list((getattr(executor, "_processes", None) or {})
                                   .values()) for executor in executors}
     threads = [
@@ -844,6 +866,8 @@ def _shut_down(executors: list[Executor], timeout: float | None) -> None:
                 if process.pid is not None and process.is_alive():
                     for child in _children(process.pid):
                         kill_group(child)  # the job's processes
+                    if killed is not None:
+                        killed.add(process.pid)
                     process.kill()
     for thread in threads:
         thread.join(5.0)  # killed workers: their executor ends at once
