@@ -241,6 +241,18 @@ def test_an_executor_factory_pool_breaks_as_a_whole(make_mw, tmp_path):
     assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=30).result == 2
 
 
+def busy_with_held(mw, tmp_path):
+    """Both of ``mw``'s two workers running a job that waits for its gate
+    file, and a short job held next by each: (the two long jobs, their
+    gates, the two held jobs)."""
+    gates = [tmp_path / "long", tmp_path / "other"]
+    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
+    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
+             message="both workers busy")
+    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    return long, other, gates, held
+
+
 @pytest.mark.pool_only
 @pytest.mark.timeout(60)
 def test_no_job_waits_behind_a_long_one_while_a_worker_is_free(make_mw, tmp_path):
@@ -355,12 +367,7 @@ def test_a_copy_that_fails_to_start_does_not_decide_a_taken_over_job(
     copy fails before it runs the job (here its hand-off raises, as a fork
     failing for lack of memory would), the copy still held runs it: it used
     to end the job crashed at once, and the held copy's start was refused."""
-    mw = make_mw(max_workers=2)
-    gates = [tmp_path / "long", tmp_path / "other"]
-    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
-    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
-             message="both workers busy")
-    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    long, other, gates, held = busy_with_held(make_mw(max_workers=2), tmp_path)
     handed = {job.id: 1 for job in held}  # (each handed to a worker already)
     real = ProcessPoolExecutor.submit
 
@@ -401,12 +408,7 @@ def test_a_cancelled_job_held_behind_a_long_one_is_not_taken_over_again(
     it over once, its start is refused, and that is the end of it (it used to
     be taken over again and again, every process busy, until the long job
     ended)."""
-    mw = make_mw(max_workers=2)
-    gates = [tmp_path / "long", tmp_path / "other"]
-    long, other = (mw.submit(jobfuncs.wait_file, str(gate), 60) for gate in gates)
-    wait_for(lambda: long.state is other.state is JobState.RUNNING, 20,
-             message="both workers busy")
-    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one next to each
+    long, other, gates, held = busy_with_held(make_mw(max_workers=2), tmp_path)
     for job in held:
         assert job.cancel() is True
     gates[1].touch()  # one worker free: it may take over the one behind `long`
