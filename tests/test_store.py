@@ -140,7 +140,11 @@ def test_store_lifecycle_and_finish_once(make_store):
     assert store.create(record("a"), max_queued=10)
     assert store.get("a")["state"] == "queued"
     assert store.start("a", 1234)
-    assert not store.start("a", 1234)
+    started_at = store.get("a")["started_at"]
+    assert not store.start("a", 4321)  # another process: started already
+    # The same process again: a retry of a start whose answer was lost.
+    assert store.start("a", 1234)
+    assert store.get("a")["started_at"] == started_at
     assert store.relay("a", "out\n", {"done": 1, "total": 2, "message": None}) == (
         False, None)
     assert store.finish("a", "succeeded", b"x", None) == "succeeded"

@@ -199,7 +199,11 @@ class MemoryStore:
 
     def _start(self, job_id: str, pid: int) -> bool:
         record = self._records.get(job_id)
-        if record is None or record["state"] != JobState.QUEUED:
+        if record is None:
+            return False
+        if record["state"] == JobState.RUNNING and record["pid"] == pid:
+            return True  # a retry of this start, whose answer was lost
+        if record["state"] != JobState.QUEUED:
             return False
         record.update(state=JobState.RUNNING.value, started_at=time.time(), pid=pid)
         self._queued -= 1

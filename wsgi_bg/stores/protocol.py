@@ -63,7 +63,10 @@ class Store(Protocol):
 
     def start(self, job_id: str, pid: int) -> bool:
         """Move a queued job to running in process group ``pid``; ``False`` if
-        it is no longer queued (cancelled, or unknown)."""
+        it is no longer queued (cancelled, started by another process, or
+        unknown). ``True`` again for the same ``pid`` while the job runs: a
+        retry of a start whose answer was lost (a timeout) must not leave the
+        job running with nothing running it."""
 
     def relay(
         self, job_id: str, text: str, progress: dict[str, Any] | None,

@@ -238,7 +238,10 @@ _START_FN = """
 local function start(a)
   local id = a[1]
   local key = k('job', id)
-  if redis.call('HGET', key, 'state') ~= 'queued' then return 0 end
+  local now = redis.call('HMGET', key, 'state', 'pid')
+  -- the same process again: a retry of this start, whose answer was lost
+  if now[1] == 'running' and now[2] == a[2] then return 1 end
+  if now[1] ~= 'queued' then return 0 end
   redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
   move(id, 'queued', 'running')
   redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
