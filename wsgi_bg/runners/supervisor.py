@@ -344,8 +344,8 @@ class _Ended:
         If that call fails, each is done on its own, as for a lone job, with
         its own retries: a call that timed out may have landed, and then this
         end is not recorded twice (``finish`` answers ``None``, as a retried
-        lone finish would), and the start is refused as a retried start that
-        had landed is."""
+        lone finish would), and the start is accepted again (``start`` is
+        idempotent for the same process)."""
         try:
             state, started = self.store.finish_and_start(
                 self.job_id, self.state, self.result, self.error, *self.last,
