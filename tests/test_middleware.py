@@ -246,3 +246,19 @@ def test_uwsgi_die_on_term_is_warned_of(monkeypatch, caplog, options, warned):
     assert bool(said) is warned, said
     if warned:
         assert "unix_signal:15 gracefully_kill_them_all" in said[0]
+
+
+@pytest.mark.parametrize(("has_threads", "refused"), [
+    pytest.param(0, True, id="threads-off"),
+    pytest.param(1, False, id="threads-on"),
+])
+def test_uwsgi_without_threads_is_refused(monkeypatch, has_threads, refused):
+    # uWSGI before 2.0.31 runs Python threads only with --enable-threads (or
+    # --threads): without them a job waits for the next request to its worker.
+    monkeypatch.setitem(sys.modules, "uwsgi",
+                        types.SimpleNamespace(opt={}, has_threads=has_threads))
+    if refused:
+        with pytest.raises(RuntimeError, match="--enable-threads"):
+            BackgroundMiddleware(raw_app)
+    else:
+        BackgroundMiddleware(raw_app).shutdown()

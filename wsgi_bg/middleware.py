@@ -196,6 +196,22 @@ def _check_uwsgi_sigterm() -> None:
             " wsgi_bg's deployment docs, uWSGI)", UWSGI_GRACEFUL_SIGTERM)
 
 
+def _check_uwsgi_threads() -> None:
+    """Refuse to run under a uWSGI whose Python threads are off: the
+    middleware's threads (the pool's, the store's heartbeat) would then run
+    only while a request holds the worker, so a job submitted to an idle
+    worker would wait, silently, for the next request to reach it."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is None or getattr(uwsgi, "has_threads", True):
+        return
+    raise RuntimeError(
+        "wsgi_bg needs Python threads, which this uWSGI runs with off: jobs"
+        " would wait until the next request reached their worker. Start uWSGI"
+        " with --enable-threads (or --threads N; uWSGI 2.0.31 and newer enable"
+        " them by default). See wsgi_bg's deployment docs, uWSGI."
+    )
+
+
 class BackgroundMiddleware:
     """Runs marked work in background processes and serves its status pages.
 
@@ -316,6 +332,7 @@ class BackgroundMiddleware:
         # forkserver, spawn, the manager) at the interpreter instead.
         _use_real_python()
         _exit_on_sigterm()
+        _check_uwsgi_threads()
         _check_uwsgi_sigterm()
         self.app = app
         self.prefix = prefix.rstrip("/")
