@@ -14,10 +14,15 @@ worker die before the job started.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
+import enum
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
+import pathlib
 import pickle
 import reprlib
 import signal
@@ -26,6 +31,7 @@ import threading
 import time
 import traceback
 import types
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -42,30 +48,115 @@ from .stores.guard import GuardedStore
 
 logger = logging.getLogger("wsgi_bg")
 
-_args_repr = reprlib.Repr()
-_args_repr.maxstring = _args_repr.maxother = 200
-_args_repr.maxlist = _args_repr.maxtuple = _args_repr.maxdict = 10
-_args_repr.maxlevel = 3
+class _ArgsRepr(reprlib.Repr):
+    """A bounded repr that never runs the job's own code.
+
+    An argument's ``__repr__`` is the app's code: one that sleeps or raises
+    held or failed the submit (issue 18). Only exact built-in types and a few
+    standard ones whose repr is known are shown by value; containers are
+    walked without sorting or hashing (``sorted`` would call the items'
+    ``__lt__``, a lookup their ``__hash__``); anything else is shown as
+    ``<ClassName object>``. The cost is bounded by the limits below, whatever
+    the argument's size (a 50 MB ``bytes`` is sliced before its repr).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 200
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 10
+        self.maxlevel = 3
+
+    def repr1(self, x: Any, level: int) -> str:
+        kind = type(x)
+        if kind in _VALUE_TYPES:
+            return super().repr1(x, level)  # reprlib's own, for its types
+        if kind in (bytes, bytearray):
+            text = repr(x[: self.maxstring])
+            return text if len(x) <= self.maxstring else text + self.fillvalue
+        if kind in (float, complex, bool, type(None)) or kind in _KNOWN_REPRS:
+            return repr(x)
+        if isinstance(x, enum.Enum) and getattr(kind, "__repr__", None) is _ENUM_REPR:
+            return f"{kind.__name__}.{x._name_}"
+        return f"<{getattr(kind, '__name__', '?')} object>"
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * self.maxother:  # past what is worth printing
+            return f"<int of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{" + self.fillvalue + "}"
+        pieces = [f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+                  for k, v in itertools.islice(x.items(), self.maxdict)]
+        if len(x) > self.maxdict:
+            pieces.append(self.fillvalue)
+        return "{" + ", ".join(pieces) + "}"
+
+    def repr_set(self, x: set[Any], level: int) -> str:
+        return self._items(x, level, "{", "}") if x else "set()"
+
+    def repr_frozenset(self, x: frozenset[Any], level: int) -> str:
+        return self._items(x, level, "frozenset({", "})") if x else "frozenset()"
+
+    def _items(self, x: set[Any] | frozenset[Any], level: int, left: str,
+               right: str) -> str:
+        # In iteration order: reprlib sorts them, with the items' own __lt__.
+        if level <= 0:
+            return left + self.fillvalue + right
+        pieces = [self.repr1(item, level - 1)
+                  for item in itertools.islice(x, self.maxset)]
+        if len(x) > self.maxset:
+            pieces.append(self.fillvalue)
+        return left + ", ".join(pieces) + right
+
+
+#: Types whose reprlib method is safe for them exactly (not for subclasses,
+#: whose ``__repr__`` or ``__getitem__`` may be the app's).
+_VALUE_TYPES = frozenset({str, int, tuple, list, dict, set, frozenset})
+#: Standard types whose repr is short, bounded and runs no app code.
+_KNOWN_REPRS = frozenset({
+    datetime.date, datetime.datetime, datetime.time, datetime.timedelta,
+    datetime.timezone, decimal.Decimal, uuid.UUID, pathlib.PurePosixPath,
+    pathlib.PureWindowsPath, pathlib.PosixPath, pathlib.WindowsPath,
+})
+
+_ENUM_REPR = getattr(enum.Enum, "__repr__")  # noqa: B009 - mypy
+_args_repr = _ArgsRepr()
 
 
 def describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """A bounded repr of a call's arguments, for pages: ``(1, 'a', key=2)``."""
+    """A bounded description of a call's arguments, for pages: ``(1, 'a',
+    key=2)``. It never calls the arguments' own code (``__repr__``,
+    ``__eq__``, ``__hash__``): an object of another type shows as
+    ``<ClassName object>``, so that describing a call can neither block nor
+    fail its submit."""
     parts = []
-    for value in args:
-        parts.append(_safe_repr(value))
-    for key, value in kwargs.items():
-        parts.append(f"{key}={_safe_repr(value)}")
+    size = 0
+    labelled = [("", v) for v in args] + [(f"{k}=", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        if size > _MAX_ARGS_CHARS:
+            break  # a call of a million arguments: the first few say enough
+        parts.append(label + _safe_repr(value))
+        size += len(parts[-1]) + 2
     text = ", ".join(parts)
-    if len(text) > 2000:
-        text = text[:1999] + "…"
+    if len(text) > _MAX_ARGS_CHARS:
+        text = text[: _MAX_ARGS_CHARS - 1] + "…"
     return f"({text})"
+
+
+#: Characters of a call's description kept.
+_MAX_ARGS_CHARS = 2000
 
 
 def _safe_repr(value: Any) -> str:
     try:
         return _args_repr.repr(value)
-    except Exception:  # a __repr__ that raises must not stop the submit
-        return f"<{type(value).__qualname__}>"
+    except Exception:  # (a Decimal with an absurd exponent, say): never fatal
+        return f"<{type(value).__name__} object>"
+
 
 #: Attribute set by @background / @backgrounder on what they mark.
 OPTIONS_ATTR = "__wsgi_bg__"
@@ -216,6 +307,9 @@ class Engine:
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
         self._calls: dict[str, tuple[bytes, float | None, str]] = {}
+        # Jobs created that nothing will run, to end (see _settle).
+        self._unsettled: dict[str, tuple[str, str]] = {}
+        self._settler: threading.Thread | None = None
         self._futures: dict[str, Future[str | None]] = {}
         self._closed = False
 
@@ -352,6 +446,12 @@ class Engine:
                 "the job store's process is gone (was it killed?): jobs can"
                 " neither be started nor read until the server restarts"
             ) from exc
+        except StoreUnavailable:
+            # Its answer was lost (a timeout, a dropped connection): it may
+            # have landed all the same, and nothing here will run it.
+            self._calls.pop(job_id, None)
+            pass
+            raise
         except BaseException:
             self._calls.pop(job_id, None)
             raise
@@ -383,12 +483,56 @@ class Engine:
                 self._dispatch(runner, job_id)
             except BaseException:
                 self._calls.pop(job_id, None)
-                self._store.finish(job_id, JobState.CRASHED.value, None,
-                                   "the job could not be handed to the"
-                                   f" {runner.kind} runner:\n"
-                                   + traceback.format_exc())
+                self._settle(job_id, JobState.CRASHED.value,
+                             f"the job could not be handed to the {runner.kind}"
+                             " runner:\n" + traceback.format_exc(), now=True)
                 raise
         return Job(self, job_id)
+
+    # -- jobs created that nothing will run -----------------------------------------
+    def _settle(self, job_id: str, state: str, error: str, *, now: bool) -> None:
+        """End ``job_id``, created (or perhaps created: its answer was lost)
+        but never handed to a runner, as ``state`` with ``error`` if it is
+        still queued: at once if ``now``, else (the store just failed to
+        answer) and while the store cannot be reached, by a thread that tries
+        every second until it can or shutdown, so that no record stays queued
+        with nothing to run it, holding a ``max_queued`` slot."""
+        with self._lock:
+            self._unsettled[job_id] = (state, error)
+        if now:
+            self._settle_pending()
+        with self._lock:
+            if self._unsettled and self._settler is None and not self._closed:
+                self._settler = threading.Thread(
+                    target=self._settle_loop, name="wsgi_bg-settle", daemon=True)
+                self._settler.start()
+
+    def _settle_pending(self) -> None:
+        """One try at each job :meth:`_settle` holds."""
+        with self._lock:
+            pending, store = dict(self._unsettled), self._store
+        for job_id, (state, error) in pending.items():
+            try:
+                record = store.get(job_id)
+                if record is not None and record["state"] == JobState.QUEUED:
+                    store.finish(job_id, state, None, error)
+            except (StoreUnavailable, OSError, EOFError):
+                if not getattr(store, "lost", False):
+                    continue  # (a lost store took the job with it)
+            except Exception:
+                logger.exception("wsgi_bg: could not end job %s, which nothing"
+                                 " runs", job_id)
+            with self._lock:
+                self._unsettled.pop(job_id, None)
+
+    def _settle_loop(self) -> None:
+        while not self._closing.wait(_SETTLE_SECONDS):
+            self._settle_pending()
+            with self._lock:
+                if not self._unsettled:
+                    break
+        with self._lock:
+            self._settler = None
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
         payload, timeout, name = self._calls[job_id]
@@ -517,7 +661,9 @@ class Engine:
         with self._lock:
             runner, store = self._runner, self._store
             # This engine's own jobs: a shared store holds other processes' too.
-            own = list(self._calls)
+            # (Those it could not end yet, see _settle: cancelled if queued.)
+            own = [*self._calls, *self._unsettled]
+            settler = self._settler
         if runner is None:
             return
         grace = self.cancel_grace if wait else 0.0
@@ -541,6 +687,8 @@ class Engine:
             # still busy a little later (its store calls hang), or at once
             # when the jobs could not be asked, is killed with its job.
             runner.shutdown(grace + _SHUTDOWN_MARGIN if asked else 0.0)
+            if settler is not None:  # (its waits end with _closing)
+                settler.join(_SHUTDOWN_STORE_SECONDS)
             if not (runs_here(runner) and not self._backend.shared):
                 self._store = self._backend.stop()  # (inline: nothing started)
             _release_helpers(self)
@@ -640,6 +788,16 @@ class Engine:
         return (f"; the job store was restarted at {when} after its process"
                 " was lost: jobs from before then are gone")
 
+
+#: Seconds between two tries at ending jobs that nothing runs (see _settle).
+_SETTLE_SECONDS = 1.0
+#: The error of a job whose create landed after its submit had given up.
+_CREATE_LOST = (
+    "never started: the job store did not confirm this job's creation in time"
+    " (hung, overloaded or cut off), so the request that submitted it was"
+    " answered 503 (try again) and nothing was to run it; the record had"
+    " landed all the same, and was ended when the store answered again"
+)
 
 #: Seconds a store call may take during shutdown (a hung store's first call
 #: costs that much; later ones fail at once).

@@ -1,0 +1,50 @@
+"""Job functions, arguments and marked apps for the trust tests (issue 18)."""
+from __future__ import annotations
+
+import time
+
+from wsgi_bg import backgrounder
+
+
+class SlowRepr:
+    """An argument whose ``__repr__`` (and ``__lt__``, ``__eq__``) would
+    sleep for a minute: describing it must not wait for it."""
+
+    def __repr__(self) -> str:
+        time.sleep(60)
+        return "slow"
+
+    def __lt__(self, other: object) -> bool:
+        time.sleep(60)
+        return False
+
+    def __eq__(self, other: object) -> bool:
+        time.sleep(60)
+        return False
+
+    __hash__ = object.__hash__
+
+
+class FailingRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("this __repr__ fails")
+
+
+def takes(*args, **kwargs):
+    return len(args) + len(kwargs)
+
+
+@backgrounder
+def login(environ, start_response):
+    # Reads the body as an app does, and answers with a session cookie.
+    environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Set-Cookie", "session=NEWSESSION42; HttpOnly")])
+    return [b"logged in\n"]
+
+
+@backgrounder(show_args=False)
+def login_hidden(environ, start_response):
+    environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\n"]
