@@ -52,6 +52,33 @@ def test_plugin_is_registered_by_its_entry_point(request):
     assert plugin is not None and plugin.__name__ == "wsgi_bg.testing"
 
 
+#: What a pytest run that never uses wsgi_bg's fixtures must not import just
+#: because the plugin is installed (each cost every such run 110-124 ms).
+HEAVY_MODULES = ["werkzeug", "multiprocessing", "concurrent.futures", "redis", "rq",
+                 "psutil", "wsgi_bg.middleware", "wsgi_bg.engine", "wsgi_bg.marks",
+                 "wsgi_bg.jobs", "wsgi_bg.exceptions", "wsgi_bg.stores",
+                 "wsgi_bg.runners", "wsgi_bg.status", "wsgi_bg.capture"]
+
+
+def test_loading_the_plugin_imports_nothing_heavy(pytester):
+    # A fresh pytest process, as in another project's run: the plugin is
+    # loaded through its entry point, its fixture never requested.
+    pytester.makepyfile(test_modules=textwrap.dedent(f"""
+        import sys
+
+        HEAVY = {HEAVY_MODULES!r}
+
+        def test_modules(request):
+            assert request.config.pluginmanager.get_plugin("wsgi_bg") is not None
+            loaded = sorted(name for name in sys.modules for heavy in HEAVY
+                            if name == heavy or name.startswith(heavy + "."))
+            assert loaded == []
+    """))
+    pytester.makeini("[pytest]\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(passed=1)
+
+
 # -- show_args -----------------------------------------------------------------
 def test_show_args_is_stored_with_the_options():
     assert getattr(testingfuncs.secret, OPTIONS_ATTR) == {

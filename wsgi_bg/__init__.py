@@ -14,18 +14,22 @@
 
 from __future__ import annotations
 
-from .auth import allow_all, allow_local
-from .context import current_job
-from .exceptions import (
-    AppFailed,
-    QueueFull,
-    ResultUnavailable,
-    StoreUnavailable,
-    WsgiBgError,
-)
-from .jobs import Job, JobState
-from .marks import background, backgrounder
-from .middleware import BackgroundMiddleware
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .auth import allow_all, allow_local
+    from .context import current_job
+    from .exceptions import (
+        AppFailed,
+        QueueFull,
+        ResultUnavailable,
+        StoreUnavailable,
+        WsgiBgError,
+    )
+    from .jobs import Job, JobState
+    from .marks import background, backgrounder
+    from .middleware import BackgroundMiddleware
 
 __version__ = "0.1.0"
 
@@ -44,3 +48,29 @@ __all__ = [
     "backgrounder",
     "current_job",
 ]
+
+# Each public name is imported when first used (PEP 562): importing a
+# submodule alone, as pytest does with the plugin (wsgi_bg.testing) in every
+# run of every project that installs wsgi_bg, does not import the engine,
+# the stores, the status pages and Werkzeug.
+_MODULES = {
+    "allow_all": "auth", "allow_local": "auth", "current_job": "context",
+    "AppFailed": "exceptions", "QueueFull": "exceptions",
+    "ResultUnavailable": "exceptions", "StoreUnavailable": "exceptions",
+    "WsgiBgError": "exceptions", "Job": "jobs", "JobState": "jobs",
+    "background": "marks", "backgrounder": "marks",
+    "BackgroundMiddleware": "middleware",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -56,12 +56,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+# Only what the plugin and job_context need at once: pytest loads this module
+# in every run of every project that installs wsgi_bg (a test that doesn't
+# use wsgi_bg must not pay for the engine, the stores and Werkzeug).
 from . import context
-from .jobs import Job, JobState, is_job_id, new_job_id
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from .jobs import Job, JobState
     from .middleware import BackgroundMiddleware
 
 T = TypeVar("T")
@@ -436,6 +439,8 @@ def job_from_response(response: Any, mw: BackgroundMiddleware) -> Job:
     .. versionadded:: 0.1
     """
     __tracebackhide__ = True
+    from .jobs import is_job_id
+
     status, location, body = _response_parts(response)
     job_id: str | None = None
     if status == 202:
@@ -523,7 +528,7 @@ def start_job(
 
 def wait_for_job(
     job: Job, timeout: float = 30.0, *,
-    state: JobState | str | None = JobState.SUCCEEDED,
+    state: JobState | str | None = "succeeded",
 ) -> Job:
     """Wait for ``job`` to end; fail, with its error and output, unless it
     ends in ``state``.
@@ -535,8 +540,8 @@ def wait_for_job(
         wait_for_job(job, state=None)                   # any end will do
 
     :param timeout: seconds to wait at most.
-    :param state: the :class:`~wsgi_bg.JobState` the job must end in, or
-        ``None`` for any terminal state.
+    :param state: the :class:`~wsgi_bg.JobState` (or its value) the job
+        must end in, or ``None`` for any terminal state; default: succeeded.
     :return: the job, done.
     :raises AssertionError: if the job is not done within ``timeout`` or ends
         in another state; the message has its state, error and last output.
@@ -544,6 +549,8 @@ def wait_for_job(
     .. versionadded:: 0.1
     """
     __tracebackhide__ = True
+    from .jobs import Job, JobState
+
     if not isinstance(job, Job):
         raise TypeError(
             f"wait_for_job takes a Job, got {job!r}: get one from start_job(),"
@@ -699,6 +706,8 @@ def job_context(
     .. versionadded:: 0.1
     """
     if job_id is None:
+        from .jobs import new_job_id
+
         job_id = new_job_id()
     elif not isinstance(job_id, str) or not job_id:
         raise TypeError(f"job_id must be a non-empty str, got {job_id!r}")
