@@ -450,7 +450,7 @@ class Engine:
             # Its answer was lost (a timeout, a dropped connection): it may
             # have landed all the same, and nothing here will run it.
             self._calls.pop(job_id, None)
-            pass
+            self._settle(job_id, JobState.CANCELLED.value, _CREATE_LOST, now=False)
             raise
         except BaseException:
             self._calls.pop(job_id, None)

@@ -26,12 +26,14 @@ import importlib
 import io
 import logging
 import pickle
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from werkzeug.exceptions import InternalServerError
 from werkzeug.utils import ImportStringError, import_string
+from werkzeug.wrappers import Request
 
 from . import context
 from .engine import OPTIONS_ATTR, _check_number, callable_name
@@ -207,6 +209,87 @@ def snapshot_environ(environ: WSGIEnvironment) -> dict[str, Any]:
     return snapshot
 
 
+#: Request headers whose values a job's page shows; every other header is
+#: named without its value. An allow-list: a header of the app's own
+#: (``X-Api-Key``, ``X-Auth-Token``...) cannot carry a credential onto a page
+#: because nobody thought to deny it.
+SHOWN_HEADERS = ("Host", "User-Agent", "Accept", "Accept-Language",
+                 "Accept-Encoding", "Content-Type", "Origin", "X-Requested-With")
+_SHOWN_KEYS = {
+    ("CONTENT_TYPE" if name == "Content-Type"
+     else "HTTP_" + name.upper().replace("-", "_")): name
+    for name in SHOWN_HEADERS
+}
+#: A query parameter or response header whose name matches shows no value
+#: (as Sentry's and Django's scrubbers judge names).
+SECRET_NAME = re.compile(
+    r"pass|pwd|secret|token|auth|session|key|sig|cred|csrf|xsrf|otp|code|nonce"
+    r"|jwt|bearer|cookie|private|ticket|saml", re.IGNORECASE)
+HIDDEN = "[hidden]"
+#: Characters of one query value shown, and of the whole description.
+_MAX_VALUE_CHARS = 100
+_MAX_REQUEST_CHARS = 2000
+
+
+def describe_request(request: Request, body: bytes) -> str:
+    """What a marked app's job page shows of its request: the request line a
+    person needs and nothing that carries a credential.
+
+    - the method and the path (``SCRIPT_NAME`` and ``PATH_INFO``);
+    - the query: every name, and its value unless the name looks secret
+      (:data:`SECRET_NAME`: ``token``, ``password``, ``session``, ``key``...),
+      whose value shows as ``[hidden]``;
+    - the body's size in bytes, never its content;
+    - the values of the headers in :data:`SHOWN_HEADERS`, and the names only
+      of the others (``Cookie``, ``Authorization``, ``X-Api-Key``...).
+
+    .. code-block:: text
+
+        POST /report?year=2026&token=[hidden] · body: 15 bytes · Host:
+        example.com, Content-Type: application/x-www-form-urlencoded · values
+        not shown: Authorization, Cookie
+    """
+    query = "&".join(
+        f"{name}={HIDDEN if SECRET_NAME.search(name) else _short(value)}"
+        for name, value in request.args.items(multi=True))
+    line = f"{request.method} {request.script_root}{request.path}"
+    parts = [f"{line}?{query}" if query else line]
+    if body:
+        parts.append(f"body: {len(body)} bytes")
+    shown, named = [], []
+    for key, value in request.environ.items():
+        if key in _SHOWN_KEYS:
+            shown.append(f"{_SHOWN_KEYS[key]}: {_short(str(value))}")
+        elif key.startswith("HTTP_"):
+            named.append(key[5:].replace("_", "-").title())
+    if shown:
+        parts.append(", ".join(sorted(shown)))
+    if named:
+        parts.append("values not shown: " + ", ".join(sorted(named)))
+    text = " · ".join(parts)
+    return text if len(text) <= _MAX_REQUEST_CHARS else (
+        text[: _MAX_REQUEST_CHARS - 1] + "…")
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= _MAX_VALUE_CHARS else (
+        value[: _MAX_VALUE_CHARS - 1] + "…")
+
+
+class AppResponse(dict[str, Any]):
+    """A marked app's answer, a job's result: ``{"status", "headers"}``.
+
+    A ``dict``; its ``repr`` (what the pages show as the result) hides the
+    values of the headers that carry credentials (``Set-Cookie``, and those
+    :data:`SECRET_NAME` matches). ``job.result`` keeps them.
+    """
+
+    def __repr__(self) -> str:
+        headers = [(name, HIDDEN if SECRET_NAME.search(str(name)) else value)
+                   for name, value in self.get("headers", ())]
+        return repr({**self, "headers": headers})
+
+
 class MarkedApp:
     """A WSGI app whose requests run as background jobs; made by
     :func:`backgrounder`.
@@ -339,11 +422,11 @@ def backgrounder(
     return mark
 
 
-def run_app(app: MarkedApp, environ: dict[str, Any], body: bytes) -> dict[str, Any]:
+def run_app(app: MarkedApp, environ: dict[str, Any], body: bytes) -> AppResponse:
     """Serve one snapshotted request with a marked app, in a job's process.
 
     The response body goes to the job's output; the status line and headers
-    are the result. A 5xx status fails the job.
+    are the result (an :class:`AppResponse`). A 5xx status fails the job.
     """
     environ = dict(environ)
     environ.pop("HTTP_TRANSFER_ENCODING", None)  # the body is whole now
@@ -353,7 +436,7 @@ def run_app(app: MarkedApp, environ: dict[str, Any], body: bytes) -> dict[str, A
         "wsgi.multiprocess": True, "wsgi.run_once": True,
         "wsgi_bg.job_id": context.current_job.id,
     })
-    response: dict[str, Any] = {}
+    response = AppResponse()
     sys.stdout.flush()
     sink = sys.stdout.buffer
 

@@ -37,7 +37,13 @@ from .engine import Engine, _check_number
 from .exceptions import QueueFull, StoreUnavailable
 from .jobs import Job
 from .limits import MAX_RESULT_BYTES
-from .marks import MIDDLEWARE_KEY, MarkedApp, run_app, snapshot_environ
+from .marks import (
+    MIDDLEWARE_KEY,
+    MarkedApp,
+    describe_request,
+    run_app,
+    snapshot_environ,
+)
 from .status import StatusApp
 
 if TYPE_CHECKING:
@@ -410,6 +416,9 @@ class BackgroundMiddleware:
                 run_app, (app, snapshot_environ(environ), body), {},
                 name=f"{request.method} {request.script_root}{request.path}",
                 timeout=app.timeout, url_for=self.url_for,
+                show_args=app.show_args,
+                # Never the environ and the body: cookies, credentials, forms.
+                shown_args=describe_request(request, body),
             )
         except HTTPException as exc:  # 413, or QueueFull's 503
             # As the status pages answer theirs: a page in their look, or JSON.
