@@ -376,11 +376,21 @@ class Engine:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
         *, name: str | None = None, timeout: float | None = None,
         url_for: Callable[[str], str | None] | None = None,
+        show_args: bool | None = None, shown_args: str | None = None,
     ) -> Job:
-        """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`."""
+        """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`.
+
+        :param show_args: whether the pages show the call's arguments;
+            default: ``fn``'s own option (:func:`~wsgi_bg.background`), else
+            ``True``.
+        :param shown_args: what the pages show of the arguments instead of
+            :func:`describe_args` (a marked app's request, described).
+        """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
         if timeout is None:
             timeout = options.get("timeout")
+        if show_args is None:
+            show_args = bool(options.get("show_args", True))
         _check_number("timeout", timeout, minimum=0, allow_none=True)
         payload = dump_call(fn, args, kwargs)
         runner = self._start()
@@ -391,8 +401,8 @@ class Engine:
             "result": None, "error": None, "progress": None, "timeout": timeout,
             "cancel_requested": False, "cancel_grace": None,
             "url": url_for(job_id) if url_for else None, "pid": None,
-            "args": (describe_args(args, kwargs)
-                     if options.get("show_args", True) else None),
+            "args": (None if not show_args else shown_args if shown_args is not None
+                     else describe_args(args, kwargs)),
         }
         return self._create(runner, record, payload, timeout)
 
