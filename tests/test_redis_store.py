@@ -23,6 +23,7 @@ from conftest import TEST_SECRET_KEY
 from helpers import wait_for
 from redis_server import RedisServer, free_port
 from wsgi_bg import BackgroundMiddleware, JobState, ResultUnavailable, allow_all
+from wsgi_bg.exceptions import StoreUnavailable
 from wsgi_bg.stores import open_backend
 from wsgi_bg.stores.signing import SECRET_KEY_ENV
 
@@ -243,6 +244,74 @@ def test_unreachable_redis_answers_503_and_recovers(wsgi_bg_middleware, own_redi
     assert ticks == [f"tick {n}" for n in range(len(ticks))]  # nothing lost
     assert len(ticks) == job.result
     later = mw.submit(redisfuncs.ticker, str(tmp_path / "flag"))  # no restart needed
+    assert later.wait(10).state is JobState.SUCCEEDED
+
+
+# -- a create whose answer was lost ---------------------------------------------------
+def _ended_or_running(mw) -> bool:
+    """Whether every record is terminal or really running (nothing queued
+    that nothing will run) and no ``max_queued`` slot is held."""
+    return not mw.engine.store.ids_in_state("queued")
+
+
+@pytest.mark.timeout(90)
+def test_a_create_answered_too_late_leaves_no_job(wsgi_bg_middleware, own_redis,
+                                                   tmp_path):
+    mw = wsgi_bg_middleware(redisfuncs.site, store=own_redis.url,
+                            secret_key=TEST_SECRET_KEY, max_workers=1, max_queued=1)
+    client = webtest.TestApp(mw)
+    done = tmp_path / "done"
+    done.touch()  # ticker returns at once
+    assert mw.submit(redisfuncs.ticker, str(done)).wait(10).state is JobState.SUCCEEDED
+
+    own_redis.pause()  # the create reaches Redis, which answers when resumed
+    try:
+        paused = time.monotonic()
+        answer = client.get(f"/start?flag={done}", status=503)
+        assert time.monotonic() - paused < 5.0  # the 2 s socket timeout, not more
+        assert "cannot be reached" in answer.text
+        time.sleep(max(0.0, paused + 3.0 - time.monotonic()))  # a 3 s hiccup
+    finally:
+        own_redis.resume()
+    resumed = time.monotonic()
+    # The create ran when Redis resumed, past the client's deadline: refused.
+    wait_for(lambda: _ended_or_running(mw), timeout=30, interval=0.2,
+             message="no job left queued that nothing runs")
+    assert time.monotonic() - resumed < 30
+    later = mw.submit(redisfuncs.ticker, str(done))  # max_queued=1: a slot is free
+    assert later.wait(10).state is JobState.SUCCEEDED
+    states = {job.state for job in mw.jobs()}
+    assert states <= {JobState.SUCCEEDED, JobState.CANCELLED}, states
+
+
+@pytest.mark.timeout(90)
+def test_a_job_not_handed_to_the_pool_ends_when_redis_answers(
+        wsgi_bg_middleware, own_redis, tmp_path, monkeypatch):
+    mw = wsgi_bg_middleware(redisfuncs.site, store=own_redis.url,
+                            secret_key=TEST_SECRET_KEY, max_workers=1, max_queued=1)
+    done = tmp_path / "done"
+    done.touch()
+    assert mw.submit(redisfuncs.ticker, str(done)).wait(10).state is JobState.SUCCEEDED
+    runner = mw.engine._runner
+
+    def hand_off_fails(*args, **kwargs):
+        own_redis.kill()  # ... and Redis is down when the engine ends the job
+        raise RuntimeError("hand-off failed")
+
+    monkeypatch.setattr(runner, "submit", hand_off_fails)
+    try:
+        with pytest.raises((RuntimeError, StoreUnavailable)):
+            mw.submit(redisfuncs.ticker, str(done))
+    finally:
+        monkeypatch.undo()
+        if own_redis.process is None:
+            own_redis.start()  # back with its data (append-only file)
+    wait_for(lambda: _ended_or_running(mw), timeout=30, interval=0.2,
+             message="the job nothing runs to end")
+    [crashed] = [job for job in mw.jobs() if job.state is JobState.CRASHED]
+    assert "could not be handed to the pool runner" in crashed.error
+    assert "hand-off failed" in crashed.error
+    later = mw.submit(redisfuncs.ticker, str(done))
     assert later.wait(10).state is JobState.SUCCEEDED
 
 

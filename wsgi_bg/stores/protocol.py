@@ -51,7 +51,11 @@ class Store(Protocol):
         A record whose ``rerun_of`` names a stored job is a run again of it:
         the same call sets that job's ``rerun_as`` to the new id, so each
         page links to the other and no reader sees one link without the
-        other."""
+        other.
+
+        A create run after its caller gave up on it (a timeout: the caller
+        answered 503) must leave no queued job that nothing runs: the store
+        refuses it or undoes it."""
 
     def call(self, job_id: str) -> bytes | None:
         """The pickled call kept with the job, or ``None`` (none kept, or the

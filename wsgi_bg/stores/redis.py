@@ -40,7 +40,10 @@ while has 4 s after Redis returns to renew its lease.
 Unreachable Redis: calls time out after ``socket_timeout`` (2 s by default)
 and raise :exc:`~wsgi_bg.exceptions.StoreUnavailable`, a ``503`` with
 ``Retry-After`` for requests. Supervisors keep a job's output meanwhile
-(bounded) and deliver it when Redis is back.
+(bounded) and deliver it when Redis is back. A hung Redis runs what it was
+sent once it resumes: a create carries a deadline on Redis's clock (when its
+client gives up; the clocks' offset is read with ``TIME`` at every beat) and
+does nothing past it, so a submit answered 503 leaves no job behind.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ OWNER_SECONDS, BEAT_SECONDS = 15.0, 2.0
 SWEEP_SECONDS, SUSPECT_SECONDS = 5.0, 4.0
 #: Socket timeouts used unless the client given has its own.
 SOCKET_TIMEOUT = 2.0
+#: Seconds before a client gives up on a create after which Redis refuses it
+#: (at most a quarter of the timeout): time for the answer to travel back.
+_ANSWER_MARGIN = 0.25
+#: A reading of Redis's clock whose round trip took longer is not trusted.
+_CLOCK_ROUND_TRIP = 0.05
 
 _CRASHED_RUNNING = (
     "the process running this job stopped (its server process or pool worker"
@@ -215,14 +223,30 @@ end
 """
 
 # ARGV[7] id, [8] max_queued, [9] created_at, [10] signed call or '',
-# [11] id of the job this one runs again or '', [12...] field, value pairs
+# [11] id of the job this one runs again or '', [12] deadline on Redis's clock
+# or '', [13...] field, value pairs. 1: created; 0: max_queued are waiting;
+# -1: the id is another job's; -2: past the deadline, nothing done.
 _CREATE = """
-prune()
+if ARGV[12] ~= '' then
+  -- Past it, the client has given up (its socket timeout) and told its
+  -- caller the job was not created: landing now would leave a job that
+  -- nothing runs, holding a max_queued slot.
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1000000 > tonumber(ARGV[12]) then
+    return -2
+  end
+end
 local id = ARGV[7]
+if redis.call('EXISTS', k('job', id)) == 1 then
+  -- The same create again (redis-py retries once on a dropped connection,
+  -- and the first try may have landed): done already.
+  if redis.call('HGET', k('job', id), 'created_at') == ARGV[9] then return 1 end
+  return -1
+end
+prune()
 if redis.call('ZCARD', P .. 'state:queued') >= tonumber(ARGV[8]) then return 0 end
-if redis.call('EXISTS', k('job', id)) == 1 then return -1 end
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', k('job', id), 'state', 'queued', 'output_size', '0', unpack(fields))
 if ARGV[11] ~= '' and redis.call('EXISTS', k('job', ARGV[11])) == 1 then
   redis.call('HSET', k('job', ARGV[11]), 'rerun_as', '"' .. id .. '"')
@@ -543,6 +567,8 @@ class RedisStore:
         self.owner = owner
         self.where = where
         self._next_sweep = 0.0
+        #: Redis's clock minus this host's, in seconds (None: not read yet).
+        self._clock_offset: float | None = None
         script = client.register_script
         self._create = script(_LIB + _CREATE)
         self._start = script(_LIB + _START)
@@ -574,12 +600,51 @@ class RedisStore:
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
                    "cancelled_how", "null", "rerun_as", "null"]
         signed = b"" if call is None else self._signer.sign("call", record["id"], call)
+        deadline = self._deadline()
         created = self._create(args=self._args(
             record["id"], max_queued, repr(float(record["created_at"])), signed,
-            record.get("rerun_of") or "", *fields))
+            record.get("rerun_of") or "", "" if deadline is None else repr(deadline),
+            *fields))
         if created == -1:
             raise ValueError(f"job id {record['id']!r} is already stored")
+        if created == -2:
+            raise StoreUnavailable(
+                f"the Redis store ({self.where}) answered too late (hung or"
+                " overloaded): the job was not created. Try again shortly.")
         return bool(created)
+
+    def _deadline(self) -> float | None:
+        """When, on Redis's clock, a call made now is given up by this client
+        (its socket timeout), less a margin for the answer's way back; a
+        create run later does nothing (see _CREATE). ``None`` without a
+        socket timeout."""
+        timeout = float(self._r.connection_pool.connection_kwargs.get(
+            "socket_timeout") or 0)
+        if not timeout:
+            return None
+        offset = self._clock_offset
+        if offset is None:
+            offset = self._measure_clock()
+        margin = min(_ANSWER_MARGIN, timeout / 4)
+        return time.time() + offset + timeout - margin
+
+    def _measure_clock(self) -> float:
+        """Read Redis's clock (``TIME``); return how far it is ahead of this
+        host's."""
+        sent = time.time()
+        self._set_clock(self._r.time(), sent)
+        return self._clock_offset or 0.0
+
+    def _set_clock(self, now: tuple[int, int], sent: float) -> None:
+        """Keep Redis's clock minus this host's, from ``TIME``'s answer to a
+        call sent at ``sent``, so that deadlines hold whatever the hosts'
+        clocks say. Its error is half the round trip: one that took long
+        (Redis busy) is kept only if there is none yet."""
+        received = time.time()
+        if received - sent > _CLOCK_ROUND_TRIP and self._clock_offset is not None:
+            return
+        seconds, micros = now
+        self._clock_offset = int(seconds) + int(micros) / 1e6 - (sent + received) / 2
 
     @_reaching
     def start(self, job_id: str, pid: int) -> bool:
@@ -738,10 +803,16 @@ class RedisStore:
 
     @_reaching
     def beat(self) -> None:
-        """Say that this store's owner (a server process) is alive."""
+        """Say that this store's owner (a server process) is alive, and read
+        Redis's clock again (see :meth:`_deadline`), in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
         if self.owner is not None:
-            self._r.set(self._prefix + "owner:" + self.owner, b"1",
-                        px=int(OWNER_SECONDS * 1000))
+            pipe.set(self._prefix + "owner:" + self.owner, b"1",
+                     px=int(OWNER_SECONDS * 1000))
+        pipe.time()
+        sent = time.time()
+        replies = pipe.execute()
+        self._set_clock(replies[-1], sent)
 
     @_reaching
     def release(self) -> None:
