@@ -8,11 +8,29 @@ from __future__ import annotations
 from wsgi_bg import testing
 from wsgi_bg.testing import wait_for
 
-__all__ = ["assert_no_children", "live_children", "wait_for", "SESSION_PIDS"]
+__all__ = ["assert_no_children", "live_children", "max_batches", "wait_for",
+           "SESSION_PIDS"]
 
 #: Processes the session keeps for all tests (the redis-server, the RQ
-#: workers), not a test's.
+#: workers), not a test's. Under pytest-xdist a session is one xdist worker,
+#: and the checks below walk its own descendants alone: another xdist
+#: worker's servers and jobs are never seen, nor counted.
 SESSION_PIDS: set[int] = set()
+
+#: Output reaches the store in batches at most every BATCH_SECONDS, or sooner
+#: once BATCH_CHARS are waiting (docs/guide.md, wsgi_bg.capture.Relay).
+BATCH_SECONDS = 0.05
+BATCH_CHARS = 65536
+
+
+def max_batches(job, written: int) -> int:
+    """The most batches the output of ``job`` (done) can have been sent in,
+    ``written`` characters in all: one per BATCH_SECONDS of its run, one per
+    BATCH_CHARS, and the last at its end. A bound that follows the job's own
+    run time, so that it holds however loaded the machine is: an assertion
+    about what a batch keeps, not about how many batches there were."""
+    run = job.ended_at - job.started_at
+    return 2 + int(run / BATCH_SECONDS) + written // BATCH_CHARS
 
 
 def _session(processes: list[testing.ChildProcess]) -> list[testing.ChildProcess]:
