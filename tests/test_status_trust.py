@@ -3,11 +3,13 @@ a client sends never sets the server's cost (arguments described without
 their own code, a bound on a call's size, paging, coloured output)."""
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
 import trustfuncs
+from wsgi_bg import CallTooLarge
 
 pytestmark = pytest.mark.runner_contract
 
@@ -101,3 +103,53 @@ def test_show_args_false_hides_a_marked_apps_request(make_mw):
         assert "year=2026" not in text, where
         for secret in SECRETS:
             assert secret not in text, f"{secret} in the {where}"
+
+
+# -- a bound on a call's size -------------------------------------------------------
+def test_a_call_past_max_call_bytes_is_refused_and_queues_nothing(make_mw):
+    mw = make_mw()
+    with pytest.raises(CallTooLarge, match=(
+            r"the call of trustfuncs.takes pickles to 2,097,\d+ bytes, more than"
+            r" max_call_bytes=1,048,576: nothing was queued. Pass a reference to"
+            r" the data instead \(a file's path")) as info:
+        mw.submit(trustfuncs.takes, b"x" * (2 * 1024 * 1024))
+    assert isinstance(info.value, ValueError)
+    assert mw.jobs() == []
+    job = mw.submit(trustfuncs.takes, b"x" * (1024 * 1024 - 200))  # within it
+    assert job.wait(timeout=30).result == 1
+
+
+def test_a_background_call_past_max_call_bytes_raises_in_the_view(make_mw):
+    import webtest
+
+    mw = make_mw(trustfuncs.start_sized, max_call_bytes=10_000)
+    client = webtest.TestApp(mw)
+    answer = client.get("/?20000", status=413)
+    assert "more than max_call_bytes=10,000" in answer.text
+    assert mw.jobs() == []
+    job_id = client.get("/?5000").text
+    assert mw.get_job(job_id).wait(timeout=30).result == 5000
+
+
+def test_a_marked_app_body_counts_against_max_body_bytes_not_max_call_bytes(make_mw):
+    import webtest
+
+    mw = make_mw(trustfuncs.body_size, max_call_bytes=8_000, max_body_bytes=50_000)
+    client = webtest.TestApp(mw)
+    client.post("/", b"y" * 40_000, status=303)  # a body bigger than the call bound
+    [job] = mw.jobs()
+    assert job.wait(timeout=30).output == "40000\n"
+    # Headers past max_call_bytes: 431, with a page that says why; no job.
+    answer = client.get("/", headers={"Cookie": "c=" + "z" * 9_000}, status=431)
+    assert "larger than max_call_bytes=8000" in answer.text
+    assert "raise max_call_bytes" in answer.text
+    assert len(mw.jobs()) == 1
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "1", None, True])
+def test_max_call_bytes_must_be_a_positive_integer(value):
+    from wsgi_bg import BackgroundMiddleware
+
+    with pytest.raises(ValueError, match=rf"max_call_bytes must be an integer >= 1,"
+                                         rf" got {re.escape(repr(value))}"):
+        BackgroundMiddleware(trustfuncs.login, max_call_bytes=value)

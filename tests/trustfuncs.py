@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from wsgi_bg import backgrounder
+from wsgi_bg import background, backgrounder
 
 
 class SlowRepr:
@@ -48,3 +48,29 @@ def login_hidden(environ, start_response):
     environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"ok\n"]
+
+
+@background
+def sized(data):
+    return len(data)
+
+
+def start_sized(environ, start_response):
+    # A view calling a @background function with a large argument.
+    from wsgi_bg import CallTooLarge
+
+    size = int(environ["QUERY_STRING"] or 0)
+    try:
+        job = sized(b"x" * size)
+    except CallTooLarge as exc:
+        start_response("413 Content Too Large", [("Content-Type", "text/plain")])
+        return [str(exc).encode()]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [job.id.encode()]
+
+
+@backgrounder(timeout=30)
+def body_size(environ, start_response):
+    size = len(environ["wsgi.input"].read())
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{size}\n".encode()]

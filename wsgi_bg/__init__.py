@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .context import current_job
     from .exceptions import (
         AppFailed,
+        CallTooLarge,
         QueueFull,
         ResultUnavailable,
         StoreUnavailable,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AppFailed",
     "BackgroundMiddleware",
+    "CallTooLarge",
     "Job",
     "JobState",
     "QueueFull",
@@ -55,7 +57,8 @@ __all__ = [
 # the stores, the status pages and Werkzeug.
 _MODULES = {
     "allow_all": "auth", "allow_local": "auth", "current_job": "context",
-    "AppFailed": "exceptions", "QueueFull": "exceptions",
+    "AppFailed": "exceptions", "CallTooLarge": "exceptions",
+    "QueueFull": "exceptions",
     "ResultUnavailable": "exceptions", "StoreUnavailable": "exceptions",
     "WsgiBgError": "exceptions", "Job": "jobs", "JobState": "jobs",
     "background": "marks", "backgrounder": "marks",

@@ -38,9 +38,9 @@ from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .exceptions import QueueFull, StoreUnavailable
+from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .limits import MAX_RESULT_BYTES
+from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost, kill_group
 from .stores import Backend, Store, open_backend
@@ -248,6 +248,7 @@ class Engine:
         max_jobs_per_process: int = 100, store: Any = None,
         namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
         runner: Any = None, max_result_bytes: int = MAX_RESULT_BYTES,
+        max_call_bytes: int = MAX_CALL_BYTES,
     ) -> None:
         _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
@@ -258,6 +259,7 @@ class Engine:
         _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
         _check_number("max_queued", max_queued, minimum=1, integer=True)
         _check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
+        _check_number("max_call_bytes", max_call_bytes, minimum=1, integer=True)
         _check_number("cancel_grace", cancel_grace, minimum=0)
         methods = multiprocessing.get_all_start_methods()
         if start_method is not None and start_method not in methods:
@@ -279,6 +281,7 @@ class Engine:
         self.executor_factory = executor_factory
         self.max_jobs_per_process = max_jobs_per_process
         self.max_result_bytes = max_result_bytes
+        self.max_call_bytes = max_call_bytes
         self._lock = threading.RLock()
         self._backend: Backend = open_backend(
             store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
@@ -377,6 +380,7 @@ class Engine:
         *, name: str | None = None, timeout: float | None = None,
         url_for: Callable[[str], str | None] | None = None,
         show_args: bool | None = None, shown_args: str | None = None,
+        max_call_bytes: int | None = None,
     ) -> Job:
         """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`.
 
@@ -385,6 +389,8 @@ class Engine:
             ``True``.
         :param shown_args: what the pages show of the arguments instead of
             :func:`describe_args` (a marked app's request, described).
+        :param max_call_bytes: this call's bound instead of the engine's.
+        :raises CallTooLarge: past it; nothing is queued.
         """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
         if timeout is None:
@@ -393,6 +399,14 @@ class Engine:
             show_args = bool(options.get("show_args", True))
         _check_number("timeout", timeout, minimum=0, allow_none=True)
         payload = dump_call(fn, args, kwargs)
+        limit = self.max_call_bytes if max_call_bytes is None else max_call_bytes
+        if len(payload) > limit:
+            raise CallTooLarge(
+                f"the call of {name or callable_name(fn)} pickles to"
+                f" {len(payload):,} bytes, more than max_call_bytes={limit:,}:"
+                " nothing was queued. Pass a reference to the data instead (a"
+                " file's path, a database key, a URL) and load it in the job, or"
+                " raise max_call_bytes")
         runner = self._start()
         job_id = new_job_id()
         record = {

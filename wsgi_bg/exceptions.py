@@ -31,6 +31,15 @@ class QueueFull(WsgiBgError, ServiceUnavailable):
         return str(self.description)
 
 
+class CallTooLarge(WsgiBgError, ValueError):
+    """A call's arguments pickle to more than ``max_call_bytes``; nothing was
+    queued. Pass a reference to the data (a file's path, a database key, a
+    URL) and load it inside the job instead.
+
+    .. versionadded:: 0.2
+    """
+
+
 class ResultUnavailable(WsgiBgError):
     """A job's result was asked for but cannot be given.
 

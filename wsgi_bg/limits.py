@@ -1,5 +1,5 @@
 """Bounds on what a job hands over besides its output: error text, progress,
-its result's size.
+its result's size; and on what a submit hands over: its call's size.
 
 Every store keeps what it is given and pages read it on every poll, so a
 20 MB traceback or progress message would be copied with each record, and a
@@ -25,6 +25,10 @@ MAX_ERROR_CHARS = 65536
 #: Pickled bytes a job's result may take (``max_result_bytes``'s default):
 #: past it the job fails, in its own process, and no other process keeps it.
 MAX_RESULT_BYTES = 10 * 1024 * 1024
+#: Pickled bytes a job's call (function and arguments) may take
+#: (``max_call_bytes``'s default): every store keeps the call until the job
+#: ends, and a Redis store sends it over the network twice.
+MAX_CALL_BYTES = 1024 * 1024
 #: Characters of a progress message kept.
 MAX_MESSAGE_CHARS = 1000
 #: Largest magnitude a progress number keeps: past it, the float nearest

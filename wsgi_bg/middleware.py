@@ -28,15 +28,16 @@ from werkzeug.exceptions import (
     HTTPException,
     LengthRequired,
     RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
 )
 from werkzeug.wrappers import Request, Response
 
 from . import context
 from .auth import default_authorize
 from .engine import Engine, _check_number
-from .exceptions import QueueFull, StoreUnavailable
+from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job
-from .limits import MAX_RESULT_BYTES
+from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
 from .marks import (
     MIDDLEWARE_KEY,
     MarkedApp,
@@ -241,6 +242,14 @@ class BackgroundMiddleware:
         error naming the size and the limit; the result is dropped in the
         job's own process and no other process, nor the store, keeps it.
         Return a path to a file for results this large.
+    :param max_call_bytes: the largest call a submit may queue, in pickled
+        bytes of the function and its arguments (default 1 MiB): every store
+        keeps a job's call until it ends. A bigger call raises
+        :exc:`~wsgi_bg.CallTooLarge` (a :exc:`ValueError`) and queues
+        nothing; pass a reference instead (a file's path, a key). For a
+        marked app, the request's body counts against ``max_body_bytes``
+        and the rest of its call (its environ) against ``max_call_bytes``:
+        a request past it is answered ``431``.
     :param max_queued: jobs that may wait for a worker; one more raises
         :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
     :param cancel_grace: seconds a running job gets to stop after a cancel (or
@@ -318,6 +327,7 @@ class BackgroundMiddleware:
         secret_key: str | bytes | None = None,
         runner: str | Queue = "pool",
         max_result_bytes: int = MAX_RESULT_BYTES,
+        max_call_bytes: int = MAX_CALL_BYTES,
     ) -> None:
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
@@ -353,7 +363,7 @@ class BackgroundMiddleware:
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,
             namespace=namespace, secret_key=secret_key, runner=runner,
-            max_result_bytes=max_result_bytes,
+            max_result_bytes=max_result_bytes, max_call_bytes=max_call_bytes,
         )
         self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted
@@ -412,15 +422,8 @@ class BackgroundMiddleware:
         request = Request(environ)
         try:
             body = read_body(environ, self.max_body_bytes)  # 413 past the limit
-            job = self.engine.submit(
-                run_app, (app, snapshot_environ(environ), body), {},
-                name=f"{request.method} {request.script_root}{request.path}",
-                timeout=app.timeout, url_for=self.url_for,
-                show_args=app.show_args,
-                # Never the environ and the body: cookies, credentials, forms.
-                shown_args=describe_request(request, body),
-            )
-        except HTTPException as exc:  # 413, or QueueFull's 503
+            job = self._submit_request(app, request, body)
+        except HTTPException as exc:  # 413, 431, or QueueFull's 503
             # As the status pages answer theirs: a page in their look, or JSON.
             best = request.accept_mimetypes.best_match(
                 ["text/html", "application/json"])
@@ -444,6 +447,25 @@ class BackgroundMiddleware:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"  # the URL is a capability
         return response(environ, start_response)
+
+    def _submit_request(self, app: MarkedApp, request: Request, body: bytes) -> Job:
+        # The body is bounded by max_body_bytes; the rest of the call (the
+        # environ) by max_call_bytes, so that neither option undoes the other.
+        try:
+            return self.engine.submit(
+                run_app, (app, snapshot_environ(request.environ), body), {},
+                name=f"{request.method} {request.script_root}{request.path}",
+                timeout=app.timeout, url_for=self.url_for,
+                show_args=app.show_args,
+                # Never the environ and the body: cookies, credentials, forms.
+                shown_args=describe_request(request, body),
+                max_call_bytes=self.engine.max_call_bytes + len(body),
+            )
+        except CallTooLarge:
+            raise RequestHeaderFieldsTooLarge(
+                "the request's headers and environment are larger than"
+                f" max_call_bytes={self.engine.max_call_bytes}, the most a job's"
+                " call may carry besides its body: no job was started") from None
 
     # -- jobs ---------------------------------------------------------------------
     def _status_base(self) -> str:
@@ -473,6 +495,8 @@ class BackgroundMiddleware:
 
         :raises TypeError: if the function or an argument cannot be sent to a
             worker process; nothing is queued.
+        :raises CallTooLarge: if the call pickles to more than
+            ``max_call_bytes``; nothing is queued.
         :raises QueueFull: if ``max_queued`` jobs are already waiting.
         :raises RuntimeError: after :meth:`shutdown`.
         """

@@ -561,6 +561,8 @@ ERROR_HINTS = {
     409: "The job cannot be run again now. Start the work again from the page"
          " that started it.",
     413: "Send less data, or ask whoever runs this site to raise max_body_bytes.",
+    431: "Send fewer or smaller headers (cookies), or ask whoever runs this site"
+         " to raise max_call_bytes.",
     503: "The server is busy or cannot reach its job store. Try again in a"
          " moment.",
 }
