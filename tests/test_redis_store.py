@@ -187,17 +187,82 @@ def test_a_planted_result_is_never_loaded(redis_mw, redis_server, tmp_path, plan
     assert isinstance(job.result, int)
     evidence = tmp_path / "code-ran"
     payload = pickle.dumps(redisfuncs.Planted(str(evidence)))
+    namespace = mw.engine._backend.link().namespace
     if planted == "other-key":
         from wsgi_bg.stores.signing import Signer
 
-        payload = Signer(b"someone else's key!!").sign("result", job.id, payload)
+        payload = Signer(b"someone else's key!!").sign("result", job.id, payload,
+                                                       namespace=namespace)
     client = redis_server.client()
-    client.set(f"{mw.engine._backend.link().namespace}:result:{job.id}", payload)
+    client.set(f"{namespace}:result:{job.id}", payload)
     client.close()
-    with pytest.raises(ResultUnavailable, match="signature check|not signed"):
+    with pytest.raises(ResultUnavailable,
+                       match=r"(signature check|not signed).*not loaded"):
         job.result  # noqa: B018
     assert not evidence.exists()
-    assert "not loaded" in job.error
+    assert job.error is None  # the read wrote nothing (see below)
+
+
+def test_reading_a_result_with_another_key_writes_nothing(redis_mw, redis_server,
+                                                           tmp_path):
+    mw = redis_mw()
+    job = mw.submit(redisfuncs.ticker, str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    assert job.wait(10).state is JobState.SUCCEEDED
+    client = redis_server.client()
+    namespace = mw.engine._backend.link().namespace
+    stored = {key: client.dump(key) for key in client.keys(f"{namespace}:*")}
+    misconfigured = redis_mw(secret_key="another-secret-key-0123456789")
+    with pytest.raises(ResultUnavailable, match="signature check"):
+        misconfigured.get_job(job.id).result  # noqa: B018
+    assert {key: client.dump(key) for key in client.keys(f"{namespace}:*")} == stored
+    assert job.error is None and isinstance(job.result, int)  # as it was
+
+
+def test_a_signed_value_does_not_run_in_another_namespace(redis_mw, redis_server,
+                                                          tmp_path):
+    from wsgi_bg.stores.signing import BadSignature
+
+    shop, blog = redis_mw(namespace=f"shop-{uuid.uuid4().hex[:8]}"), redis_mw(
+        namespace=f"blog-{uuid.uuid4().hex[:8]}")
+    job = shop.submit(redisfuncs.ticker, str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    assert job.wait(10).state is JobState.SUCCEEDED
+    client = redis_server.client()
+    here, there = (mw.engine._backend.link().namespace for mw in (shop, blog))
+    for kind in ("job", "call", "result"):  # the whole job copied over, same key
+        client.restore(f"{there}:{kind}:{job.id}", 0,
+                       client.dump(f"{here}:{kind}:{job.id}"))
+    copied = blog.get_job(job.id)
+    assert copied is not None and copied.state is JobState.SUCCEEDED
+    with pytest.raises(BadSignature, match=f"stored call of job {job.id}.*not loaded"):
+        blog.rerun(job.id)
+    with pytest.raises(ResultUnavailable, match="signature check"):
+        copied.result  # noqa: B018
+    assert blog.engine.store.counts()["queued"] == 0  # nothing ran again there
+
+
+def test_a_value_signed_in_the_first_format_is_refused_with_a_message(
+        redis_mw, redis_server, tmp_path):
+    import hashlib
+    import hmac
+
+    mw = redis_mw()
+    job = mw.submit(redisfuncs.ticker, str(tmp_path / "flag"))
+    (tmp_path / "flag").touch()
+    assert job.wait(10).state is JobState.SUCCEEDED
+    evidence = tmp_path / "code-ran"
+    data = pickle.dumps(redisfuncs.Planted(str(evidence)))
+    mac = hmac.new(TEST_SECRET_KEY.encode(), digestmod=hashlib.sha256)
+    for part in (b"result", job.id.encode(), data):  # the first format's MAC
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    client = redis_server.client()
+    namespace = mw.engine._backend.link().namespace
+    client.set(f"{namespace}:result:{job.id}", b"wsgi_bg.1" + mac.digest() + data)
+    with pytest.raises(ResultUnavailable, match="first format.*not loaded"):
+        job.result  # noqa: B018
+    assert not evidence.exists() and job.error is None
 
 
 # -- an unreachable Redis ----------------------------------------------------------

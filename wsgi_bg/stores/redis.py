@@ -599,7 +599,8 @@ class RedisStore:
                 fields += [name, _dump(value)]
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
                    "cancelled_how", "null", "rerun_as", "null"]
-        signed = b"" if call is None else self._signer.sign("call", record["id"], call)
+        signed = b"" if call is None else self._signer.sign(
+            "call", record["id"], call, namespace=self.namespace)
         deadline = self._deadline()
         created = self._create(args=self._args(
             record["id"], max_queued, repr(float(record["created_at"])), signed,
@@ -691,7 +692,8 @@ class RedisStore:
         """The arguments of the finish script's ``finish(a)``."""
         if_cancelled = "cancelled while running" + (
             f"; the job then ended {state}:\n{error}" if error else "")
-        signed = b"" if result is None else self._signer.sign("result", job_id, result)
+        signed = b"" if result is None else self._signer.sign(
+            "result", job_id, result, namespace=self.namespace)
         return [job_id, state, _dump(error), _dump(if_cancelled),
                 encode_output(text), _dump_progress(progress),
                 _dump(shown), signed, "1" if result is not None else "0",
@@ -724,10 +726,11 @@ class RedisStore:
         if blob is None:
             return None
         try:
-            return self._signer.unsign("result", job_id, blob)
+            return self._signer.unsign("result", job_id, blob,
+                                       namespace=self.namespace)
         except BadSignature as exc:
-            # Evidence for whoever looks at the job; the value is never loaded.
-            self._r.hset(self._prefix + "job:" + job_id, "error", _dump(str(exc)))
+            # Never loaded, and nothing written: a reader with another key
+            # (a misconfigured process) must not change what others see.
             raise ResultUnavailable(str(exc)) from None
 
     @_reaching
@@ -736,7 +739,8 @@ class RedisStore:
             self._prefix + "call:" + job_id)
         if blob is None:
             return None
-        return self._signer.unsign("call", job_id, blob)  # BadSignature: not loaded
+        # BadSignature: not loaded
+        return self._signer.unsign("call", job_id, blob, namespace=self.namespace)
 
     @_reaching
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:

@@ -3,12 +3,16 @@
 Whoever can write to a shared store (Redis) could plant a pickle that runs
 code when loaded. So every pickle a store keeps travels in an envelope::
 
-    b"wsgi_bg.1" + HMAC-SHA256(key, purpose, job id, data) + data
+    b"wsgi_bg.2" + HMAC-SHA256(key, purpose, namespace, job id, data) + data
 
-and is loaded only after the MAC checks out. The purpose and the job id are
-inside the MAC, so a signed value cannot be moved to another job or used as
-another kind of value. The key is the app's secret, shared by every process
+and is loaded only after the MAC checks out. The purpose, the namespace and
+the job id are inside the MAC, so a signed value cannot be moved to another
+job or another namespace (another app sharing the key), or used as another
+kind of value. The key is the app's secret, shared by every process
 (``secret_key=`` or the ``WSGI_BG_SECRET_KEY`` environment variable).
+
+Values in the first envelope (``b"wsgi_bg.1"``, whose MAC left the namespace
+out) fail the check with a message saying so; they are never loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import os
 
 from ..exceptions import WsgiBgError
 
-_MAGIC = b"wsgi_bg.1"
+_MAGIC = b"wsgi_bg.2"
+#: The envelope before the namespace was signed: refused, with a message.
+_OLD_MAGIC = b"wsgi_bg.1"
 _MAC_SIZE = hashlib.sha256().digest_size
 #: The environment variable read when ``secret_key`` is not given.
 SECRET_KEY_ENV = "WSGI_BG_SECRET_KEY"
@@ -70,33 +76,43 @@ class Signer:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def _mac(self, purpose: str, job_id: str, data: bytes) -> bytes:
+    def _mac(self, purpose: str, namespace: str, job_id: str, data: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
-        for part in (purpose.encode(), job_id.encode(), data):
+        for part in (purpose.encode(), namespace.encode(), job_id.encode(), data):
             mac.update(len(part).to_bytes(8, "big"))
             mac.update(part)
         return mac.digest()
 
-    def sign(self, purpose: str, job_id: str, data: bytes) -> bytes:
-        """``data`` in its envelope."""
-        return _MAGIC + self._mac(purpose, job_id, data) + data
+    def sign(self, purpose: str, job_id: str, data: bytes, *,
+             namespace: str = "") -> bytes:
+        """``data`` in its envelope, for job ``job_id`` of ``namespace``."""
+        return _MAGIC + self._mac(purpose, namespace, job_id, data) + data
 
-    def unsign(self, purpose: str, job_id: str, blob: bytes) -> bytes:
-        """The data inside ``blob``, once its signature checks out.
+    def unsign(self, purpose: str, job_id: str, blob: bytes, *,
+               namespace: str = "") -> bytes:
+        """The data inside ``blob``, once its signature checks out for job
+        ``job_id`` of ``namespace``.
 
         :raises BadSignature: if it does not.
         """
         header = len(_MAGIC) + _MAC_SIZE
+        if blob.startswith(_OLD_MAGIC):
+            raise BadSignature(
+                f"the stored {purpose} of job {job_id} was signed in wsgi_bg's"
+                " first format, whose signature did not cover the namespace,"
+                " and was not loaded: stored before an upgrade of wsgi_bg (run"
+                " the job again to get a fresh one)"
+            )
         if len(blob) < header or not blob.startswith(_MAGIC):
             raise BadSignature(
                 f"the stored {purpose} of job {job_id} is not signed: it was not"
                 " written by wsgi_bg, and was not loaded"
             )
         mac, data = blob[len(_MAGIC) : header], blob[header:]
-        if not hmac.compare_digest(mac, self._mac(purpose, job_id, data)):
+        if not hmac.compare_digest(mac, self._mac(purpose, namespace, job_id, data)):
             raise BadSignature(
                 f"the stored {purpose} of job {job_id} failed its signature check"
-                " (written with another secret key, or changed in the store) and"
-                " was not loaded"
+                " (written with another secret key or in another namespace, or"
+                " changed in the store) and was not loaded"
             )
         return data
