@@ -153,3 +153,61 @@ def test_max_call_bytes_must_be_a_positive_integer(value):
     with pytest.raises(ValueError, match=rf"max_call_bytes must be an integer >= 1,"
                                          rf" got {re.escape(repr(value))}"):
         BackgroundMiddleware(trustfuncs.login, max_call_bytes=value)
+
+
+# -- paging values never break the list ---------------------------------------------
+@pytest.mark.parametrize(("query", "empty"), [
+    pytest.param("page=100000000000000000000", True, id="10**20"),
+    pytest.param(f"page={2**63}", True, id="2**63"),
+    pytest.param(f"page={2**53 + 1}", True, id="2**53+1"),
+    pytest.param("page=" + "9" * 5000, True, id="5000-digits"),
+    pytest.param("page=-1", True, id="negative"),
+    pytest.param("page=0", True, id="zero"),
+    pytest.param("page=abc", True, id="abc"),
+    pytest.param("page=1.5", True, id="fraction"),
+    pytest.param("page=1e3", True, id="exponent"),
+    pytest.param("page=2", True, id="past-the-last"),
+    pytest.param(f"page={2**31 // 50}", True, id="far-past-the-last"),
+    # The HTML list pages by 50 whatever per_page says: it shows the job.
+    pytest.param(f"per_page={2**63}", False, id="huge-per-page"),
+    pytest.param("per_page=0", False, id="zero-per-page"),
+    pytest.param(f"page=1000000&per_page={10**6}", True, id="both-large"),
+])
+@pytest.mark.parametrize("route", ["/_jobs/", "/_jobs/api/jobs"])
+@pytest.mark.pool_only  # (the stores' paging; the runner plays no part)
+def test_any_paging_value_is_a_400_or_an_empty_page(make_mw, route, query, empty):
+    import webtest
+
+    from wsgi_bg import allow_all
+
+    mw = make_mw(authorize=allow_all)
+    mw.submit(trustfuncs.takes, 1).wait(timeout=30)
+    client = webtest.TestApp(mw)
+    answer = client.get(f"{route}?{query}", expect_errors=True)
+    assert answer.status_int in (200, 400), answer.text[:300]
+    if answer.status_int == 400:
+        assert re.search(r"(page|per_page) must be an integer from 1 to \d+, got",
+                         answer.text), answer.text[:300]
+    elif route.startswith("/_jobs/api"):
+        assert answer.json["jobs"] == [] or not empty
+    else:
+        assert ("No job matches" in answer.text) == empty
+
+
+@pytest.mark.parametrize("since", ["100000000000000000000", str(2**63), str(2**53 + 1),
+                                   "9" * 5000, "-1", "x"])
+@pytest.mark.pool_only
+def test_any_output_offset_is_a_400_or_no_output(make_mw, since):
+    import webtest
+
+    mw = make_mw()
+    job = mw.submit(trustfuncs.takes, 1).wait(timeout=30)
+    client = webtest.TestApp(mw)
+    api = f"/_jobs/api/jobs/{job.id}"
+    for answer in (client.get(f"{api}?since={since}", expect_errors=True),
+                   client.get(f"{api}/events?since={since}", expect_errors=True),
+                   client.get(f"{api}/events", headers={"Last-Event-ID": since},
+                              expect_errors=True)):
+        assert answer.status_int in (200, 400), answer.text[:300]
+        if answer.status_int == 400:
+            assert re.search(r"(since|Last-Event-ID) must be", answer.text)

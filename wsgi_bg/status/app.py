@@ -172,20 +172,36 @@ def _other_origin(sent: str, request: Request) -> str:
     )
 
 
-def parse_offset(value: str | None, what: str) -> int | None:
+def parse_offset(value: str | None, what: str, *, minimum: int = 0,
+                 maximum: int | None = None) -> int | None:
     """A non-negative integer offset from a query or header value.
 
-    :raises BadRequest: if present and not a non-negative integer.
+    :param minimum: the smallest value accepted.
+    :param maximum: the largest value accepted, if any.
+    :raises BadRequest: if present and not an integer from ``minimum`` to
+        ``maximum``.
     """
     if value is None:
         return None
+    shown = repr(value) if len(value) <= 30 else f"{value[:20]!r}…"
+    rule = (f"{what} must be an integer from {minimum} to {maximum}"
+            if maximum is not None else f"{what} must be a non-negative integer")
     # isascii: int() would accept other scripts' digits, and whitespace.
     if not (value.isascii() and value.isdigit()):
-        raise BadRequest(f"{what} must be a non-negative integer, got {value!r}")
+        raise BadRequest(f"{rule}, got {shown}")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:  # longer than int() accepts
-        raise BadRequest(f"{what} is too large, got {value[:20]!r}…") from None
+        raise BadRequest(f"{rule}, got {shown}: too large") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise BadRequest(f"{rule}, got {shown}")
+    return number
+
+
+#: The furthest job into the list a page may start at: stores page in Lua,
+#: whose numbers are doubles printed with 14 digits (``1e+20``), and no store
+#: keeps anywhere near this many jobs.
+MAX_LIST_OFFSET = 2**31 - 1
 
 
 class StatusApp:
@@ -407,7 +423,10 @@ class StatusApp:
                 f"state must be one of {', '.join(render.STATES)}, got {state!r}"
             )
         search = request.args.get("q", "").strip()
-        page = parse_offset(request.args.get("page"), "page") or 1
+        # Past the last page: an empty page; past any page a store could
+        # hold: 400, before any store call.
+        page = parse_offset(request.args.get("page"), "page", minimum=1,
+                            maximum=MAX_LIST_OFFSET // per_page + 1) or 1
         store = self.middleware.engine.store
         # One store call for the page (filtered and paged by the store: a
         # Redis store sends one page, not every record), one for the counts.
@@ -434,13 +453,10 @@ class StatusApp:
         return Response(page, mimetype="text/html")
 
     def _list_api(self, request: Request) -> Response:
-        per_page = parse_offset(request.args.get("per_page"), "per_page")
+        per_page = parse_offset(request.args.get("per_page"), "per_page",
+                                minimum=1, maximum=self.list_limit)
         if per_page is None:
             per_page = self.per_page
-        if not 1 <= per_page <= self.list_limit:
-            raise BadRequest(
-                f"per_page must be between 1 and {self.list_limit}, got {per_page}"
-            )
         return self._json(self._list(request, per_page))
 
     def _job_page(self, request: Request, job_id: str) -> Response:
