@@ -45,14 +45,15 @@ def _kill_tree(pid: int) -> None:
 
 
 class RQWorkers:
-    """``count`` ``rq worker`` processes on ``queue`` with ``worker_class``
-    (``None``: RQ's stock one), each in a session of its own (so :meth:`stop`
-    reaches its work horse and job processes too); ``options``: more of the
-    command's options."""
+    """``count`` ``rq worker`` processes on ``queue`` (several: separated by
+    spaces) with ``worker_class`` (``None``: RQ's stock one), each in a
+    session of its own (so :meth:`stop` reaches its work horse and job
+    processes too); ``options``: more of the command's options; ``log``: a
+    file their output goes to (appended); ``secret_key=None``: none given."""
 
-    def __init__(self, url: str, queue: str, secret_key: str, count: int = 2,
+    def __init__(self, url: str, queue: str, secret_key: str | None, count: int = 2,
                  preload: str = "", worker_class: str | None = WSGI_BG_WORKER,
-                 options: tuple[str, ...] = ()) -> None:
+                 options: tuple[str, ...] = (), log: str | None = None) -> None:
         self.url = url
         self.queue = queue
         self.secret_key = secret_key
@@ -60,19 +61,27 @@ class RQWorkers:
         self.preload = preload  # WSGI_BG_PRELOAD: job modules to import first
         self.worker_class = worker_class
         self.options = options
+        self.log = log
         self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, WSGI_BG_SECRET_KEY=self.secret_key,
-                   PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
+        env = dict(os.environ, PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
+        env.pop("WSGI_BG_SECRET_KEY", None)
+        if self.secret_key is not None:
+            env["WSGI_BG_SECRET_KEY"] = self.secret_key
         chosen = (["-w", self.worker_class] if self.worker_class
                   else ["-c", "wsgi_bg.rq_worker"])
-        return subprocess.Popen(
-            [rq_command(), "worker", *chosen, self.queue, "--url", self.url,
-             "--name", name, "--quiet", "--worker-ttl", "60", *self.options],
-            env=env, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                [rq_command(), "worker", *chosen, *self.queue.split(), "--url",
+                 self.url, "--name", name, "--quiet", "--worker-ttl", "60",
+                 *self.options],
+                env=env, cwd=ROOT, start_new_session=True, stdout=out, stderr=out)
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
 
     def start(self, timeout: float = 30.0) -> RQWorkers:
         for name in self.names:
