@@ -265,6 +265,70 @@ def test_a_value_signed_in_the_first_format_is_refused_with_a_message(
     assert not evidence.exists() and job.error is None
 
 
+# -- memory ------------------------------------------------------------------------
+@pytest.mark.parametrize(("written", "chunk"), [
+    pytest.param(200 * 1024, 100, id="under-the-limit-in-small-writes"),
+    pytest.param(512 * 1024, 4096, id="twice-the-limit"),
+    pytest.param(512 * 1024, 100_000, id="twice-the-limit-in-big-writes"),
+    pytest.param(2 * 1024 * 1024, 8192, id="eight-times-the-limit"),
+])
+def test_a_finished_job_holds_about_max_output_bytes(redis_server, written, chunk):
+    from wsgi_bg.stores.redis import RedisStore, connect, connection_settings
+    from wsgi_bg.stores.signing import Signer
+
+    limit = 256 * 1024
+    client = connect(connection_settings(redis_server.url))
+    namespace = f"mem-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(client, namespace=namespace, max_jobs=10, job_ttl=3600,
+                       signer=Signer(TEST_SECRET_KEY.encode()),
+                       max_output_bytes=limit)
+    store.create({"id": "j", "name": "n", "created_at": time.time(), "timeout": None,
+                  "started_at": None, "ended_at": None, "result": None,
+                  "error": None, "progress": None, "cancel_requested": False,
+                  "cancel_grace": None, "url": None, "pid": None}, 10)
+    assert store.start("j", 1)
+
+    def used() -> int:  # what Redis holds for the job: record, output, head
+        return sum(client.memory_usage(f"{namespace}:{kind}:j") or 0
+                   for kind in ("job", "out", "head"))
+
+    peak, sent = 0, 0
+    while sent < written:
+        store.relay("j", "x" * chunk, None)
+        sent += chunk
+        peak = max(peak, used())
+    store.finish("j", "succeeded", None, None)
+    try:
+        # Redis's allocator rounds each value up to a size class (at most 25 %).
+        assert used() <= 1.25 * limit + 4096, used() / limit
+        assert peak <= 2.6 * limit + 4096, peak / limit  # while it runs
+        text, offset = store.read_output("j", 0)
+        assert offset == sent and len(text.encode()) <= limit + 200  # (+ marker)
+    finally:
+        client.connection_pool.disconnect()
+
+
+@pytest.mark.timeout(60)
+def test_a_full_redis_answers_503(wsgi_bg_middleware, own_redis, tmp_path):
+    mw = wsgi_bg_middleware(redisfuncs.site, store=own_redis.url,
+                            secret_key=TEST_SECRET_KEY, max_workers=1)
+    client = webtest.TestApp(mw)
+    done = tmp_path / "done"
+    done.touch()
+    first = mw.submit(redisfuncs.ticker, str(done))
+    assert first.wait(10).state is JobState.SUCCEEDED
+    admin = own_redis.client()
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")  # full: every write is refused
+    try:
+        answer = client.get(f"/start?flag={done}", status=503)
+        assert answer.headers["Retry-After"] and "is full" in answer.text
+        assert client.get(f"/_jobs/api/jobs/{first.id}").json["state"] == "succeeded"
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert mw.submit(redisfuncs.ticker, str(done)).wait(10).state is JobState.SUCCEEDED
+
+
 # -- an unreachable Redis ----------------------------------------------------------
 @pytest.fixture
 def own_redis():

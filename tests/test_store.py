@@ -94,6 +94,16 @@ def test_output_memory_stays_bounded():
         assert kept <= 2 * 1000
 
 
+def test_output_compacted_holds_at_most_the_limit():
+    out = _Output(1000)
+    for _ in range(100):
+        out.append("z" * 97)
+    out.compact()  # a job's end
+    assert sum(map(len, out.chunks)) + len(out.head or b"") <= 1000
+    text, offset = out.read(0)
+    assert offset == 9700 and len(split(text)[0]) + len(split(text)[2]) <= 1000
+
+
 def test_output_since_offsets():
     out = _Output(100)
     written = "".join(chr(ord("a") + i % 26) for i in range(300))

@@ -124,7 +124,7 @@ def test_hung_store_costs_a_bounded_wait(wsgi_bg_middleware, caplog):
 ])
 def test_submit_with_a_hung_store_fails_fast_and_blocks_no_other(
         wsgi_bg_middleware, payload):
-    mw, _ = started_mw(wsgi_bg_middleware)
+    mw, _ = started_mw(wsgi_bg_middleware, max_call_bytes=16_000_000)
     pid = manager_pid(mw)
     outcomes: list[tuple[type[BaseException] | None, float]] = []
     call = (jobfuncs.identity, b"x" * payload) if payload else (jobfuncs.add, 1, 1)

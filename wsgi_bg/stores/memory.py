@@ -117,6 +117,14 @@ class _Output:
         self.tail_start += start
         self.chunks = [joined[start:]]
 
+    def compact(self) -> None:
+        """At the job's end: keep only what reads show (``limit`` bytes in
+        all), in one value."""
+        if self.head is not None:
+            self._trim()
+        elif len(self.chunks) > 1:
+            self.chunks = [b"".join(self.chunks)]
+
     def read(self, since: int) -> tuple[str, int]:
         if self.head is not None and self.total - self.tail_start > (
             self.limit - len(self.head)
@@ -262,6 +270,7 @@ class MemoryStore:
         if record is None or record["state"] in TERMINAL_STATES:
             return None
         self._add(record, text, progress, offset)
+        self._outputs[job_id].compact()
         state, error, how = cancel_outcome(record, state, error)
         record["cancelled_how"] = how
         if record["state"] == JobState.QUEUED:

@@ -150,22 +150,31 @@ local function expire(id)
   end
 end
 
-local function ended(id, from, state, ended_at)
-  move(id, from, state)
-  redis.call('ZADD', P .. 'finished', ended_at, id)
-  redis.call('DEL', k('lease', id))
-  redis.call('HDEL', P .. 'suspects', id)
-  expire(id)
-end
-
 local function is_cont(s, i)
   local b = string.byte(s, i)
   return b ~= nil and b >= 128 and b < 192
 end
 
+-- Drop the start of the tail, at a character boundary, to keep only what
+-- reads show: LIMIT bytes with the head. SET stores it in a fresh value of
+-- its own size (APPEND's values keep room to grow: up to twice their size).
+-- Whether there was anything to drop.
+local function trim(id, total, tail_start)
+  local key, out = k('job', id), k('out', id)
+  local keep = LIMIT - redis.call('STRLEN', k('head', id))
+  local rel = total - keep - tail_start
+  if rel <= 0 then return false end
+  local tail = redis.call('GETRANGE', out, rel, -1)
+  local skip = 0
+  while skip < #tail and is_cont(tail, skip + 1) do skip = skip + 1 end
+  redis.call('SET', out, string.sub(tail, skip + 1))
+  redis.call('HSET', key, 'tail_start', tail_start + rel + skip)
+  return true
+end
+
 -- Output past LIMIT keeps a head and a tail cut at character boundaries; the
--- tail may grow to LIMIT before it is trimmed (in batches), reads show at most
--- LIMIT bytes in all. The same rules as memory.py's _Output.
+-- tail may grow by LIMIT / 4 before it is trimmed (in batches), reads show at
+-- most LIMIT bytes in all. The same rules as memory.py's _Output.
 local function append(id, data, expected)
   local key, out = k('job', id), k('out', id)
   local size = tonumber(redis.call('HGET', key, 'output_size') or '0')
@@ -188,17 +197,34 @@ local function append(id, data, expected)
     end
   else
     local tail_start = tonumber(redis.call('HGET', key, 'tail_start'))
-    if total - tail_start > LIMIT then
-      local keep = LIMIT - redis.call('STRLEN', k('head', id))
-      local rel = total - keep - tail_start
-      local tail = redis.call('GETRANGE', out, rel, -1)
-      local skip = 0
-      while skip < #tail and is_cont(tail, skip + 1) do skip = skip + 1 end
-      redis.call('SET', out, string.sub(tail, skip + 1))
-      redis.call('HSET', key, 'tail_start', tail_start + rel + skip)
+    local keep = LIMIT - redis.call('STRLEN', k('head', id))
+    if total - tail_start > keep + math.floor(LIMIT / 4) then
+      trim(id, total, tail_start)
     end
   end
   redis.call('HSET', key, 'output_size', total)
+end
+
+-- A job's end: its output shrinks to what reads show, in values of their own
+-- size, so that a finished job holds about LIMIT bytes of output.
+local function compact(id)
+  local key, out = k('job', id), k('out', id)
+  if redis.call('HGET', key, 'truncated') == 'true' and trim(
+      id, tonumber(redis.call('HGET', key, 'output_size')),
+      tonumber(redis.call('HGET', key, 'tail_start'))) then
+    return
+  end
+  local data = redis.call('GET', out)
+  if data then redis.call('SET', out, data) end
+end
+
+local function ended(id, from, state, ended_at)
+  compact(id)
+  move(id, from, state)
+  redis.call('ZADD', P .. 'finished', ended_at, id)
+  redis.call('DEL', k('lease', id))
+  redis.call('HDEL', P .. 'suspects', id)
+  expire(id)
 end
 
 -- {head part, bytes dropped before the tail part (-1: none), tail part, total}
@@ -506,6 +532,14 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
             raise StoreUnavailable(
                 f"the Redis store ({self.where}) cannot be reached: {exc}."
                 " Try again shortly."
+            ) from exc
+        except redis.exceptions.OutOfMemoryError as exc:
+            # maxmemory reached with noeviction: writes are refused, reads
+            # still work; finished jobs expire or are dropped past max_jobs.
+            raise StoreUnavailable(
+                f"the Redis store ({self.where}) is full ({exc}): raise its"
+                " maxmemory, or lower max_jobs or max_output_bytes. Try again"
+                " later."
             ) from exc
 
     return call
