@@ -78,6 +78,20 @@ def print_bytes(total: int) -> int:
     return total
 
 
+def print_colours(total: int) -> int:
+    """Print about ``total`` characters of colour changes, one character
+    each (``ESC[3Nm`` and a letter, 80 letters a line): ~175k changes per
+    MiB, the worst a job's page may be asked to draw (issue 18)."""
+    parts, size, i = [], 0, 0
+    while size < total:
+        part = f"\x1b[3{i % 8}m{chr(97 + i % 26)}" + ("\n" if i % 80 == 79 else "")
+        parts.append(part)
+        size, i = size + len(part), i + 1
+    sys.stdout.write("".join(parts))
+    sys.stdout.flush()
+    return size
+
+
 def tick(n: int, delay: float) -> int:
     """A live job: one line every ``delay`` seconds, ``n`` times."""
     for i in range(n):

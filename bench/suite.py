@@ -1157,6 +1157,56 @@ def bench_pages(cfg: Config) -> Result:
     )
 
 
+def _page_cost(client: Client, url: str, loads: int) -> tuple[float, float, int]:
+    """Median CPU seconds of this thread and wall seconds of one GET of
+    ``url`` (the status app renders in the calling thread), and its size."""
+    cpu, wall, size = [], [], 0
+    for _ in range(loads):
+        start_cpu, start = time.thread_time(), time.perf_counter()
+        response = client.get(url)
+        size = len(response.get_data())
+        cpu.append(time.thread_time() - start_cpu)
+        wall.append(time.perf_counter() - start)
+    return median(cpu), median(wall), size
+
+
+def bench_page_cost(cfg: Config) -> Result:
+    """What one load of a job's page costs the server for 1 MiB of output made
+    of colour changes, next to 1 MiB of plain text (issue 18 item 3)."""
+    size, loads = 1 << 20, cfg.n(10, minimum=3)
+    figures: dict[str, Any] = {}
+    rows = []
+    with middleware(cfg, max_output_bytes=size) as mw:
+        jobs = {"coloured": mw.submit(jobfuncs.print_colours, size),
+                "plain": mw.submit(jobfuncs.print_bytes, size)}
+        client = Client(mw)
+        for kind, job in jobs.items():
+            job.wait(120)
+            for what, url in (("page", f"{PREFIX}/{job.id}"),
+                              ("json", f"{PREFIX}/api/jobs/{job.id}"),
+                              ("raw", f"{PREFIX}/api/jobs/{job.id}/output.txt")):
+                cpu, wall, body = _page_cost(client, url, loads)
+                figures[f"{kind}_{what}_cpu_ms"] = cpu * 1e3
+                figures[f"{kind}_{what}_wall_ms"] = wall * 1e3
+                figures[f"{kind}_{what}_bytes"] = body
+                rows.append((f"{kind} 1 MiB: GET {what}",
+                             f"CPU {ms(cpu)}, wall {ms(wall)}",
+                             f"{body / 1e6:.2f} MB"))
+    cpu, html = figures["coloured_page_cpu_ms"] / 1e3, figures["coloured_page_bytes"]
+    return Result(
+        name="page_cost",
+        figures=figures,
+        reference={"plain_page_cpu_ms": figures["plain_page_cpu_ms"],
+                   "budget_cpu_s": 0.3, "budget_html_bytes": 2_000_000},
+        ratio=figures["coloured_page_cpu_ms"] / max(figures["plain_page_cpu_ms"],
+                                                    1e-3),
+        ratio_meaning="x the CPU of the same page for plain text",
+        target="a page of 1 MiB of colour changes: < 0.3 s CPU, < 2 MB of HTML",
+        passed=cpu < 0.3 and html < 2_000_000,
+        rows=rows,
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "passthrough": bench_passthrough,
     "submit": bench_submit,
@@ -1168,6 +1218,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "redis": bench_redis,
     "pages": bench_pages,
     "rq": bench_rq,
+    "page_cost": bench_page_cost,
 }
 
 

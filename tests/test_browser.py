@@ -362,3 +362,32 @@ def test_sixteen_open_pages_leave_a_four_thread_server_free(mw, context, console
             assert "end" in text_of(page, "#output")
         for page in pages:
             page.close()
+
+
+def test_a_long_output_shows_its_end_and_loads_the_rest_on_demand(mw, page):
+    # 5,000 coloured lines, ~200 KiB: the page draws the last 64 KiB only.
+    output = "".join(f"\x1b[3{n % 8}mline {n}\x1b[0m " + "x" * 30 + "\n"
+                     for n in range(1, 5001))
+    job = fake_job(mw, output=output)
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job.id}")
+        wait_text(page, "#output", "line 5000")
+        first = int(page.get_attribute("#output", "data-first"))
+        assert first > 1 and page.locator("#L1").count() == 0
+        note = text_of(page, "#earlier")
+        assert f"{first - 1:,} earlier lines" in note and "Raw output has them" in note
+        # Lines written now are numbered on from the last one.
+        mw.engine.store.relay(job.id, "\x1b[32mline 5001\x1b[0m\n", None)
+        wait_text(page, "#L5001", "line 5001")
+        page.click("#show-earlier")
+        wait_text(page, "#L1", "line 1 ")
+        assert not page.is_visible("#earlier")
+        assert page.locator("#output .line").count() == 5001
+        assert text_of(page, f"#L{first - 1}").startswith(f"line {first - 1} ")
+        assert colour(page, "#L1 .fg-1") == "rgb(255, 123, 114)"
+        # A link to a line not drawn loads the rest, then shows that line.
+        page.goto("about:blank")
+        page.goto(f"{base}/_jobs/{job.id}#L7")
+        assert page.locator("#earlier").count() in (0, 1)
+        wait_for(lambda: page.locator("#L7").is_visible(), 10)
+        assert page.evaluate("document.querySelector('#L7:target') !== null")

@@ -444,3 +444,55 @@ def test_error_page_says_why_and_what_to_do():
     assert "retry after 5 seconds" in page
     assert 'href="/j/static/status.css"' in page
     assert not INLINE.search(page)
+
+
+# -- a page's cost is bounded whatever the output ------------------------------------
+def coloured_output(size: int) -> str:
+    """``size`` characters of colour changes, one character each (ESC[3Nm +
+    a letter), 80 letters a line: ~175k changes per MiB."""
+    parts, n, i = [], 0, 0
+    while n < size:
+        part = f"\x1b[3{i % 8}m{chr(97 + i % 26)}" + ("\n" if i % 80 == 79 else "")
+        parts.append(part)
+        n, i = n + len(part), i + 1
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("kind", ["coloured", "plain", "one-line"])
+def test_a_page_of_a_mebibyte_of_output_is_bounded(kind):
+    output = {
+        "coloured": coloured_output(1 << 20),
+        "plain": "".join(f"{n:07d} " + "x" * 72 + "\n" for n in range(13_107)),
+        "one-line": "\x1b[32m" + "y" * (1 << 20) + "\n",
+    }[kind]
+    lines = output.count("\n") + (not output.endswith("\n"))
+    page = job_page("/_jobs", job_dict(), output, len(output))
+    assert len(page.encode()) < 400_000  # 5 MB drawn whole, coloured
+    assert page.count("<span class=\"fg-") <= render_module.PAGE_OUTPUT_CHARS // 5
+    assert page.count('class="line') <= render_module.PAGE_OUTPUT_CHARS // 80 + 1
+    # The last line drawn has its number in the whole output; the bar says
+    # what comes before and links the raw output.
+    assert f'id="L{lines}"' in page and f'id="L{lines + 1}"' not in page
+    if kind == "one-line":
+        assert 'data-first="1"' in page
+        assert "The first 983,046 characters of this line (960 KiB) not shown" in page
+    else:
+        first = int(re.search(r'data-first="(\d+)"', page).group(1))
+        assert first > 1 and f'id="L{first}"' in page
+        assert f'id="L{first - 1}"' not in page
+        assert re.search(rf'<p id="earlier" class="earlier" data-lines="{first - 1}">'
+                         rf'<span class="note">{first - 1:,} earlier lines \(', page)
+    assert '<button type="button" id="show-earlier" hidden>Show them</button>' in page
+    assert "not shown here; Raw output has them." in page
+
+
+def test_a_short_output_is_drawn_whole_without_the_bar():
+    output = coloured_output(10_000)
+    page = job_page("", job_dict(), output, len(output))
+    assert 'id="earlier"' not in page and 'data-first="1"' in page
+    assert 'id="L1"' in page
+
+
+def test_runs_of_one_style_make_one_span():
+    page = job_page("", job_dict(), "\x1b[31mab\x1b[31mcd\x1b[0m\x1b[0mef\n", 30)
+    assert '<span class="text"><span class="fg-1">abcd</span>ef</span>' in page

@@ -6,6 +6,7 @@ from wsgi_bg.terminal import (
     parse_progress,
     render_terminal,
     rgb_to_256,
+    tail,
 )
 
 
@@ -127,3 +128,21 @@ def test_parse_progress_sees_through_colours():
 ])
 def test_rgb_to_256(rgb, index):
     assert rgb_to_256(*rgb) == index
+
+
+# -- the tail a page draws ---------------------------------------------------------
+@pytest.mark.parametrize(("text", "limit", "expected"), [
+    pytest.param("abc\ndef\n", 100, ("abc\ndef\n", 0), id="short-whole"),
+    pytest.param("abc\ndef\nghi\n", 5, ("ghi\n", 2), id="from-a-line-start"),
+    pytest.param("abc\ndef\nghi", 4, ("ghi", 2), id="unfinished-last-line"),
+    pytest.param("abc\ndef\nghi\n", 8, ("def\nghi\n", 1), id="exactly"),
+    # A last line longer than the limit is cut inside it, but a text's final
+    # line break is no line start.
+    pytest.param("x" * 100 + "\n", 10, ("x" * 9 + "\n", 0), id="one-long-line"),
+    # Never inside an escape sequence: the whole sequence is kept.
+    pytest.param("x" * 20 + "\x1b[31mabcdef", 8, ("\x1b[31mabcdef", 0),
+                 id="escape-kept-whole"),
+    pytest.param("x" * 20 + "\x1b[31mabcdef", 6, ("abcdef", 0), id="after-escape"),
+])
+def test_tail(text, limit, expected):
+    assert tail(text, limit) == expected

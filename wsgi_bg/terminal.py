@@ -280,6 +280,28 @@ def render_terminal(text: str) -> str:
     return screen.text()
 
 
+def tail(text: str, limit: int) -> tuple[str, int]:
+    """``(end, skipped_lines)``: the end of ``text``, at most ``limit``
+    characters from the start of a line, and how many lines come before it.
+    Where the last line alone is longer than ``limit``, it is cut inside
+    that line but never inside an escape sequence (the whole sequence is
+    kept).
+
+    What a job's page draws of a long output: a page's cost is then bounded
+    by ``limit``, whatever the output holds.
+    """
+    if len(text) <= limit:
+        return text, 0
+    # (A line break ending the text starts no line worth showing.)
+    cut = text.find("\n", len(text) - limit - 1, len(text) - 1) + 1
+    if cut == 0:  # no line starts within the window
+        cut = len(text) - limit
+        unfinished = _PARTIAL.search(text, max(0, cut - 256), cut)
+        if unfinished is not None:
+            cut = unfinished.start()
+    return text[cut:], text.count("\n", 0, cut)
+
+
 def _latest(line: str, mark: str) -> str:
     # The last non-empty state of a redrawn line; ``mark`` (a "\r") in front
     # when it overwrote something, so a renderer replaces what it showed. The

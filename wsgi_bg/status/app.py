@@ -235,6 +235,10 @@ class StatusApp:
     #: Jobs per page of the list (the API accepts ``per_page`` up to
     #: ``list_limit``).
     per_page: int = 50
+    #: Characters of output a job's page draws at most: the last ones, from
+    #: a line's start; the page's script loads the earlier lines when asked.
+    #: A page's cost is bounded by it, whatever a job prints.
+    page_output_chars: int = render.PAGE_OUTPUT_CHARS
 
     def __init__(self, middleware: BackgroundMiddleware) -> None:
         self.middleware = middleware
@@ -244,6 +248,7 @@ class StatusApp:
         self.max_streams = StatusApp.max_streams
         self.stream_window = StatusApp.stream_window
         self.per_page = StatusApp.per_page
+        self.page_output_chars = StatusApp.page_output_chars
         folder = resources.files(__package__).joinpath("static")
         self._files = {
             name: (folder.joinpath(name).read_bytes(), mimetype)
@@ -467,6 +472,7 @@ class StatusApp:
             notice=self._notice(request),
             may_rerun=self._may(request, "retry",
                                 Job(self.middleware.engine, job_id)),
+            max_output_chars=self.page_output_chars,
         )
         return Response(page, mimetype="text/html")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from ..terminal import STYLE_CLASSES, Screen, Segment
+from ..terminal import STYLE_CLASSES, Screen, Segment, tail
 
 #: The states a job may be in, in the order the pages list them.
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out",
@@ -231,28 +231,64 @@ def _progress(progress: Mapping[str, Any] | None, *, ids: bool) -> Markup:
 
 def _segments(segments: list[Segment]) -> Markup:
     parts = []
-    for classes, text in segments:
-        if classes and all(c in STYLE_CLASSES for c in classes.split()):
-            parts.append(Markup('<span class="{}">{}</span>').format(classes, text))
-        else:
-            parts.append(Markup("{}").format(text))
+    run_classes, run = "", []  # runs of one style make one span, not several
+    for classes, text in [*segments, ("\0end", "")]:
+        if classes == run_classes:
+            run.append(text)
+            continue
+        if run:
+            joined = "".join(run)
+            if run_classes and all(c in STYLE_CLASSES for c in run_classes.split()):
+                parts.append(Markup('<span class="{}">{}</span>').format(
+                    run_classes, joined))
+            else:
+                parts.append(Markup("{}").format(joined))
+        run_classes, run = classes, [text]
     return Markup("").join(parts)
 
 
-def output_lines(screen: Screen) -> Markup:
+def output_lines(screen: Screen, first: int = 1) -> Markup:
     """The lines of ``screen`` as numbered ``<div>`` rows with ``#L<n>``
-    anchors; the line being written is the last, marked ``current``."""
+    anchors, numbered from ``first``; the line being written is the last,
+    marked ``current``."""
     rows = []
     template = Markup(
         '<div class="line{}" id="L{}"><a class="ln" href="#L{}" data-n="{}"'
         ' aria-hidden="true" tabindex="-1"></a><span class="text">{}</span></div>'
     )
-    for n, line in enumerate(screen.lines, 1):
+    for n, line in enumerate(screen.lines, first):
         rows.append(template.format("", n, n, n, _segments(line)))
     if screen.line:
-        n = len(screen.lines) + 1
+        n = len(screen.lines) + first
         rows.append(template.format(" current", n, n, n, _segments(screen.line)))
     return Markup("").join(rows)
+
+
+#: Characters of output a job's page draws at most: its tail, from a line's
+#: start. What a page costs (CPU, HTML) is then bounded whatever the output
+#: holds; 1 MiB of colour changes cost 1.2 s and 5 MB of HTML drawn whole.
+#: The page's script loads the rest when asked (``static/status.js``).
+PAGE_OUTPUT_CHARS = 65536
+
+
+def _earlier(lines: int, chars: int) -> Markup:
+    """The bar above output drawn in part: what is not drawn, and the ways
+    to it. Its button is shown by the script, which loads those lines."""
+    if not chars:
+        return Markup("")
+    what = f"{lines:,} earlier line{'s' if lines != 1 else ''}" if lines else (
+        f"the first {chars:,} characters of this line")
+    return Markup(
+        '<p id="earlier" class="earlier" data-lines="{lines}">'
+        '<span class="note">{what} ({size}) not shown here; Raw output has'
+        " them.</span> "
+        '<button type="button" id="show-earlier" hidden>Show them</button></p>\n'
+    ).format(lines=lines, what=what[0].upper() + what[1:], size=_size(chars))
+
+
+def _size(chars: int) -> str:
+    return f"{chars / 1048576:.1f} MiB" if chars >= 1048576 else (
+        f"{chars / 1024:.0f} KiB" if chars >= 1024 else f"{chars} characters")
 
 
 def _sgr(screen: Screen) -> str:
@@ -433,9 +469,16 @@ def list_page(
 def job_page(
     root: str, job: Mapping[str, Any], output: str, offset: int, *,
     may_list: bool = False, now: float | None = None, notice: str | None = None,
-    may_rerun: bool = False,
+    may_rerun: bool = False, max_output_chars: int = PAGE_OUTPUT_CHARS,
 ) -> str:
     """The HTML page of one job.
+
+    Of a long output the page draws the last ``max_output_chars``
+    characters, from a line's start (:func:`wsgi_bg.terminal.tail`), with
+    the numbers those lines have in the whole output; a bar above them says
+    how many lines come before, and offers to show them (the page's script
+    loads them) or the raw output. A colour set before the lines drawn does
+    not carry into them.
 
     :param root: the pages' mount point (the request's ``SCRIPT_NAME``).
     :param job: the job's :meth:`~wsgi_bg.Job.to_dict`.
@@ -448,11 +491,13 @@ def job_page(
     :param notice: a warning shown above the job.
     :param may_rerun: whether the visitor may run the job again (to offer it
         once the job is done).
+    :param max_output_chars: characters of output drawn at most.
     """
     job_id = job["id"]
     done = bool(job["done"])
     screen = Screen()
-    screen.feed(output)
+    shown, skipped = tail(output, max_output_chars)
+    screen.feed(shown)
     # An escape sequence cut at the end is re-read by the script with what
     # follows it.
     offset -= len(screen.unfinished)
@@ -515,8 +560,10 @@ def job_page(
         '<span class="tools"><label class="follow"{hide_follow}>'
         '<input type="checkbox" id="follow" checked> Follow</label>'
         '<a id="raw" href="{api}/output.txt" download>Raw output</a></span></div>\n'
+        "{earlier}"
         # No white space between the lines: the panel keeps it (pre-wrap).
-        '<div id="output" class="output" role="log">{lines}</div>\n'
+        '<div id="output" class="output" role="log" data-first="{first}">{lines}'
+        "</div>\n"
         '<section id="result-box"{hide_result}><h2>Result</h2>'
         '<pre id="result" class="result">\n{result}</pre></section>\n'
         '<section id="error-box"{hide_error}><h2>Error</h2>'
@@ -541,7 +588,8 @@ def job_page(
         hide_cancel=_hidden(done),
         hide_note=_hidden(done or not job.get("cancel_requested")),
         hide_follow=_hidden(done),
-        lines=output_lines(screen),
+        lines=output_lines(screen, skipped + 1), first=skipped + 1,
+        earlier=_earlier(skipped, len(output) - len(shown)),
         hide_result=_hidden(job["result"] is None), result=job["result"] or "",
         hide_error=_hidden(not job["error"]), error=job["error"] or "",
     )

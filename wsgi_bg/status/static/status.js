@@ -185,7 +185,10 @@
     var started = parseFloat(box.getAttribute("data-started"));
     var out = byId("output");
     var follow = byId("follow");
-    var count = out.querySelectorAll(".line").length;
+    // Of a long output the server drew the last lines only, numbered from
+    // data-first; count is the number of the last finished line.
+    var first = parseInt(out.getAttribute("data-first"), 10) || 1;
+    var count = first - 1 + out.querySelectorAll(".line").length;
     var current = out.querySelector(".line.current");
     if (current) { count -= 1; }
 
@@ -215,7 +218,7 @@
       }
     }
 
-    function newLine(n) {
+    function newLine(n, before) {
       var el = document.createElement("div");
       el.className = "line";
       el.id = "L" + n;
@@ -229,8 +232,46 @@
       text.className = "text";
       el.appendChild(a);
       el.appendChild(text);
-      out.appendChild(el);
+      out.insertBefore(el, before || null);
       return el;
+    }
+
+    // The lines before those the server drew, on demand: the raw output up
+    // to the line break before line `first`, drawn by the same rules.
+    var earlier = byId("earlier");
+    var showEarlier = byId("show-earlier");
+    function loadEarlier() {
+      if (!earlier) { return Promise.resolve(); }
+      showEarlier.disabled = true;
+      return fetch(api + "/output.txt", {
+        cache: "no-store", credentials: "same-origin"
+      }).then(function (response) {
+        if (!response.ok) { throw new Error(String(response.status)); }
+        return response.text();
+      }).then(function (text) {
+        var end = -1;
+        for (var k = 1; k < first; k++) {
+          end = text.indexOf("\n", end + 1);
+          if (end < 0) { break; }
+        }
+        var lines = new Screen().feed(text.slice(0, end + 1));
+        var top = out.firstChild;
+        for (var i = 0; i < lines.length && i < first - 1; i++) {
+          fill(newLine(i + 1, top), lines[i]);
+        }
+        earlier.parentNode.removeChild(earlier);
+        earlier = null;
+      }).catch(function () {
+        showEarlier.disabled = false;
+      });
+    }
+    if (earlier && first > 1) {
+      showEarlier.hidden = false;
+      showEarlier.addEventListener("click", function () {
+        var keep = out.scrollHeight - out.scrollTop;
+        if (follow) { follow.checked = false; }
+        loadEarlier().then(function () { out.scrollTop = out.scrollHeight - keep; });
+      });
     }
 
     function atBottom() {
@@ -417,7 +458,20 @@
         if (follow.checked) { out.scrollTop = out.scrollHeight; }
       });
     }
-    if (/^#L[0-9]+$/.test(window.location.hash) && document.querySelector(window.location.hash)) {
+    var wanted = /^#L([0-9]+)$/.exec(window.location.hash);
+    if (wanted && parseInt(wanted[1], 10) < first && earlier && first > 1) {
+      // A link to a line the server did not draw: load it, then go there.
+      if (follow) { follow.checked = false; }
+      loadEarlier().then(function () {
+        var hash = window.location.hash;
+        var line = document.querySelector(hash);
+        if (!line) { return; }
+        // Go to it again, now that it exists, so that it is the :target.
+        history.replaceState(null, "", window.location.pathname + window.location.search);
+        window.location.replace(hash);
+        line.scrollIntoView({ block: "center" });
+      });
+    } else if (wanted && document.querySelector(window.location.hash)) {
       if (follow) { follow.checked = false; }  // the reader came for that line
       document.querySelector(window.location.hash).scrollIntoView({ block: "center" });
     } else {
