@@ -7,9 +7,10 @@ import time
 import uuid
 
 import pytest
+import webtest
 
 import jobfuncs
-from wsgi_bg import JobState
+from wsgi_bg import JobState, allow_all
 from wsgi_bg.stores.guard import GuardedStore
 from wsgi_bg.stores.memory import MemoryStore, _Output
 
@@ -266,6 +267,30 @@ def test_store_finish_and_start_keeps_the_cancel_outcome(make_store):
 
 
 @pytest.mark.timeout(60)
+def test_guarded_manager_store_pages_as_the_memory_store(wsgi_bg_middleware):
+    from wsgi_bg.stores.protocol import SEARCH_SCAN
+
+    mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1,
+                            authorize=allow_all)
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+    store = mw.engine.store
+    assert isinstance(store, GuardedStore)
+    for n in range(SEARCH_SCAN + 1):
+        store.create(dict(record(f"p{n}"), name="x"), SEARCH_SCAN + 2)
+    records, total = found = store.page(query="x", limit=1)  # from the manager
+    assert (len(records), total, found.partial) == (1, SEARCH_SCAN, True)
+    with pytest.raises(ValueError, match="offset must be an integer"):
+        store.page(offset=10**20)
+    # The list says so: its JSON, and its page above the list.
+    client = webtest.TestApp(mw)
+    assert client.get("/_jobs/api/jobs?q=x").json["partial"] is True
+    assert client.get("/_jobs/api/jobs?q=jobfuncs").json["partial"] is True
+    assert client.get("/_jobs/api/jobs").json["partial"] is False
+    assert "newest jobs only" in client.get("/_jobs/?q=x").text
+    assert "newest jobs only" not in client.get("/_jobs/").text
+
+
+@pytest.mark.timeout(60)
 def test_guarded_manager_store_passes_finish_and_start_on(wsgi_bg_middleware):
     """The server's store (the guard, calling the manager on its own pooled
     connections) answers the call as the memory store does."""
@@ -519,6 +544,46 @@ def test_store_page_search_is_literal(make_store):
     assert ids(store.page(query="%.")) == (["s1"], 1)
     assert ids(store.page(query="k\\s")) == (["s2"], 1)
     assert ids(store.page(query="ünï")) == (["s3"], 1)
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param(10**20, id="10**20"), pytest.param(2**63, id="2**63"),
+    pytest.param(1e20, id="float"), pytest.param(-1, id="negative"),
+    pytest.param(True, id="bool"), pytest.param("3", id="str"),
+])
+def test_store_page_refuses_paging_values_no_store_can_serve(make_store, value):
+    store = make_store()
+    paged(store, jobs=3)
+    allowed = "must be an integer from 0 to 2147483647"
+    with pytest.raises(ValueError, match=f"offset {allowed}"):
+        store.page(offset=value)
+    with pytest.raises(ValueError, match=f"limit {allowed}"):
+        store.page(limit=value)
+    with pytest.raises(ValueError, match="limit must be an integer"):
+        store.list(value)
+    # The largest allowed: an empty page, the right total.
+    assert ids(store.page(offset=2**31 - 1, limit=2**31 - 1)) == ([], 3)
+
+
+def test_store_search_reads_a_bounded_number_of_names(make_store):
+    from wsgi_bg.stores.protocol import SEARCH_SCAN
+
+    store = make_store()
+    jobs = SEARCH_SCAN + 10
+    for n in range(jobs):  # the 10 oldest are named "old", the others "new"
+        store.create(dict(record(f"j{n:04d}"), created_at=1e9 + n,
+                          name="old.job" if n < 10 else "new.job"), jobs)
+    found = store.page(query="new", limit=5)
+    assert ids(found) == ([f"j{n:04d}" for n in range(jobs - 1, jobs - 6, -1)],
+                          SEARCH_SCAN)
+    assert found.partial  # the 10 oldest were not read
+    assert ids(store.page(query="old")) == ([], 0)  # ... so not found
+    assert ids(store.page(query="j0003")) == (["j0003"], 1)  # an id: wherever
+    # Within the bound: complete.
+    store.request_cancel("j0000", None)
+    within = store.page(("cancelled",), "old")
+    assert ids(within) == (["j0000"], 1) and not within.partial
+    assert not store.page(limit=1).partial  # no search: every job counted
 
 
 def test_store_page_skips_dropped_jobs(make_store):

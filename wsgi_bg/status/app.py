@@ -69,6 +69,7 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from ..jobs import Job, record_to_dict
+from ..stores.protocol import SEARCH_SCAN
 from ..stores.signing import BadSignature
 from . import render
 from .events import dump_json, job_events
@@ -202,6 +203,10 @@ def parse_offset(value: str | None, what: str, *, minimum: int = 0,
 #: whose numbers are doubles printed with 14 digits (``1e+20``), and no store
 #: keeps anywhere near this many jobs.
 MAX_LIST_OFFSET = 2**31 - 1
+#: Said above a list whose search left older jobs out (Store.page).
+_PARTIAL_SEARCH = (
+    f"The search looked through the {SEARCH_SCAN:,} newest jobs only: older"
+    " ones were not searched. A job's full id finds it wherever it is.")
 
 
 class StatusApp:
@@ -435,12 +440,13 @@ class StatusApp:
         store = self.middleware.engine.store
         # One store call for the page (filtered and paged by the store: a
         # Redis store sends one page, not every record), one for the counts.
-        records, total = store.page(
+        records, total = found = store.page(
             (state,) if state else (), search, (page - 1) * per_page, per_page)
         pages = max(1, math.ceil(total / per_page))
         jobs = [record_to_dict(r) for r in records]
         return {"jobs": jobs, "counts": store.counts(), "total": total,
-                "page": page, "pages": pages, "state": state, "q": search}
+                "page": page, "pages": pages, "state": state, "q": search,
+                "partial": found.partial}
 
     @staticmethod
     def _json(data: Any, status: int = 200) -> Response:
@@ -453,7 +459,8 @@ class StatusApp:
             request.script_root, found["jobs"], found["counts"],
             state=found["state"], search=found["q"], page=found["page"],
             per_page=self.per_page, total=found["total"], now=time.time(),
-            notice=self._notice(request),
+            notice=self._notice(request) or (_PARTIAL_SEARCH if found["partial"]
+                                             else None),
         )
         return Response(page, mimetype="text/html")
 

@@ -63,7 +63,7 @@ from multiprocessing import connection, managers, reduction
 from typing import Any
 
 from ..exceptions import StoreUnavailable
-from .protocol import Record, Store
+from .protocol import Page, Record, Store, check_page
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -401,7 +401,8 @@ class GuardedStore:
     def page(
         self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
         limit: int = 50,
-    ) -> tuple[builtins.list[Record], int]:
+    ) -> Page:
+        check_page(offset, limit)  # (here: a clear error, not the manager's)
         return self._call(  # type: ignore[no-any-return]
             "page", states, query, offset, limit)
 

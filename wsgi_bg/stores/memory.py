@@ -38,7 +38,7 @@ from typing import Any
 from ..exceptions import StoreUnavailable
 from ..jobs import TERMINAL_STATES, JobState
 from .guard import GuardedStore
-from .protocol import Record, Store
+from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
 
 
 def dropped_marker(dropped: int, limit: int) -> str:
@@ -343,6 +343,8 @@ class MemoryStore:
             return dict(record), text, offset
 
     def list(self, limit: int | None = None) -> list[Record]:
+        if limit is not None:
+            check_page(0, limit)
         with self._lock:
             self._prune()
             records = reversed(self._records.values())
@@ -351,17 +353,28 @@ class MemoryStore:
     def page(
         self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
         limit: int = 50,
-    ) -> tuple[builtins.list[Record], int]:
+    ) -> Page:
+        check_page(offset, limit)
         folded = query.casefold()
         with self._lock:
             self._prune()
-            found = [
-                r for r in reversed(self._records.values())
-                if (not states or r["state"] in states)
-                and (not query or folded in str(r["name"]).casefold()
-                     or r["id"] == query)
-            ]
-            return [dict(r) for r in found[offset : offset + limit]], len(found)
+            kept = (r for r in reversed(self._records.values())
+                    if not states or r["state"] in states)
+            if not query:
+                found = list(kept)
+                return Page([dict(r) for r in found[offset : offset + limit]],
+                            len(found))
+            # The newest SEARCH_SCAN only, as on Redis; an id wherever it is.
+            scanned = list(itertools.islice(kept, SEARCH_SCAN + 1))
+            partial = len(scanned) > SEARCH_SCAN
+            found = [r for r in scanned[:SEARCH_SCAN]
+                     if folded in str(r["name"]).casefold() and r["id"] != query]
+            exact = self._records.get(query)
+            if exact is not None and (not states or exact["state"] in states):
+                found.append(exact)
+                found.sort(key=lambda r: r["created_at"], reverse=True)
+            return Page([dict(r) for r in found[offset : offset + limit]],
+                        len(found), partial)
 
     def ids_in_state(self, *states: str) -> builtins.list[str]:
         with self._lock:

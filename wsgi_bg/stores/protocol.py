@@ -30,6 +30,53 @@ RECORD_FIELDS = (
 #: (set by :meth:`Store.create` of that run, in the same call).
 RERUN_FIELDS = ("rerun_of", "rerun_as")
 
+#: The largest ``offset`` or ``limit`` :meth:`Store.page` takes.
+MAX_PAGE_INDEX = 2**31 - 1
+#: How many jobs a search (:meth:`Store.page` with a query) looks through at
+#: most, newest first: its cost is bounded whatever ``max_jobs`` is.
+SEARCH_SCAN = 1000
+
+
+def check_page(offset: Any, limit: Any) -> None:
+    """Refuse paging values no store can serve (a float, ``10**20``).
+
+    :raises ValueError: saying which value and what is allowed.
+    """
+    for name, value in (("offset", offset), ("limit", limit)):
+        if (isinstance(value, bool) or not isinstance(value, int)
+                or not 0 <= value <= MAX_PAGE_INDEX):
+            raise ValueError(
+                f"{name} must be an integer from 0 to {MAX_PAGE_INDEX}, got"
+                f" {value!r}")
+
+
+class Page(tuple[list[Record], int]):
+    """What :meth:`Store.page` returns: ``(records, total)`` (it unpacks as
+    that pair), and :attr:`partial`: whether a search stopped before the
+    oldest jobs (see :data:`SEARCH_SCAN`), so that ``total`` counts only the
+    matches among the newest.
+
+    .. versionadded:: 0.2
+    """
+
+    partial: bool
+
+    def __new__(cls, records: list[Record], total: int, partial: bool = False) -> Page:
+        page = super().__new__(cls, (records, total))
+        page.partial = partial
+        return page
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (to and from the manager process)
+        return (Page, (self[0], self[1], self.partial))
+
+    @property
+    def records(self) -> list[Record]:
+        return self[0]
+
+    @property
+    def total(self) -> int:
+        return self[1]
+
 
 class Store(Protocol):
     """Records are plain dicts with at least :data:`RECORD_FIELDS`. Each method
@@ -135,17 +182,28 @@ class Store(Protocol):
         consistent state: what pages poll), or ``None``."""
 
     def list(self, limit: int | None = None) -> builtins.list[Record]:
-        """Records, newest first."""
+        """Records, newest first (``limit`` of them; all if ``None`` or 0).
+
+        :raises ValueError: for a ``limit`` that is not ``None`` or an
+            integer from 0 to :data:`MAX_PAGE_INDEX`."""
 
     def page(
         self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
         limit: int = 50,
-    ) -> tuple[builtins.list[Record], int]:
+    ) -> Page:
         """One page of the list, newest first, and how many records match:
         those in any of ``states`` (all when empty) whose name contains
         ``query`` (ignoring case; on Redis, only ASCII letters' case) or
         whose id is ``query``; ``limit`` records from the ``offset``-th. What
         the list pages read: one call, whatever the number of jobs kept.
+
+        A name is searched among the :data:`SEARCH_SCAN` newest jobs (in
+        ``states``) only, so that a search costs the same whatever the
+        number of jobs kept; the page's :attr:`Page.partial` says when older
+        ones were left out. An id is found wherever it is.
+
+        :raises ValueError: for an ``offset`` or ``limit`` that is not an
+            integer from 0 to :data:`MAX_PAGE_INDEX` (see :func:`check_page`).
 
         .. versionadded:: 0.2
         """

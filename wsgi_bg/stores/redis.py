@@ -68,7 +68,7 @@ from redis.retry import Retry
 from ..exceptions import ResultUnavailable, StoreUnavailable
 from ..jobs import JobState
 from .memory import dropped_marker, encode_output, tail_cut
-from .protocol import Record, Store
+from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
 from .signing import BadSignature, Signer, resolve_secret_key
 
 logger = logging.getLogger("wsgi_bg")
@@ -412,22 +412,24 @@ return records
 """
 
 # ARGV[7] query as it is stored (JSON-escaped, lower case) or '', [8] the
-# query as given (an id), [9] offset, [10] limit, [11...] states (none: all).
-# Without a query: ZCARD and ZREVRANGE ... LIMIT on the state zsets (merged
-# when several); with one, the names of the jobs kept are read here, in Redis
-# (bounded by max_jobs and the jobs queued and running), never sent back.
+# query as given (an id), [9] offset, [10] limit, [11] how many names a
+# search reads at most, [12...] states (none: all). Without a query: ZCARD
+# and ZREVRANGE ... LIMIT on the state zsets (merged when several); with one,
+# the names of the newest [11] jobs (in those states) are read here, in
+# Redis, never sent back, and an id is looked up wherever it is.
+# {total, records, 1 if the search left older jobs out}
 _PAGE = """
 prune()
 local q, qid = ARGV[7], ARGV[8]
-local offset, limit = tonumber(ARGV[9]), tonumber(ARGV[10])
+local offset, limit, scan = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local keys = {}
-for i = 11, #ARGV do keys[#keys + 1] = P .. 'state:' .. ARGV[i] end
+for i = 12, #ARGV do keys[#keys + 1] = P .. 'state:' .. ARGV[i] end
 if #keys == 0 then keys = {P .. 'jobs'} end
 local function newer(a, b)
   if a[1] ~= b[1] then return a[1] > b[1] end
   return a[2] > b[2]
 end
-local found, total = {}, 0
+local found, total, partial = {}, 0, 0
 if q == '' then
   for _, key in ipairs(keys) do
     total = total + redis.call('ZCARD', key)
@@ -443,17 +445,31 @@ if q == '' then
     offset = 0  -- ZREVRANGE skipped it
   end
 else
+  local newest = {}
   for _, key in ipairs(keys) do
-    local got = redis.call('ZREVRANGE', key, 0, -1, 'WITHSCORES')
-    for i = 1, #got, 2 do
-      local id = got[i]
-      local name = redis.call('HGET', k('job', id), 'name')
-      if id == qid or (name and string.find(string.lower(name), q, 1, true)) then
-        found[#found + 1] = {tonumber(got[i + 1]), id}
-      end
+    if redis.call('ZCARD', key) > scan then partial = 1 end
+    local got = redis.call('ZREVRANGE', key, 0, scan - 1, 'WITHSCORES')
+    for i = 1, #got, 2 do newest[#newest + 1] = {tonumber(got[i + 1]), got[i]} end
+  end
+  if #keys > 1 then
+    table.sort(newest, newer)
+    if #newest > scan then partial = 1 end
+  end
+  for i = 1, math.min(#newest, scan) do
+    local id = newest[i][2]
+    local name = redis.call('HGET', k('job', id), 'name')
+    if id ~= qid and name and string.find(string.lower(name), q, 1, true) then
+      found[#found + 1] = newest[i]
     end
   end
-  if #keys > 1 then table.sort(found, newer) end
+  for _, key in ipairs(keys) do  -- an id, exactly: wherever it is
+    local score = redis.call('ZSCORE', key, qid)
+    if score then
+      found[#found + 1] = {tonumber(score), qid}
+      table.sort(found, newer)
+      break
+    end
+  end
   total = #found
 end
 local records = {}
@@ -461,7 +477,7 @@ for i = offset + 1, math.min(offset + limit, #found) do
   local fields = redis.call('HGETALL', k('job', found[i][2]))
   if #fields > 0 then records[#records + 1] = fields end
 end
-return {total, records}
+return {total, records, partial}
 """
 
 _COUNTS = """
@@ -793,6 +809,8 @@ class RedisStore:
 
     @_reaching
     def list(self, limit: int | None = None) -> builtins.list[Record]:
+        if limit is not None:
+            check_page(0, limit)
         self._maybe_sweep()
         return [_decode_record(f) for f in self._list(args=self._args(limit or 0))]
 
@@ -800,16 +818,17 @@ class RedisStore:
     def page(
         self, states: tuple[str, ...] = (), query: str = "", offset: int = 0,
         limit: int = 50,
-    ) -> tuple[builtins.list[Record], int]:
-        self._maybe_sweep()
+    ) -> Page:
+        check_page(offset, limit)  # (Lua would get 1e+20 for 10**20)
         for state in states:
             if state not in _STATES:
                 raise ValueError(f"states must be job states, got {state!r}")
+        self._maybe_sweep()
         # Names are stored as JSON: the query is matched as JSON too.
         stored = _dump(query)[1:-1].lower() if query else ""
-        total, found = self._page(args=self._args(
-            stored, query, max(0, int(offset)), max(0, int(limit)), *states))
-        return [_decode_record(f) for f in found], int(total)
+        total, found, partial = self._page(args=self._args(
+            stored, query, offset, limit, SEARCH_SCAN, *states))
+        return Page([_decode_record(f) for f in found], int(total), bool(partial))
 
     @_reaching
     def ids_in_state(self, *states: str) -> builtins.list[str]:
