@@ -76,9 +76,9 @@ def test_a_marked_apps_pages_show_the_request_line_and_no_secret(make_mw):
     args = job.to_dict()["args"]
     assert args == (
         "POST /login?year=2026&token=[hidden]&name=ann · body: 25 bytes ·"
-        " Content-Type: application/x-www-form-urlencoded, Host: localhost:80,"
-        " User-Agent: curl/8.4 · values not shown: Authorization, Cookie,"
-        " Proxy-Authorization, X-Api-Key")
+        " Host: localhost:80, User-Agent: curl/8.4, Content-Type:"
+        " application/x-www-form-urlencoded · values not shown: Authorization,"
+        " Cookie, Proxy-Authorization, X-Api-Key")
     assert "token=[hidden]&amp;name=ann · body: 25 bytes" in answers["page"]
     # The result shows the response's headers, without the cookie it set;
     # job.result, read by the server's own code, keeps it.
@@ -211,3 +211,46 @@ def test_any_output_offset_is_a_400_or_no_output(make_mw, since):
         assert answer.status_int in (200, 400), answer.text[:300]
         if answer.status_int == 400:
             assert re.search(r"(since|Last-Event-ID) must be", answer.text)
+
+
+# -- what a marked app's page says of its request, exactly --------------------------
+@pytest.mark.parametrize("name", [
+    "password", "passwd", "pwd", "secret", "client_secret", "token", "access_token",
+    "auth", "Authorization", "session", "sessionid", "api_key", "apikey", "key",
+    "sig", "signature", "credentials", "csrf", "csrfmiddlewaretoken", "xsrf",
+    "otp", "code", "nonce", "jwt", "bearer", "cookie", "private", "ticket",
+    "SAMLResponse"])
+def test_a_query_value_under_a_secret_looking_name_is_hidden(name):
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from wsgi_bg.marks import describe_request
+
+    request = Request(EnvironBuilder(path="/cb", query_string={
+        name: "S3CRET", "year": "2026"}).get_environ())
+    assert describe_request(request, b"") == (
+        f"GET /cb?{name}=[hidden]&year=2026 · Host: localhost")
+
+
+def test_a_request_is_described_bounded_with_header_values_from_the_list_only():
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from wsgi_bg.marks import describe_request
+
+    headers = {"Referer": "https://x.example/?token=T1", "X-Forwarded-For": "10.1.2.3",
+               "X-Custom": "C1", "Accept": "text/html", "Origin": "https://x.example",
+               "Accept-Language": "fr", "X-Requested-With": "XMLHttpRequest"}
+    request = Request(EnvironBuilder(
+        path="/a", method="PUT", query_string={"q": "x" * 500}, headers=headers,
+        data=b"\x00" * 70_000, environ_overrides={"SCRIPT_NAME": "/app"},
+    ).get_environ())
+    text = describe_request(request, b"\x00" * 70_000)
+    assert text == (
+        f"PUT /app/a?q={'x' * 99}… · body: 70000 bytes · Host: localhost, Accept:"
+        " text/html, Accept-Language: fr, Origin: https://x.example,"
+        " X-Requested-With: XMLHttpRequest · values not shown: Referer, X-Custom,"
+        " X-Forwarded-For")
+    many = Request(EnvironBuilder(path="/a", query_string={
+        f"k{n}": "v" * 90 for n in range(100)}).get_environ())
+    assert len(describe_request(many, b"")) == 2000

@@ -248,6 +248,8 @@ def describe_request(request: Request, body: bytes) -> str:
         POST /report?year=2026&token=[hidden] · body: 15 bytes · Host:
         example.com, Content-Type: application/x-www-form-urlencoded · values
         not shown: Authorization, Cookie
+
+    Shown headers come in :data:`SHOWN_HEADERS`' order, the others by name.
     """
     query = "&".join(
         f"{name}={HIDDEN if SECRET_NAME.search(name) else _short(value)}"
@@ -256,14 +258,13 @@ def describe_request(request: Request, body: bytes) -> str:
     parts = [f"{line}?{query}" if query else line]
     if body:
         parts.append(f"body: {len(body)} bytes")
-    shown, named = [], []
-    for key, value in request.environ.items():
-        if key in _SHOWN_KEYS:
-            shown.append(f"{_SHOWN_KEYS[key]}: {_short(str(value))}")
-        elif key.startswith("HTTP_"):
-            named.append(key[5:].replace("_", "-").title())
+    environ = request.environ
+    shown = [f"{name}: {_short(str(environ[key]))}"
+             for key, name in _SHOWN_KEYS.items() if key in environ]
+    named = [key[5:].replace("_", "-").title() for key in environ
+             if key.startswith("HTTP_") and key not in _SHOWN_KEYS]
     if shown:
-        parts.append(", ".join(sorted(shown)))
+        parts.append(", ".join(shown))
     if named:
         parts.append("values not shown: " + ", ".join(sorted(named)))
     text = " · ".join(parts)
