@@ -1,4 +1,5 @@
 # make test  - create .venv if needed, install wsgi_bg with its test dependencies, run the tests
+#             in parallel (TEST_WORKERS=4 xdist workers; PYTEST_ARGS=... for more options)
 # make demo  - serve the ported web.py example on http://127.0.0.1:8080
 # make bench - run the benchmarks in bench/ (not part of make test)
 # make lint  - ruff and mypy on the package
@@ -15,8 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e . --group tests --group typing
 	touch $(STAMP)
 
+# The tests mostly wait on processes: more xdist workers than cores pays
+# (docs/testing.md has the measurements). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/wsgi-bg demo

@@ -63,7 +63,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def redis_server():
-    """A redis-server of the test session's own (skips where none is installed)."""
+    """A redis-server of the test session's own (skips where none is installed).
+
+    Under pytest-xdist a session is one xdist worker: each has its own server,
+    RQ workers and queue, and its process checks (helpers.py) see only its own
+    descendants, so no xdist worker sees another's jobs or processes."""
     server = RedisServer().start()
     SESSION_PIDS.add(server.process.pid)
     yield server
@@ -71,8 +75,9 @@ def redis_server():
 
 
 #: The RQ queue the session's rq workers take jobs from (each test's jobs
-#: still live in a namespace of the test's own).
-RQ_TEST_QUEUE = "wsgi_bg-tests"
+#: still live in a namespace of the test's own); named after the xdist worker
+#: too, though each has a Redis of its own.
+RQ_TEST_QUEUE = f"wsgi_bg-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +162,7 @@ def stop_rq_jobs(mw: BackgroundMiddleware, queue, timeout: float = 20.0) -> None
     store = mw.engine.store
     for job_id in store.ids_in_state("queued", "running"):
         store.request_cancel(job_id, 0.0)
-    queue.empty()  # tests run one at a time: what waits there is this test's
+    queue.empty()  # a session runs one test at a time: what waits there is this test's
     wait_for(lambda: not store.ids_in_state("queued", "running"), timeout,
              message="this test's RQ jobs to end")
 

@@ -1,7 +1,12 @@
 """A real redis-server for the tests: a free port on 127.0.0.1, no persistence
-unless asked, a temporary directory; stopped by whoever started it."""
+unless asked, a temporary directory; stopped by whoever started it.
+
+Under pytest-xdist every xdist worker starts servers of its own: their
+directories (hence Unix sockets) are unique, and a port another process took
+between :func:`free_port` and the server's bind is replaced by a new one."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -30,6 +35,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortTaken(Exception):
+    """Another process holds the port chosen for a server."""
+
+
 class RedisServer:
     """One redis-server process. ``persist=True`` keeps data across
     :meth:`restart` (append-only file, fsync always)."""
@@ -39,7 +48,8 @@ class RedisServer:
         self.port = free_port()
         self.persist = persist
         self._clients: list = []
-        self.dir = tempfile.mkdtemp(prefix="wsgi_bg-redis-")
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.dir = tempfile.mkdtemp(prefix=f"wsgi_bg-redis-{worker}-")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         #: The same server on a Unix socket.
         self.socket = os.path.join(self.dir, "redis.sock")
@@ -58,8 +68,25 @@ class RedisServer:
             self.url = (f"rediss://127.0.0.1:{self.port}/0"
                         f"?ssl_ca_certs={self.cert}")
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self._started:  # a restart: its users know this port
+                    raise
+                self._move(free_port())
+        raise RuntimeError(f"redis-server found no free port in 5 tries ({self.port})")
+
+    def _move(self, port: int) -> None:
+        self.url = self.url.replace(f":{self.port}/", f":{port}/")
+        self.port = port
+
+    def _start(self, timeout: float) -> RedisServer:
+        if not self.free():
+            raise PortTaken(self.port)
         port = ["--port", "0", "--tls-port"] if self.tls else ["--port"]
         args = [self.binary, *port, str(self.port), "--bind", "127.0.0.1",
                 "--dir", self.dir, "--save", "", "--daemonize", "no",
@@ -76,15 +103,53 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not self.ping():
+        # Answered by this process, not by another's server on the port.
+        while not (self.ping() and self.process.poll() is None
+                   and self._answering_pid() == self.process.pid):
             if self.process.poll() is not None:
                 code = self.process.returncode
+                self.process = None
+                if not self.free():  # another process bound it meanwhile
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"redis-server exited with {code}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server did not answer within {timeout} s")
             time.sleep(0.02)
+        self._started = True
         return self
+
+    def _answering_pid(self) -> int | None:
+        """The pid of the server answering on the port (INFO server)."""
+        reply = b""
+        try:
+            with contextlib.ExitStack() as stack:
+                s = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5))
+                if self.tls:
+                    context = ssl.create_default_context(cafile=self.cert)
+                    s = stack.enter_context(
+                        context.wrap_socket(s, server_hostname="127.0.0.1"))
+                s.sendall(b"INFO server\r\n")
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return None
+                    reply += chunk
+        except OSError:
+            return None
+        line = reply.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0]
+        return int(line)
+
+    def free(self) -> bool:
+        """Whether this server's port can be bound (by the server to start)."""
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self.port))
+            except OSError:
+                return False
+            return True
 
     def ping(self) -> bool:
         try:

@@ -357,6 +357,7 @@ def test_the_fixture_fails_a_test_that_leaves_a_process(pytester):
         from wsgi_bg.testing import wait_for_job
 
         def test_leaves(wsgi_bg_middleware):
+            wsgi_bg_middleware.process_timeout = 0.5  # not the 10 s default
             stray = subprocess.Popen([sys.executable, "-c",
                                       "import time; time.sleep(30)"])
             with open("stray.pid", "w") as f:
@@ -378,7 +379,8 @@ def test_the_fixture_fails_a_test_that_leaves_a_process(pytester):
                 pass
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaves*",
-                                 "*process(es) left behind*time.sleep(30)*"])
+                                 "*process(es) left behind, still alive 0.5 s"
+                                 " later*time.sleep(30)*"])
 
 
 # -- start_method="fork" -----------------------------------------------------------
