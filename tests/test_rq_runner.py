@@ -23,7 +23,8 @@ from conftest import RQ_TEST_QUEUE, TEST_SECRET_KEY, stop_rq_jobs
 from helpers import SESSION_PIDS, wait_for
 from rq_workers import PYTHONPATH, ROOT, WSGI_BG_WORKER, RQWorkers, rq_command
 from wsgi_bg import BackgroundMiddleware, JobState
-from wsgi_bg.stores.signing import Signer
+from wsgi_bg.runners.rq import SERIALIZER, queue_name, rq_job_id
+from wsgi_bg.stores.signing import BadSignature, Signer
 
 rq = pytest.importorskip("rq")
 redis = pytest.importorskip("redis")
@@ -56,19 +57,26 @@ def rq_mw(redis_server, session_middleware):
 
 
 def _rq_job(mw, job):
-    from wsgi_bg.runners.rq import rq_job_id
+    """The RQ job of ``job``, read as JSON (as wsgi_bg's queues are)."""
+    return rq.job.Job.fetch(rq_job_id(job.id), serializer=SERIALIZER,
+                            connection=mw.engine._runner.queue.connection)
 
-    return rq.job.Job.fetch(rq_job_id(job.id), connection=mw.engine._runner.queue
-                            .connection)
+
+def _queue(kind):
+    """A queue name of wsgi_bg's, of this test's own."""
+    return f"wsgi_bg.{kind}-{uuid.uuid4().hex[:8]}"
 
 
-def _burst(url, queue, timeout=60):
-    """Run a stock ``rq worker --burst``: it takes what waits, then exits."""
+def _burst(url, queue, timeout=60, log=None):
+    """Run ``rq worker --burst`` with wsgi_bg's worker class: it takes what
+    waits, then exits; its output goes to ``log`` (a path) if given."""
     env = dict(os.environ, WSGI_BG_SECRET_KEY=TEST_SECRET_KEY,
                PYTHONPATH=PYTHONPATH)
-    subprocess.run([rq_command(), "worker", "--burst", queue, "--url", url, "-q"],
-                   env=env, cwd=ROOT, timeout=timeout, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log or os.devnull, "ab") as out:
+        subprocess.run([rq_command(), "worker", "-w", WSGI_BG_WORKER, "--burst",
+                        *queue.split(), "--url", url],
+                       env=env, cwd=ROOT, timeout=timeout, check=True,
+                       stdout=out, stderr=out)
 
 
 # -- choosing the runner ----------------------------------------------------------
@@ -94,39 +102,78 @@ def test_runner_rq_queues_on_the_namespace_queue_and_starts_no_pool(
                             secret_key=TEST_SECRET_KEY, runner="rq",
                             namespace=namespace)
     job = mw.submit(jobfuncs.add, 2, 3)
-    assert mw.engine._runner.queue.name == namespace
+    assert mw.engine._runner.queue.name == f"wsgi_bg.{namespace}"
+    assert queue_name(namespace) == f"wsgi_bg.{namespace}"
+    assert queue_name("wsgi_bg") == "wsgi_bg"  # the default namespace's
     # Nothing started here: no pool, no Manager, no forkserver.
     assert {p.pid for p in psutil.Process().children()} - before - SESSION_PIDS == set()
     assert job.state is JobState.QUEUED
-    _burst(redis_server.url, namespace)
+    _burst(redis_server.url, f"wsgi_bg.{namespace}")
     assert job.wait(timeout=20).result == 5
 
 
 # -- what RQ holds ----------------------------------------------------------------
-def test_the_rq_job_holds_only_the_id_and_names_the_function(rq_mw, redis_server):
-    mw = rq_mw(queue=f"idle-{uuid.uuid4().hex[:8]}")  # no worker: it waits
+def _rq_fields(client):
+    """Every value in every ``rq:*`` key (hashes, lists, sets, zsets,
+    strings, streams), raw and unzipped."""
+    for key in client.keys("rq:*"):
+        kind = client.type(key)
+        if kind == b"hash":
+            values = [*client.hgetall(key), *client.hgetall(key).values()]
+        elif kind == b"list":
+            values = client.lrange(key, 0, -1)
+        elif kind == b"set":
+            values = list(client.smembers(key))
+        elif kind == b"zset":
+            values = client.zrange(key, 0, -1)
+        elif kind == b"string":
+            values = [client.get(key)]
+        elif kind == b"stream":
+            values = [v for _, entry in client.xrange(key) for kv in entry.items()
+                      for v in kv]
+        else:
+            values = []
+        for value in [key, *values]:
+            yield value
+            yield _maybe_unzip(value)
+
+
+def test_the_rq_job_holds_a_signed_reference_and_never_the_job_id(
+        rq_mw, redis_server, rq_workers):
+    """What RQ shows (rq info, rq-dashboard: the call, the RQ id, the
+    description) identifies the job without opening its page: the job id, a
+    capability, is nowhere in RQ's keys, queued, running or ended."""
+    mw = rq_mw(queue=_queue("idle"))  # no worker: it waits
     secret = "s3cret-argument-" + uuid.uuid4().hex
     job = mw.submit(jobfuncs.identity, secret)
     rq_job = _rq_job(mw, job)
     assert rq_job.func_name == "wsgi_bg.runners.rq.perform"
-    assert rq_job.args[0] == job.id
-    assert set(rq_job.args[1]) == {"namespace", "limits", "db", "timeout", "grace",
-                                   "max_result_bytes", "jobs_per_process"}
+    reference, token = rq_job.args
+    assert reference == rq_job.id == rq_job_id(job.id)
     assert rq_job.kwargs == {}
     assert rq_job.description == "wsgi_bg: jobfuncs.identity"  # rq-dashboard's
-    assert rq_job.id != job.id  # the job id, a capability, is not in addresses
-    # Nothing of the call, nor the key, anywhere in RQ's keys.
     client = redis_server.client()
-    for key in client.keys("rq:*"):
-        if client.type(key) != b"hash":
-            continue
-        for value in client.hgetall(key).values():
-            for blob in (value, _maybe_unzip(value)):
-                assert secret.encode() not in blob
-                assert TEST_SECRET_KEY.encode() not in blob
+    # Read as JSON, as RQ's JSON serializer wrote it: no pickle anywhere.
+    assert zlib.decompress(client.hget(f"rq:job:{reference}", "data")).startswith(b"[")
+    # The token: the settings, signed with the reference.
+    signer = Signer(TEST_SECRET_KEY.encode())
+    from wsgi_bg.runners.rq import open_reference
+    assert open_reference(signer, reference, token)["namespace"] == (
+        mw.engine._runner._settings["namespace"])
+    with pytest.raises(BadSignature):
+        open_reference(signer, rq_job_id("another"), token)
+    # A job run and ended on the session's workers, and a job cancelled.
+    ran = rq_mw().submit(jobfuncs.identity, secret)
+    assert ran.wait(timeout=20).state is JobState.SUCCEEDED
+    assert mw.submit(jobfuncs.add, 1, 1).cancel()
+    for value in _rq_fields(client):
+        for capability in (job.id, ran.id):
+            assert capability.encode() not in value
+        assert secret.encode() not in value
+        assert TEST_SECRET_KEY.encode() not in value
     # The call lives in the store, signed.
     stored = client.get(f"{mw.engine._runner._settings['namespace']}:call:{job.id}")
-    assert stored.startswith(b"wsgi_bg.1")
+    assert stored.startswith(b"wsgi_bg.2")
     assert pickle.loads(mw.engine.store.call(job.id))[1] == (secret,)
 
 
@@ -145,7 +192,7 @@ def _maybe_unzip(value: bytes) -> bytes:
 
 
 def test_cancel_of_a_queued_job_takes_it_off_the_rq_queue(rq_mw, redis_server):
-    queue = f"idle-{uuid.uuid4().hex[:8]}"
+    queue = _queue("idle")
     mw = rq_mw(queue=queue)
     job = mw.submit(jobfuncs.touch, "/nonexistent/never")
     rq_job = _rq_job(mw, job)
@@ -161,7 +208,7 @@ def test_cancel_of_a_queued_job_takes_it_off_the_rq_queue(rq_mw, redis_server):
     pytest.param("other-key", id="signed-with-another-key"),
 ])
 def test_a_planted_call_is_never_loaded(rq_mw, redis_server, tmp_path, planted):
-    queue = f"idle-{uuid.uuid4().hex[:8]}"
+    queue = _queue("idle")
     mw = rq_mw(queue=queue)
     marker = tmp_path / "ran"
     job = mw.submit(jobfuncs.add, 1, 2)
@@ -176,6 +223,142 @@ def test_a_planted_call_is_never_loaded(rq_mw, redis_server, tmp_path, planted):
     assert f"the stored call of job {job.id}" in job.error
     assert "not loaded" in job.error
     assert not marker.exists()
+
+
+# -- nothing planted in Redis runs --------------------------------------------------
+class _Touch:
+    """Unpickled, it creates ``path``: what a pickle planted in Redis does."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (jobfuncs.touch, (self.path,))
+
+
+def _planted(marker):
+    return pickle.dumps(_Touch(str(marker)))
+
+
+def test_a_pickle_planted_in_the_rq_job_never_loads_in_the_web_process(
+        rq_mw, redis_server, tmp_path):
+    """Pickles in the ``result`` and ``meta`` of a queued job's RQ hash: the
+    web process reads RQ's jobs as JSON, so cancelling the job (from its
+    page) loads neither, and it is still cancelled in RQ's books too."""
+    mw = rq_mw(queue=_queue("idle"))
+    marker = tmp_path / "ran-in-the-web-process"
+    job = mw.submit(jobfuncs.add, 1, 2)
+    client = redis_server.client()
+    key = f"rq:job:{rq_job_id(job.id)}"
+    client.hset(key, mapping={"result": _planted(marker), "meta": _planted(marker)})
+    from webtest import TestApp
+
+    TestApp(mw).post(f"{mw.prefix}/api/jobs/{job.id}/cancel", status=200)
+    assert job.state is JobState.CANCELLED
+    assert client.hget(key, "status") == b"canceled"
+    assert not marker.exists()
+
+
+def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
+        rq_mw, redis_server, tmp_path):
+    """On wsgi_bg's queue, wsgi_bg's worker runs only wsgi_bg's call with a
+    token signed with the app's key: another function (pickled or JSON), a
+    pickle in a job's ``data``, a forged token are refused, logged and
+    recorded failed in RQ, never loaded; a pickle in ``result`` or ``meta``
+    of a genuine job is not loaded either, and the job runs."""
+    queue = _queue("planted")
+    mw = rq_mw(queue=queue)
+    marker = tmp_path / "ran-in-the-worker"
+    command = f"touch {marker}"
+    client = redis_server.client()
+    pickled = rq.Queue(queue, connection=client)  # RQ's default: pickles
+    as_json = rq.Queue(queue, connection=client, serializer=SERIALIZER)
+    planted = [
+        pickled.enqueue(os.system, command).id,
+        as_json.enqueue("os.system", command).id,
+        as_json.enqueue(jobfuncs.touch, str(marker)).id,
+    ]
+    # wsgi_bg's call, with a token signed with another key.
+    genuine = mw.submit(jobfuncs.add, 1, 2)
+    reference = rq_job_id(genuine.id)
+    _, token = _rq_job(mw, genuine).args
+    from wsgi_bg.runners.rq import open_reference, perform, sign_reference
+
+    settings = open_reference(Signer(TEST_SECRET_KEY.encode()), reference, token)
+    forged = as_json.enqueue(perform, "wsgi_bg-forged", sign_reference(
+        Signer(b"another-key-0123456789abcdef"), "wsgi_bg-forged", settings),
+        job_id="wsgi_bg-forged")
+    planted.append(forged.id)
+    # A pickle in the data of a wsgi_bg job queued after it.
+    victim = mw.submit(jobfuncs.add, 2, 2)
+    client.hset(f"rq:job:{rq_job_id(victim.id)}", "data",
+                zlib.compress(_planted(marker)))
+    planted.append(rq_job_id(victim.id))
+    # Pickles in the result and meta of a genuine job: never loaded.
+    client.hset(f"rq:job:{reference}", mapping={
+        "result": _planted(marker), "meta": _planted(marker)})
+    log = tmp_path / "worker.log"
+    _burst(redis_server.url, queue, log=str(log))
+    assert not marker.exists()
+    assert genuine.wait(timeout=20).result == 3
+    text = log.read_text()
+    failed = rq.registry.FailedJobRegistry(queue=as_json)
+    for rq_id in planted:
+        assert f"refused job {rq_id}" in text, text
+        assert rq_id in failed.get_job_ids()
+    assert text.count("refused job") == len(planted)
+    assert "not a wsgi_bg job" in text and "did not check out" in text
+    assert "not wsgi_bg's (not JSON)" in text
+    assert victim.state is JobState.QUEUED  # never run (swept: see below)
+
+
+def _documented_acl(namespace):
+    """The ACL docs/security.md shows, for ``namespace``."""
+    with open(os.path.join(ROOT, "docs", "security.md"), encoding="utf-8") as f:
+        line = next(raw.strip() for raw in f if "ACL SETUSER wsgi_bg" in raw)
+    return line.replace("~wsgi_bg:*", f"~{namespace}:*").split()[3:]
+
+
+def test_the_documented_acl_works_with_runner_rq_and_nothing_planted_runs(
+        redis_server, wsgi_bg_middleware, tmp_path):
+    """The web processes with the ACL user docs/security.md shows: submit,
+    cancel and the pages work on runner="rq"; what that user can plant on
+    wsgi_bg's queue (a call, a pickle in a job's result) never runs."""
+    namespace = f"acl-{uuid.uuid4().hex[:8]}"
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "wsgi_bg", "reset",
+                          *_documented_acl(namespace))
+    workers = None
+    try:
+        url = redis_server.url.replace("redis://", "redis://wsgi_bg:long-password@")
+        mw = wsgi_bg_middleware(jobfuncs.hello, store=url, runner="rq",
+                                namespace=namespace, secret_key=TEST_SECRET_KEY)
+        marker = tmp_path / "ran"
+        job = mw.submit(jobfuncs.add, 2, 3)
+        cancelled = mw.submit(jobfuncs.add, 1, 1)
+        as_web = redis.Redis.from_url(url)
+        queue = f"wsgi_bg.{namespace}"
+        rq.Queue(queue, connection=as_web).enqueue(
+            os.system, f"touch {marker}", job_id="wsgi_bg-planted")
+        as_web.hset(f"rq:job:{rq_job_id(cancelled.id)}", "result", _planted(marker))
+        assert cancelled.cancel() is True
+        as_web.close()
+        log = tmp_path / "worker.log"
+        workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
+                            log=str(log)).start()
+        assert job.wait(timeout=20).result == 5
+        wait_for(lambda: "refused job wsgi_bg-planted" in log.read_text(), 20,
+                 message="the worker to refuse the planted job")
+        assert not marker.exists()
+        assert cancelled.state is JobState.CANCELLED
+        # The user could do all of it: nothing was refused by Redis.
+        assert not [e for e in admin.execute_command("ACL", "LOG")
+                    if e[b"username"] == b"wsgi_bg" and e[b"object"] != b"info"]
+    finally:
+        if workers is not None:
+            workers.stop()
+        admin.execute_command("ACL", "DELUSER", "wsgi_bg")
+        admin.execute_command("ACL", "LOG", "RESET")
 
 
 # -- the worker lives on ----------------------------------------------------------
@@ -227,8 +410,10 @@ def _plain_rq_result(queue, fn, *args):
 
 def test_wsgi_bg_jobs_run_in_the_worker_and_plain_rq_jobs_in_a_work_horse(
         rq_mw, redis_server):
-    queue = f"mixed-{uuid.uuid4().hex[:8]}"
-    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    queue = _queue("mixed")
+    plain = f"plain-{uuid.uuid4().hex[:8]}"
+    workers = RQWorkers(redis_server.url, f"{queue} {plain}", TEST_SECRET_KEY,
+                        count=1).start()
     try:
         mw = rq_mw(queue=queue)
         worker = workers.pids[0]
@@ -238,9 +423,10 @@ def test_wsgi_bg_jobs_run_in_the_worker_and_plain_rq_jobs_in_a_work_horse(
         assert {parent for _, parent in ran} == {worker}
         assert len({pid for pid, _ in ran}) == 1
         warm = ran[0][0]
-        # A plain RQ job on the same worker gets a work horse, as on a stock one.
+        # A plain RQ job on the same worker (on a queue not wsgi_bg's) gets
+        # a work horse, as on a stock one.
         with redis_server.client() as client:
-            horse, parent = _plain_rq_result(rq.Queue(queue, connection=client),
+            horse, parent = _plain_rq_result(rq.Queue(plain, connection=client),
                                              jobfuncs.pid_and_parent)
         assert parent == worker
         assert horse not in (worker, warm)
@@ -273,7 +459,7 @@ def test_wsgi_bg_jobs_run_in_the_worker_and_plain_rq_jobs_in_a_work_horse(
 ])
 def test_a_worker_stopped_mid_job_stops_its_job_then_exits(
         rq_mw, redis_server, tmp_path, fn, signals, grace, state):
-    queue = f"stop-{uuid.uuid4().hex[:8]}"
+    queue = _queue("stop")
     workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
     try:
         mw = rq_mw(queue=queue, cancel_grace=grace)
@@ -333,7 +519,7 @@ def test_rq_heartbeats_go_on_while_a_job_runs_in_the_worker(
     runs out (``--job-monitoring-interval`` + 60 s after the last): a forking
     worker renews it while it waits for its horse, wsgi_bg's from the
     supervisor's loop."""
-    queue = f"beat-{uuid.uuid4().hex[:8]}"
+    queue = _queue("beat")
     workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
                         options=("--job-monitoring-interval", "1")).start()
     try:
@@ -370,14 +556,12 @@ def test_rq_heartbeats_go_on_while_a_job_runs_in_the_worker(
     # wsgi_bg's worker: the job's process is the worker's child, and dies
     # with it; the job's lease runs out.
     pytest.param(WSGI_BG_WORKER, "worker", id="wsgi_bg-worker"),
-    # RQ's stock worker: its work horse notices at once, unless it is
-    # killed too (a host gone).
-    pytest.param(None, "worker", id="stock-worker-only"),
-    pytest.param(None, "host", id="stock-worker-horse-and-job"),
+    # A host gone: the worker and the job's process killed at once.
+    pytest.param(WSGI_BG_WORKER, "host", id="wsgi_bg-worker-and-job"),
 ])
 def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
         rq_mw, redis_server, tmp_path, worker_class, how):
-    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    queue = _queue("kill")
     workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=2,
                         worker_class=worker_class).start()
     try:

@@ -295,11 +295,13 @@ class BackgroundMiddleware:
     :param runner: where jobs run. ``"pool"`` (default): a process pool of
         this server process (``max_workers``, ``start_method``,
         ``executor_factory`` and ``max_jobs_per_process`` apply to it).
-        ``"rq"``: queued on the RQ queue named ``namespace``, run by
-        ``rq worker -w wsgi_bg.rq_worker.Worker`` processes on any host
+        ``"rq"``: queued on the RQ queue ``wsgi_bg.<namespace>`` (``wsgi_bg``
+        for the default namespace), run by ``rq worker -w
+        wsgi_bg.rq_worker.Worker`` processes on any host
         (``max_jobs_per_process`` applies there; ``pip install "wsgi_bg[rq]"``;
         needs the Redis store, and the same secret key on the workers); or
-        an :class:`rq.Queue` of your own, in the store's Redis. This process
+        an :class:`rq.Queue` of your own, in the store's Redis, whose name
+        begins with ``wsgi_bg``. This process
         then starts no pool. ``"inline"``, for tests: each job runs at once
         in the thread that starts it, in the configured store (with the
         default store nothing starts), so mocks apply; no fd-level capture,

@@ -6,15 +6,15 @@ on machines of their own; it needs the Redis store::
     app = BackgroundMiddleware(app, store="redis://redis:6379/0", runner="rq")
 
 and, on each worker host (the app's code importable, the same
-``WSGI_BG_SECRET_KEY``), the stock command with wsgi_bg's worker class::
+``WSGI_BG_SECRET_KEY``), the stock command with wsgi_bg's worker class, on
+the namespace's queue (:func:`queue_name`: ``wsgi_bg`` for the default
+namespace, ``wsgi_bg.shop`` for ``namespace="shop"``)::
 
     rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg --url redis://redis:6379/0
 
 (see :mod:`wsgi_bg.rq_worker`: the worker runs wsgi_bg's jobs in its own
 process, a long-lived supervisor as a pool worker is, and forks a work horse
-for any other RQ job. RQ's stock worker class works too, slower:
-``rq worker -c wsgi_bg.rq_worker wsgi_bg ...`` forks a work horse per job, and
-the horse runs the supervisor.)
+for any other RQ job on other queues.)
 
 Data flow::
 
@@ -23,8 +23,9 @@ Data flow::
     engine.submit
       store.create(record, call) ─► N:job:{id}, N:call:{id}
                                     (the call signed)
-      queue.enqueue(perform, id) ─► rq:queue:N ─────────────► rq worker
-                                                               perform(id, settings)
+      queue.enqueue(perform,     ─► rq:queue:wsgi_bg… ───────► rq worker
+        reference, signed                                      checks the signature
+        settings) (JSON)                                       perform(reference, …)
                                       N:call:{id} ◄───────────   store.call: checked
                                                                  supervise(...)
                                                                    job process (kept
@@ -32,12 +33,18 @@ Data flow::
     pages ◄── store.view ◄─────────  output, progress,  ◄─────     relay, kill, reap
                                      result, lease
 
-The RQ job holds the wsgi_bg job id and settings that are no secret (the
-namespace, the store's limits, the timeout, the grace and
-``max_jobs_per_process``): RQ's own pickles hold nothing of the user's, and
-its description (what rq-dashboard shows) names the function only. The call
-lives in the store, signed with the app's secret key; the worker checks it
-before anything unpickles it, and a call that fails the check ends the job
+What RQ holds is JSON (RQ's ``JSONSerializer``, on wsgi_bg's queues only):
+nothing of RQ's is ever unpickled by a web process or by wsgi_bg's worker
+for these queues, so whoever can write to Redis cannot make them run code.
+The RQ job is ``perform(reference, token)``: the reference
+(:func:`rq_job_id`, also the RQ job's id) is a hash of the job id, which
+identifies the job without opening its page (the job id is a capability);
+the token holds the settings that are no secret (the namespace, the store's
+limits, the timeout, the grace, ``max_jobs_per_process``), signed with the
+app's secret key with the reference. wsgi_bg's worker runs an RQ job of
+wsgi_bg's queues only if it is that call with a valid token, and refuses
+anything else. The call itself lives in the store, signed; the worker checks
+it before anything unpickles it, and a call that fails the check ends the job
 ``failed`` without being loaded.
 
 The worker runs the same supervisor as a pool worker
@@ -56,33 +63,97 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 import rq
+from rq.serializers import JSONSerializer
 
-from ..exceptions import StoreUnavailable
+from ..exceptions import StoreUnavailable, WsgiBgError
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend
 from ..stores.redis import RedisBackend, RedisStore, connect, connection_settings
 from ..stores.signing import BadSignature, Signer, resolve_secret_key
-from .supervisor import release_warm, supervise
+from .supervisor import supervise
 
 logger = logging.getLogger("wsgi_bg")
 
 #: Seconds RQ's own timeout leaves beyond a job's timeout and grace: the
-#: supervisor enforces the job's; RQ's would kill the supervisor itself.
+#: supervisor enforces the job's; RQ's timeout only sizes RQ's heartbeats.
 RQ_TIMEOUT_MARGIN = 60
+#: What names wsgi_bg's RQ queues begin with: on them, wsgi_bg's worker runs
+#: nothing but signed wsgi_bg jobs (see :func:`is_wsgi_bg_queue`).
+QUEUE_PREFIX = "wsgi_bg"
+#: What RQ's jobs on wsgi_bg's queues are serialised with: JSON cannot run
+#: code when loaded, as a pickle can.
+SERIALIZER = JSONSerializer
 _ADDRESS = ("host", "port", "path")
+_PURPOSE = "rq job"
+
+
+def queue_name(namespace: str) -> str:
+    """The RQ queue of ``runner="rq"`` for ``namespace``: the namespace
+    itself if it begins with ``wsgi_bg``, else ``wsgi_bg.<namespace>``
+    (``wsgi_bg`` for the default namespace, ``wsgi_bg.shop`` for ``shop``).
+    Give it to the workers: ``rq worker -w wsgi_bg.rq_worker.Worker
+    wsgi_bg.shop``."""
+    return namespace if is_wsgi_bg_queue(namespace) else f"{QUEUE_PREFIX}.{namespace}"
+
+
+def is_wsgi_bg_queue(name: str) -> bool:
+    """Whether the RQ queue ``name`` is wsgi_bg's: its name begins with
+    ``wsgi_bg``. wsgi_bg's worker runs only signed wsgi_bg jobs there and
+    reads them as JSON; on any other queue it is RQ's stock worker."""
+    return name.startswith(QUEUE_PREFIX)
 
 
 def rq_job_id(job_id: str) -> str:
-    """The RQ job id of a wsgi_bg job: derived, not the same (a wsgi_bg job id
-    is a capability, and RQ ids show in rq-dashboard's addresses)."""
-    return "wsgi_bg-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+    """The RQ job id of a wsgi_bg job, which its RQ job also carries as its
+    reference: derived, not the same (a wsgi_bg job id is a capability, and
+    RQ ids show in rq-dashboard and ``rq info``). SHA-1, as Redis's scripts
+    compute it too (``redis.sha1hex``); a job id is 256 random bits, so the
+    hash neither reveals it nor meets another's."""
+    return "wsgi_bg-" + hashlib.sha1(job_id.encode()).hexdigest()
+
+
+class JobEnded(WsgiBgError):
+    """What :func:`perform` raises when its job did not succeed, so that RQ
+    records it as failed (or, for ``cancelled``, wsgi_bg's worker as
+    cancelled): the message names the job's reference and its final state,
+    never its id nor its error (both are on its page)."""
+
+    def __init__(self, reference: str, state: str | None, why: str = "") -> None:
+        self.state = state
+        super().__init__(f"wsgi_bg job {reference} ended {state or 'unknown'}"
+                         f"{': ' + why if why else ''} (its page says more)")
+
+
+def _canonical(settings: dict[str, Any]) -> bytes:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_reference(signer: Signer, reference: str, settings: dict[str, Any]) -> str:
+    """The token of an RQ job: ``settings``, signed with ``reference``."""
+    return signer.sign(_PURPOSE, reference, _canonical(settings)).hex()
+
+
+def open_reference(signer: Signer, reference: str, token: str) -> dict[str, Any]:
+    """The settings in ``token``, once its signature, made with
+    ``reference``, checks out.
+
+    :raises BadSignature: if it does not (or ``token`` is no token).
+    """
+    try:
+        blob = bytes.fromhex(token)
+    except ValueError:
+        blob = b""
+    data = signer.unsign(_PURPOSE, reference, blob)
+    settings: dict[str, Any] = json.loads(data)
+    return settings
 
 
 def _address(settings: dict[str, Any]) -> tuple[Any, ...]:
@@ -98,16 +169,13 @@ except ImportError:  # redis-py 5 and 6
     _NO_SETINFO = {"lib_name": None, "lib_version": None}
 
 
-def _worker_store(settings: dict[str, Any], connection: redis.Redis | None,
+def _worker_store(settings: dict[str, Any], connection: redis.Redis,
                   signer: Signer) -> RedisStore:
-    """The store, reached from a work horse through its RQ worker's Redis
-    (with the store's database): the RQ job carries no password."""
-    if connection is None:
-        raise RuntimeError("wsgi_bg.runners.rq.perform runs only as an RQ job")
+    """The store, reached through the RQ worker's Redis (with the store's
+    database): the RQ job carries no password."""
     found = connection_settings(connection)
     found["db"] = settings["db"]
-    # No CLIENT SETINFO: its two round trips, and the version lookup in the
-    # package metadata behind it, cost milliseconds in a fresh work horse.
+    # No CLIENT SETINFO: two round trips, and a package metadata lookup.
     found.update(_NO_SETINFO)
     key = (*_address(found), found["db"], settings["namespace"], id(signer))
     store = _stores.get(key)
@@ -118,79 +186,102 @@ def _worker_store(settings: dict[str, Any], connection: redis.Redis | None,
     return store
 
 
+#: The secret key's signer in a worker process (see :func:`prepare_worker`).
 _signer: Signer | None = None
 
 
-def prepare_worker() -> None:
-    """What a work horse would otherwise do for every job, done once in its
-    RQ worker before the forks (see :mod:`wsgi_bg.rq_worker`): read the
-    secret key. A missing key is left for :func:`perform` to report, per job."""
-    global _signer
-    try:
-        _signer = Signer(resolve_secret_key(None))
-    except ValueError:
-        pass
+def prepare_worker() -> Signer:
+    """Read the secret key, once, in the RQ worker before it forks anything
+    (see :mod:`wsgi_bg.rq_worker`), and return its signer.
 
-
-def perform(job_id: str, settings: dict[str, Any]) -> str | None:
-    """The RQ job's function: run wsgi_bg job ``job_id`` to its end, in a job
-    process of this work horse, and record it in the store.
-
-    Returns the final state (RQ's result), or ``None`` if the job was
-    cancelled before it started, had already ended, or was dropped.
+    :raises ValueError: without ``WSGI_BG_SECRET_KEY`` (or too short); the
+        message says how to make one.
     """
     global _signer
-    current = rq.get_current_job()
-    try:
-        if _signer is None:
-            _signer = Signer(resolve_secret_key(None))
-        signer = _signer
-        missing_key = None
-    except ValueError as exc:  # no WSGI_BG_SECRET_KEY on this worker host
-        signer, missing_key = Signer(b""), str(exc)
-    store = _worker_store(settings, current.connection if current else None, signer)
-    if missing_key is not None:
-        store.finish(job_id, JobState.FAILED.value, None,
-                     f"the RQ worker could not check this job's call: {missing_key}")
-        raise RuntimeError(missing_key)
+    if _signer is None:
+        _signer = Signer(resolve_secret_key(None))
+    return _signer
+
+
+def perform(reference: str, token: str) -> str:
+    """The RQ job's function: run the wsgi_bg job whose reference is
+    ``reference`` to its end, in a job process of this RQ worker (wsgi_bg's
+    worker class only), and record it in the store.
+
+    Returns ``"succeeded"``, RQ's result.
+
+    :raises JobEnded: if the job ended otherwise (failed, timed out, crashed,
+        cancelled, or already ended), after it is recorded in the store.
+    :raises BadSignature: for a token not signed with this worker's key.
+    :raises RuntimeError: outside :class:`wsgi_bg.rq_worker.Worker`.
+    """
+    running = _in_worker
+    if running is None:
+        raise RuntimeError(
+            "wsgi_bg's RQ jobs run only on wsgi_bg's worker class: rq worker -w"
+            " wsgi_bg.rq_worker.Worker <queue> (it checks each job's signature"
+            " before it runs it)")
+    signer = prepare_worker()
+    settings = open_reference(signer, reference, token)
+    tick, connection = running
+    store = _worker_store(settings, connection, signer)
+    job_id = _find_job(store, settings, reference)
+    if job_id is None:
+        raise JobEnded(reference, None, "its record is no longer in the store")
     try:
         payload = store.call(job_id)
     except BadSignature as exc:
-        store.finish(job_id, JobState.FAILED.value, None, str(exc))
-        return JobState.FAILED.value
+        raise JobEnded(reference, store.finish(
+            job_id, JobState.FAILED.value, None, str(exc))) from None
     if payload is None:
-        if store.get(job_id) is None:
-            return None  # dropped (expired) while it waited
-        return store.finish(job_id, JobState.FAILED.value, None,
-                            "the job's call is not in the store")
-    max_result_bytes = settings.get("max_result_bytes", MAX_RESULT_BYTES)
-    tick = _in_worker
-    if tick is not None:
-        # In the RQ worker itself (wsgi_bg.rq_worker.Worker): a long-lived
-        # supervisor, as a pool worker is, whose job process stays warm.
-        return supervise(store, job_id, payload, settings["timeout"],
-                         settings["grace"], settings.get("jobs_per_process", 1),
-                         max_result_bytes, tick=tick, watch_parent=False)
-    try:
-        return supervise(store, job_id, payload, settings["timeout"],
-                         settings["grace"], 1, max_result_bytes)
-    finally:
-        release_warm()  # a work horse runs one job: nothing to keep warm for
+        raise JobEnded(reference, store.finish(
+            job_id, JobState.FAILED.value, None,
+            "the job's call is not in the store"))
+    state = supervise(store, job_id, payload, settings["timeout"],
+                      settings["grace"], settings.get("jobs_per_process", 1),
+                      settings.get("max_result_bytes", MAX_RESULT_BYTES),
+                      tick=tick, watch_parent=False)
+    if state == JobState.SUCCEEDED.value:
+        return state
+    if state is None:  # cancelled before it started, or ended meanwhile
+        record = store.get(job_id)
+        state = None if record is None else record["state"]
+    raise JobEnded(reference, state)
+
+
+def _find_job(
+    store: RedisStore, settings: dict[str, Any], reference: str
+) -> str | None:
+    """The id of the job whose reference is ``reference``: among the jobs
+    created at the instant the token says (the list's score), the one whose
+    hash it is."""
+    score = repr(float(settings["created"]))
+    ids: list[bytes] = store._r.zrangebyscore(  # type: ignore[assignment]
+        f"{settings['namespace']}:jobs", score, score)
+    for raw in ids:
+        job_id = raw.decode()
+        if rq_job_id(job_id) == reference:
+            return job_id
+    return None
 
 
 #: While :class:`wsgi_bg.rq_worker.Worker` runs a job in its own process (not
 #: a work horse): the supervisor's ``tick`` (RQ's heartbeat, and whether the
-#: worker is stopping; see :func:`~wsgi_bg.runners.supervisor.supervise`).
-_in_worker: Callable[[], float | None] | None = None
+#: worker is stopping; see :func:`~wsgi_bg.runners.supervisor.supervise`),
+#: and the worker's Redis.
+_in_worker: tuple[Callable[[], float | None], redis.Redis] | None = None
 
 
 @contextlib.contextmanager
-def running_in_worker(tick: Callable[[], float | None]) -> Iterator[None]:
+def running_in_worker(
+    tick: Callable[[], float | None], connection: redis.Redis
+) -> Iterator[None]:
     """Within it, :func:`perform` supervises its job here, in the RQ worker's
     own long-lived process, calling ``tick`` on every turn of the
-    supervisor's loop; the job process is kept for the next job."""
+    supervisor's loop, and reaches the store through ``connection`` (the
+    worker's Redis); the job process is kept for the next job."""
     global _in_worker
-    _in_worker = tick
+    _in_worker = (tick, connection)
     try:
         yield
     finally:
@@ -198,9 +289,9 @@ def running_in_worker(tick: Callable[[], float | None]) -> Iterator[None]:
 
 
 class RQRunner:
-    """Queues each job on an :class:`rq.Queue` for stock ``rq worker``
-    processes; the :class:`~wsgi_bg.runners.Runner` for ``runner="rq"`` or
-    ``runner=rq.Queue(...)``. See the module docstring."""
+    """Queues each job on an :class:`rq.Queue` for ``rq worker`` processes
+    with wsgi_bg's worker class; the :class:`~wsgi_bg.runners.Runner` for
+    ``runner="rq"`` or ``runner=rq.Queue(...)``. See the module docstring."""
 
     kind = "rq"
     needs_link = False
@@ -226,8 +317,17 @@ class RQRunner:
                     f" port, or socket), got queue at {_address(theirs)} and"
                     f" store at {_address(link.settings)}"
                 )
+            if not is_wsgi_bg_queue(queue.name):
+                raise ValueError(
+                    f"the RQ queue's name must begin with {QUEUE_PREFIX!r}"
+                    " (wsgi_bg's worker class runs only signed wsgi_bg jobs on"
+                    " such queues, and plain RQ jobs on any other), got"
+                    f" {queue.name!r}: name it e.g. {queue_name(queue.name)!r}"
+                )
         self._given = queue
-        self.queue = queue
+        self.queue: rq.Queue | None = None
+        self._client: redis.Redis | None = None  # the store's keys
+        self._signer = Signer(link.secret)
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
             "db": link.settings.get("db", 0), "max_result_bytes": max_result_bytes,
@@ -236,13 +336,25 @@ class RQRunner:
 
     def start(self, link: Any) -> None:
         if self.queue is None:
-            self.queue = rq.Queue(self._settings["namespace"],
-                                  connection=connect(self._store_settings))
+            given = self._given
+            self._client = connect(self._store_settings)
+            # Our own Queue on the given one's connection: JSON, whatever
+            # serializer it was made with.
+            self.queue = rq.Queue(
+                given.name if given is not None else queue_name(
+                    self._settings["namespace"]),
+                connection=self._client if given is None else given.connection,
+                serializer=SERIALIZER)
 
     def _queue(self) -> rq.Queue:
         if self.queue is None:
             raise RuntimeError("the RQ runner is not started")
         return self.queue
+
+    def _store_client(self) -> redis.Redis:
+        if self._client is None:
+            raise RuntimeError("the RQ runner is not started")
+        return self._client
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
@@ -255,12 +367,22 @@ class RQRunner:
                 " by its module's name, and __main__ is not one. Move it to a"
                 " module, or serve the app from the module imported by name."
             )
-        settings = dict(self._settings, timeout=timeout, grace=grace)
+        queue = self._queue()
         limit = -1 if timeout is None else int(timeout + grace) + RQ_TIMEOUT_MARGIN
+        reference = rq_job_id(job_id)
         try:
-            self._queue().enqueue_call(
-                perform, args=(job_id, settings), timeout=limit,
-                description=f"wsgi_bg: {name}", job_id=rq_job_id(job_id),
+            # The job's instant in the list: how the worker finds the job
+            # from its reference (see _find_job).
+            created = self._store_client().zscore(
+                f"{self._settings['namespace']}:jobs", job_id)
+            if created is None:
+                raise LookupError(f"job {reference} is not in the store")
+            settings = dict(self._settings, timeout=timeout, grace=grace,
+                            created=created)
+            queue.enqueue_call(
+                perform, args=(reference, sign_reference(
+                    self._signer, reference, settings)),
+                timeout=limit, description=f"wsgi_bg: {name}", job_id=reference,
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
@@ -268,13 +390,19 @@ class RQRunner:
             ) from exc
 
     def cancel(self, job_id: str) -> None:
-        # The store says cancelled already: a work horse that takes the job
-        # finds it so and runs nothing. Taking it off RQ's queue is tidiness.
+        # The store says cancelled already: a worker that takes the job finds
+        # it so and runs nothing. Taking it off RQ's queue is tidiness.
+        queue = self._queue()
         try:
-            rq.job.Job.fetch(rq_job_id(job_id), connection=self._queue().connection
-                             ).cancel()
+            rq_job = rq.job.Job.fetch(rq_job_id(job_id), connection=queue.connection,
+                                      serializer=SERIALIZER)
+            if rq_job.origin == queue.name and rq_job.get_status(refresh=False) in (
+                    rq.job.JobStatus.QUEUED, rq.job.JobStatus.DEFERRED,
+                    rq.job.JobStatus.SCHEDULED):
+                rq_job.cancel()
         except Exception as exc:  # taken meanwhile, gone, Redis away: harmless
-            logger.debug("wsgi_bg: could not cancel RQ job of %s: %r", job_id, exc)
+            logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
+                         rq_job_id(job_id), exc)
 
     def restart(self) -> None:
         pass  # nothing here can break: RQ's workers are their own processes
@@ -282,6 +410,5 @@ class RQRunner:
     def shutdown(self, timeout: float | None = None) -> None:
         # Jobs queued or running on RQ are the workers': they outlive this
         # web process (that is the point), so nothing is cancelled here.
-        if self.queue is not None and self._given is None:
-            self.queue.connection.connection_pool.disconnect()
-
+        if self._client is not None:
+            self._client.connection_pool.disconnect()
