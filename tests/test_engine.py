@@ -319,7 +319,8 @@ def test_the_call_is_kept_in_the_store_until_the_job_is_dropped(make_mw):
 def test_a_large_result_from_a_process_that_then_exits_is_kept(make_mw, size):
     # A fresh process per job: it sends its result and exits at once, and
     # the end of the message may still be in the socket when it is reaped.
-    mw = make_mw(max_jobs_per_process=1)
+    # (The value goes in as an argument too: past max_call_bytes' default.)
+    mw = make_mw(max_jobs_per_process=1, max_call_bytes=4 * 1024 * 1024)
     value = b"\x01" * size
     jobs = [mw.submit(jobfuncs.identity, value) for _ in range(6)]
     for job in jobs:
