@@ -254,8 +254,10 @@ class Job:
 
         Keys: id, name, state, done, created_at, started_at, ended_at, progress,
         error, result (``repr`` of the value, or ``None``), url,
-        cancel_requested, output_size, args (a bounded repr of the call's
-        arguments, or ``None`` when hidden by ``show_args=False``),
+        cancel_requested, output_size, args (a bounded description of the call's
+        arguments made without running their own code, for a marked app its
+        request line without secrets; ``None`` when hidden by
+        ``show_args=False``),
         cancel_requested_at, cancelled_how (``"before_start"``, ``"stopped"``
         by itself within its grace, ``"killed"`` after it, or ``None``),
         rerun_of (the id of the job this one runs again, or ``None``),
