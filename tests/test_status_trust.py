@@ -20,13 +20,14 @@ def test_an_argument_whose_repr_sleeps_or_raises_never_delays_the_submit(mw):
     job = mw.submit(trustfuncs.takes, trustfuncs.SlowRepr(), trustfuncs.FailingRepr(),
                     {trustfuncs.SlowRepr(): [trustfuncs.SlowRepr()]},
                     {trustfuncs.SlowRepr(), trustfuncs.SlowRepr()},
-                    key=trustfuncs.SlowRepr())
+                    key=trustfuncs.SlowRepr(),
+                    **{trustfuncs.SlowName("named"): 1})
     assert time.monotonic() - started < 5  # (it would take minutes)
     assert job.to_dict()["args"] == (
         "(<SlowRepr object>, <FailingRepr object>, {<SlowRepr object>:"
         " [<SlowRepr object>]}, {<SlowRepr object>, <SlowRepr object>},"
-        " key=<SlowRepr object>)")
-    assert job.wait(timeout=30).result == 5
+        " key=<SlowRepr object>, named=1)")
+    assert job.wait(timeout=30).result == 6
 
 
 # -- a marked app's page never shows the request's secrets -------------------------

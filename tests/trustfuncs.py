@@ -25,6 +25,20 @@ class SlowRepr:
     __hash__ = object.__hash__
 
 
+class SlowName(str):
+    """A keyword's name whose formatting would sleep."""
+
+    def __format__(self, spec: str) -> str:
+        time.sleep(60)
+        return ""
+
+    def __str__(self) -> str:
+        time.sleep(60)
+        return ""
+
+    __repr__ = __str__
+
+
 class FailingRepr:
     def __repr__(self) -> str:
         raise RuntimeError("this __repr__ fails")

@@ -135,7 +135,9 @@ def describe_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     fail its submit."""
     parts = []
     size = 0
-    labelled = [("", v) for v in args] + [(f"{k}=", v) for k, v in kwargs.items()]
+    # (str.__str__: a keyword may be a str subclass with a __format__ of its own.)
+    labelled = [("", v) for v in args] + [
+        (str.__str__(k) + "=", v) for k, v in kwargs.items()]
     for label, value in labelled:
         if size > _MAX_ARGS_CHARS:
             break  # a call of a million arguments: the first few say enough
