@@ -320,3 +320,18 @@ def kill_supervisor():
 
     os.kill(os.getppid(), signal.SIGKILL)
     time.sleep(30)
+
+
+#: Kept for the life of the job's process, as tqdm keeps its lock.
+_KEPT_LOCKS = []
+
+
+def named_lock():
+    """Make a multiprocessing lock the process keeps (tqdm does: its write
+    lock); return its semaphore's name, or None where the start method is
+    fork (the semaphore is then unlinked at once)."""
+    import multiprocessing
+
+    lock = multiprocessing.Lock()
+    _KEPT_LOCKS.append(lock)
+    return lock._semlock.name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import psutil
 import pytest
@@ -152,3 +153,22 @@ def test_a_burst_on_one_worker_each_job_its_outcome_a_cancelled_one_never_runs(
     # One kept process ran the whole call (the job before and after the
     # refused one included).
     assert printed.result == mw.submit(jobfuncs.print_pid).wait(timeout=20).result
+
+
+def test_a_multiprocessing_lock_a_job_keeps_is_not_leaked(make_mw):
+    # tqdm keeps a multiprocessing lock for the life of the process. Outside
+    # the fork start method its semaphore is named, in /dev/shm, and tracked
+    # by a resource tracker that the job's process starts with the job's
+    # output as its stderr. It was left in /dev/shm when the supervisor
+    # killed the tracker with the job's process group, or, when the tracker
+    # saw that process end first, its "leaked semaphore" warning ended the
+    # job's output.
+    mw = make_mw(max_workers=1)
+    job = mw.submit(jobfuncs.named_lock).wait(timeout=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    if job.result is not None:
+        path = "/dev/shm/sem." + job.result.lstrip("/")
+        wait_for(lambda: not os.path.exists(path), 10,
+                 message=f"{path} to be unlinked")
+    assert "resource_tracker" not in job.output and "leaked" not in job.output
+    assert _run(mw, jobfuncs.add, 1, 1) == 2

@@ -703,6 +703,8 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
                       or _children_left() or _signal_handlers() != handlers)
             if not retire:
                 retire = not _put_back(cwd, environ, path)
+            if retire:  # before saying so: the supervisor then kills the group
+                _let_go_of_multiprocessing()
             context.send_message(msg_fd, (kind, value, retire))
             if retire:
                 break
@@ -714,7 +716,28 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
         except BaseException:
             pass
     finally:
+        _let_go_of_multiprocessing()
         os._exit(code)
+
+
+def _let_go_of_multiprocessing() -> None:
+    """Release the multiprocessing objects this process made, as a normal
+    exit would (os._exit does not), before a retiring process says it is
+    done (the supervisor then kills its group) and at its exit.
+
+    A lock a job keeps for the life of the process (tqdm's) has a named
+    semaphore, tracked by a resource tracker the job started with the job's
+    output as its stderr. Unreleased, it stayed in /dev/shm when the
+    supervisor killed the tracker with the group, or, when the tracker saw
+    this process end first, its "leaked semaphore" warning ended the job's
+    output. Finalizers made in other processes (the worker's, inherited) are
+    skipped by multiprocessing."""
+    try:
+        from multiprocessing import util
+
+        util._run_finalizers(0)  # type: ignore[attr-defined]
+    except BaseException:
+        pass
 
 
 def _job_stream(fd: int) -> io.TextIOWrapper:
