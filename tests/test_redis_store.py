@@ -329,6 +329,40 @@ def test_a_full_redis_answers_503(wsgi_bg_middleware, own_redis, tmp_path):
     assert mw.submit(redisfuncs.ticker, str(done)).wait(10).state is JobState.SUCCEEDED
 
 
+# -- records changed outside wsgi_bg ---------------------------------------------------
+@pytest.mark.parametrize(("field", "value", "says"), [
+    pytest.param("output_size", "abc", "output_size is not a number", id="output_size"),
+    pytest.param("created_at", '"yesterday"', "created_at is 'yesterday', not a number",
+                 id="created_at"),
+    pytest.param("pid", "not json", "pid is b'not json'", id="not-json"),
+    pytest.param("result", None, "result is", id="a-pickle"),
+])
+def test_a_corrupt_record_is_unreadable_and_harms_no_other(
+        redis_mw, redis_server, tmp_path, field, value, says):
+    mw = redis_mw(authorize=allow_all, max_workers=2)
+    (tmp_path / "flag").touch()
+    bad, good = (mw.submit(redisfuncs.ticker, str(tmp_path / "flag")) for _ in "ab")
+    assert bad.wait(10).state is good.wait(10).state is JobState.SUCCEEDED
+    evidence = tmp_path / "code-ran"
+    if value is None:  # a pickle where JSON belongs: never loaded
+        value = pickle.dumps(redisfuncs.Planted(str(evidence)))
+    client = redis_server.client()
+    client.hset(f"{mw.engine._backend.link().namespace}:job:{bad.id}", field, value)
+    pages = webtest.TestApp(mw)
+    for url in (f"/_jobs/{bad.id}", f"/_jobs/api/jobs/{bad.id}"):
+        answer = pages.get(url, status=500)
+        assert f"the record of job {bad.id} in the store is unreadable" in answer.text
+        assert says in answer.text.replace("&#39;", "'")
+    assert pages.get(f"/_jobs/api/jobs/{good.id}").json["state"] == "succeeded"
+    assert pages.get(f"/_jobs/{good.id}").status_int == 200
+    listed = {j["id"]: j for j in pages.get("/_jobs/api/jobs").json["jobs"]}
+    assert listed[good.id]["state"] == "succeeded"
+    assert "unreadable" in listed[bad.id]["error"]
+    assert pages.get("/_jobs/").status_int == 200
+    assert pages.get("/_jobs/?q=redisfuncs").status_int == 200
+    assert not evidence.exists()
+
+
 # -- an unreachable Redis ----------------------------------------------------------
 @pytest.fixture
 def own_redis():

@@ -7,7 +7,7 @@ counterpart and get classes of their own.
 
 from __future__ import annotations
 
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import InternalServerError, ServiceUnavailable
 
 
 class WsgiBgError(Exception):
@@ -65,6 +65,30 @@ class StoreUnavailable(WsgiBgError, ServiceUnavailable):
 
     def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
         ServiceUnavailable.__init__(self, description, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return str(self.description)
+
+
+class UnreadableRecord(WsgiBgError, InternalServerError):
+    """A job's record in the store cannot be read: a field holds what no
+    version of wsgi_bg writes there (a word where a number belongs), so it
+    was changed outside wsgi_bg (by hand, or by a damaged store). Nothing in
+    it was loaded (records hold no pickles). Other jobs are unaffected.
+
+    It is Werkzeug's :exc:`~werkzeug.exceptions.InternalServerError`: the
+    pages answer ``500`` saying which job and which field. Delete the job's
+    keys, or fix the field, to clear it.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, job_id: str, problem: str) -> None:
+        self.job_id = job_id
+        InternalServerError.__init__(
+            self, f"the record of job {job_id} in the store is unreadable:"
+            f" {problem}. It was changed outside wsgi_bg; nothing in it was"
+            " loaded, and other jobs are unaffected.")
 
     def __str__(self) -> str:
         return str(self.description)

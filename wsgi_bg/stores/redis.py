@@ -65,7 +65,7 @@ from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.retry import Retry
 
-from ..exceptions import ResultUnavailable, StoreUnavailable
+from ..exceptions import ResultUnavailable, StoreUnavailable, UnreadableRecord
 from ..jobs import JobState
 from .memory import dropped_marker, encode_output, tail_cut
 from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
@@ -150,6 +150,18 @@ local function expire(id)
   end
 end
 
+-- A number field of job id's record; default if it has none (nil: it must
+-- have one). A record changed outside wsgi_bg ('abc' as its output_size)
+-- fails the script with an error naming the job and the field, which the
+-- store raises as UnreadableRecord, instead of Lua's own error.
+local function num(id, field, default)
+  local v = redis.call('HGET', k('job', id), field)
+  local n = tonumber(v)
+  if n then return n end
+  if not v and default then return default end
+  error({err = 'UNREADABLE ' .. id .. ' ' .. field})
+end
+
 local function is_cont(s, i)
   local b = string.byte(s, i)
   return b ~= nil and b >= 128 and b < 192
@@ -177,7 +189,7 @@ end
 -- most LIMIT bytes in all. The same rules as memory.py's _Output.
 local function append(id, data, expected)
   local key, out = k('job', id), k('out', id)
-  local size = tonumber(redis.call('HGET', key, 'output_size') or '0')
+  local size = num(id, 'output_size', 0)
   if expected ~= '' and size > tonumber(expected) then
     data = string.sub(data, size - tonumber(expected) + 1)  -- landed already
   end
@@ -196,7 +208,7 @@ local function append(id, data, expected)
       redis.call('HSET', key, 'truncated', 'true', 'tail_start', start)
     end
   else
-    local tail_start = tonumber(redis.call('HGET', key, 'tail_start'))
+    local tail_start = num(id, 'tail_start')
     local keep = LIMIT - redis.call('STRLEN', k('head', id))
     if total - tail_start > keep + math.floor(LIMIT / 4) then
       trim(id, total, tail_start)
@@ -210,8 +222,7 @@ end
 local function compact(id)
   local key, out = k('job', id), k('out', id)
   if redis.call('HGET', key, 'truncated') == 'true' and trim(
-      id, tonumber(redis.call('HGET', key, 'output_size')),
-      tonumber(redis.call('HGET', key, 'tail_start'))) then
+      id, num(id, 'output_size'), num(id, 'tail_start')) then
     return
   end
   local data = redis.call('GET', out)
@@ -230,13 +241,13 @@ end
 -- {head part, bytes dropped before the tail part (-1: none), tail part, total}
 local function read(id, since)
   local key, out = k('job', id), k('out', id)
-  local total = tonumber(redis.call('HGET', key, 'output_size') or '0')
+  local total = num(id, 'output_size', 0)
   if since >= total then return {'', -1, '', total} end
   if redis.call('HGET', key, 'truncated') ~= 'true' then
     return {'', -1, redis.call('GETRANGE', out, since, -1), total}
   end
   local head = redis.call('GET', k('head', id)) or ''
-  local tail_start = tonumber(redis.call('HGET', key, 'tail_start'))
+  local tail_start = num(id, 'tail_start')
   local visible = math.max(tail_start, total - (LIMIT - #head))
   local head_part = ''
   if since < #head then head_part = string.sub(head, since + 1) end
@@ -378,7 +389,7 @@ else
 end
 if ARGV[8] ~= '' then
   local old = redis.call('HGET', key, 'cancel_grace')
-  if not old or old == 'null' or tonumber(ARGV[8]) < tonumber(old) then
+  if not tonumber(old) or tonumber(ARGV[8]) < tonumber(old) then
     redis.call('HSET', key, 'cancel_grace', ARGV[8])
   end
 end
@@ -493,12 +504,13 @@ _SWEEP = """
 local wait = tonumber(ARGV[9])
 local ended_n = 0
 local function suspect(id)
-  local first = redis.call('HGET', P .. 'suspects', id)
+  -- (not a number: changed outside wsgi_bg; missed from now on, as if new)
+  local first = tonumber(redis.call('HGET', P .. 'suspects', id))
   if not first then
     redis.call('HSET', P .. 'suspects', id, ARGV[2])
     return false
   end
-  return NOW - tonumber(first) >= wait
+  return NOW - first >= wait
 end
 local function crash(id, from, err)
   redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
@@ -538,7 +550,9 @@ T = TypeVar("T")
 
 
 def _reaching(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn the errors of an unreachable Redis into StoreUnavailable."""
+    """Turn the errors of an unreachable (or full) Redis into
+    StoreUnavailable, and a script's error for a record changed outside
+    wsgi_bg into UnreadableRecord."""
 
     @functools.wraps(method)
     def call(self: RedisStore, *args: Any, **kwargs: Any) -> T:
@@ -557,6 +571,14 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
                 " maxmemory, or lower max_jobs or max_output_bytes. Try again"
                 " later."
             ) from exc
+        except redis.ResponseError as exc:
+            # A script's own error for a record changed outside wsgi_bg
+            # (see num() in _LIB): "UNREADABLE <id> <field> script: ...".
+            words = str(exc).split()
+            if len(words) < 3 or words[0] != "UNREADABLE":
+                raise
+            raise UnreadableRecord(
+                words[1], f"its {words[2]} is not a number") from None
 
     return call
 
@@ -575,15 +597,83 @@ def _dump_progress(progress: dict[str, Any] | None) -> str:
                       "message": f"progress could not be stored: {exc}"})
 
 
-def _decode_record(fields: list[bytes]) -> Record:
+_NUMBER, _INT, _TEXT = (int, float), (int,), (str,)
+#: What each field must hold (types, whether null is allowed), for a record
+#: changed outside wsgi_bg to be told apart, not taken for a job.
+_FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": (_TEXT, False), "name": (_TEXT, False), "created_at": (_NUMBER, False),
+    "started_at": (_NUMBER, True), "ended_at": (_NUMBER, True),
+    "timeout": (_NUMBER, True), "cancel_grace": (_NUMBER, True),
+    "cancel_requested_at": (_NUMBER, True), "output_size": (_INT, False),
+    "pid": (_INT, True), "cancel_requested": ((bool,), False),
+    "stop_requested": ((bool,), False), "progress": ((dict,), True),
+    "error": (_TEXT, True), "result": (_TEXT, True), "url": (_TEXT, True),
+    "args": (_TEXT, True), "cancelled_how": (_TEXT, True),
+    "rerun_of": (_TEXT, True), "rerun_as": (_TEXT, True),
+}
+#: Fields every record has had since the first version.
+_REQUIRED = ("id", "name", "state", "created_at", "started_at", "ended_at",
+             "result", "error", "progress", "timeout", "cancel_requested",
+             "cancel_grace", "url", "pid", "output_size")
+#: What stands for a field found unreadable in a record listed anyway.
+_STAND_INS: dict[str, Any] = {"name": "(unreadable record)", "created_at": 0.0,
+                              "output_size": 0, "cancel_requested": False,
+                              "state": JobState.CRASHED.value}
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    if name == "state":
+        return None if value in _STATES else f"its state {value!r:.40} is no state"
+    kind = _FIELD_KINDS.get(name)
+    if kind is None:
+        return None
+    types, nullable = kind
+    if value is None and nullable:
+        return None
+    if isinstance(value, types) and (bool in types or not isinstance(value, bool)):
+        return None
+    what = ("a number" if types is _NUMBER else "an integer" if types is _INT
+            else "text" if types is _TEXT else types[0].__name__)
+    return f"its {name} is {value!r:.40}, not {what}"
+
+
+def _decode_record(fields: list[bytes], job_id: str | None = None, *,
+                   listed: bool = False) -> Record:
+    """A record from its hash's fields.
+
+    :param listed: for a list: a record found unreadable is kept, its bad
+        fields replaced (see _STAND_INS) and its error saying what is wrong,
+        so that one record changed outside wsgi_bg leaves the list readable.
+    :raises UnreadableRecord: for a field that holds what wsgi_bg never
+        writes there (not ``listed``).
+    """
     record: Record = {}
+    problems: list[str] = []
     for i in range(0, len(fields), 2):
-        name = fields[i].decode()
+        name = fields[i].decode("utf-8", "replace")
         if name in _INTERNAL_FIELDS:
             continue
-        raw = fields[i + 1].decode()
-        record[name] = raw if name in _RAW_FIELDS else json.loads(raw)
-    return record
+        try:
+            raw = fields[i + 1].decode()
+            value = raw if name in _RAW_FIELDS else json.loads(raw)
+        except ValueError:  # (not UTF-8, not JSON)
+            problems.append(f"its {name} is {fields[i + 1]!r:.40}, not JSON")
+            continue
+        problem = _field_problem(name, value)
+        if problem is None:
+            record[name] = value
+        else:
+            problems.append(problem)
+    problems += [f"it has no {name}" for name in _REQUIRED if name not in record
+                 and not any(p.startswith(f"its {name} ") for p in problems)]
+    if not problems:
+        return record
+    job_id = job_id or record.get("id")
+    error = UnreadableRecord(job_id or "?", "; ".join(problems))
+    if not listed or not job_id:
+        raise error
+    return {**dict.fromkeys(_REQUIRED), **_STAND_INS, **record, "id": job_id,
+            "error": str(error)}
 
 
 def _decode_output(parts: list[Any], limit: int) -> tuple[str, int]:
@@ -767,7 +857,7 @@ class RedisStore:
         if not fields:
             return None
         flat = [part for item in fields.items() for part in item]
-        return _decode_record(flat)
+        return _decode_record(flat, job_id)
 
     @_reaching
     def result(self, job_id: str) -> bytes | None:
@@ -805,14 +895,15 @@ class RedisStore:
             return None
         fields, parts = found
         text, offset = _decode_output(parts, self.max_output_bytes)
-        return _decode_record(fields), text, offset
+        return _decode_record(fields, job_id), text, offset
 
     @_reaching
     def list(self, limit: int | None = None) -> builtins.list[Record]:
         if limit is not None:
             check_page(0, limit)
         self._maybe_sweep()
-        return [_decode_record(f) for f in self._list(args=self._args(limit or 0))]
+        return [_decode_record(f, listed=True)
+                for f in self._list(args=self._args(limit or 0))]
 
     @_reaching
     def page(
@@ -828,7 +919,8 @@ class RedisStore:
         stored = _dump(query)[1:-1].lower() if query else ""
         total, found, partial = self._page(args=self._args(
             stored, query, offset, limit, SEARCH_SCAN, *states))
-        return Page([_decode_record(f) for f in found], int(total), bool(partial))
+        return Page([_decode_record(f, listed=True) for f in found], int(total),
+                    bool(partial))
 
     @_reaching
     def ids_in_state(self, *states: str) -> builtins.list[str]:
