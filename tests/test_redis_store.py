@@ -478,6 +478,29 @@ def test_a_job_not_handed_to_the_pool_ends_when_redis_answers(
     assert later.wait(10).state is JobState.SUCCEEDED
 
 
+def test_a_create_retried_after_it_landed_is_created_once(redis_server):
+    """redis-py sends a command again once on a dropped connection: a create
+    that had run answers created, not 'already stored', and counts once."""
+    from wsgi_bg.stores.redis import RedisStore, connect, connection_settings
+    from wsgi_bg.stores.signing import Signer
+
+    client = connect(connection_settings(redis_server.url))
+    store = RedisStore(client, namespace=f"twice-{uuid.uuid4().hex[:8]}",
+                       signer=Signer(TEST_SECRET_KEY.encode()), max_jobs=10,
+                       job_ttl=60, max_output_bytes=1000)
+    record = {"id": "j", "name": "n", "created_at": time.time(), "timeout": None,
+              "started_at": None, "ended_at": None, "result": None, "error": None,
+              "progress": None, "cancel_requested": False, "cancel_grace": None,
+              "url": None, "pid": None}
+    try:
+        assert store.create(record, 1) and store.create(record, 1)  # max_queued=1
+        assert store.counts()["queued"] == 1
+        with pytest.raises(ValueError, match="already stored"):
+            store.create(dict(record, created_at=record["created_at"] + 1), 10)
+    finally:
+        client.connection_pool.disconnect()
+
+
 def test_submit_with_redis_down_is_a_503(wsgi_bg_middleware):
     mw = wsgi_bg_middleware(redisfuncs.site, store=f"redis://127.0.0.1:{free_port()}/0",
                             secret_key=TEST_SECRET_KEY, max_workers=1)
