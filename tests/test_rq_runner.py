@@ -309,7 +309,10 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
     assert text.count("refused job") == len(planted)
     assert "not a wsgi_bg job" in text and "did not check out" in text
     assert "not wsgi_bg's (not JSON)" in text
-    assert victim.state is JobState.QUEUED  # never run (swept: see below)
+    # Never run; RQ recorded it failed, and the RQ sweep ends it.
+    wait_for(lambda: victim.state is JobState.CRASHED, 30,
+             message="the job whose RQ data was replaced to end")
+    assert "RQ recorded this job failed before it started" in victim.error
 
 
 def _documented_acl(namespace):
@@ -590,6 +593,78 @@ def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
         wait_for(lambda: _gone(job_pid), 10, message="the job's process to end")
         # The other worker takes the next job.
         assert mw.submit(jobfuncs.add, 2, 2).wait(timeout=20).result == 4
+    finally:
+        workers.stop()
+
+
+# -- no job waits for a worker that died, nor for a queue nobody reads ---------------
+@pytest.mark.parametrize(("at", "queues"), [
+    pytest.param("taken", 1, id="taken-one-queue"),  # (in RQ's intermediate list)
+    pytest.param("taken", 2, id="taken-two-queues"),  # (in no list at all)
+    pytest.param("started", 1, id="started-in-rq"),
+])
+def test_a_worker_killed_after_taking_a_job_before_it_started_ends_it_crashed(
+        rq_mw, redis_server, monkeypatch, at, queues):
+    """SIGKILL between RQ's dequeue and the job's start: the job is in no
+    queue and nothing will run it; it ends crashed within 60 s, saying an
+    RQ worker took it (by name once RQ knows which)."""
+    queue = _queue("taken")
+    names = queue if queues == 1 else f"{queue} plain-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("RQKILL_AT", at)
+    workers = RQWorkers(redis_server.url, names, TEST_SECRET_KEY, count=1,
+                        preload="rqkill").start()
+    try:
+        mw = rq_mw(queue=queue)
+        job = mw.submit(jobfuncs.add, 1, 1)
+        taken_at = time.monotonic()
+        workers.processes[0].wait(20)  # it took the job, and died
+        wait_for(lambda: job.state is not JobState.QUEUED, 60,
+                 message="the job taken by a dead worker to end")
+        assert time.monotonic() - taken_at < 60
+        assert job.state is JobState.CRASHED
+        assert "RQ worker" in job.error
+        assert "stopped before it started it" in job.error
+        if at == "started":
+            assert workers.names[0] in job.error
+    finally:
+        workers.stop()
+
+
+def test_a_job_whose_rq_job_never_reached_the_queue_ends_within_30s(rq_mw):
+    """Its record was created and queueing it on RQ failed (Redis lost the
+    answer, the process died): nothing would ever run it; it ends crashed
+    within 30 s, saying so, and holds no max_queued slot after."""
+    mw = rq_mw(queue=_queue("lost"), max_queued=1)
+    mw.submit(jobfuncs.add, 1, 1).cancel()  # the runner started
+    runner = mw.engine._runner
+    real = runner.submit
+    runner.submit = lambda *args, **kwargs: None  # the RQ job never queued
+    job = mw.submit(jobfuncs.add, 1, 2)
+    created = time.monotonic()
+    wait_for(lambda: job.state is not JobState.QUEUED, 30,
+             message="the job never queued on RQ to end")
+    assert time.monotonic() - created < 30
+    assert job.state is JobState.CRASHED
+    assert "never reached RQ's queue" in job.error
+    runner.submit = real
+    assert mw.submit(jobfuncs.add, 1, 1).cancel()  # the slot is free
+
+
+def test_a_job_queued_where_no_worker_listens_says_so_until_one_does(
+        rq_mw, redis_server):
+    queue = _queue("nobody")
+    mw = rq_mw(queue=queue)
+    job = mw.submit(jobfuncs.add, 2, 2)
+    wait_for(lambda: (job.progress or {}).get("message"), 20,
+             message="the job's page to say no worker listens")
+    message = job.progress["message"]
+    assert f"no RQ worker listens on queue {queue}" in message
+    assert f"rq worker -w wsgi_bg.rq_worker.Worker {queue}" in message
+    assert job.state is JobState.QUEUED
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    try:
+        assert job.wait(timeout=20).result == 4
+        assert job.progress is None
     finally:
         workers.stop()
 

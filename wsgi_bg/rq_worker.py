@@ -79,10 +79,6 @@ from .stores.signing import BadSignature
 if typing.TYPE_CHECKING:
     from rq.executions import Execution
 
-for _name in os.environ.get("WSGI_BG_PRELOAD", "").split(","):
-    if _name.strip():
-        importlib.import_module(_name.strip())
-
 #: Seconds the pub/sub thread (RQ's commands) waits for a message at a time:
 #: how long stopping it may take.
 _pubsub_wait = 0.5
@@ -374,3 +370,9 @@ class Worker(rq.Worker):
             super().teardown()  # type: ignore[no-untyped-call]
         finally:
             release_warm()  # the job process kept for a next job
+
+
+# Last: a preloaded module may import this one, whole.
+for _name in os.environ.get("WSGI_BG_PRELOAD", "").split(","):
+    if _name.strip():
+        importlib.import_module(_name.strip())

@@ -65,6 +65,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,7 +77,14 @@ from ..exceptions import StoreUnavailable, WsgiBgError
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend
-from ..stores.redis import RedisBackend, RedisStore, connect, connection_settings
+from ..stores.redis import (
+    _LIB,
+    SWEEP_SECONDS,
+    RedisBackend,
+    RedisStore,
+    connect,
+    connection_settings,
+)
 from ..stores.signing import BadSignature, Signer, resolve_secret_key
 from .supervisor import supervise
 
@@ -237,6 +245,7 @@ def perform(reference: str, token: str) -> str:
         raise JobEnded(reference, store.finish(
             job_id, JobState.FAILED.value, None,
             "the job's call is not in the store"))
+    _clear_waiting(store, job_id)
     state = supervise(store, job_id, payload, settings["timeout"],
                       settings["grace"], settings.get("jobs_per_process", 1),
                       settings.get("max_result_bytes", MAX_RESULT_BYTES),
@@ -247,6 +256,15 @@ def perform(reference: str, token: str) -> str:
         record = store.get(job_id)
         state = None if record is None else record["state"]
     raise JobEnded(reference, state)
+
+
+def _clear_waiting(store: RedisStore, job_id: str) -> None:
+    """Take the sweep's "no RQ worker listens" message off a job a worker
+    now runs (see :func:`waiting_notice`)."""
+    key = f"{store.namespace}:job:{job_id}"
+    shown = store._r.hget(key, "progress")
+    if isinstance(shown, bytes) and shown.startswith(_WAITING_PREFIX):
+        store._r.hset(key, "progress", "null")
 
 
 def _find_job(
@@ -288,6 +306,151 @@ def running_in_worker(
         _in_worker = None
 
 
+#: Seconds a job may wait after its record was created before its RQ job
+#: must be in Redis (the submit that creates one queues the other next).
+QUEUE_GRACE_SECONDS = 5.0
+#: Seconds a job must stay taken by an RQ worker and not started (or never
+#: queued) before it ends crashed: a live worker starts it within
+#: milliseconds of taking it.
+TAKEN_SECONDS = 8.0
+
+# What the RQ runner's sweep does, in one script on the store's and RQ's keys
+# (see RQSweep). ARGV[1..6]: the store's (see stores/redis.py); [7] the RQ
+# queue's key, [8] grace, [9] seconds a suspect waits, [10] the queue's
+# name, [11] what a job waiting with no worker listening shows (JSON).
+# Returns how many jobs it ended.
+_RQ_SWEEP = """
+local queue, qname = ARGV[7], ARGV[10]
+local grace, wait = tonumber(ARGV[8]), tonumber(ARGV[9])
+local listed = {}
+for _, ref in ipairs(redis.call('LRANGE', queue, 0, -1)) do listed[ref] = true end
+local listening = false
+for _, worker in ipairs(redis.call('SMEMBERS', 'rq:workers:' .. qname)) do
+  if redis.call('EXISTS', worker) == 1 then listening = true break end
+end
+local ended_n = 0
+local function taken(id, why)
+  local first = redis.call('HGET', P .. 'suspects', id)
+  if not first then
+    redis.call('HSET', P .. 'suspects', id, ARGV[2])
+  elseif NOW - tonumber(first) >= wait then
+    redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
+               'error', cjson.encode(why), 'pid', 'null')
+    ended(id, 'queued', 'crashed', ARGV[2])
+    ended_n = ended_n + 1
+  end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
+                               NOW - grace)) do
+  local key = k('job', id)
+  -- owner null: it waits in RQ (a pool's queued job has an owner)
+  if redis.call('HGET', key, 'owner') == 'null' then
+    local ref = 'wsgi_bg-' .. redis.sha1hex(id)
+    local rq = redis.call('HMGET', 'rq:job:' .. ref, 'status', 'worker_name')
+    local status, worker = rq[1], rq[2]
+    if not status then
+      taken(id, "this job never reached RQ's queue " .. qname .. ' (its RQ job'
+        .. ' is not in Redis: queueing it failed after its record was created,'
+        .. ' or it was deleted from RQ), so nothing would run it: it ended crashed')
+    elseif status == 'queued' and listed[ref] then
+      redis.call('HDEL', P .. 'suspects', id)
+      local shown = redis.call('HGET', key, 'progress')
+      if not listening and (not shown or shown == 'null') then
+        redis.call('HSET', key, 'progress', ARGV[11])
+      elseif listening and shown == ARGV[11] then
+        redis.call('HSET', key, 'progress', 'null')
+      end
+    elseif status == 'queued' or status == 'started' then
+      local who = 'an RQ worker'
+      if status == 'started' and worker and worker ~= '' then
+        who = 'the RQ worker ' .. worker
+      end
+      taken(id, who .. " took this job off RQ's queue " .. qname
+        .. ' and stopped before it started it (killed, or its host gone): it'
+        .. ' ended crashed')
+    elseif status ~= 'scheduled' and status ~= 'deferred' then
+      taken(id, 'RQ recorded this job ' .. status .. ' before it started, on'
+        .. ' queue ' .. qname .. " (taken by a worker that is not wsgi_bg's"
+        .. " class, or ended with RQ's own commands): it ended crashed")
+    end
+  end
+end
+return ended_n
+"""
+
+
+_WAITING_PREFIX = b'{"done":null,"total":null,"message":"waiting: no RQ worker'
+
+
+def waiting_notice(queue: str) -> dict[str, Any]:
+    """What a job waiting on ``queue`` with no RQ worker listening shows, as
+    its progress message, until one listens."""
+    return {"done": None, "total": None, "message": (
+        f"waiting: no RQ worker listens on queue {queue}. Start one with: rq"
+        f" worker -w wsgi_bg.rq_worker.Worker {queue} --url <the store's Redis>")}
+
+
+class RQSweep:
+    """The RQ runner's sweep, run by each web process that started its
+    runner, every ``SWEEP_SECONDS``, in one Lua script (bounded by the jobs
+    queued in the namespace and the length of the RQ queue; nothing of
+    RQ's is unpickled, only plain fields read). For each job queued on RQ:
+
+    - its RQ job is not in Redis (queueing it failed after its record was
+      created): it ends ``crashed`` saying so;
+    - an RQ worker took it off the queue and did not start it (killed
+      between the two): it ends ``crashed``, naming the worker;
+    - RQ ended it before it started (a stock worker, RQ's commands): it
+      ends ``crashed`` saying so;
+    - it waits on the queue and no live RQ worker listens there: its
+      progress says so, with the command that starts one, until one does.
+
+    Each of the first three must hold at two sweeps ``TAKEN_SECONDS``
+    apart (the store's ``N:suspects``), and only for jobs created more than
+    ``QUEUE_GRACE_SECONDS`` ago: a live worker starts what it takes in
+    milliseconds, and a submit queues what it creates at once.
+    """
+
+    def __init__(self, store: RedisStore, queue: rq.Queue) -> None:
+        self._store = store
+        self._queue = queue
+        # The store's Lua library: its state changes (ended) and arguments.
+        self._script = store._r.register_script(_LIB + _RQ_SWEEP)
+        self._notice = json.dumps(waiting_notice(queue.name), separators=(",", ":"))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self) -> int:
+        """One sweep; how many jobs it ended."""
+        return int(self._script(args=self._store._args(
+            self._queue.key, QUEUE_GRACE_SECONDS, TAKEN_SECONDS, self._queue.name,
+            self._notice)))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wsgi_bg-rq-sweep",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(SWEEP_SECONDS):
+            try:
+                self.sweep()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not failing:
+                    logger.warning("wsgi_bg: the RQ sweep cannot reach Redis: %s", exc)
+                failing = True
+            except Exception:  # keep sweeping whatever one sweep met
+                logger.exception("wsgi_bg: the RQ sweep failed")
+            else:
+                failing = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class RQRunner:
     """Queues each job on an :class:`rq.Queue` for ``rq worker`` processes
     with wsgi_bg's worker class; the :class:`~wsgi_bg.runners.Runner` for
@@ -311,11 +474,14 @@ class RQRunner:
         self._store_settings = link.settings
         if queue is not None:
             theirs = connection_settings(queue.connection)
-            if _address(theirs) != _address(link.settings):
+            if (_address(theirs), theirs.get("db", 0)) != (
+                    _address(link.settings), link.settings.get("db", 0)):
                 raise ValueError(
                     "the RQ queue's Redis must be the store's (same host and"
-                    f" port, or socket), got queue at {_address(theirs)} and"
-                    f" store at {_address(link.settings)}"
+                    " port, or socket, and database: one script reads both),"
+                    f" got queue at {_address(theirs)} db {theirs.get('db', 0)}"
+                    f" and store at {_address(link.settings)} db"
+                    f" {link.settings.get('db', 0)}"
                 )
             if not is_wsgi_bg_queue(queue.name):
                 raise ValueError(
@@ -327,6 +493,8 @@ class RQRunner:
         self._given = queue
         self.queue: rq.Queue | None = None
         self._client: redis.Redis | None = None  # the store's keys
+        self._backend = backend
+        self._sweep: RQSweep | None = None
         self._signer = Signer(link.secret)
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
@@ -345,6 +513,10 @@ class RQRunner:
                     self._settings["namespace"]),
                 connection=self._client if given is None else given.connection,
                 serializer=SERIALIZER)
+            reader = self._backend.reader()
+            if isinstance(reader, RedisStore):
+                self._sweep = RQSweep(reader, self.queue)
+                self._sweep.start()
 
     def _queue(self) -> rq.Queue:
         if self.queue is None:
@@ -410,5 +582,7 @@ class RQRunner:
     def shutdown(self, timeout: float | None = None) -> None:
         # Jobs queued or running on RQ are the workers': they outlive this
         # web process (that is the point), so nothing is cancelled here.
+        if self._sweep is not None:
+            self._sweep.stop()
         if self._client is not None:
             self._client.connection_pool.disconnect()
