@@ -270,3 +270,25 @@ def test_uwsgi_without_threads_is_refused(monkeypatch, has_threads, refused):
             BackgroundMiddleware(raw_app)
     else:
         BackgroundMiddleware(raw_app).shutdown()
+
+
+def test_a_middleware_around_a_middleware_is_refused():
+    inner = BackgroundMiddleware(appfuncs.plain_site)  # starts nothing
+    with pytest.raises(TypeError, match=r"already a BackgroundMiddleware.*\.app"):
+        BackgroundMiddleware(inner)
+
+
+def test_a_middleware_mounted_inside_another_runs_its_own_jobs(make_mw):
+    """Nested at different mounts is legitimate: the innermost middleware a
+    request passes runs the jobs it starts, and serves their pages."""
+    inner = make_mw(appfuncs.report)
+    outer = make_mw(DispatcherMiddleware(appfuncs.plain_site, {"/admin": inner}))
+    client = webtest.TestApp(outer)
+    assert client.get("/").text == "site"
+    res = client.get("/admin/run", status=303)
+    job_url = res.location.removeprefix("http://localhost")
+    assert job_url.startswith("/admin/_jobs/")
+    job = inner.get_job(job_url.rsplit("/", 1)[1])
+    job.wait(timeout=30)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert "Started /admin /run" in client.get(job_url).text

@@ -429,3 +429,10 @@ def test_fork_start_method_works_and_shuts_down(tmp_path):
     assert result["failed"] == "failed"
     assert result["slow"] == "cancelled"
     assert result["shutdown"] < 10
+
+
+def test_the_fixture_refuses_an_app_wrapped_at_import(wsgi_bg_middleware):
+    wrapped = BackgroundMiddleware(testingfuncs.echo_view)  # as a module would
+    with pytest.raises(TypeError, match=r"already a BackgroundMiddleware.*manage\(\)"):
+        wsgi_bg_middleware(wrapped)
+    assert wsgi_bg_middleware.manage(wrapped) is wrapped

@@ -331,6 +331,15 @@ class BackgroundMiddleware:
         max_result_bytes: int = MAX_RESULT_BYTES,
         max_call_bytes: int = MAX_CALL_BYTES,
     ) -> None:
+        if isinstance(app, BackgroundMiddleware):
+            # Two engines on one app: the inner one runs the jobs its views
+            # start, the outer one's pages never see them, and whoever shuts
+            # down the outer one leaves the inner one's processes behind.
+            raise TypeError(
+                "app is already a BackgroundMiddleware: wrap the app it wraps"
+                " (its .app), or use it as it is; two middlewares around one"
+                " app would run jobs on the inner one"
+            )
         for label, path in (("prefix", prefix), ("status_url", status_url)):
             if path is None and label == "status_url":
                 continue

@@ -308,6 +308,12 @@ class MiddlewareFactory:
                 f" {app!r}; call the factory with no app to get a middleware"
                 " for mw.submit() alone"
             )
+        if isinstance(app, BackgroundMiddleware):
+            raise TypeError(
+                "app is already a BackgroundMiddleware (wrapped at import?):"
+                " pass it to manage() to have it shut down after the test, or"
+                " pass the app it wraps (its .app) to build one with these options"
+            )
         for key, value in self.defaults.items():
             options.setdefault(key, value)
         return self.manage(BackgroundMiddleware(app or _empty_app, **options))
