@@ -1,6 +1,7 @@
 # make test  - create .venv if needed, install wsgi_bg with its test dependencies, run the tests
 #             in parallel (TEST_WORKERS=4 xdist workers; PYTEST_ARGS=... for more options)
-# make demo  - serve the ported web.py example on http://127.0.0.1:8080
+# make demo  - create .venv if needed, install wsgi_bg alone (no test tools), serve the
+#             ported web.py example on http://127.0.0.1:8080
 # make bench - run the benchmarks in bench/ (not part of make test)
 # make lint  - ruff and mypy on the package
 PYTHON ?= python3
@@ -23,7 +24,16 @@ TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-demo: $(STAMP)
+# The demo needs wsgi_bg and Werkzeug only: not the test and typing groups
+# (49 packages, uWSGI among them). A venv set up for the tests has them too.
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/wsgi-bg demo
 
 bench: $(STAMP)

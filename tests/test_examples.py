@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -18,8 +19,8 @@ from webtest import TestApp
 
 from helpers import assert_no_children, max_batches, wait_for
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "examples")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
 sys.path.insert(0, EXAMPLES)  # the examples are plain modules, as a user has them
 
 import dispatcher_example  # noqa: E402
@@ -46,6 +47,25 @@ def poll_done(client: TestApp, job_url: str, timeout: float = 30.0) -> dict:
         return data if data["done"] else None
 
     return wait_for(done, timeout, interval=0.02, message=f"job {job_url} to end")
+
+
+# -- make demo --------------------------------------------------------------------
+def make_dry_run(target: str, venv: str) -> list[str]:
+    """The commands ``make <target>`` would run for a fresh ``venv``."""
+    done = subprocess.run(["make", "-n", "-C", ROOT, target, f"VENV={venv}"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_make_demo_installs_the_package_alone(tmp_path):
+    demo = make_dry_run("demo", str(tmp_path / "venv"))
+    installs = [line for line in demo if " pip install " in line]
+    assert installs and all("--group" not in line for line in installs), demo
+    assert any(line.endswith("pip install --quiet -e .") for line in installs), demo
+    # The tests still get everything they need.
+    test = make_dry_run("test", str(tmp_path / "venv"))
+    assert any("--group tests" in line for line in test), test
 
 
 # -- the web.py example -----------------------------------------------------------
