@@ -205,10 +205,13 @@ def test_serve_authorize_all_opens_the_list(serve):
 
 def test_demo_serves_the_webpy_example(serve):
     server = serve("demo", "--delay", "0.01")
-    status, headers, body = server.get("/", Accept="application/json")
-    assert status == 202, body
-    job = json.loads(body)
-    assert headers["Location"] == job["url"]
+    status, _, body = server.get("/")
+    assert status == 200 and "Start a job" in body, body
+    status, _, body = server.get("/_jobs/api/jobs")
+    assert (status, json.loads(body)["jobs"]) == (200, []), body  # a GET starts none
+    status, headers, body = request(server.port, "/", method="POST")
+    assert status == 303, body
+    job = {"url": headers["Location"], "id": headers["Location"].rsplit("/", 1)[1]}
     data = server.poll_job(job["url"])
     assert data["state"] == "succeeded", data["error"]
     lines = data["output"].splitlines()

@@ -76,8 +76,8 @@ def test_make_demo_installs_the_package_alone(tmp_path):
 def test_webpy_example_shows_all_lines_in_the_end(make_mw, module):
     mw = make_mw(module.make_app(delay=0.01))
     client = TestApp(mw)
-    res = client.get("/", headers={"Accept": "text/html"}, status=303)
-    job_url = res.headers["Location"]
+    res = client.get("/").forms[0].submit(headers={"Accept": "text/html"}, status=303)
+    job_url = res.headers["Location"].removeprefix("http://localhost")
     assert re.fullmatch(r"/_jobs/[A-Za-z0-9_-]{43}", job_url)
 
     data = poll_done(client, job_url)
@@ -90,16 +90,34 @@ def test_webpy_example_shows_all_lines_in_the_end(make_mw, module):
         assert re.fullmatch(f"{i}: {TIMESTAMP}", line), line
     assert lines[2:] == sorted(lines[2:], key=lambda s: s.split(": ", 1)[1])
 
+    assert data["result"] == "'10 lines printed'"
+    assert data["progress"] == {"done": 10, "total": 10, "message": None}
+
     page = res.follow(headers={"Accept": "text/html"})
     assert page.content_type == "text/html"
     assert "hit f5 to refresh!" in page.text
     for line in lines:
         assert line in page.text
+    # What a newcomer reads as the call: the function and its arguments.
+    assert "Arguments" in page.text
+    assert "lines=10, delay=0.01" in page.text
 
 
-def test_webpy_example_other_paths_start_nothing(make_mw):
-    mw = make_mw(webpy_example.make_app(delay=0.01))
-    TestApp(mw).get("/favicon.ico", status=404)
+@pytest.mark.parametrize(
+    "module",
+    [pytest.param(webpy_example, id="examples"), pytest.param(wsgi_bg.demo, id="demo")],
+)
+def test_webpy_example_get_starts_nothing(make_mw, module):
+    """A browser's GET, a health check's HEAD, /favicon.ico: no job."""
+    mw = make_mw(module.make_app(delay=0.01))
+    client = TestApp(mw)
+    page = client.get("/")
+    assert page.content_type == "text/html"
+    assert page.forms[0].method.upper() == "POST"
+    assert "Start a job" in page.text and 'href="/_jobs/"' in page.text
+    client.head("/")
+    client.get("/favicon.ico", status=404)
+    client.put("/", status=405)
     assert mw.jobs() == []
 
 
@@ -107,7 +125,7 @@ def test_demo_lines_appear_one_by_one(make_mw):
     """What `make demo` promises: the page's output grows while the job runs."""
     mw = make_mw(wsgi_bg.demo.make_app(delay=0.3))
     client = TestApp(mw)
-    job_url = client.get("/", headers={"Accept": "text/html"}, status=303).location
+    job_url = client.post("/", status=303).location.removeprefix("http://localhost")
     api = api_url(job_url)
 
     def first_line_out():

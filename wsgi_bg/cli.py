@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="serve the ported web.py background example",
-        description="Serve the web.py background example, ported: opening /"
-        " starts a job printing ten timed lines, and sends you to its page, where"
-        " they appear one by one. The job list is open to this machine.",
+        description="Serve the web.py background example, ported: / is a page"
+        " whose button starts a job printing ten timed lines and sends you to"
+        " its page, where they appear one by one (a GET starts nothing). The"
+        " job list is open to this machine.",
     )
     _add_server_options(demo)
     demo.add_argument("--delay", type=_non_negative_float, default=None,
@@ -239,8 +240,8 @@ def demo(args: argparse.Namespace) -> int:
 
     mw = BackgroundMiddleware(demo_module.make_app(args.delay), authorize=allow_local)
     banner = (
-        f"wsgi-bg demo: open {_display_url(args.host, args.port, '/')} to start a job"
-        " and follow its output live; every job:"
+        f"wsgi-bg demo: open {_display_url(args.host, args.port, '/')} and press"
+        " 'Start a job' to follow its output live; every job:"
         f" {_display_url(args.host, args.port, mw.prefix + '/')}"
     )
     return _serve(mw, args.host, args.port, reload=False, banner=banner)
