@@ -11,7 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
+from importlib import resources
+from pathlib import Path
 
 import psutil
 import pytest
@@ -19,6 +22,7 @@ import requests
 import webtest
 
 import redisfuncs
+import wsgi_bg
 from conftest import TEST_SECRET_KEY
 from helpers import wait_for
 from redis_server import RedisServer, free_port
@@ -46,6 +50,28 @@ def redis_mw(redis_server, wsgi_bg_middleware):
         return wsgi_bg_middleware(app, **options)
 
     return make
+
+
+# -- the Lua scripts ----------------------------------------------------------------
+def test_every_lua_script_the_store_loads_is_shipped_in_the_wheel():
+    """Each script is a file of wsgi_bg/stores/lua/, read with
+    importlib.resources: one left out of pyproject.toml's package-data would
+    be missing from an installed wheel (an editable install still finds it)."""
+    from wsgi_bg.stores import redis as redis_store
+
+    package = Path(wsgi_bg.__file__).parent
+    with open(Path(TESTS).parent / "pyproject.toml", "rb") as f:
+        globs = tomllib.load(f)["tool"]["setuptools"]["package-data"]["wsgi_bg"]
+    shipped = {path for pattern in globs for path in package.glob(pattern)}
+    lua = resources.files("wsgi_bg.stores") / "lua"
+    loaded = ("lib", *redis_store.SCRIPTS)
+    for name in loaded:
+        path = lua / f"{name}.lua"
+        assert path.is_file(), name
+        assert package / "stores" / "lua" / f"{name}.lua" in shipped, name
+        assert redis_store.script_source(name).endswith(path.read_text()), name
+    # and no file lies there unused
+    assert sorted(p.name for p in lua.iterdir()) == sorted(f"{n}.lua" for n in loaded)
 
 
 # -- choosing the store ----------------------------------------------------------

@@ -23,10 +23,11 @@ one Redis never see each other's jobs)::
     N:finished      zset    ended jobs, by ended_at (retention by max_jobs)
     N:suspects      hash    job id -> when its lease or owner was first missed
 
-Each state change is one Lua script, so it is atomic whoever runs it. Ended
-jobs' keys expire after ``job_ttl`` (Redis expiry) and the same scripts drop
-ended jobs past ``max_jobs``. The scripts compute their keys, so Redis Cluster
-is not supported (one Redis, or a primary with replicas, is).
+Each state change is one Lua script (``lua/<name>.lua``, run after the
+prelude ``lua/lib.lua``), so it is atomic whoever runs it. Ended jobs' keys
+expire after ``job_ttl`` (Redis expiry) and the same scripts drop ended jobs
+past ``max_jobs``. The scripts compute their keys, so Redis Cluster is not
+supported (one Redis, or a primary with replicas, is).
 
 Liveness (nothing says "running" for ever): the supervisor of a running job
 renews its lease with every relay (several times a second); each server
@@ -57,11 +58,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from importlib import resources
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.connection import parse_url
 from redis.retry import Retry
 
@@ -99,448 +102,29 @@ _CRASHED_QUEUED = (
 )
 
 # -- Lua ------------------------------------------------------------------------------
-# Every script gets ARGV[1..6] = prefix, now, max_output_bytes, max_jobs,
-# job_ttl in ms, lease in ms; its own arguments follow from ARGV[7].
-_LIB = """
-local P = ARGV[1]
-local NOW = tonumber(ARGV[2])
-local LIMIT = tonumber(ARGV[3])
-local MAX_JOBS = tonumber(ARGV[4])
-local TTL_MS = tonumber(ARGV[5])
-local LEASE_MS = tonumber(ARGV[6])
-local STATES = {'queued', 'running', 'succeeded', 'failed', 'cancelled',
-                'timed_out', 'crashed'}
-local TERMINAL = {succeeded = true, failed = true, cancelled = true,
-                  timed_out = true, crashed = true}
+#: The scripts, each a file of lua/ (its header says its arguments and its
+#: answer), run after lua/lib.lua: the prelude they share.
+SCRIPTS = ("create", "start", "relay", "finish", "finish_and_start", "cancel",
+           "view", "read", "list", "counts", "page", "sweep")
 
-local function k(kind, id) return P .. kind .. ':' .. id end
 
-local function move(id, from, to)
-  local score = redis.call('ZSCORE', P .. 'jobs', id) or ARGV[2]
-  redis.call('ZREM', P .. 'state:' .. from, id)
-  redis.call('ZADD', P .. 'state:' .. to, score, id)
-end
+@functools.cache
+def _lua(name: str) -> str:
+    # Read once per process; redis-py's register_script sends a script only
+    # when Redis does not know its SHA yet.
+    path = resources.files("wsgi_bg.stores") / "lua" / f"{name}.lua"
+    return path.read_text("utf-8")
 
-local function drop(id)
-  redis.call('DEL', k('job', id), k('out', id), k('head', id), k('result', id),
-             k('lease', id), k('call', id))
-  redis.call('ZREM', P .. 'jobs', id)
-  redis.call('ZREM', P .. 'finished', id)
-  redis.call('HDEL', P .. 'suspects', id)
-  for _, s in ipairs(STATES) do redis.call('ZREM', P .. 'state:' .. s, id) end
-end
 
-local function prune()
-  local cutoff = NOW - TTL_MS / 1000
-  local old = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf',
-                         '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, 1000)
-  for _, id in ipairs(old) do drop(id) end
-  local n = redis.call('ZCARD', P .. 'finished')
-  if n > MAX_JOBS then
-    for _, id in ipairs(redis.call('ZRANGE', P .. 'finished', 0, n - MAX_JOBS - 1)) do
-      drop(id)
-    end
-  end
-end
+#: The prelude every script runs first (runners/rq.py's sweep too).
+_LIB = _lua("lib")
 
-local function expire(id)
-  local ms = math.max(TTL_MS, 1)
-  for _, kind in ipairs({'job', 'out', 'head', 'result', 'call'}) do
-    redis.call('PEXPIRE', k(kind, id), ms)
-  end
-end
 
--- A number field of job id's record; default if it has none (nil: it must
--- have one). A record changed outside wsgi_bg ('abc' as its output_size)
--- fails the script with an error naming the job and the field, which the
--- store raises as UnreadableRecord, instead of Lua's own error.
-local function num(id, field, default)
-  local v = redis.call('HGET', k('job', id), field)
-  local n = tonumber(v)
-  if n then return n end
-  if not v and default then return default end
-  error({err = 'UNREADABLE ' .. id .. ' ' .. field})
-end
+def script_source(name: str) -> str:
+    """The Lua source of script ``name`` (one of :data:`SCRIPTS`), as Redis
+    runs it: the shared prelude, then the script."""
+    return _LIB + _lua(name)
 
-local function is_cont(s, i)
-  local b = string.byte(s, i)
-  return b ~= nil and b >= 128 and b < 192
-end
-
--- Drop the start of the tail, at a character boundary, to keep only what
--- reads show: LIMIT bytes with the head. SET stores it in a fresh value of
--- its own size (APPEND's values keep room to grow: up to twice their size).
--- Whether there was anything to drop.
-local function trim(id, total, tail_start)
-  local key, out = k('job', id), k('out', id)
-  local keep = LIMIT - redis.call('STRLEN', k('head', id))
-  local rel = total - keep - tail_start
-  if rel <= 0 then return false end
-  local tail = redis.call('GETRANGE', out, rel, -1)
-  local skip = 0
-  while skip < #tail and is_cont(tail, skip + 1) do skip = skip + 1 end
-  redis.call('SET', out, string.sub(tail, skip + 1))
-  redis.call('HSET', key, 'tail_start', tail_start + rel + skip)
-  return true
-end
-
--- Output past LIMIT keeps a head and a tail cut at character boundaries; the
--- tail may grow by LIMIT / 4 before it is trimmed (in batches), reads show at
--- most LIMIT bytes in all. The same rules as memory.py's _Output.
-local function append(id, data, expected)
-  local key, out = k('job', id), k('out', id)
-  local size = num(id, 'output_size', 0)
-  if expected ~= '' and size > tonumber(expected) then
-    data = string.sub(data, size - tonumber(expected) + 1)  -- landed already
-  end
-  if #data == 0 then return end
-  local total = size + #data
-  redis.call('APPEND', out, data)
-  if redis.call('HGET', key, 'truncated') ~= 'true' then
-    if total > LIMIT then
-      local full = redis.call('GET', out)
-      local cut = math.floor(LIMIT / 2)
-      while cut > 0 and is_cont(full, cut + 1) do cut = cut - 1 end
-      redis.call('SET', k('head', id), string.sub(full, 1, cut))
-      local start = #full - (LIMIT - cut)
-      while start < #full and is_cont(full, start + 1) do start = start + 1 end
-      redis.call('SET', out, string.sub(full, start + 1))
-      redis.call('HSET', key, 'truncated', 'true', 'tail_start', start)
-    end
-  else
-    local tail_start = num(id, 'tail_start')
-    local keep = LIMIT - redis.call('STRLEN', k('head', id))
-    if total - tail_start > keep + math.floor(LIMIT / 4) then
-      trim(id, total, tail_start)
-    end
-  end
-  redis.call('HSET', key, 'output_size', total)
-end
-
--- A job's end: its output shrinks to what reads show, in values of their own
--- size, so that a finished job holds about LIMIT bytes of output.
-local function compact(id)
-  local key, out = k('job', id), k('out', id)
-  if redis.call('HGET', key, 'truncated') == 'true' and trim(
-      id, num(id, 'output_size'), num(id, 'tail_start')) then
-    return
-  end
-  local data = redis.call('GET', out)
-  if data then redis.call('SET', out, data) end
-end
-
-local function ended(id, from, state, ended_at)
-  compact(id)
-  move(id, from, state)
-  redis.call('ZADD', P .. 'finished', ended_at, id)
-  redis.call('DEL', k('lease', id))
-  redis.call('HDEL', P .. 'suspects', id)
-  expire(id)
-end
-
--- {head part, bytes dropped before the tail part (-1: none), tail part, total}
-local function read(id, since)
-  local key, out = k('job', id), k('out', id)
-  local total = num(id, 'output_size', 0)
-  if since >= total then return {'', -1, '', total} end
-  if redis.call('HGET', key, 'truncated') ~= 'true' then
-    return {'', -1, redis.call('GETRANGE', out, since, -1), total}
-  end
-  local head = redis.call('GET', k('head', id)) or ''
-  local tail_start = num(id, 'tail_start')
-  local visible = math.max(tail_start, total - (LIMIT - #head))
-  local head_part = ''
-  if since < #head then head_part = string.sub(head, since + 1) end
-  if since < visible then
-    return {head_part, visible - #head,
-            redis.call('GETRANGE', out, visible - tail_start, -1), total}
-  end
-  return {head_part, -1, redis.call('GETRANGE', out, since - tail_start, -1), total}
-end
-"""
-
-# ARGV[7] id, [8] max_queued, [9] created_at, [10] signed call or '',
-# [11] id of the job this one runs again or '', [12] deadline on Redis's clock
-# or '', [13...] field, value pairs. 1: created; 0: max_queued are waiting;
-# -1: the id is another job's; -2: past the deadline, nothing done.
-_CREATE = """
-if ARGV[12] ~= '' then
-  -- Past it, the client has given up (its socket timeout) and told its
-  -- caller the job was not created: landing now would leave a job that
-  -- nothing runs, holding a max_queued slot.
-  local t = redis.call('TIME')
-  if tonumber(t[1]) + tonumber(t[2]) / 1000000 > tonumber(ARGV[12]) then
-    return -2
-  end
-end
-local id = ARGV[7]
-if redis.call('EXISTS', k('job', id)) == 1 then
-  -- The same create again (redis-py retries once on a dropped connection,
-  -- and the first try may have landed): done already.
-  if redis.call('HGET', k('job', id), 'created_at') == ARGV[9] then return 1 end
-  return -1
-end
-prune()
-if redis.call('ZCARD', P .. 'state:queued') >= tonumber(ARGV[8]) then return 0 end
-local fields = {}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', k('job', id), 'state', 'queued', 'output_size', '0', unpack(fields))
-if ARGV[11] ~= '' and redis.call('EXISTS', k('job', ARGV[11])) == 1 then
-  redis.call('HSET', k('job', ARGV[11]), 'rerun_as', '"' .. id .. '"')
-end
-if ARGV[10] ~= '' then redis.call('SET', k('call', id), ARGV[10]) end
-redis.call('ZADD', P .. 'jobs', ARGV[9], id)
-redis.call('ZADD', P .. 'state:queued', ARGV[9], id)
-return 1
-"""
-
-# a[1] id, [2] pid, [3] started_at
-_START_FN = """
-local function start(a)
-  local id = a[1]
-  local key = k('job', id)
-  local now = redis.call('HMGET', key, 'state', 'pid')
-  -- the same process again: a retry of this start, whose answer was lost
-  if now[1] == 'running' and now[2] == a[2] then return 1 end
-  if now[1] ~= 'queued' then return 0 end
-  redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
-  move(id, 'queued', 'running')
-  redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
-  return 1
-end
-"""
-# ARGV[7...9]: start's a[1...3]
-_START = _START_FN + "return start({unpack(ARGV, 7, 9)})\n"
-
-# ARGV[7] id, [8] text, [9] progress JSON or '', [10] expected offset or ''
-_RELAY = """
-local id = ARGV[7]
-local key = k('job', id)
-if redis.call('HGET', key, 'state') ~= 'running' then return {1, '0'} end
-append(id, ARGV[8], ARGV[10])
-if ARGV[9] ~= '' then redis.call('HSET', key, 'progress', ARGV[9]) end
-redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
-redis.call('HDEL', P .. 'suspects', id)
-local f = redis.call('HMGET', key, 'cancel_requested', 'stop_requested', 'cancel_grace')
-local stop = 0
-if f[1] == 'true' or f[2] == 'true' then stop = 1 end
-return {stop, f[3] or 'null'}
-"""
-
-# a[1] id, [2] state, [3] error JSON, [4] error if it was cancelled JSON,
-# [5] text, [6] progress JSON or '', [7] shown JSON, [8] signed result,
-# [9] '1' if there is a result, [10] ended_at, [11] expected offset or ''
-_FINISH_FN = """
-local function finish(a)
-  local id = a[1]
-  local key = k('job', id)
-  local old = redis.call('HGET', key, 'state')
-  if not old or TERMINAL[old] then return false end
-  append(id, a[5], a[11])
-  if a[6] ~= '' then redis.call('HSET', key, 'progress', a[6]) end
-  local state, err, how = a[2], a[3], 'null'
-  if state == 'cancelled' then
-    if old == 'queued' then how = '"before_start"' else how = '"killed"' end
-  elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
-    state, err, how = 'cancelled', a[4], '"stopped"'
-  end
-  local shown = 'null'
-  if state == 'succeeded' then
-    shown = a[7]
-    if a[9] == '1' then redis.call('SET', k('result', id), a[8]) end
-  end
-  redis.call('HSET', key, 'state', state, 'ended_at', a[10], 'error', err,
-             'pid', 'null', 'result', shown, 'cancelled_how', how)
-  ended(id, old, state, a[10])
-  prune()
-  return state
-end
-"""
-# ARGV[7...17]: finish's a[1...11]
-_FINISH = _FINISH_FN + "return finish({unpack(ARGV, 7, 17)})\n"
-# ARGV[7...17]: finish's a[1...11], [18...20]: start's a[1...3]. The state
-# stored ('' if the job had ended: false would end the reply's array) and 1
-# if the next job started.
-_FINISH_AND_START = _FINISH_FN + _START_FN + """
-local state = finish({unpack(ARGV, 7, 17)})
-return {state or '', start({unpack(ARGV, 18, 20)})}
-"""
-
-# ARGV[7] id, [8] grace or '', [9] '1' for a shutdown, [10] now JSON
-_CANCEL = """
-local id = ARGV[7]
-local key = k('job', id)
-local state = redis.call('HGET', key, 'state')
-if not state or TERMINAL[state] then return '' end
-if state == 'queued' then
-  redis.call('HSET', key, 'state', 'cancelled', 'ended_at', ARGV[10],
-             'error', '"cancelled before it started"', 'cancel_requested', 'true',
-             'cancel_requested_at', ARGV[10], 'cancelled_how', '"before_start"')
-  ended(id, 'queued', 'cancelled', ARGV[10])
-  return 'cancelled'
-end
-if ARGV[9] == '1' then
-  redis.call('HSET', key, 'stop_requested', 'true')
-else
-  if redis.call('HGET', key, 'cancel_requested') ~= 'true' then
-    redis.call('HSET', key, 'cancel_requested_at', ARGV[10])
-  end
-  redis.call('HSET', key, 'cancel_requested', 'true')
-end
-if ARGV[8] ~= '' then
-  local old = redis.call('HGET', key, 'cancel_grace')
-  if not tonumber(old) or tonumber(ARGV[8]) < tonumber(old) then
-    redis.call('HSET', key, 'cancel_grace', ARGV[8])
-  end
-end
-return 'requested'
-"""
-
-# ARGV[7] id, [8] since
-_VIEW = """
-local id = ARGV[7]
-local fields = redis.call('HGETALL', k('job', id))
-if #fields == 0 then return false end
-return {fields, read(id, tonumber(ARGV[8]))}
-"""
-
-# ARGV[7] id, [8] since
-_READ = """
-if redis.call('EXISTS', k('job', ARGV[7])) == 0 then return false end
-return read(ARGV[7], tonumber(ARGV[8]))
-"""
-
-# ARGV[7] how many (0: all)
-_LIST = """
-prune()
-local ids = redis.call('ZREVRANGE', P .. 'jobs', 0, tonumber(ARGV[7]) - 1)
-local records = {}
-for _, id in ipairs(ids) do
-  local fields = redis.call('HGETALL', k('job', id))
-  if #fields > 0 then records[#records + 1] = fields end
-end
-return records
-"""
-
-# ARGV[7] query as it is stored (JSON-escaped, lower case) or '', [8] the
-# query as given (an id), [9] offset, [10] limit, [11] how many names a
-# search reads at most, [12...] states (none: all). Without a query: ZCARD
-# and ZREVRANGE ... LIMIT on the state zsets (merged when several); with one,
-# the names of the newest [11] jobs (in those states) are read here, in
-# Redis, never sent back, and an id is looked up wherever it is.
-# {total, records, 1 if the search left older jobs out}
-_PAGE = """
-prune()
-local q, qid = ARGV[7], ARGV[8]
-local offset, limit, scan = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local keys = {}
-for i = 12, #ARGV do keys[#keys + 1] = P .. 'state:' .. ARGV[i] end
-if #keys == 0 then keys = {P .. 'jobs'} end
-local function newer(a, b)
-  if a[1] ~= b[1] then return a[1] > b[1] end
-  return a[2] > b[2]
-end
-local found, total, partial = {}, 0, 0
-if q == '' then
-  for _, key in ipairs(keys) do
-    total = total + redis.call('ZCARD', key)
-    if limit > 0 then  -- (ZREVRANGE 0 -1 would be everything)
-      local got = redis.call('ZREVRANGE', key, #keys == 1 and offset or 0,
-                             offset + limit - 1, 'WITHSCORES')
-      for i = 1, #got, 2 do found[#found + 1] = {tonumber(got[i + 1]), got[i]} end
-    end
-  end
-  if #keys > 1 then
-    table.sort(found, newer)
-  else
-    offset = 0  -- ZREVRANGE skipped it
-  end
-else
-  local newest = {}
-  for _, key in ipairs(keys) do
-    if redis.call('ZCARD', key) > scan then partial = 1 end
-    local got = redis.call('ZREVRANGE', key, 0, scan - 1, 'WITHSCORES')
-    for i = 1, #got, 2 do newest[#newest + 1] = {tonumber(got[i + 1]), got[i]} end
-  end
-  if #keys > 1 then
-    table.sort(newest, newer)
-    if #newest > scan then partial = 1 end
-  end
-  for i = 1, math.min(#newest, scan) do
-    local id = newest[i][2]
-    local name = redis.call('HGET', k('job', id), 'name')
-    if id ~= qid and name and string.find(string.lower(name), q, 1, true) then
-      found[#found + 1] = newest[i]
-    end
-  end
-  for _, key in ipairs(keys) do  -- an id, exactly: wherever it is
-    local score = redis.call('ZSCORE', key, qid)
-    if score then
-      found[#found + 1] = {tonumber(score), qid}
-      table.sort(found, newer)
-      break
-    end
-  end
-  total = #found
-end
-local records = {}
-for i = offset + 1, math.min(offset + limit, #found) do
-  local fields = redis.call('HGETALL', k('job', found[i][2]))
-  if #fields > 0 then records[#records + 1] = fields end
-end
-return {total, records, partial}
-"""
-
-_COUNTS = """
-prune()
-local counts = {}
-for i, s in ipairs(STATES) do counts[i] = redis.call('ZCARD', P .. 'state:' .. s) end
-return counts
-"""
-
-# ARGV[7] error for running jobs JSON, [8] error for queued jobs JSON,
-# [9] seconds a suspect waits
-_SWEEP = """
-local wait = tonumber(ARGV[9])
-local ended_n = 0
-local function suspect(id)
-  -- (not a number: changed outside wsgi_bg; missed from now on, as if new)
-  local first = tonumber(redis.call('HGET', P .. 'suspects', id))
-  if not first then
-    redis.call('HSET', P .. 'suspects', id, ARGV[2])
-    return false
-  end
-  return NOW - first >= wait
-end
-local function crash(id, from, err)
-  redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
-             'error', err, 'pid', 'null')
-  ended(id, from, 'crashed', ARGV[2])
-  ended_n = ended_n + 1
-end
-for _, id in ipairs(redis.call('ZRANGE', P .. 'state:running', 0, -1)) do
-  if redis.call('EXISTS', k('job', id)) == 0 then
-    drop(id)
-  elseif redis.call('EXISTS', k('lease', id)) == 1 then
-    redis.call('HDEL', P .. 'suspects', id)
-  elseif suspect(id) then
-    crash(id, 'running', ARGV[7])
-  end
-end
-for _, id in ipairs(redis.call('ZRANGE', P .. 'state:queued', 0, -1)) do
-  local owner = redis.call('HGET', k('job', id), 'owner')
-  if not owner then
-    drop(id)
-  elseif owner ~= 'null' then
-    if redis.call('EXISTS', P .. 'owner:' .. string.sub(owner, 2, -2)) == 1 then
-      redis.call('HDEL', P .. 'suspects', id)
-    elseif suspect(id) then
-      crash(id, 'queued', ARGV[8])
-    end
-  end
-end
-return ended_n
-"""
 
 _STATES = [s.value for s in JobState]
 _RAW_FIELDS = ("state",)
@@ -573,7 +157,7 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
             ) from exc
         except redis.ResponseError as exc:
             # A script's own error for a record changed outside wsgi_bg
-            # (see num() in _LIB): "UNREADABLE <id> <field> script: ...".
+            # (see num() in lua/lib.lua): "UNREADABLE <id> <field> script: ...".
             words = str(exc).split()
             if len(words) < 3 or words[0] != "UNREADABLE":
                 raise
@@ -709,19 +293,10 @@ class RedisStore:
         self._next_sweep = 0.0
         #: Redis's clock minus this host's, in seconds (None: not read yet).
         self._clock_offset: float | None = None
-        script = client.register_script
-        self._create = script(_LIB + _CREATE)
-        self._start = script(_LIB + _START)
-        self._relay = script(_LIB + _RELAY)
-        self._finish = script(_LIB + _FINISH)
-        self._finish_and_start = script(_LIB + _FINISH_AND_START)
-        self._cancel = script(_LIB + _CANCEL)
-        self._view = script(_LIB + _VIEW)
-        self._read = script(_LIB + _READ)
-        self._list = script(_LIB + _LIST)
-        self._counts = script(_LIB + _COUNTS)
-        self._page = script(_LIB + _PAGE)
-        self._sweep = script(_LIB + _SWEEP)
+        #: Registered once per store: each call sends EVALSHA, and the source
+        #: only if Redis does not know it (redis-py's Script).
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     def _args(self, *extra: Any) -> list[Any]:
         return [self._prefix, repr(time.time()), self.max_output_bytes,
@@ -742,7 +317,7 @@ class RedisStore:
         signed = b"" if call is None else self._signer.sign(
             "call", record["id"], call, namespace=self.namespace)
         deadline = self._deadline()
-        created = self._create(args=self._args(
+        created = self._scripts["create"](args=self._args(
             record["id"], max_queued, repr(float(record["created_at"])), signed,
             record.get("rerun_of") or "", "" if deadline is None else repr(deadline),
             *fields))
@@ -757,7 +332,7 @@ class RedisStore:
     def _deadline(self) -> float | None:
         """When, on Redis's clock, a call made now is given up by this client
         (its socket timeout), less a margin for the answer's way back; a
-        create run later does nothing (see _CREATE). ``None`` without a
+        create run later does nothing (see lua/create.lua). ``None`` without a
         socket timeout."""
         timeout = float(self._r.connection_pool.connection_kwargs.get(
             "socket_timeout") or 0)
@@ -789,7 +364,7 @@ class RedisStore:
 
     @_reaching
     def start(self, job_id: str, pid: int) -> bool:
-        return bool(self._start(args=self._args(job_id, _dump(pid),
+        return bool(self._scripts["start"](args=self._args(job_id, _dump(pid),
                                                  repr(time.time()))))
 
     @_reaching
@@ -797,7 +372,7 @@ class RedisStore:
         self, job_id: str, text: str, progress: dict[str, Any] | None,
         offset: int | None = None,
     ) -> tuple[bool, float | None]:
-        stop, grace = self._relay(args=self._args(
+        stop, grace = self._scripts["relay"](args=self._args(
             job_id, encode_output(text), _dump_progress(progress),
             "" if offset is None else offset))
         return bool(stop), json.loads(grace)
@@ -808,7 +383,7 @@ class RedisStore:
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
     ) -> str | None:
-        stored = self._finish(args=self._args(*self._finish_args(
+        stored = self._scripts["finish"](args=self._args(*self._finish_args(
             job_id, state, result, error, text, progress, offset, shown)))
         return None if stored is None else stored.decode()
 
@@ -818,7 +393,7 @@ class RedisStore:
         text: str, progress: dict[str, Any] | None, offset: int | None,
         shown: str | None, next_id: str, pid: int,
     ) -> tuple[str | None, bool]:
-        stored, started = self._finish_and_start(args=self._args(
+        stored, started = self._scripts["finish_and_start"](args=self._args(
             *self._finish_args(job_id, state, result, error, text, progress,
                                offset, shown),
             next_id, _dump(pid), repr(time.time())))
@@ -843,7 +418,7 @@ class RedisStore:
     def request_cancel(
         self, job_id: str, grace: float | None, shutdown: bool = False
     ) -> str:
-        answer = self._cancel(args=self._args(
+        answer = self._scripts["cancel"](args=self._args(
             job_id, "" if grace is None else repr(float(grace)),
             "1" if shutdown else "0", repr(time.time())))
         return answer.decode() if isinstance(answer, bytes) else str(answer or "")
@@ -884,13 +459,13 @@ class RedisStore:
 
     @_reaching
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
-        parts = self._read(args=self._args(job_id, max(0, since)))
+        parts = self._scripts["read"](args=self._args(job_id, max(0, since)))
         return None if parts is None else _decode_output(parts, self.max_output_bytes)
 
     @_reaching
     def view(self, job_id: str, since: int) -> tuple[Record, str, int] | None:
         self._maybe_sweep()
-        found = self._view(args=self._args(job_id, max(0, since)))
+        found = self._scripts["view"](args=self._args(job_id, max(0, since)))
         if found is None:
             return None
         fields, parts = found
@@ -903,7 +478,7 @@ class RedisStore:
             check_page(0, limit)
         self._maybe_sweep()
         return [_decode_record(f, listed=True)
-                for f in self._list(args=self._args(limit or 0))]
+                for f in self._scripts["list"](args=self._args(limit or 0))]
 
     @_reaching
     def page(
@@ -917,7 +492,7 @@ class RedisStore:
         self._maybe_sweep()
         # Names are stored as JSON: the query is matched as JSON too.
         stored = _dump(query)[1:-1].lower() if query else ""
-        total, found, partial = self._page(args=self._args(
+        total, found, partial = self._scripts["page"](args=self._args(
             stored, query, offset, limit, SEARCH_SCAN, *states))
         return Page([_decode_record(f, listed=True) for f in found], int(total),
                     bool(partial))
@@ -935,7 +510,8 @@ class RedisStore:
     @_reaching
     def counts(self) -> dict[str, int]:
         self._maybe_sweep()
-        return dict(zip(_STATES, self._counts(args=self._args()), strict=True))
+        counts = self._scripts["counts"](args=self._args())
+        return dict(zip(_STATES, counts, strict=True))
 
     # -- liveness ---------------------------------------------------------------
     @_reaching
@@ -943,7 +519,7 @@ class RedisStore:
         """End ``crashed`` the jobs whose supervisor or owner is gone (see the
         module docstring); return how many."""
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
-        return int(self._sweep(args=self._args(
+        return int(self._scripts["sweep"](args=self._args(
             _dump(_CRASHED_RUNNING), _dump(_CRASHED_QUEUED), SUSPECT_SECONDS)))
 
     def _maybe_sweep(self) -> None:

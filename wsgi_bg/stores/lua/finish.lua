@@ -1,0 +1,4 @@
+-- finish: a job's end (see finish() in lib.lua).
+-- ARGV[1..6]: see lib.lua; [7...17]: finish's a[1...11].
+-- Answers the state stored, or false if the job had ended already.
+return finish({unpack(ARGV, 7, 17)})

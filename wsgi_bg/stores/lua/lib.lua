@@ -1,0 +1,210 @@
+-- The prelude of every script: redis.py runs each script as this file
+-- followed by the script's own (lib.lua + create.lua, ...), so what several
+-- scripts share is written once, here.
+--
+-- KEYS: none. Every script computes its keys from ARGV[1], the namespace's
+-- prefix (the key layout is in redis.py's docstring), so Redis Cluster is not
+-- supported.
+-- ARGV[1..6], given to every script: prefix ('N:'), now (this host's clock,
+-- seconds), max_output_bytes, max_jobs (finished jobs kept), job_ttl in ms,
+-- lease in ms. A script's own arguments follow from ARGV[7].
+local P = ARGV[1]
+local NOW = tonumber(ARGV[2])
+local LIMIT = tonumber(ARGV[3])
+local MAX_JOBS = tonumber(ARGV[4])
+local TTL_MS = tonumber(ARGV[5])
+local LEASE_MS = tonumber(ARGV[6])
+local STATES = {'queued', 'running', 'succeeded', 'failed', 'cancelled',
+                'timed_out', 'crashed'}
+local TERMINAL = {succeeded = true, failed = true, cancelled = true,
+                  timed_out = true, crashed = true}
+
+local function k(kind, id) return P .. kind .. ':' .. id end
+
+local function move(id, from, to)
+  local score = redis.call('ZSCORE', P .. 'jobs', id) or ARGV[2]
+  redis.call('ZREM', P .. 'state:' .. from, id)
+  redis.call('ZADD', P .. 'state:' .. to, score, id)
+end
+
+local function drop(id)
+  redis.call('DEL', k('job', id), k('out', id), k('head', id), k('result', id),
+             k('lease', id), k('call', id))
+  redis.call('ZREM', P .. 'jobs', id)
+  redis.call('ZREM', P .. 'finished', id)
+  redis.call('HDEL', P .. 'suspects', id)
+  for _, s in ipairs(STATES) do redis.call('ZREM', P .. 'state:' .. s, id) end
+end
+
+local function prune()
+  local cutoff = NOW - TTL_MS / 1000
+  local old = redis.call('ZRANGEBYSCORE', P .. 'finished', '-inf',
+                         '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, 1000)
+  for _, id in ipairs(old) do drop(id) end
+  local n = redis.call('ZCARD', P .. 'finished')
+  if n > MAX_JOBS then
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'finished', 0, n - MAX_JOBS - 1)) do
+      drop(id)
+    end
+  end
+end
+
+local function expire(id)
+  local ms = math.max(TTL_MS, 1)
+  for _, kind in ipairs({'job', 'out', 'head', 'result', 'call'}) do
+    redis.call('PEXPIRE', k(kind, id), ms)
+  end
+end
+
+-- A number field of job id's record; default if it has none (nil: it must
+-- have one). A record changed outside wsgi_bg ('abc' as its output_size)
+-- fails the script with an error naming the job and the field, which the
+-- store raises as UnreadableRecord, instead of Lua's own error.
+local function num(id, field, default)
+  local v = redis.call('HGET', k('job', id), field)
+  local n = tonumber(v)
+  if n then return n end
+  if not v and default then return default end
+  error({err = 'UNREADABLE ' .. id .. ' ' .. field})
+end
+
+local function is_cont(s, i)
+  local b = string.byte(s, i)
+  return b ~= nil and b >= 128 and b < 192
+end
+
+-- Drop the start of the tail, at a character boundary, to keep only what
+-- reads show: LIMIT bytes with the head. SET stores it in a fresh value of
+-- its own size (APPEND's values keep room to grow: up to twice their size).
+-- Whether there was anything to drop.
+local function trim(id, total, tail_start)
+  local key, out = k('job', id), k('out', id)
+  local keep = LIMIT - redis.call('STRLEN', k('head', id))
+  local rel = total - keep - tail_start
+  if rel <= 0 then return false end
+  local tail = redis.call('GETRANGE', out, rel, -1)
+  local skip = 0
+  while skip < #tail and is_cont(tail, skip + 1) do skip = skip + 1 end
+  redis.call('SET', out, string.sub(tail, skip + 1))
+  redis.call('HSET', key, 'tail_start', tail_start + rel + skip)
+  return true
+end
+
+-- Output past LIMIT keeps a head and a tail cut at character boundaries; the
+-- tail may grow by LIMIT / 4 before it is trimmed (in batches), reads show at
+-- most LIMIT bytes in all. The same rules as memory.py's _Output.
+local function append(id, data, expected)
+  local key, out = k('job', id), k('out', id)
+  local size = num(id, 'output_size', 0)
+  if expected ~= '' and size > tonumber(expected) then
+    data = string.sub(data, size - tonumber(expected) + 1)  -- landed already
+  end
+  if #data == 0 then return end
+  local total = size + #data
+  redis.call('APPEND', out, data)
+  if redis.call('HGET', key, 'truncated') ~= 'true' then
+    if total > LIMIT then
+      local full = redis.call('GET', out)
+      local cut = math.floor(LIMIT / 2)
+      while cut > 0 and is_cont(full, cut + 1) do cut = cut - 1 end
+      redis.call('SET', k('head', id), string.sub(full, 1, cut))
+      local start = #full - (LIMIT - cut)
+      while start < #full and is_cont(full, start + 1) do start = start + 1 end
+      redis.call('SET', out, string.sub(full, start + 1))
+      redis.call('HSET', key, 'truncated', 'true', 'tail_start', start)
+    end
+  else
+    local tail_start = num(id, 'tail_start')
+    local keep = LIMIT - redis.call('STRLEN', k('head', id))
+    if total - tail_start > keep + math.floor(LIMIT / 4) then
+      trim(id, total, tail_start)
+    end
+  end
+  redis.call('HSET', key, 'output_size', total)
+end
+
+-- A job's end: its output shrinks to what reads show, in values of their own
+-- size, so that a finished job holds about LIMIT bytes of output.
+local function compact(id)
+  local key, out = k('job', id), k('out', id)
+  if redis.call('HGET', key, 'truncated') == 'true' and trim(
+      id, num(id, 'output_size'), num(id, 'tail_start')) then
+    return
+  end
+  local data = redis.call('GET', out)
+  if data then redis.call('SET', out, data) end
+end
+
+local function ended(id, from, state, ended_at)
+  compact(id)
+  move(id, from, state)
+  redis.call('ZADD', P .. 'finished', ended_at, id)
+  redis.call('DEL', k('lease', id))
+  redis.call('HDEL', P .. 'suspects', id)
+  expire(id)
+end
+
+-- {head part, bytes dropped before the tail part (-1: none), tail part, total}
+local function read(id, since)
+  local key, out = k('job', id), k('out', id)
+  local total = num(id, 'output_size', 0)
+  if since >= total then return {'', -1, '', total} end
+  if redis.call('HGET', key, 'truncated') ~= 'true' then
+    return {'', -1, redis.call('GETRANGE', out, since, -1), total}
+  end
+  local head = redis.call('GET', k('head', id)) or ''
+  local tail_start = num(id, 'tail_start')
+  local visible = math.max(tail_start, total - (LIMIT - #head))
+  local head_part = ''
+  if since < #head then head_part = string.sub(head, since + 1) end
+  if since < visible then
+    return {head_part, visible - #head,
+            redis.call('GETRANGE', out, visible - tail_start, -1), total}
+  end
+  return {head_part, -1, redis.call('GETRANGE', out, since - tail_start, -1), total}
+end
+
+-- A queued job runs: a[1] id, [2] pid, [3] started_at. 1 if it started (or
+-- this same process had started it: a retry whose answer was lost), else 0.
+local function start(a)
+  local id = a[1]
+  local key = k('job', id)
+  local now = redis.call('HMGET', key, 'state', 'pid')
+  -- the same process again: a retry of this start, whose answer was lost
+  if now[1] == 'running' and now[2] == a[2] then return 1 end
+  if now[1] ~= 'queued' then return 0 end
+  redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
+  move(id, 'queued', 'running')
+  redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
+  return 1
+end
+
+-- A job's end: a[1] id, [2] state, [3] error JSON, [4] error if it was
+-- cancelled JSON, [5] text, [6] progress JSON or '', [7] shown JSON,
+-- [8] signed result, [9] '1' if there is a result, [10] ended_at,
+-- [11] offset the text starts at or ''. A cancel requested meanwhile makes
+-- it cancelled. The state stored, or false if the job had ended already.
+local function finish(a)
+  local id = a[1]
+  local key = k('job', id)
+  local old = redis.call('HGET', key, 'state')
+  if not old or TERMINAL[old] then return false end
+  append(id, a[5], a[11])
+  if a[6] ~= '' then redis.call('HSET', key, 'progress', a[6]) end
+  local state, err, how = a[2], a[3], 'null'
+  if state == 'cancelled' then
+    if old == 'queued' then how = '"before_start"' else how = '"killed"' end
+  elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
+    state, err, how = 'cancelled', a[4], '"stopped"'
+  end
+  local shown = 'null'
+  if state == 'succeeded' then
+    shown = a[7]
+    if a[9] == '1' then redis.call('SET', k('result', id), a[8]) end
+  end
+  redis.call('HSET', key, 'state', state, 'ended_at', a[10], 'error', err,
+             'pid', 'null', 'result', shown, 'cancelled_how', how)
+  ended(id, old, state, a[10])
+  prune()
+  return state
+end
