@@ -509,8 +509,12 @@ def test_rqs_stop_job_command_kills_the_job_and_the_worker_lives_on(
     job = mw.submit(jobfuncs.stubborn, started)
     wait_for(lambda: os.path.exists(started), 20, message="the job to start")
     rq_job = _rq_job(mw, job)
-    rq.command.send_stop_job_command(rq_job.connection, rq_job.id)
+    rq.command.send_stop_job_command(rq_job.connection, rq_job.id,
+                                     serializer=SERIALIZER)
     assert job.wait(timeout=20).state is JobState.CANCELLED, job.error
+    # RQ's books: stopped, as for a stock job stopped by stop-job.
+    wait_for(lambda: rq_job.get_status(refresh=True) == "stopped", 10,
+             message="RQ to record its job stopped")
     assert all(p.poll() is None for p in rq_workers.processes)
     nexts = [mw.submit(jobfuncs.add, i, 1) for i in range(4)]
     assert [j.wait(timeout=20).result for j in nexts] == [1, 2, 3, 4]
@@ -552,6 +556,86 @@ def test_rq_heartbeats_go_on_while_a_job_runs_in_the_worker(
                  message="RQ to record its job finished")
     finally:
         workers.stop()
+
+
+# -- RQ's books ----------------------------------------------------------------------
+def test_rqs_registries_and_the_workers_counters_say_what_happened(
+        rq_mw, redis_server, tmp_path):
+    """rq-dashboard and RQ's exporters read RQ's registries and the worker's
+    counters: a failed, timed-out or crashed wsgi_bg job is RQ's failed, a
+    cancelled one RQ's canceled, a succeeded one RQ's finished; the worker
+    counts one success and three failures, not five successes."""
+    queue = _queue("books")
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    try:
+        mw = rq_mw(queue=queue)
+        started = str(tmp_path / "started")
+        ran = [(mw.submit(jobfuncs.add, 1, 2), JobState.SUCCEEDED, "finished"),
+               (mw.submit(jobfuncs.boom), JobState.FAILED, "failed"),
+               (mw.submit(jobfuncs.limited, 30), JobState.TIMED_OUT, "failed"),
+               (mw.submit(jobfuncs.exit_hard, 3), JobState.CRASHED, "failed")]
+        for job, state, _ in ran:
+            assert job.wait(timeout=30).state is state, job.error
+        cancelled = mw.submit(jobfuncs.stubborn, started)
+        wait_for(lambda: os.path.exists(started), 20, message="the job to start")
+        cancelled.cancel()
+        assert cancelled.wait(timeout=30).state is JobState.CANCELLED
+        ran.append((cancelled, JobState.CANCELLED, "canceled"))
+        connection = mw.engine._runner.queue.connection
+        books = rq.Queue(queue, connection=connection, serializer=SERIALIZER)
+        registries = {
+            "finished": rq.registry.FinishedJobRegistry(queue=books),
+            "failed": rq.registry.FailedJobRegistry(queue=books),
+            "canceled": rq.registry.CanceledJobRegistry(queue=books),
+        }
+        for job, _, status in ran:
+            rq_job = _rq_job(mw, job)
+            wait_for(lambda rq_job=rq_job, status=status:
+                     rq_job.get_status(refresh=True) == status, 10,
+                     message=f"RQ to record {job.name} {status}")
+            assert rq_job.id in registries[status].get_job_ids()
+        assert rq.registry.StartedJobRegistry(queue=books).get_job_ids() == []
+        worker = connection.hgetall(f"rq:worker:{workers.names[0]}")
+        assert int(worker[b"successful_job_count"]) == 1
+        assert int(worker[b"failed_job_count"]) == 3
+        # What RQ shows of a failure: its reference and state, not its error.
+        failed = _rq_job(mw, ran[1][0]).latest_result().exc_string
+        assert f"wsgi_bg job {rq_job_id(ran[1][0].id)} ended failed" in failed
+        assert ran[1][0].id not in failed
+    finally:
+        workers.stop()
+
+
+def test_a_worker_killed_mid_job_is_busy_in_rq_no_longer_than_a_stock_one(
+        rq_mw, redis_server):
+    """RQ shows a worker killed with -9 as busy until its key expires: no
+    longer for wsgi_bg's worker running a wsgi_bg job than for RQ's stock
+    worker running a plain RQ job."""
+    ttls = {}
+    for kind in ("wsgi_bg", "stock"):
+        queue = _queue("busy") if kind == "wsgi_bg" else f"plain-{uuid.uuid4().hex[:8]}"
+        workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
+                            worker_class=WSGI_BG_WORKER if kind == "wsgi_bg"
+                            else None).start()
+        try:
+            client = redis_server.client()
+            key = f"rq:worker:{workers.names[0]}"
+            if kind == "wsgi_bg":
+                job = rq_mw(queue=queue).submit(jobfuncs.sleeper, 300)
+                wait_for(lambda job=job: job.state is JobState.RUNNING, 20,
+                         message="the job to run")
+            else:
+                rq.Queue(queue, connection=client).enqueue(time.sleep, 300)
+            wait_for(lambda key=key, client=client: client.hget(key, "state")
+                     == b"busy", 20, message="the worker to be busy")
+            workers.kill(0)
+            ttls[kind] = client.ttl(key)
+            if kind == "wsgi_bg":  # (its lease runs out)
+                wait_for(lambda job=job: job.state is JobState.CRASHED, 60,
+                         message="the job of the killed worker to end")
+        finally:
+            workers.stop()
+    assert 0 < ttls["wsgi_bg"] <= ttls["stock"] + 1, ttls
 
 
 # -- a worker killed mid-job ------------------------------------------------------

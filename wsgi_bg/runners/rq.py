@@ -77,8 +77,8 @@ from ..exceptions import StoreUnavailable, WsgiBgError
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend
+from ..stores import redis as _store_redis
 from ..stores.redis import (
-    _LIB,
     SWEEP_SECONDS,
     RedisBackend,
     RedisStore,
@@ -382,6 +382,15 @@ return ended_n
 _WAITING_PREFIX = b'{"done":null,"total":null,"message":"waiting: no RQ worker'
 
 
+def _store_lib() -> str:
+    """The store's Lua prelude (``k``, ``ended``, ``N:suspects``): a string
+    of stores/redis.py, or lua/lib.lua since the scripts moved to files."""
+    lib = getattr(_store_redis, "_LIB", None)
+    if isinstance(lib, str):
+        return lib
+    return str(getattr(_store_redis, "_lua")("lib"))  # noqa: B009
+
+
 def waiting_notice(queue: str) -> dict[str, Any]:
     """What a job waiting on ``queue`` with no RQ worker listening shows, as
     its progress message, until one listens."""
@@ -415,7 +424,7 @@ class RQSweep:
         self._store = store
         self._queue = queue
         # The store's Lua library: its state changes (ended) and arguments.
-        self._script = store._r.register_script(_LIB + _RQ_SWEEP)
+        self._script = store._r.register_script(_store_lib() + _RQ_SWEEP)
         self._notice = json.dumps(waiting_notice(queue.name), separators=(",", ":"))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
