@@ -19,6 +19,7 @@ Run it::
 
 from __future__ import annotations
 
+import os
 import time
 
 from werkzeug.exceptions import NotFound
@@ -88,4 +89,5 @@ if __name__ == "__main__":  # required: worker processes import this module
 
     application, mw = middleware_under_admin(authorize=allow_local)
     with mw:
-        run_simple("127.0.0.1", 8080, application, threaded=True)
+        port = int(os.environ.get("PORT", "8080"))
+        run_simple("127.0.0.1", port, application, threaded=True)

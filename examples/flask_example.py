@@ -16,6 +16,7 @@ http://127.0.0.1:8080/ in a browser.
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Flask, redirect
@@ -78,4 +79,4 @@ if __name__ == "__main__":  # required: worker processes import this module
     from werkzeug.serving import run_simple
 
     with BackgroundMiddleware(app, authorize=allow_local) as mw:
-        run_simple("127.0.0.1", 8080, mw, threaded=True)
+        run_simple("127.0.0.1", int(os.environ.get("PORT", "8080")), mw, threaded=True)

@@ -1,9 +1,12 @@
 """Jobs on RQ workers: the web process queues, ``rq worker`` runs.
 
-The web process keeps no pool: each job is queued on the RQ queue named after
-the namespace (``wsgi_bg``) and run by an ``rq worker`` on any machine that
-reaches the same Redis, can import this module and has the same
-``WSGI_BG_SECRET_KEY``. Its page shows the output live, as with the pool;
+The web process keeps no pool: each job is queued on the RQ queue of its
+namespace (``wsgi_bg`` for the default namespace, ``wsgi_bg.<namespace>``
+for another: ``NAMESPACE=shop`` queues on ``wsgi_bg.shop``, and the app
+prints the worker command to run) and run by an ``rq worker`` on any machine
+that reaches the same Redis, can import this module and has the same
+``WSGI_BG_SECRET_KEY``. A job waiting where no worker listens says so on its
+page, with that command. Its page shows the output live, as with the pool;
 stop and restart the web process meanwhile, and the job goes on.
 
 Run it, from the repository's root, in three terminals::
@@ -26,8 +29,10 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from wsgi_bg import BackgroundMiddleware, allow_local, background, current_job
+from wsgi_bg.runners.rq import queue_name
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+NAMESPACE = os.environ.get("NAMESPACE", "wsgi_bg")
 
 
 @background(timeout=600)
@@ -55,8 +60,16 @@ def site(environ: Any, start_response: Any) -> Any:
     )(environ, start_response)
 
 
+def worker_command(namespace: str = NAMESPACE) -> str:
+    """The command that starts a worker for this app's jobs: on its
+    namespace's queue."""
+    return (f"rq worker -w wsgi_bg.rq_worker.Worker {queue_name(namespace)}"
+            f" -u {REDIS_URL} -P examples")
+
+
 def make_app(**options: Any) -> BackgroundMiddleware:
     options.setdefault("store", REDIS_URL)
+    options.setdefault("namespace", NAMESPACE)
     options.setdefault("runner", "rq")
     options.setdefault("authorize", allow_local)
     return BackgroundMiddleware(site, **options)
@@ -69,4 +82,6 @@ if __name__ == "__main__":
     # are pickled as rq_example.build_report, which the workers can import.
     import rq_example
 
-    run_simple("127.0.0.1", 8080, rq_example.make_app(), threaded=True)
+    port = int(os.environ.get("PORT", "8080"))
+    print("Start workers with:", worker_command())
+    run_simple("127.0.0.1", port, rq_example.make_app(), threaded=True)

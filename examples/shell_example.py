@@ -56,4 +56,4 @@ if __name__ == "__main__":  # required: worker processes import this module
     from werkzeug.serving import run_simple
 
     with BackgroundMiddleware(app, authorize=allow_local) as mw:
-        run_simple("127.0.0.1", 8080, mw, threaded=True)
+        run_simple("127.0.0.1", int(os.environ.get("PORT", "8080")), mw, threaded=True)

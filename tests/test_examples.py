@@ -8,13 +8,22 @@ with a deadline, never by sleeping.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
 import io
 import os
 import re
+import shlex
+import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from urllib.parse import urljoin
 
+import psutil
 import pytest
+import requests
 from webtest import TestApp
 
 from helpers import assert_no_children, max_batches, wait_for
@@ -304,3 +313,323 @@ def test_tqdm_bar_becomes_progress_and_collapses(make_mw):
     assert job.output.endswith(f"crunched {TQDM_TOTAL}\n")
     page = TestApp(mw).get(job.url)
     assert "100%" in page.text and f"{TQDM_TOTAL}/{TQDM_TOTAL}" in page.text
+
+
+# -- every command in examples/ and docs/, run as written ------------------------
+# Each command the docs and examples give (``wsgi-bg ...``, ``python
+# examples/...``, and the commands in examples/) is found by reading them, and
+# run as a reader would: a real process from the directory the docs name, on a
+# free port of 127.0.0.1 (``--port``, ``-b``, the port argument, or ``PORT``),
+# driven over HTTP until one of its jobs has printed, then stopped with
+# SIGTERM; nothing it started may outlive it.
+DOCS = [os.path.join(ROOT, "README.md"),
+        *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+EXAMPLE_FILES = sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.py"), recursive=True))
+IN_EXAMPLES = re.compile(
+    r"^\s+(?:# or: )?((?:wsgi-bg|python|gunicorn|rq) [^#]*?)\s*(?:#.*)?$")
+IN_DOCS = re.compile(r"^(?:\$ )?((?:wsgi-bg|python examples/)[^#]*?)\s*(?:#.*)?$")
+#: Commands in running text (``...`` or `...`), of the kinds a reader runs.
+INLINE = re.compile(
+    r"``?((?:wsgi-bg|python examples/|python manage\.py|PORT=\d+ python) [^`]*)``?")
+DOC_FILE = re.compile(r"^# (\w+\.py)\b")
+#: Commands found in running text that are not meant to be run as they are.
+NOT_COMMANDS = {
+    "wsgi-bg serve": "the subcommand's name",
+    "wsgi-bg serve --host 0.0.0.0 --authorize all": "a warning against it, no app",
+    "wsgi-bg serve app:app --store URL --namespace NAME": "a template",
+    "wsgi-bg serve module:app [--reload]": "a synopsis",
+    "wsgi-bg demo [--host] [--port] [--delay SECONDS]": "a synopsis",
+}
+
+
+def read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as file:
+        return file.readlines()
+
+
+def documented_commands() -> dict[str, str]:
+    """Every command found, and the file it was found in (relative to ROOT)."""
+    found: dict[str, str] = {}
+    for path in EXAMPLE_FILES:
+        for line in read_lines(path):
+            if match := IN_EXAMPLES.match(line):
+                found.setdefault(match.group(1), os.path.relpath(path, ROOT))
+            for inline in INLINE.findall(line):
+                found.setdefault(inline, os.path.relpath(path, ROOT))
+    for path in DOCS:
+        fence = None
+        for line in read_lines(path):
+            if line.startswith("```"):
+                fence = None if fence is not None else line[3:].strip()
+            elif fence is None:
+                for inline in INLINE.findall(line):
+                    found.setdefault(inline, os.path.relpath(path, ROOT))
+            elif fence not in ("text", "python") and (match := IN_DOCS.match(line)):
+                found.setdefault(match.group(1), os.path.relpath(path, ROOT))
+    return {command: where for command, where in found.items()
+            if command not in NOT_COMMANDS}
+
+
+def doc_files(doc: str) -> dict[str, str]:
+    """The Python files a doc writes out (blocks that begin ``# name.py``)."""
+    files, block, name = {}, None, None
+    for line in read_lines(os.path.join(ROOT, doc)):
+        if line.startswith("```"):
+            if block is not None and name:
+                files[name] = "".join(block)
+            block = [] if block is None and line.strip() == "```python" else None
+            name = None
+        elif block is not None:
+            if not block and (match := DOC_FILE.match(line)):
+                name = match.group(1)
+            block.append(line)
+    return files
+
+
+Starter = Callable[[requests.Session, str], requests.Response]
+
+
+def post(path: str, **data: str) -> Starter:
+    def start(session: requests.Session, base: str) -> requests.Response:
+        return session.post(base + path, data=data, allow_redirects=False, timeout=10)
+    return start
+
+
+def django_post(session: requests.Session, base: str) -> requests.Response:
+    page = session.get(base + "/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token, page.text
+    return session.post(base + "/reports/2026", allow_redirects=False, timeout=10,
+                        data={"csrfmiddlewaretoken": token.group(1)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How to run a documented command: from ``cwd`` (relative to ROOT, or
+    the files ``doc`` writes out), on a port given by ``port`` (its words,
+    ``{port}`` replaced; ``None``: the ``PORT`` environment variable), and
+    ``start`` for a request that starts a job (``None``: ``GET /`` only).
+    ``redis``: with a Redis of its own (``REDIS_URL``, and the documented
+    URL in the command replaced by it); ``first``: documented commands to
+    start before it."""
+    cwd: str | None
+    port: tuple[str, ...] | None
+    start: Starter | None
+    doc: str | None = None
+    redis: bool = False
+    first: tuple[str, ...] = ()
+    refused: str | None = None  # documented to fail: what it must say
+
+
+PORT_OPTION = ("--port", "{port}")
+RQ_WORKER = ("rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg"
+             " -u redis://localhost:6379 -P examples")
+DOCUMENTED_REDIS = "redis://localhost:6379"
+RUNS = {
+    "wsgi-bg serve djsite.wsgi:django_app":
+        Run("examples/django_example", PORT_OPTION, django_post),
+    "wsgi-bg serve djsite.wsgi:application":
+        Run("examples/django_example", PORT_OPTION, None,
+            refused="'djsite.wsgi:application' is already a BackgroundMiddleware"),
+    "wsgi-bg demo": Run("", PORT_OPTION, post("/")),
+    "wsgi-bg demo --delay 0.2": Run("", PORT_OPTION, post("/")),
+    "gunicorn djsite.wsgi:application":
+        Run("examples/django_example", ("-b", "127.0.0.1:{port}"), django_post),
+    "python manage.py runserver":
+        Run("examples/django_example", ("127.0.0.1:{port}", "--noreload"), None),
+    "wsgi-bg serve flask_example:app --authorize local":
+        Run("examples", PORT_OPTION, post("/reports/2026")),
+    "python examples/flask_example.py": Run("", None, post("/reindex")),
+    "python examples/progress_example.py": Run("", None, post("/count")),
+    "python examples/webpy_example.py": Run("", None, post("/")),
+    "PORT=8081 python examples/webpy_example.py": Run("", None, post("/")),
+    "python examples/shell_example.py": Run("", None, post("/")),
+    "python examples/dispatcher_example.py": Run("", None, post("/admin/export")),
+    "python examples/rq_example.py":
+        Run("", None, post("/", months="2"), redis=True, first=(RQ_WORKER,)),
+    RQ_WORKER: Run("", None, None, redis=True),
+    "wsgi-bg serve myapp:app --authorize local":
+        Run(None, PORT_OPTION, post("/reindex"), doc="README.md"),
+    "wsgi-bg serve app:site --authorize local":
+        Run(None, PORT_OPTION, post("/", name="Ada"), doc="docs/getting-started.md"),
+}
+
+
+def test_every_documented_command_has_a_run():
+    found = documented_commands()
+    assert set(found) == set(RUNS), (
+        f"commands without a run in RUNS: {sorted(set(found) - set(RUNS))};"
+        f" runs of commands no longer documented: {sorted(set(RUNS) - set(found))}")
+
+
+class Started:
+    """A command's process, in a session of its own; :meth:`stop` ends it and
+    checks that nothing it started is left."""
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], log: str):
+        self.argv = argv
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def output(self) -> str:
+        with open(self.log, encoding="utf-8", errors="replace") as file:
+            return file.read()
+
+    def running(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.argv} exited with {self.proc.returncode}:\n"
+                                 f"{self.output()}")
+
+    def listening(self, port: int) -> bool:
+        self.running()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        try:
+            family = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            code = None
+        _, alive = psutil.wait_procs(family, timeout=10)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever it left, after all
+        self.proc.wait()
+        assert code is not None, f"{self.argv} did not stop on SIGTERM"
+        assert not alive, f"{self.argv} left behind {[p.pid for p in alive]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Commands:
+    """What one test started: commands, and a Redis for them; :meth:`close`
+    stops the commands, the last started first, then the Redis."""
+
+    def __init__(self) -> None:
+        self.started: list[Started] = []
+        self.redis_server = None
+
+    def start(self, argv: list[str], cwd: str, env: dict[str, str],
+              log: str) -> Started:
+        self.started.append(Started(argv, cwd, env, log))
+        return self.started[-1]
+
+    def redis(self):
+        from redis_server import RedisServer
+
+        if self.redis_server is None:
+            self.redis_server = RedisServer()
+            self.redis_server.start()
+        return self.redis_server
+
+    def close(self) -> None:
+        errors = []
+        for command in reversed(self.started):
+            try:
+                command.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        if self.redis_server is not None:
+            self.redis_server.stop()
+        assert not errors, errors
+
+
+@pytest.fixture
+def commands():
+    made = Commands()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def job_has_output(session: requests.Session, job_url: str) -> dict | None:
+    base, job_id = job_url.rsplit("/", 1)
+    data = session.get(f"{base}/api/jobs/{job_id}", timeout=10).json()
+    assert data["state"] not in ("failed", "crashed", "cancelled"), data
+    return data if data["output"] else None
+
+
+def launch(commands: Commands, command: str, tmp_path, port: int) -> Started:
+    """Start ``command`` as :data:`RUNS` says, on ``port``."""
+    run = RUNS[command]
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.pop("WSGI_BG_SECRET_KEY", None)
+    if run.redis:
+        env["WSGI_BG_SECRET_KEY"] = "documented-commands-secret-key-0123"
+        env["REDIS_URL"] = commands.redis().url
+        command = command.replace(DOCUMENTED_REDIS, commands.redis().url)
+    words = shlex.split(command)
+    while "=" in words[0]:  # VAR=value before the command, as a shell reads it
+        name, value = words.pop(0).split("=", 1)
+        env[name] = value
+    if run.doc is not None:
+        for name, text in doc_files(run.doc).items():
+            (tmp_path / name).write_text(text)
+        cwd = str(tmp_path)
+    else:
+        cwd = os.path.join(ROOT, run.cwd or "")
+    if run.port is None:
+        env["PORT"] = str(port)
+    else:
+        words += [word.format(port=port) for word in run.port]
+    log = tmp_path / f"{len(commands.started)}.log"
+    return commands.start(words, cwd, env, str(log))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", sorted(RUNS))
+def test_documented_command_runs_as_written(command, commands, tmp_path):
+    run = RUNS[command]
+    if "django" in (run.cwd or ""):
+        pytest.importorskip("django")
+    for first in run.first:
+        launch(commands, first, tmp_path, free_port())
+    port = free_port()
+    process = launch(commands, command, tmp_path, port)
+    if run.refused is not None:
+        try:
+            code = process.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{command} was not refused") from None
+        assert (code, run.refused in process.output()) == (2, True), process.output()
+        return
+    if command == RQ_WORKER:
+        client = commands.redis().client()
+
+        def registered():
+            process.running()
+            return client.scard("rq:workers") > 0
+
+        wait_for(registered, 30, message="the rq worker to register")
+        return
+    wait_for(lambda: process.listening(port), 30, interval=0.05,
+             message=f"{command} to listen")
+    base = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    front = session.get(base + "/", timeout=10)
+    assert front.status_code in (200, 404), front.text
+    if run.start is None:
+        return
+    res = run.start(session, base)
+    assert res.status_code == 303, (res.status_code, res.text, process.output())
+    job_url = urljoin(base + "/", res.headers["Location"])
+    assert session.get(job_url, timeout=10).status_code == 200
+    wait_for(lambda: job_has_output(session, job_url), 30, interval=0.1,
+             message=f"a job started through {command} to print")

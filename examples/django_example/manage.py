@@ -2,7 +2,8 @@
 """Django's command-line utility for the example project.
 
 ``python manage.py runserver`` serves Django alone, without the middleware:
-to run jobs, serve ``djsite.wsgi:application`` (see djsite/wsgi.py).
+to run jobs, serve ``djsite.wsgi:django_app`` with ``wsgi-bg serve``, or
+``djsite.wsgi:application`` with any WSGI server (see djsite/wsgi.py).
 """
 import os
 import sys

@@ -1,12 +1,16 @@
-"""The WSGI app of the example project: Django wrapped in BackgroundMiddleware.
+"""The WSGI apps of the example project: Django alone (``django_app``), and
+Django wrapped in BackgroundMiddleware (``application``).
 
-Serve it with any WSGI server, from examples/django_example/::
+Serve it from examples/django_example/, with the command that wraps an app
+(give it Django alone), or with any WSGI server (give it the wrapped one)::
 
-    wsgi-bg serve djsite.wsgi:application         # or:
-    gunicorn djsite.wsgi:application
+    wsgi-bg serve djsite.wsgi:django_app        # on http://127.0.0.1:8080/
+    gunicorn djsite.wsgi:application            # on http://127.0.0.1:8000/
 
-then open http://127.0.0.1:8080/ (8000 with gunicorn) and start a report:
-you are sent to the job's page under /_jobs/.
+then open the page and start a report: you are sent to the job's page under
+/_jobs/. (``wsgi-bg serve djsite.wsgi:application`` is refused: that app is
+wrapped already, and two middlewares around one app would run its jobs on
+the inner one.)
 """
 import os
 
@@ -16,12 +20,15 @@ from wsgi_bg import BackgroundMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djsite.settings")
 
+#: Django's own WSGI app, not wrapped: for ``wsgi-bg serve``, which wraps it.
+django_app = get_wsgi_application()
+
 
 def make_application(**options):
     """Django's WSGI app in a BackgroundMiddleware built with ``options``
     (the tests build their own, with a small pool). A job's page is open to
     whoever holds its id; pass ``authorize=`` to decide otherwise."""
-    return BackgroundMiddleware(get_wsgi_application(), **options)
+    return BackgroundMiddleware(django_app, **options)
 
 
 # Builds the middleware only: nothing starts until the first job.
