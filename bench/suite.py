@@ -322,7 +322,7 @@ def bench_throughput(cfg: Config) -> Result:
     reps = max(cfg.reps, 5)
     ours, bare, submit_loop = [], [], []
     with (
-        middleware(cfg, max_queued=n + 10, max_jobs=reps * n + 100) as mw,
+        middleware(cfg, max_queued=n + 10, keep_finished=reps * n + 100) as mw,
         bare_pool(cfg) as pool,
     ):
         warm(mw, cfg)
@@ -643,7 +643,7 @@ def bench_status(cfg: Config) -> Result:
         pollers, streamers = 5, 2
     stop = threading.Event()
     done = [0]
-    with middleware(cfg, max_jobs=retained) as mw:
+    with middleware(cfg, keep_finished=retained) as mw:
         warm(mw, cfg)
         finished: list[str] = []
         for start in range(0, retained, 500):
@@ -809,11 +809,11 @@ def _memory(mw: BackgroundMiddleware) -> dict[str, int]:
 
 
 def bench_soak(cfg: Config) -> Result:
-    """50,000 trivial jobs through max_jobs=1000: RSS at 5,000 and at 50,000."""
+    """50,000 trivial jobs through keep_finished=1000: RSS at 5,000 and at 50,000."""
     n = cfg.n(50_000, 200)
     checkpoint = n // 10
     chunk = 500
-    with middleware(cfg, max_jobs=1000, max_queued=1000) as mw:
+    with middleware(cfg, keep_finished=1000, max_queued=1000) as mw:
         warm(mw, cfg)
         done = 0
         marks: dict[int, dict[str, int]] = {}
@@ -996,7 +996,7 @@ def bench_rq(cfg: Config) -> Result:
             queue = rq.Queue("bench-rq", connection=client)
             finished = FinishedJobRegistry(queue=queue)
             with middleware(rcfg, runner=queue, max_queued=n + 10,
-                            max_jobs=cfg.reps * (n + m) + 100) as mw:
+                            keep_finished=cfg.reps * (n + m) + 100) as mw:
                 store = mw.engine.store
                 for i in range(4):  # warm: imports in the workers
                     mw.submit(noop, i).wait(timeout=60)

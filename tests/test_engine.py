@@ -305,10 +305,10 @@ def test_result_shown_on_pages_is_bounded_and_safe(mw):
 
 
 def test_the_call_is_kept_in_the_store_until_the_job_is_dropped(make_mw):
-    mw = make_mw(max_jobs=1)
+    mw = make_mw(keep_finished=1)
     job = mw.submit(jobfuncs.add, 1, 2).wait(timeout=20)
     assert pickle.loads(mw.engine.store.call(job.id)) == (jobfuncs.add, (1, 2), {})
-    mw.submit(jobfuncs.add, 2, 2).wait(timeout=20)  # max_jobs=1: drops the first
+    mw.submit(jobfuncs.add, 2, 2).wait(timeout=20)  # keep_finished=1: drops the first
     wait_for(lambda: mw.engine.store.get(job.id) is None
              and mw.engine.store.call(job.id) is None, 10,
              message="the first job and its call to be dropped")

@@ -41,7 +41,7 @@ def test_one_job_per_process_gives_fresh_processes(make_mw):
     wait_for(lambda: _gone(first), message="the first job process to end")
 
 
-def test_process_is_replaced_after_max_jobs(make_mw):
+def test_process_is_replaced_after_max_jobs_per_process(make_mw):
     mw = make_mw(max_workers=1, max_jobs_per_process=2)
     pids = [_run(mw, jobfuncs.pid_cwd_env)[0] for _ in range(4)]
     assert pids[0] == pids[1] != pids[2] == pids[3]

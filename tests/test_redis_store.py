@@ -112,7 +112,7 @@ def test_without_the_redis_package_the_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "wsgi_bg.stores.redis", raising=False)
     with pytest.raises(ImportError, match=r'pip install "wsgi_bg\[redis\]"'):
         open_backend("redis://127.0.0.1:1/0", namespace="n",
-                     secret_key=TEST_SECRET_KEY, max_jobs=1, job_ttl=1,
+                     secret_key=TEST_SECRET_KEY, keep_finished=1, job_ttl=1,
                      max_output_bytes=1000)
 
 
@@ -305,7 +305,7 @@ def test_a_finished_job_holds_about_max_output_bytes(redis_server, written, chun
     limit = 256 * 1024
     client = connect(connection_settings(redis_server.url))
     namespace = f"mem-{uuid.uuid4().hex[:8]}"
-    store = RedisStore(client, namespace=namespace, max_jobs=10, job_ttl=3600,
+    store = RedisStore(client, namespace=namespace, keep_finished=10, job_ttl=3600,
                        signer=Signer(TEST_SECRET_KEY.encode()),
                        max_output_bytes=limit)
     store.create({"id": "j", "name": "n", "created_at": time.time(), "timeout": None,
@@ -512,7 +512,7 @@ def test_a_create_retried_after_it_landed_is_created_once(redis_server):
 
     client = connect(connection_settings(redis_server.url))
     store = RedisStore(client, namespace=f"twice-{uuid.uuid4().hex[:8]}",
-                       signer=Signer(TEST_SECRET_KEY.encode()), max_jobs=10,
+                       signer=Signer(TEST_SECRET_KEY.encode()), keep_finished=10,
                        job_ttl=60, max_output_bytes=1000)
     record = {"id": "j", "name": "n", "created_at": time.time(), "timeout": None,
               "started_at": None, "ended_at": None, "result": None, "error": None,

@@ -11,8 +11,8 @@ from helpers import wait_for
 from wsgi_bg import JobState
 
 
-def test_max_jobs_drops_oldest_finished_first(make_mw, tmp_path):
-    mw = make_mw(max_jobs=3, max_workers=2)
+def test_keep_finished_drops_oldest_finished_first(make_mw, tmp_path):
+    mw = make_mw(keep_finished=3, max_workers=2)
     flag = str(tmp_path / "go")
     running = mw.submit(jobfuncs.print_wait_print, "old", flag)  # the oldest
     wait_for(lambda: running.state is JobState.RUNNING, 20, message="running")
@@ -30,6 +30,21 @@ def test_max_jobs_drops_oldest_finished_first(make_mw, tmp_path):
              message="the oldest finished job to be dropped")
     # Creation order, newest first; the long job, finished last, was created first.
     assert mw.jobs() == [done[-1], done[-2], running]
+
+
+def test_max_jobs_is_the_old_name_of_keep_finished(make_mw):
+    with pytest.warns(DeprecationWarning,
+                      match=r"max_jobs=\.\.\.\) is deprecated: pass keep_finished="):
+        mw = make_mw(max_jobs=1)
+    assert mw.engine.keep_finished == 1
+    first = mw.submit(jobfuncs.add, 1, 1).wait(timeout=20)
+    second = mw.submit(jobfuncs.add, 2, 2).wait(timeout=20)
+    wait_for(lambda: mw.get_job(first.id) is None, 10,
+             message="the first job to be dropped past max_jobs=1")
+    assert mw.jobs() == [second]
+    with pytest.raises(TypeError, match="old name of keep_finished: pass"
+                       " keep_finished alone"):
+        make_mw(max_jobs=1, keep_finished=2)
 
 
 def test_job_ttl_drops_finished_jobs(make_mw, tmp_path):
@@ -50,8 +65,8 @@ def test_job_ttl_drops_finished_jobs(make_mw, tmp_path):
 
 @pytest.mark.timeout(90)
 def test_thousands_of_jobs_keep_the_store_bounded(make_mw):
-    max_jobs = 100
-    mw = make_mw(max_jobs=max_jobs, max_workers=2, max_queued=3000)
+    keep_finished = 100
+    mw = make_mw(keep_finished=keep_finished, max_workers=2, max_queued=3000)
     start = time.monotonic()
     stored_max = 0
     last = None
@@ -61,19 +76,19 @@ def test_thousands_of_jobs_keep_the_store_bounded(make_mw):
             counts = mw.engine.store.counts()
             pending = counts["queued"] + counts["running"]
             stored = sum(counts.values())
-            assert stored <= max_jobs + pending
+            assert stored <= keep_finished + pending
             stored_max = max(stored_max, stored - pending)
     last.wait(timeout=80)  # ~9 s on 2 idle cores
     wait_for(lambda: not any(
         mw.engine.store.counts()[s] for s in ("queued", "running")),
         20, message="every job to finish")
     jobs = mw.jobs()
-    assert len(jobs) == max_jobs
+    assert len(jobs) == keep_finished
     assert all(j.state is JobState.SUCCEEDED for j in jobs)
     assert jobs[0] == last and last.result == 2999
     elapsed = time.monotonic() - start
     print(f"3000 jobs in {elapsed:.1f} s")
-    assert stored_max <= max_jobs
+    assert stored_max <= keep_finished
 
 
 def test_big_output_keeps_head_and_tail(make_mw):

@@ -1005,7 +1005,7 @@ def test_list_filters_by_state_and_searches_by_name(client, mw):
 
 
 def test_list_pages_through_ten_thousand_jobs(make_mw):
-    mw = make_mw(hello_app, authorize=allow_all, max_jobs=10_000)
+    mw = make_mw(hello_app, authorize=allow_all, keep_finished=10_000)
     client = webtest.TestApp(mw, lint=True)
     store = mw.engine.store
     for n in range(10_000):

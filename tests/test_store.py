@@ -30,10 +30,10 @@ def make_store(request):
     client = connect(connection_settings(server.url))
     namespace = f"store-{uuid.uuid4().hex[:12]}"
 
-    def make(max_jobs=1000, job_ttl=86400, max_output_bytes=1_048_576):
+    def make(keep_finished=1000, job_ttl=86400, max_output_bytes=1_048_576):
         return RedisStore(client, namespace=namespace,
                           signer=Signer(TEST_SECRET_KEY.encode()),
-                          max_jobs=max_jobs, job_ttl=job_ttl,
+                          keep_finished=keep_finished, job_ttl=job_ttl,
                           max_output_bytes=max_output_bytes)
 
     yield make
@@ -322,7 +322,7 @@ def test_store_max_queued(make_store):
 
 
 def test_store_drops_oldest_finished_past_max_jobs(make_store):
-    store = make_store(max_jobs=3)
+    store = make_store(keep_finished=3)
     for i in range(6):
         store.create(record(f"j{i}"), 100)
     store.start("j0", 1)  # running: never dropped
@@ -335,7 +335,7 @@ def test_store_drops_oldest_finished_past_max_jobs(make_store):
 
 
 def test_store_never_drops_queued_or_running(make_store):
-    store = make_store(max_jobs=1, job_ttl=0)
+    store = make_store(keep_finished=1, job_ttl=0)
     for i in range(5):
         store.create(record(f"q{i}"), 100)
     store.start("q0", 1)
@@ -587,8 +587,8 @@ def test_store_search_reads_a_bounded_number_of_names(make_store):
 
 
 def test_store_page_skips_dropped_jobs(make_store):
-    store = make_store(max_jobs=2)
-    paged(store, jobs=9)  # 3 failed, 2 of them dropped past max_jobs
+    store = make_store(keep_finished=2)
+    paged(store, jobs=9)  # 3 failed, 2 of them dropped past keep_finished
     assert ids(store.page(("failed",))) == (["j07", "j04"], 2)
     assert store.page()[1] == 8
 

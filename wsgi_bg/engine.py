@@ -237,12 +237,16 @@ def _check_number(name: str, value: Any, *, minimum: float, allow_none: bool = F
         raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
 
 
+#: Finished jobs kept (``keep_finished``'s default).
+KEEP_FINISHED = 1000
+
+
 class Engine:
     """Runs jobs and keeps their records; what :class:`BackgroundMiddleware`
     delegates to. Options are documented there."""
 
     def __init__(
-        self, *, max_workers: int | None = None, max_jobs: int = 1000,
+        self, *, max_workers: int | None = None, keep_finished: int = KEEP_FINISHED,
         job_ttl: float = 86400, max_output_bytes: int = 1_048_576,
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
@@ -256,7 +260,7 @@ class Engine:
                       integer=True)
         _check_number("max_workers", max_workers, minimum=1, allow_none=True,
                       integer=True)
-        _check_number("max_jobs", max_jobs, minimum=1, integer=True)
+        _check_number("keep_finished", keep_finished, minimum=1, integer=True)
         _check_number("job_ttl", job_ttl, minimum=0)
         _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
         _check_number("max_queued", max_queued, minimum=1, integer=True)
@@ -274,7 +278,7 @@ class Engine:
                 f" concurrent.futures.Executor, got {executor_factory!r}"
             )
         self.max_workers = max_workers
-        self.max_jobs = max_jobs
+        self.keep_finished = keep_finished
         self.job_ttl = job_ttl
         self.max_output_bytes = max_output_bytes
         self.max_queued = max_queued
@@ -286,8 +290,9 @@ class Engine:
         self.max_call_bytes = max_call_bytes
         self._lock = threading.RLock()
         self._backend: Backend = open_backend(
-            store, namespace=namespace, secret_key=secret_key, max_jobs=max_jobs,
-            job_ttl=job_ttl, max_output_bytes=max_output_bytes,
+            store, namespace=namespace, secret_key=secret_key,
+            keep_finished=keep_finished, job_ttl=job_ttl,
+            max_output_bytes=max_output_bytes,
             on_lost=self._store_lost,
         )
         self._open_runner = functools.partial(
@@ -431,7 +436,7 @@ class Engine:
         if record is None:
             raise LookupError(
                 f"job {job_id!r} is no longer stored: finished jobs are dropped"
-                " after job_ttl seconds or past max_jobs, so it cannot run again")
+                " after job_ttl seconds or past keep_finished, so it cannot run again")
         payload = self._store.call(job_id)  # BadSignature: never unpickled
         if payload is None:
             raise LookupError(

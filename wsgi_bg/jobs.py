@@ -102,7 +102,7 @@ class Job:
         if record is None:
             raise LookupError(
                 f"job {self._id!r} is no longer stored: finished jobs are dropped"
-                " after job_ttl seconds or past max_jobs"
+                " after job_ttl seconds or past keep_finished"
                 + self._engine.lost_note()
             )
         return record

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, ParamSpec
@@ -34,7 +35,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import context
 from .auth import default_authorize
-from .engine import Engine, _check_number
+from .engine import KEEP_FINISHED, Engine, _check_number
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job
 from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
@@ -232,7 +233,8 @@ class BackgroundMiddleware:
         own mount point (``SCRIPT_NAME``).
     :param max_workers: jobs that run at once (pool workers); default: the
         number of CPUs.
-    :param max_jobs: finished jobs kept; past it the oldest finished are dropped.
+    :param keep_finished: finished jobs kept; past it the oldest finished are
+        dropped (``job_ttl`` drops them by age).
     :param job_ttl: seconds a finished job is kept.
     :param max_output_bytes: output kept per job, in bytes of UTF-8; past it
         the head and the tail are kept (cut at character boundaries), with a
@@ -311,11 +313,15 @@ class BackgroundMiddleware:
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         The ``runner`` option.
+    .. deprecated:: 0.2
+        ``max_jobs``, now ``keep_finished``: beside ``max_workers``,
+        ``max_queued`` and ``max_jobs_per_process`` it read as a cap on jobs
+        that run. The old name still works, with a :exc:`DeprecationWarning`.
     """
 
     def __init__(
         self, app: WSGIApplication, *, prefix: str = "/_jobs",
-        max_workers: int | None = None, max_jobs: int = 1000,
+        max_workers: int | None = None, keep_finished: int = KEEP_FINISHED,
         job_ttl: float = 86400, max_output_bytes: int = 1_048_576,
         max_queued: int = 1000, cancel_grace: float = 5.0,
         start_method: str | None = None,
@@ -330,6 +336,7 @@ class BackgroundMiddleware:
         runner: str | Queue = "pool",
         max_result_bytes: int = MAX_RESULT_BYTES,
         max_call_bytes: int = MAX_CALL_BYTES,
+        max_jobs: int | None = None,
     ) -> None:
         if isinstance(app, BackgroundMiddleware):
             # Two engines on one app: the inner one runs the jobs its views
@@ -355,6 +362,16 @@ class BackgroundMiddleware:
                 f" got {authorize!r}"
             )
         _check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
+        if max_jobs is not None:
+            if keep_finished != KEEP_FINISHED:
+                raise TypeError(
+                    "max_jobs is the old name of keep_finished: pass"
+                    " keep_finished alone")
+            warnings.warn(
+                "BackgroundMiddleware(max_jobs=...) is deprecated: pass"
+                " keep_finished=... (the number of finished jobs kept)",
+                DeprecationWarning, stacklevel=2)
+            keep_finished = max_jobs
         # Under uWSGI, sys.executable is uwsgi: point multiprocessing (the
         # forkserver, spawn, the manager) at the interpreter instead.
         _use_real_python()
@@ -368,8 +385,8 @@ class BackgroundMiddleware:
         self.max_body_bytes = max_body_bytes
         self.authorize: Authorize = authorize or default_authorize
         self.engine = Engine(
-            max_workers=max_workers, max_jobs=max_jobs, job_ttl=job_ttl,
-            max_output_bytes=max_output_bytes, max_queued=max_queued,
+            max_workers=max_workers, keep_finished=keep_finished,
+            job_ttl=job_ttl, max_output_bytes=max_output_bytes, max_queued=max_queued,
             cancel_grace=cancel_grace, start_method=start_method,
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,

@@ -606,7 +606,7 @@ ERROR_HINTS = {
     403: "Ask whoever runs this site for access, or sign in if it has a"
          " sign-in page.",
     404: "Finished jobs are kept for a while (job_ttl) and up to a number"
-         " (max_jobs), and a restarted server forgets the jobs it kept in"
+         " (keep_finished), and a restarted server forgets the jobs it kept in"
          " memory. Start the work again from the page that started it.",
     405: "This address does not take that kind of request.",
     409: "The job cannot be run again now. Start the work again from the page"

@@ -25,7 +25,7 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 def open_backend(
     store: Any, *, namespace: str, secret_key: str | bytes | None,
-    max_jobs: int, job_ttl: float, max_output_bytes: int,
+    keep_finished: int, job_ttl: float, max_output_bytes: int,
     on_lost: Callable[[], None] | None = None,
 ) -> Backend:
     """The backend for the middleware's ``store=`` option; nothing starts.
@@ -38,7 +38,7 @@ def open_backend(
         Redis store without a secret key.
     :raises ImportError: for a Redis store without the ``redis`` package.
     """
-    limits: dict[str, Any] = {"max_jobs": max_jobs, "job_ttl": job_ttl,
+    limits: dict[str, Any] = {"keep_finished": keep_finished, "job_ttl": job_ttl,
               "max_output_bytes": max_output_bytes}
     if not isinstance(namespace, str) or not namespace or not all(
         c.isalnum() or c in "-_." for c in namespace

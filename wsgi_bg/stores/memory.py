@@ -154,15 +154,16 @@ class _Output:
 class MemoryStore:
     """The default :class:`Store`: dicts in one process, behind one lock.
 
-    Bounded: finished jobs past ``max_jobs`` (oldest finished first) or older
-    than ``job_ttl`` seconds are dropped; queued and running jobs never are.
+    Bounded: finished jobs past ``keep_finished`` (oldest finished first) or
+    older than ``job_ttl`` seconds are dropped; queued and running jobs never
+    are.
     """
 
     def __init__(
-        self, *, max_jobs: int = 1000, job_ttl: float = 86400,
+        self, *, keep_finished: int = 1000, job_ttl: float = 86400,
         max_output_bytes: int = 1_048_576,
     ) -> None:
-        self.max_jobs = max_jobs
+        self.keep_finished = keep_finished
         self.job_ttl = job_ttl
         self.max_output_bytes = max_output_bytes
         self._lock = threading.Lock()
@@ -394,7 +395,7 @@ class MemoryStore:
         finished = self._finished
         while finished:
             job_id, ended_at = next(iter(finished.items()))
-            if len(finished) <= self.max_jobs and ended_at >= cutoff:
+            if len(finished) <= self.keep_finished and ended_at >= cutoff:
                 break
             del finished[job_id]
             self._counts[self._records.pop(job_id)["state"]] -= 1
@@ -539,11 +540,11 @@ def _watch(server_pid: int, store: MemoryStore, server_tmp: str | None) -> None:
 
 
 def start_manager(
-    ctx: BaseContext, *, max_jobs: int, job_ttl: float, max_output_bytes: int
+    ctx: BaseContext, *, keep_finished: int, job_ttl: float, max_output_bytes: int
 ) -> StoreManager:
     """Start the manager process serving a fresh :class:`MemoryStore`."""
     manager = StoreManager(ctx=ctx)
-    options = {"max_jobs": max_jobs, "job_ttl": job_ttl,
+    options = {"keep_finished": keep_finished, "job_ttl": job_ttl,
                "max_output_bytes": max_output_bytes}
     manager.start(initializer=_serve,
                   initargs=(os.getpid(), options, util.get_temp_dir()))
@@ -592,11 +593,11 @@ class ManagerBackend:
     shared = False
 
     def __init__(
-        self, *, max_jobs: int, job_ttl: float, max_output_bytes: int,
+        self, *, keep_finished: int, job_ttl: float, max_output_bytes: int,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.options: dict[str, Any] = {
-            "max_jobs": max_jobs, "job_ttl": job_ttl,
+            "keep_finished": keep_finished, "job_ttl": job_ttl,
             "max_output_bytes": max_output_bytes}
         self.on_lost = on_lost
         self._manager: StoreManager | None = None

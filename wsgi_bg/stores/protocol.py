@@ -33,7 +33,7 @@ RERUN_FIELDS = ("rerun_of", "rerun_as")
 #: The largest ``offset`` or ``limit`` :meth:`Store.page` takes.
 MAX_PAGE_INDEX = 2**31 - 1
 #: How many jobs a search (:meth:`Store.page` with a query) looks through at
-#: most, newest first: its cost is bounded whatever ``max_jobs`` is.
+#: most, newest first: its cost is bounded whatever ``keep_finished`` is.
 SEARCH_SCAN = 1000
 
 

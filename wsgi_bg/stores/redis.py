@@ -20,14 +20,14 @@ one Redis never see each other's jobs)::
                             (a job queued on RQ has no owner: it waits in RQ)
     N:jobs          zset    every job, by created_at (the list)
     N:state:{s}     zset    the jobs in state s, by created_at (counts, sweeps)
-    N:finished      zset    ended jobs, by ended_at (retention by max_jobs)
+    N:finished      zset    ended jobs, by ended_at (retention by keep_finished)
     N:suspects      hash    job id -> when its lease or owner was first missed
 
 Each state change is one Lua script (``lua/<name>.lua``, run after the
 prelude ``lua/lib.lua``), so it is atomic whoever runs it. Ended jobs' keys
 expire after ``job_ttl`` (Redis expiry) and the same scripts drop ended jobs
-past ``max_jobs``. The scripts compute their keys, so Redis Cluster is not
-supported (one Redis, or a primary with replicas, is).
+past ``keep_finished``. The scripts compute their keys, so Redis Cluster is
+not supported (one Redis, or a primary with replicas, is).
 
 Liveness (nothing says "running" for ever): the supervisor of a running job
 renews its lease with every relay (several times a second); each server
@@ -149,11 +149,12 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
             ) from exc
         except redis.exceptions.OutOfMemoryError as exc:
             # maxmemory reached with noeviction: writes are refused, reads
-            # still work; finished jobs expire or are dropped past max_jobs.
+            # still work; finished jobs expire or are dropped past
+            # keep_finished.
             raise StoreUnavailable(
                 f"the Redis store ({self.where}) is full ({exc}): raise its"
-                " maxmemory, or lower max_jobs or max_output_bytes. Try again"
-                " later."
+                " maxmemory, or lower keep_finished or max_output_bytes. Try"
+                " again later."
             ) from exc
         except redis.ResponseError as exc:
             # A script's own error for a record changed outside wsgi_bg
@@ -278,14 +279,14 @@ class RedisStore:
 
     def __init__(
         self, client: redis.Redis, *, namespace: str, signer: Signer,
-        max_jobs: int, job_ttl: float, max_output_bytes: int,
+        keep_finished: int, job_ttl: float, max_output_bytes: int,
         owner: str | None = None, where: str = "redis",
     ) -> None:
         self._r = client
         self.namespace = namespace
         self._prefix = namespace + ":"
         self._signer = signer
-        self.max_jobs = max_jobs
+        self.keep_finished = keep_finished
         self.job_ttl = job_ttl
         self.max_output_bytes = max_output_bytes
         self.owner = owner
@@ -300,8 +301,8 @@ class RedisStore:
 
     def _args(self, *extra: Any) -> list[Any]:
         return [self._prefix, repr(time.time()), self.max_output_bytes,
-                self.max_jobs, int(self.job_ttl * 1000), int(LEASE_SECONDS * 1000),
-                *extra]
+                self.keep_finished, int(self.job_ttl * 1000),
+                int(LEASE_SECONDS * 1000), *extra]
 
     # -- writes ---------------------------------------------------------------
     @_reaching
@@ -632,13 +633,14 @@ class RedisBackend:
 
     def __init__(
         self, store: str | redis.Redis, *, namespace: str,
-        secret_key: str | bytes | None, max_jobs: int, job_ttl: float,
+        secret_key: str | bytes | None, keep_finished: int, job_ttl: float,
         max_output_bytes: int,
     ) -> None:
         key = resolve_secret_key(secret_key)
         settings = connection_settings(store)
-        self._limits: dict[str, Any] = {"max_jobs": max_jobs, "job_ttl": job_ttl,
-                        "max_output_bytes": max_output_bytes}
+        self._limits: dict[str, Any] = {
+            "keep_finished": keep_finished, "job_ttl": job_ttl,
+            "max_output_bytes": max_output_bytes}
         self._link = RedisLink(settings, namespace, key, self._limits)
         self._client = connect(settings)  # connects on its first command
         self._reader = self._store_for(owner=None)

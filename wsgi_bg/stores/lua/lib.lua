@@ -6,12 +6,12 @@
 -- prefix (the key layout is in redis.py's docstring), so Redis Cluster is not
 -- supported.
 -- ARGV[1..6], given to every script: prefix ('N:'), now (this host's clock,
--- seconds), max_output_bytes, max_jobs (finished jobs kept), job_ttl in ms,
--- lease in ms. A script's own arguments follow from ARGV[7].
+-- seconds), max_output_bytes, keep_finished (finished jobs kept), job_ttl in
+-- ms, lease in ms. A script's own arguments follow from ARGV[7].
 local P = ARGV[1]
 local NOW = tonumber(ARGV[2])
 local LIMIT = tonumber(ARGV[3])
-local MAX_JOBS = tonumber(ARGV[4])
+local KEEP_FINISHED = tonumber(ARGV[4])
 local TTL_MS = tonumber(ARGV[5])
 local LEASE_MS = tonumber(ARGV[6])
 local STATES = {'queued', 'running', 'succeeded', 'failed', 'cancelled',
@@ -42,8 +42,8 @@ local function prune()
                          '(' .. string.format('%.6f', cutoff), 'LIMIT', 0, 1000)
   for _, id in ipairs(old) do drop(id) end
   local n = redis.call('ZCARD', P .. 'finished')
-  if n > MAX_JOBS then
-    for _, id in ipairs(redis.call('ZRANGE', P .. 'finished', 0, n - MAX_JOBS - 1)) do
+  if n > KEEP_FINISHED then
+    for _, id in ipairs(redis.call('ZRANGE', P .. 'finished', 0, n - KEEP_FINISHED - 1)) do
       drop(id)
     end
   end
