@@ -753,6 +753,54 @@ def test_a_job_queued_where_no_worker_listens_says_so_until_one_does(
         workers.stop()
 
 
+# -- deployment that cannot go quietly wrong ------------------------------------------
+def test_a_worker_without_the_secret_key_refuses_to_start_on_wsgi_bgs_queue(
+        redis_server, tmp_path):
+    """It would take jobs and fail each one: it exits at once, saying why; on
+    a plain queue it is RQ's stock worker and needs no key."""
+    log = tmp_path / "worker.log"
+    workers = RQWorkers(redis_server.url, _queue("nokey"), None, count=1,
+                        log=str(log))
+    with pytest.raises(RuntimeError, match="exited with 1 at start"):
+        workers.start()
+    text = log.read_text()
+    assert "wsgi_bg's RQ worker cannot take jobs from wsgi_bg.nokey-" in text
+    assert "WSGI_BG_SECRET_KEY" in text and "secrets.token_hex(32)" in text
+    plain = RQWorkers(redis_server.url, f"plain-{uuid.uuid4().hex[:8]}", None,
+                      count=1).start()
+    plain.stop()
+
+
+def test_a_warm_shutdown_takes_no_more_than_cancel_grace_and_a_second_or_two(
+        rq_mw, redis_server, tmp_path):
+    """rq 3 with redis-py 8 could wait 60 s for its pub/sub thread at exit:
+    idle workers exit within 2.5 s of SIGTERM, and one running a job that
+    ignores the request within cancel_grace + 2.5 s."""
+    queue = _queue("warm")
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=3).start()
+    try:
+        idle = workers.processes[1:]
+        mw = rq_mw(queue=queue, cancel_grace=1.0)
+        started = str(tmp_path / "started")
+        job = mw.submit(jobfuncs.stubborn, started)
+        wait_for(lambda: os.path.exists(started), 20, message="the job to start")
+        busy = next(p for p in workers.processes
+                    if p.pid == psutil.Process(mw.engine.store.get(job.id)["pid"]
+                                               ).ppid())
+        asked = time.monotonic()
+        for process in workers.processes:
+            process.terminate()
+        for process in [p for p in workers.processes if p is not busy]:
+            process.wait(30)
+            assert time.monotonic() - asked < 2.5
+        busy.wait(30)
+        assert time.monotonic() - asked < 1.0 + 2.5
+        assert job.state is JobState.CANCELLED
+        assert idle
+    finally:
+        workers.stop()
+
+
 # -- the example ------------------------------------------------------------------
 def test_the_rq_example_runs_its_report_on_the_workers(
         redis_server, rq_workers, session_middleware, monkeypatch):
@@ -781,6 +829,11 @@ def test_the_rq_example_runs_its_report_on_the_workers(
     assert "redis-server" in doc
     assert ("rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg -u"
             " redis://localhost:6379 -P examples") in doc
+    # The worker command it prints: on its namespace's queue.
+    assert rq_example.worker_command("wsgi_bg").startswith(
+        "rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg -u ")
+    assert rq_example.worker_command("shop").startswith(
+        "rq worker -w wsgi_bg.rq_worker.Worker wsgi_bg.shop -u ")
     assert "python examples/rq_example.py" in doc
 
 

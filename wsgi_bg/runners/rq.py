@@ -383,12 +383,9 @@ _WAITING_PREFIX = b'{"done":null,"total":null,"message":"waiting: no RQ worker'
 
 
 def _store_lib() -> str:
-    """The store's Lua prelude (``k``, ``ended``, ``N:suspects``): a string
-    of stores/redis.py, or lua/lib.lua since the scripts moved to files."""
-    lib = getattr(_store_redis, "_LIB", None)
-    if isinstance(lib, str):
-        return lib
-    return str(getattr(_store_redis, "_lua")("lib"))  # noqa: B009
+    """The store's Lua prelude, lua/lib.lua (``k``, ``ended``,
+    ``N:suspects``): the sweep changes states as the store's scripts do."""
+    return _store_redis._lua("lib")
 
 
 def waiting_notice(queue: str) -> dict[str, Any]:
