@@ -391,3 +391,40 @@ def test_a_long_output_shows_its_end_and_loads_the_rest_on_demand(mw, page):
         assert page.locator("#earlier").count() in (0, 1)
         wait_for(lambda: page.locator("#L7").is_visible(), 10)
         assert page.evaluate("document.querySelector('#L7:target') !== null")
+
+
+# -- the list's layout ----------------------------------------------------------------
+
+def list_of_every_state(mw):
+    fake_job(mw, name="deploy.build_release", state="running",
+             progress={"done": 37, "total": 60, "message": "compressing assets"})
+    fake_job(mw, name="media.transcode", state="queued")
+    for state in ("succeeded", "failed", "cancelled", "timed_out", "crashed"):
+        fake_job(mw, name=f"tasks.{state}", state=state,
+                 error=None if state == "succeeded" else
+                 "RuntimeError: 1 test failed: tests/test_orders.py::test_refund_total")
+
+
+def test_list_names_line_up_at_390_px(mw, context, console):
+    """Badges differ in width ('queued', 'timed_out'); the names after them
+    start at one position, as in a column."""
+    list_of_every_state(mw)
+    page = console.watch(context.new_page())
+    page.set_viewport_size({"width": 390, "height": 844})
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/")
+        starts = {round(box["x"]) for box in (
+            link.bounding_box() for link in page.locator("td.what a.name").all())}
+        assert len(starts) == 1, f"names start at x = {sorted(starts)}"
+
+
+def test_list_progress_text_on_one_line_at_1280_px(mw, page):
+    list_of_every_state(mw)
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/")
+        text = page.locator("td.progress-cell .progress-text")
+        assert text.inner_text() == "37 / 60 · compressing assets"
+        height = text.bounding_box()["height"]
+        line = page.evaluate("parseFloat(getComputedStyle(document.querySelector("
+                             "'td.progress-cell .progress-text')).lineHeight)")
+        assert height < 1.5 * line, f"the progress text wraps: {height} px high"

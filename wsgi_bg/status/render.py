@@ -221,11 +221,13 @@ def _progress(progress: Mapping[str, Any] | None, *, ids: bool) -> Markup:
     value, maximum, caption = progress_parts(progress)
     return Markup(
         '<div class="progress"{}{}><progress{}{}{}></progress>'
-        ' <span class="progress-text"{}>{}</span></div>'
+        ' <span class="progress-text"{}{}>{}</span></div>'
     ).format(
         _attr("id", "progress-box" if ids else ""), _hidden(progress is None),
         _attr("id", "progress" if ids else ""), _attr("value", value),
-        _attr("max", maximum), _attr("id", "progress-text" if ids else ""), caption,
+        _attr("max", maximum), _attr("id", "progress-text" if ids else ""),
+        # The list cuts a long caption to one line: the whole of it on hover.
+        _attr("title", "" if ids else caption), caption,
     )
 
 
