@@ -674,6 +674,7 @@ def test_a_worker_killed_mid_job_ends_its_job_crashed_within_60s(
         took = time.monotonic() - killed_at
         assert job.state is JobState.CRASHED, job.error
         assert took < 60
+        assert "RQ worker was killed" in job.error
         wait_for(lambda: _gone(job_pid), 10, message="the job's process to end")
         # The other worker takes the next job.
         assert mw.submit(jobfuncs.add, 2, 2).wait(timeout=20).result == 4

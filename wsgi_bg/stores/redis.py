@@ -91,8 +91,8 @@ _ANSWER_MARGIN = 0.25
 _CLOCK_ROUND_TRIP = 0.05
 
 _CRASHED_RUNNING = (
-    "the process running this job stopped (its server process or pool worker"
-    " was killed, or the job's supervisor lost the store for longer than"
+    "the process running this job stopped (its server process, pool worker or"
+    " RQ worker was killed, or the job's supervisor lost the store for longer than"
     f" {LEASE_SECONDS:g} s): nothing renewed its lease, so it ended crashed"
 )
 _CRASHED_QUEUED = (
