@@ -988,14 +988,16 @@ def bench_rq(cfg: Config) -> Result:
         url = rcfg.store_options["store"]
         key = rcfg.store_options["secret_key"]
         # The documented command: rq worker -w wsgi_bg.rq_worker.Worker, with
-        # the job module preloaded (it serves the plain RQ jobs too).
-        workers = RQWorkers(url, "bench-rq", key, count=2,
+        # the job module preloaded; it serves the plain RQ jobs too, on a
+        # queue of their own (on wsgi_bg's, it runs only wsgi_bg's jobs).
+        workers = RQWorkers(url, "wsgi_bg.bench bench-rq", key, count=2,
                             preload="bench.jobfuncs").start()
         try:
             client = redis.Redis.from_url(url)
             queue = rq.Queue("bench-rq", connection=client)
             finished = FinishedJobRegistry(queue=queue)
-            with middleware(rcfg, runner=queue, max_queued=n + 10,
+            ours_queue = rq.Queue("wsgi_bg.bench", connection=client)
+            with middleware(rcfg, runner=ours_queue, max_queued=n + 10,
                             keep_finished=cfg.reps * (n + m) + 100) as mw:
                 store = mw.engine.store
                 for i in range(4):  # warm: imports in the workers

@@ -5,8 +5,8 @@
   process whose workers supervise the job processes.
 - ``runner="rq"``, or an :class:`rq.Queue`:
   :class:`~wsgi_bg.runners.rq.RQRunner`, jobs queued for ``rq worker``
-  processes on any machine, which supervise the job processes (with
-  wsgi_bg's worker class; with RQ's stock one, their work horses do)
+  processes with wsgi_bg's worker class on any machine, which supervise the
+  job processes
   (``pip install "wsgi_bg[rq]"``; needs the Redis store).
 - ``runner="inline"``: :class:`~wsgi_bg.runners.inline.InlineRunner`, for
   tests: each job runs at once in the thread that starts it.

@@ -1,8 +1,7 @@
 """The supervisor: forks a job process, relays its output, enforces timeout,
 cancel and kill, reaps; shared by every runner that runs jobs in processes
 (a pool worker of :mod:`~wsgi_bg.runners.pool`; an RQ worker of
-:mod:`wsgi_bg.rq_worker`, or a work horse of a stock one, for
-:mod:`~wsgi_bg.runners.rq`).
+:mod:`wsgi_bg.rq_worker`, for :mod:`~wsgi_bg.runners.rq`).
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
@@ -304,12 +303,12 @@ class _Ended:
     """A job's end as its supervisor saw it, not yet in the store."""
 
     __slots__ = ("store", "job_id", "state", "result", "error", "last", "shown",
-                 "reuse", "outcome")
+                 "reuse", "cancel_seen", "outcome")
 
     def __init__(
         self, store: Store, job_id: str, state: str, result: bytes | None,
         error: str | None, last: tuple[str, dict[str, Any] | None, int | None],
-        shown: str | None, reuse: bool,
+        shown: str | None, reuse: bool, cancel_seen: bool = True,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -319,6 +318,9 @@ class _Ended:
         self.last = last  # the output and progress not yet relayed, its offset
         self.shown = shown
         self.reuse = reuse  # its process is kept warm for the next job
+        # Whether the job read its cancel: the store decides from it whether
+        # a job that succeeded after a cancel was asked stopped for it.
+        self.cancel_seen = cancel_seen
         #: Once recorded: what recording it gave, as supervise_all returns it.
         self.outcome: tuple[str | None, Exception | None] | None = None
 
@@ -327,7 +329,8 @@ class _Ended:
         retried while the store cannot be reached."""
         return _retrying(
             lambda: self.store.finish(self.job_id, self.state, self.result,
-                                      self.error, *self.last, shown=self.shown),
+                                      self.error, *self.last, shown=self.shown,
+                                      cancel_seen=self.cancel_seen),
             _FINISH_RETRY_SECONDS)
 
     def record(self) -> None:
@@ -349,7 +352,7 @@ class _Ended:
         try:
             state, started = self.store.finish_and_start(
                 self.job_id, self.state, self.result, self.error, *self.last,
-                self.shown, next_id, pid)
+                self.shown, next_id, pid, cancel_seen=self.cancel_seen)
         except Exception:  # noqa: BLE001 - unreachable, or an error: one by one
             self.record()
             return _retrying(lambda: self.store.start(next_id, pid),
@@ -369,6 +372,7 @@ class _Supervisor:
         self.grace = grace
         self.tick = tick
         self.shown: str | None = None  # the result's repr, when it succeeded
+        self.cancel_seen = True  # whether the job read its cancel, as it says
         # This worker's parent: the server process, or the forkserver that
         # lives as long as it, or the RQ worker of this work horse. If it
         # changes, that process is gone.
@@ -428,7 +432,7 @@ class _Supervisor:
             # every record (a job may raise with a 20 MB message).
             error = cap_text(error, MAX_ERROR_CHARS)
         return _Ended(self.store, self.job_id, state, result, error, self.last,
-                      self.shown, reuse)
+                      self.shown, reuse, self.cancel_seen)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
@@ -530,6 +534,7 @@ class _Supervisor:
         self.last = relay.take(final=True)  # goes to the store with the outcome
         final = messages.final
         if final is not None:
+            self.cancel_seen = messages.cancel_seen
             kind, value = final
             if kind == "result":
                 self.shown = value[1]
@@ -590,13 +595,15 @@ def describe_exitcode(code: int) -> str:
 
 class _MessageReader:
     """Splits the job process's messages: progress reports, then one final
-    ``(kind, value, retire)``, kept as :attr:`final` and :attr:`retire`."""
+    ``(kind, value, retire, cancel_seen)``, kept as :attr:`final`,
+    :attr:`retire` and :attr:`cancel_seen`."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._progress: list[dict[str, Any]] = []
         self.final: tuple[str, Any] | None = None
         self.retire = True
+        self.cancel_seen = True  # unless the job says otherwise
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -613,6 +620,7 @@ class _MessageReader:
             else:
                 self.final = (message[0], message[1])
                 self.retire = message[2]
+                self.cancel_seen = message[3]
 
     def progress(self) -> list[dict[str, Any]]:
         reports, self._progress = self._progress[-1:], []
@@ -697,7 +705,7 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
             os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
             os.dup2(null_w, 2)
             os.close(ctl_r)
-            context.leave_job()
+            cancel_seen = context.leave_job()
             retire = (done == jobs_per_process or not flushed
                       or threading.active_count() > 1
                       or _children_left() or _signal_handlers() != handlers)
@@ -705,7 +713,7 @@ def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
                 retire = not _put_back(cwd, environ, path)
             if retire:  # before saying so: the supervisor then kills the group
                 _let_go_of_multiprocessing()
-            context.send_message(msg_fd, (kind, value, retire))
+            context.send_message(msg_fd, (kind, value, retire, cancel_seen))
             if retire:
                 break
     except BaseException:
