@@ -6,6 +6,7 @@ import pickle
 import re
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 
 import markupsafe
@@ -234,11 +235,11 @@ def test_authorize_is_asked_for_every_action(make_mw):
     client.get(f"/_jobs/api/jobs/{job.id}")
     client.get(f"/_jobs/api/jobs/{job.id}/events")
     client.post(f"/_jobs/api/jobs/{job.id}/cancel")
-    # The job page also asks "list" and "retry", to link the list and offer
-    # Run again only to who may use them.
+    # The job page also asks "list" and "rerun" (and "retry", its old name),
+    # to link the list and offer Run again only to who may use them.
     assert calls == [("list", None), ("list", None), ("view", job.id),
-                     ("list", None), ("retry", job.id), ("view", job.id),
-                     ("view", job.id), ("cancel", job.id)]
+                     ("list", None), ("rerun", job.id), ("retry", job.id),
+                     ("view", job.id), ("view", job.id), ("cancel", job.id)]
 
 
 def test_refused_view_and_cancel_are_403(make_mw):
@@ -1103,7 +1104,7 @@ def test_run_again_follows_authorize_and_same_origin(make_mw):
 
     def authorize(environ, action, job):
         asked.append(action)
-        return action != "retry"
+        return action not in ("rerun", "retry")  # as docs/security.md says
 
     mw = make_mw(hello_app, authorize=authorize)
     client = webtest.TestApp(mw, lint=True)
@@ -1111,7 +1112,7 @@ def test_run_again_follows_authorize_and_same_origin(make_mw):
     page = client.get(f"/_jobs/{job.id}").text
     assert 'id="rerun"' not in page  # not offered
     client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403)
-    assert "retry" in asked and job.to_dict()["rerun_as"] is None
+    assert "rerun" in asked and job.to_dict()["rerun_as"] is None
     client = webtest.TestApp(make_mw(hello_app), lint=True)
     job = run(client.app, statusfuncs.say, "x")
     client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403,
@@ -1121,6 +1122,43 @@ def test_run_again_follows_authorize_and_same_origin(make_mw):
     assert job.to_dict()["rerun_as"] is None  # (Redis: both share one namespace)
     client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=202,
                 headers={"Origin": "http://localhost"})  # default: allowed
+
+
+@pytest.mark.parametrize("authorize", [
+    pytest.param(lambda environ, action, job: action != "retry", id="refuses-retry"),
+    pytest.param(lambda environ, action, job: action in {"view", "cancel", "retry"},
+                 id="allows-only-retry"),
+])
+def test_an_authorize_written_for_retry_keeps_its_say_over_rerun(make_mw, authorize):
+    """"retry" was the rerun route's action until 0.2: an authorize written
+    then, asked "rerun" (a name it never heard of), must not let a run again
+    through that it refused, nor allow one it did not know to allow."""
+    mw = make_mw(hello_app, authorize=authorize)
+    client = webtest.TestApp(mw, lint=True)
+    job = run(mw, statusfuncs.say, "x")
+    said = r"action 'rerun' but (refused|allowed) 'retry', its old name: the rerun is"
+    with pytest.warns(DeprecationWarning, match=said):
+        page = client.get(f"/_jobs/{job.id}").text
+    assert 'id="rerun"' not in page  # not offered
+    with pytest.warns(DeprecationWarning, match=said + r" refused\. Give both"):
+        client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=403,
+                    headers={"Origin": "http://localhost"})
+    assert job.to_dict()["rerun_as"] is None and len(mw.jobs()) == 1
+
+
+def test_an_authorize_that_answers_retry_and_rerun_alike_gets_no_warning(make_mw):
+    def authorize(environ, action, job):
+        return action in ("view", "rerun", "retry")
+
+    mw = make_mw(hello_app, authorize=authorize)
+    client = webtest.TestApp(mw, lint=True)
+    job = run(mw, statusfuncs.say, "x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert 'id="rerun"' in client.get(f"/_jobs/{job.id}").text
+        client.post(f"/_jobs/api/jobs/{job.id}/rerun", status=202,
+                    headers={"Origin": "http://localhost"})
+    assert job.to_dict()["rerun_as"] is not None
 
 
 def test_get_on_rerun_is_405(client, mw):

@@ -2,12 +2,20 @@
 
 ``authorize(environ, action, job) -> bool`` decides who may use the status
 pages. ``action`` is ``"list"`` (the job list; ``job`` is ``None``), ``"view"``
-(one job's page, JSON or event stream), ``"cancel"`` or ``"retry"`` (run an
+(one job's page, JSON or event stream), ``"cancel"`` or ``"rerun"`` (run an
 ended job's call again, as a new job). Without one, a job's own pages, its
 cancel and its run again are open to whoever holds its id (an unguessable
 capability) and the list is refused. ``job`` is a lazy
 :class:`~wsgi_bg.Job` handle: reading it reads the store, and a job dropped
 meanwhile raises :exc:`LookupError` (answered ``404``).
+
+.. deprecated:: 0.2
+    The action ``"retry"``, now ``"rerun"`` (the route's and the records'
+    name; "retry" will name retries after a failure). For a rerun,
+    ``authorize`` is asked ``"rerun"`` and then ``"retry"``, and a refusal of
+    either refuses, so an ``authorize`` that refuses ``"retry"`` still blocks
+    it; answers that differ raise a :exc:`DeprecationWarning`. Give both the
+    same answer until ``"retry"`` is no longer asked.
 """
 
 from __future__ import annotations

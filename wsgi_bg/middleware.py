@@ -274,8 +274,9 @@ class BackgroundMiddleware:
     :param max_body_bytes: request body a marked app may receive; a larger
         one is answered ``413`` and starts no job.
     :param authorize: ``authorize(environ, action, job) -> bool`` deciding who
-        may ``"list"`` jobs, ``"view"`` one, ``"cancel"`` one or ``"retry"``
-        it (run it again). Default:
+        may ``"list"`` jobs, ``"view"`` one, ``"cancel"`` one or ``"rerun"``
+        it (run it again; ``"retry"``, its deprecated name, is asked too).
+        Default:
         a job's pages and cancel are open to whoever holds its id; the list is
         refused. See :mod:`wsgi_bg.auth`.
     :param status_url: absolute path where links to job pages point, when

@@ -18,7 +18,7 @@ Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
     GET  /api/jobs/<id>/events      Server-Sent Events, in windows  "view"
     POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
     POST /api/jobs/<id>/rerun       run a job that ended again, as a new job
-                                    (same origin)            authorize "retry"
+                                    (same origin)            authorize "rerun"
     GET  /static/status.js|css      the pages' script and style
 
 Every answer carries a Content-Security-Policy without inline script or
@@ -50,7 +50,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Generator, Iterable
+import warnings
+from collections.abc import Callable, Generator, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -93,6 +94,13 @@ SECURITY_HEADERS = {
 }
 
 logger = logging.getLogger("wsgi_bg")
+
+#: Actions renamed: new name -> old name. ``authorize`` is asked both, and a
+#: refusal of either refuses: an ``authorize`` written for the old name
+#: (``if action == "retry": return False``) keeps blocking what it blocked.
+#: "retry" was the action of the rerun route; it will name retries after a
+#: failure (issue 21).
+OLD_ACTION_NAMES = {"rerun": "retry"}
 
 _STATIC = {"status.js": "text/javascript", "status.css": "text/css"}
 
@@ -378,8 +386,35 @@ class StatusApp:
                         + self._lost_note())
 
     def _authorize(self, request: Request, action: str, job: Job | None) -> bool:
-        """``authorize``'s answer. One that raises is a bug in it: a 500 that
-        says so, logged with its traceback, not a 404 that would hide it."""
+        """``authorize``'s answer (see :data:`OLD_ACTION_NAMES`). One that
+        raises is a bug in it: a 500 that says so, logged with its traceback,
+        not a 404 that would hide it."""
+        return self._answer(
+            action, lambda name: self._authorize_once(request, name, job))
+
+    def _answer(self, action: str, ask: Callable[[str], bool]) -> bool:
+        """``ask(action)``; for a renamed action, ``ask`` of its old name too,
+        both needed, and a :exc:`DeprecationWarning` when they differ."""
+        allowed = ask(action)
+        old = OLD_ACTION_NAMES.get(action)
+        if old is None:
+            return allowed
+        allowed_old = ask(old)
+        if allowed_old != allowed:
+            authorize = self.middleware.authorize
+            name = getattr(authorize, "__qualname__", None) or repr(authorize)
+            said = {True: "allowed", False: "refused"}
+            warnings.warn(
+                f"the authorize callable {name} {said[allowed]} action"
+                f" {action!r} but {said[allowed_old]} {old!r}, its old name:"
+                f" the {action} is refused. Give both the same answer; {old!r}"
+                " is deprecated since 0.2 (it will name retries after a"
+                " failure), and until it is removed authorize is asked both"
+                " and a refusal of either refuses.",
+                DeprecationWarning, stacklevel=2)
+        return allowed and allowed_old
+
+    def _authorize_once(self, request: Request, action: str, job: Job | None) -> bool:
         authorize = self.middleware.authorize
         try:
             return bool(authorize(request.environ, action, job))
@@ -408,6 +443,9 @@ class StatusApp:
 
     def _may(self, request: Request, action: str, job: Job | None) -> bool:
         """Whether this visitor may do ``action`` (to offer it)."""
+        return self._answer(action, lambda name: self._may_once(request, name, job))
+
+    def _may_once(self, request: Request, action: str, job: Job | None) -> bool:
         try:
             return bool(self.middleware.authorize(request.environ, action, job))
         except Exception:  # a failing authorize offers nothing, breaks nothing
@@ -477,7 +515,7 @@ class StatusApp:
             request.script_root, data, output, offset,
             may_list=self._may_list(request), now=time.time(),
             notice=self._notice(request),
-            may_rerun=self._may(request, "retry",
+            may_rerun=self._may(request, "rerun",
                                 Job(self.middleware.engine, job_id)),
             max_output_chars=self.page_output_chars,
         )
@@ -570,7 +608,7 @@ class StatusApp:
 
     def _rerun(self, request: Request, job_id: str) -> Response:
         check_same_origin(request)
-        job = self._job(request, job_id, "retry")
+        job = self._job(request, job_id, "rerun")
         try:
             state = job.state
         except LookupError:
