@@ -6,6 +6,7 @@ through ``make_mw`` in test_engine.py, test_isolation.py, test_output.py and
 test_background.py."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -260,7 +261,7 @@ def test_a_pickle_planted_in_the_rq_job_never_loads_in_the_web_process(
 
 
 def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
-        rq_mw, redis_server, tmp_path):
+        rq_mw, redis_server, tmp_path, monkeypatch):
     """On wsgi_bg's queue, wsgi_bg's worker runs only wsgi_bg's call with a
     token signed with the app's key: another function (pickled or JSON), a
     pickle in a job's ``data``, a forged token are refused, logged and
@@ -294,13 +295,26 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
     client.hset(f"rq:job:{rq_job_id(victim.id)}", "data",
                 zlib.compress(_planted(marker)))
     planted.append(rq_job_id(victim.id))
-    # Pickles in the result and meta of a genuine job: never loaded.
+    # Pickles in the result and meta of a genuine job, callbacks and a
+    # webhook named in its hash, a dependent on a plain queue: never loaded,
+    # called nor enqueued.
+    plain = f"plain-{uuid.uuid4().hex[:8]}"
+    dependent = rq.Queue(plain, connection=client).enqueue(os.system, command)
+    rq.Queue(plain, connection=client).remove(dependent.id)
+    dependent.set_status("deferred")
+    client.sadd(f"rq:job:{reference}:dependents", dependent.id)
+    callback = "rqplant.touch_marker"
     client.hset(f"rq:job:{reference}", mapping={
-        "result": _planted(marker), "meta": _planted(marker)})
+        "result": _planted(marker), "meta": _planted(marker),
+        "success_callback_name": callback, "failure_callback_name": callback,
+        "stopped_callback_name": callback,
+        "webhooks": json.dumps([{"url": "http://127.0.0.1:9/", "events": []}])})
+    monkeypatch.setenv("RQPLANT_MARKER", str(marker))
     log = tmp_path / "worker.log"
     _burst(redis_server.url, queue, log=str(log))
     assert not marker.exists()
     assert genuine.wait(timeout=20).result == 3
+    assert client.llen(f"rq:queue:{plain}") == 0
     text = log.read_text()
     failed = rq.registry.FailedJobRegistry(queue=as_json)
     for rq_id in planted:
@@ -313,6 +327,27 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
     wait_for(lambda: victim.state is JobState.CRASHED, 30,
              message="the job whose RQ data was replaced to end")
     assert "RQ recorded this job failed before it started" in victim.error
+
+
+def test_a_failure_callback_planted_on_an_abandoned_job_never_runs(
+        rq_mw, redis_server, tmp_path, monkeypatch):
+    """RQ's clean-up of its started registry runs an abandoned job's failure
+    callback, imported by the name in its hash: on wsgi_bg's queues, wsgi_bg's
+    worker runs none (its clean-up, at start, still marks the job failed)."""
+    queue = _queue("abandoned")
+    mw = rq_mw(queue=queue)
+    job = mw.submit(jobfuncs.add, 1, 1)
+    reference = rq_job_id(job.id)
+    client = redis_server.client()
+    client.lrem(f"rq:queue:{queue}", 1, reference)
+    client.hset(f"rq:job:{reference}", mapping={
+        "status": "started", "failure_callback_name": "rqplant.touch_marker"})
+    client.zadd(f"rq:wip:{queue}", {f"{reference}:planted": 1})
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("RQPLANT_MARKER", str(marker))
+    _burst(redis_server.url, queue)
+    assert _rq_job(mw, job).get_status(refresh=True) == "failed"
+    assert not marker.exists()
 
 
 def _documented_acl(namespace):

@@ -116,14 +116,11 @@ def _lua(name: str) -> str:
     return path.read_text("utf-8")
 
 
-#: The prelude every script runs first (runners/rq.py's sweep too).
-_LIB = _lua("lib")
-
-
 def script_source(name: str) -> str:
     """The Lua source of script ``name`` (one of :data:`SCRIPTS`), as Redis
-    runs it: the shared prelude, then the script."""
-    return _LIB + _lua(name)
+    runs it: the shared prelude (``_lua("lib")``, which runners/rq.py's
+    sweep runs first too), then the script."""
+    return _lua("lib") + _lua(name)
 
 
 _STATES = [s.value for s in JobState]
