@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import psutil
 import pytest
+import webtest
 
 import jobfuncs
 from helpers import wait_for
@@ -188,6 +189,29 @@ def test_cancel_stubborn_job_is_killed_after_grace(make_mw, tmp_path):
     jobfuncs.touch(flag)
     assert beside.wait(timeout=20).state is JobState.SUCCEEDED
     assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+
+
+def test_a_job_that_completes_after_an_unread_cancel_keeps_its_result(
+        make_mw, tmp_path):
+    """It did all its work: the page and the JSON say so, and the result stays."""
+    mw = make_mw(max_workers=1, cancel_grace=10)
+    started = tmp_path / "started"
+    job = mw.submit(jobfuncs.stubborn, str(started), 1.0)
+    wait_for(started.exists, 20, message="the job to start")
+    assert job.cancel() is True
+    job.wait(timeout=15)  # within its grace: it ended by itself
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result == "finished anyway"
+    record = job.to_dict()
+    assert record["cancel_requested"] is True
+    assert record["cancelled_how"] == "completed"
+    client = webtest.TestApp(mw)
+    data = client.get(f"{mw.prefix}/api/jobs/{job.id}").json
+    assert (data["state"], data["result"], data["cancelled_how"]) == (
+        "succeeded", "'finished anyway'", "completed")
+    page = client.get(job.url, headers={"Accept": "text/html"}).text
+    assert "completed its work within its grace: its result is kept" in page
+    assert "stopped by itself" not in page
 
 
 def test_cancel_finished_job_returns_false(mw):

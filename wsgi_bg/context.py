@@ -148,10 +148,15 @@ def restore(previous: JobContext | None) -> None:
     _job = previous
 
 
-def leave_job() -> None:
-    """This process's job is over (a job process runs several in turn)."""
+def leave_job() -> bool:
+    """This process's job is over (a job process runs several in turn).
+    Returns whether the job saw a cancel (read ``cancel_requested`` as
+    ``True``): the store tells a job that stopped for it from one that
+    completed its work without looking."""
     global _job
+    seen = _job is not None and _job.cancelled
     _job = None
+    return seen
 
 
 def in_job() -> bool:

@@ -209,13 +209,14 @@ def run_inline(
     finally:
         _uninstall()
         _capture.reset(capture_token)
+        cancel_seen = job.cancelled
         context.leave_inline(token)
         job.done.set()
         job.thread.join()
     state = JobState.FAILED.value if error is not None else JobState.SUCCEEDED.value
     text, progress, offset = job.relay.take(final=True)
     ended = store.finish(job_id, state, result, error, text, progress, offset,
-                         shown=shown)
+                         shown=shown, cancel_seen=cancel_seen)
     if escaping is not None:
         raise escaping
     return ended

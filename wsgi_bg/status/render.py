@@ -30,11 +30,13 @@ from ..terminal import STYLE_CLASSES, Screen, Segment, tail
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out",
           "crashed")
 
-#: Why a cancelled job ended, as ``cancelled_how`` says it.
+#: How a job asked to cancel ended, as ``cancelled_how`` says it.
 CANCELLED_HOW = {
     "before_start": "cancelled before it started",
     "stopped": "stopped by itself within its grace",
     "killed": "killed: it was still running when its grace ran out",
+    "completed": "the job did not read it and completed its work within its"
+                 " grace: its result is kept",
 }
 
 #: Shown on the list and job pages when the server runs several processes

@@ -361,18 +361,20 @@ class GuardedStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
+        cancel_seen: bool = True,
     ) -> str | None:
         return self._call(  # type: ignore[no-any-return]
-            "finish", job_id, state, result, error, text, progress, offset, shown)
+            "finish", job_id, state, result, error, text, progress, offset, shown,
+            cancel_seen)
 
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int,
+        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
     ) -> tuple[str | None, bool]:
         return self._call(  # type: ignore[no-any-return]
             "finish_and_start", job_id, state, result, error, text, progress,
-            offset, shown, next_id, pid)
+            offset, shown, next_id, pid, cancel_seen)
 
     def result(self, job_id: str) -> bytes | None:
         return self._call("result", job_id)  # type: ignore[no-any-return]

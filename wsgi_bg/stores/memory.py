@@ -247,32 +247,33 @@ class MemoryStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
+        cancel_seen: bool = True,
     ) -> str | None:
         with self._lock:
             return self._finish(job_id, state, result, error, text, progress,
-                                offset, shown)
+                                offset, shown, cancel_seen)
 
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int,
+        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
     ) -> tuple[str | None, bool]:
         with self._lock:
             return (self._finish(job_id, state, result, error, text, progress,
-                                 offset, shown),
+                                 offset, shown, cancel_seen),
                     self._start(next_id, pid))
 
     def _finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None,
+        shown: str | None, cancel_seen: bool = True,
     ) -> str | None:
         record = self._records.get(job_id)
         if record is None or record["state"] in TERMINAL_STATES:
             return None
         self._add(record, text, progress, offset)
         self._outputs[job_id].compact()
-        state, error, how = cancel_outcome(record, state, error)
+        state, error, how = cancel_outcome(record, state, error, cancel_seen)
         record["cancelled_how"] = how
         if record["state"] == JobState.QUEUED:
             self._queued -= 1
@@ -440,14 +441,17 @@ class MemoryStore:
 
 
 def cancel_outcome(
-    record: Record, state: str, error: str | None
+    record: Record, state: str, error: str | None, cancel_seen: bool = True
 ) -> tuple[str, str | None, str | None]:
     """``(state, error, cancelled_how)`` for a job ending in ``state``: a job
     asked to cancel ends cancelled, killed after its grace or stopped by
-    itself (the Redis store's Lua script mirrors this)."""
+    itself; one that succeeded without reading the cancel completed its
+    work, and its success stands (the Redis store's Lua script mirrors this)."""
     if state == JobState.CANCELLED:
         queued = record["state"] == JobState.QUEUED
         return state, error, "before_start" if queued else "killed"
+    if record["cancel_requested"] and state == JobState.SUCCEEDED and not cancel_seen:
+        return state, error, "completed"
     if record["cancel_requested"]:
         error = "cancelled while running" + (
             f"; the job then ended {state}:\n{error}" if error else ""

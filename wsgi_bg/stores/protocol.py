@@ -18,7 +18,9 @@ Record = dict[str, Any]
 
 #: Fields every record has (a store may add its own). ``args`` is a bounded
 #: repr of the call, ``cancelled_how`` one of ``"before_start"``, ``"stopped"``
-#: (ended by itself within its grace) or ``"killed"`` (after its grace).
+#: (ended by itself within its grace), ``"killed"`` (after its grace), or
+#: ``"completed"``: the job succeeded after a cancel was asked without reading
+#: it (it did all its work: its state stays ``succeeded``, its result kept).
 RECORD_FIELDS = (
     "id", "name", "state", "created_at", "started_at", "ended_at", "result",
     "error", "progress", "timeout", "cancel_requested", "cancel_grace", "url",
@@ -135,17 +137,22 @@ class Store(Protocol):
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
+        cancel_seen: bool = True,
     ) -> str | None:
         """End a job, once, with its last output and progress (as
         :meth:`relay` would add them), its pickled ``result`` (kept apart
         from the record: see :meth:`result`) and ``shown``, the result's
-        ``repr`` for pages; a job whose cancel was requested ends cancelled.
-        Return the state stored, or ``None`` if the job had already ended."""
+        ``repr`` for pages. A job whose cancel was requested ends cancelled
+        (``cancelled_how`` ``"stopped"``), except one that succeeded with
+        ``cancel_seen`` false (its code never read the cancel: it completed
+        its work), which stays succeeded with its result, ``cancelled_how``
+        ``"completed"``. Return the state stored, or ``None`` if the job had
+        already ended."""
 
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int,
+        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
     ) -> tuple[str | None, bool]:
         """:meth:`finish` of ``job_id`` (the same arguments), then
         :meth:`start` of ``next_id`` in process group ``pid``, as one atomic

@@ -380,27 +380,29 @@ class RedisStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
+        cancel_seen: bool = True,
     ) -> str | None:
         stored = self._scripts["finish"](args=self._args(*self._finish_args(
-            job_id, state, result, error, text, progress, offset, shown)))
+            job_id, state, result, error, text, progress, offset, shown,
+            cancel_seen)))
         return None if stored is None else stored.decode()
 
     @_reaching
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int,
+        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
     ) -> tuple[str | None, bool]:
         stored, started = self._scripts["finish_and_start"](args=self._args(
             *self._finish_args(job_id, state, result, error, text, progress,
-                               offset, shown),
+                               offset, shown, cancel_seen),
             next_id, _dump(pid), repr(time.time())))
         return (stored.decode() or None), bool(started)
 
     def _finish_args(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None,
+        shown: str | None, cancel_seen: bool,
     ) -> list[Any]:
         """The arguments of the finish script's ``finish(a)``."""
         if_cancelled = "cancelled while running" + (
@@ -410,7 +412,8 @@ class RedisStore:
         return [job_id, state, _dump(error), _dump(if_cancelled),
                 encode_output(text), _dump_progress(progress),
                 _dump(shown), signed, "1" if result is not None else "0",
-                repr(time.time()), "" if offset is None else offset]
+                repr(time.time()), "" if offset is None else offset,
+                "1" if cancel_seen else "0"]
 
     @_reaching
     def request_cancel(

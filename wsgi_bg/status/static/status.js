@@ -323,7 +323,9 @@
     var HOW = {
       before_start: "cancelled before it started",
       stopped: "stopped by itself within its grace",
-      killed: "killed: it was still running when its grace ran out"
+      killed: "killed: it was still running when its grace ran out",
+      completed: "the job did not read it and completed its work within its" +
+        " grace: its result is kept"
     };
 
     function badge(text, state) {

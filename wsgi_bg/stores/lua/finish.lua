@@ -1,4 +1,4 @@
 -- finish: a job's end (see finish() in lib.lua).
--- ARGV[1..6]: see lib.lua; [7...17]: finish's a[1...11].
+-- ARGV[1..6]: see lib.lua; [7...18]: finish's a[1...12].
 -- Answers the state stored, or false if the job had ended already.
-return finish({unpack(ARGV, 7, 17)})
+return finish({unpack(ARGV, 7, 18)})

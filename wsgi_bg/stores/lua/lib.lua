@@ -182,8 +182,10 @@ end
 -- A job's end: a[1] id, [2] state, [3] error JSON, [4] error if it was
 -- cancelled JSON, [5] text, [6] progress JSON or '', [7] shown JSON,
 -- [8] signed result, [9] '1' if there is a result, [10] ended_at,
--- [11] offset the text starts at or ''. A cancel requested meanwhile makes
--- it cancelled. The state stored, or false if the job had ended already.
+-- [11] offset the text starts at or '', [12] '1' if the job read its cancel.
+-- A cancel requested meanwhile makes it cancelled, unless it succeeded without
+-- reading it ('completed': it did its work; memory.cancel_outcome mirrors
+-- this). The state stored, or false if the job had ended already.
 local function finish(a)
   local id = a[1]
   local key = k('job', id)
@@ -195,7 +197,11 @@ local function finish(a)
   if state == 'cancelled' then
     if old == 'queued' then how = '"before_start"' else how = '"killed"' end
   elseif redis.call('HGET', key, 'cancel_requested') == 'true' then
-    state, err, how = 'cancelled', a[4], '"stopped"'
+    if state == 'succeeded' and a[12] == '0' then
+      how = '"completed"'
+    else
+      state, err, how = 'cancelled', a[4], '"stopped"'
+    end
   end
   local shown = 'null'
   if state == 'succeeded' then
