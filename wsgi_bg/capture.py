@@ -28,7 +28,7 @@ from typing import Any
 from .exceptions import StoreUnavailable
 from .limits import bounded_progress
 from .stores import Store
-from .stores.memory import encode_output
+from .stores.output import encode_output
 from .terminal import RedrawCollapser, parse_progress
 
 #: Output held at most while the store cannot be reached, in characters.

@@ -23,7 +23,6 @@ import builtins
 import itertools
 import multiprocessing
 import os
-import re
 import select
 import shutil
 import signal
@@ -38,48 +37,8 @@ from typing import Any
 from ..exceptions import StoreUnavailable
 from ..jobs import TERMINAL_STATES, JobState
 from .guard import GuardedStore
+from .output import decode, dropped_marker, encode_output, head_cut, tail_cut
 from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
-
-
-def dropped_marker(dropped: int, limit: int) -> str:
-    """The line that stands where output was dropped (every store writes it)."""
-    return (f"\n[… {dropped} bytes of output dropped: the job wrote more than"
-            f" max_output_bytes={limit} …]\n")
-
-
-def _is_continuation(byte: int) -> bool:
-    return 0x80 <= byte < 0xC0
-
-
-def head_cut(data: bytes | bytearray, size: int) -> int:
-    """Where a head of at most ``size`` bytes ends without splitting a character."""
-    cut = min(size, len(data))
-    while 0 < cut < len(data) and _is_continuation(data[cut]):
-        cut -= 1
-    return cut
-
-
-def tail_cut(data: bytes | bytearray, start: int) -> int:
-    """The first character boundary at or after ``start``."""
-    while start < len(data) and _is_continuation(data[start]):
-        start += 1
-    return start
-
-
-def encode_output(text: str) -> bytes:
-    """``text`` as UTF-8; a lone surrogate (which UTF-8 cannot hold) becomes
-    U+FFFD, as the decoder makes of any undecodable byte."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def decode(data: bytes | bytearray) -> str:
-    return bytes(data).decode("utf-8", "replace")
 
 
 class _Output:

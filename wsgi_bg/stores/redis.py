@@ -70,7 +70,7 @@ from redis.retry import Retry
 
 from ..exceptions import ResultUnavailable, StoreUnavailable, UnreadableRecord
 from ..jobs import JobState
-from .memory import dropped_marker, encode_output, tail_cut
+from .output import dropped_marker, encode_output, tail_cut
 from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
 from .signing import BadSignature, Signer, resolve_secret_key
 

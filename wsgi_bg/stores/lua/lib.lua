@@ -92,7 +92,7 @@ end
 
 -- Output past LIMIT keeps a head and a tail cut at character boundaries; the
 -- tail may grow by LIMIT / 4 before it is trimmed (in batches), reads show at
--- most LIMIT bytes in all. The same rules as memory.py's _Output.
+-- most LIMIT bytes in all. The same rules as stores/output.py and memory.py's _Output.
 local function append(id, data, expected)
   local key, out = k('job', id), k('out', id)
   local size = num(id, 'output_size', 0)
