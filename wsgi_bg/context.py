@@ -14,15 +14,24 @@ it report progress and tells it whether it was asked to stop::
             build(path)
 
 Outside a job every use raises :exc:`RuntimeError`.
+
+Which process runs it: every process that runs job code or serves requests.
+In a job process, the job's context is
+:mod:`~wsgi_bg.runners.job_process`'s, which reports over the pipes to the
+supervisor (:mod:`~wsgi_bg.runners.wire`); in the inline runner, a context
+variable of the calling thread; in a test, :func:`wsgi_bg.testing.job_context`.
+In the server, :data:`serving` is the request's middleware, for
+``@background`` calls and job links::
+
+    request thread: serving ─► @background, marked apps find their middleware
+    job code: current_job ─► the job's JobContext ─► the supervisor (or the
+              inline relay, or a test's recorder)
 """
 
 from __future__ import annotations
 
 import contextvars
-import os
-import pickle
 import reprlib
-import struct
 from typing import TYPE_CHECKING, Any
 
 from .limits import MAX_MESSAGE_CHARS, bounded_number, shorten
@@ -44,16 +53,6 @@ def active_middleware() -> BackgroundMiddleware | None:
     """The middleware serving the current request, or ``None``."""
     served = serving.get()
     return served[0] if served is not None else None
-
-_HEADER = struct.Struct("!I")
-
-
-def send_message(fd: int, message: tuple[Any, ...]) -> None:
-    """Write one length-prefixed pickled message to a pipe (child to supervisor)."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class JobContext:
@@ -79,33 +78,7 @@ class JobContext:
         raise NotImplementedError
 
 
-class _JobContext(JobContext):
-    """The context of a job in its own process: reports go to the supervisor
-    over ``msg_fd``; a byte on ``control_fd`` means cancel."""
-
-    __slots__ = ("msg_fd", "control_fd")
-
-    def __init__(self, job_id: str, msg_fd: int, control_fd: int) -> None:
-        super().__init__(job_id)
-        self.msg_fd = msg_fd
-        self.control_fd = control_fd  # non-blocking; a byte arrives on cancel
-
-    def report_progress(self, report: dict[str, Any]) -> None:
-        send_message(self.msg_fd, ("progress", report))
-
-    def poll_cancel(self) -> bool:
-        try:
-            return bool(os.read(self.control_fd, 1))
-        except BlockingIOError:
-            return False
-
-
 _job: JobContext | None = None
-
-
-def enter_job(job_id: str, msg_fd: int, control_fd: int) -> None:
-    """Make this process the job's process (called once, in the job's child)."""
-    enter(_JobContext(job_id, msg_fd, control_fd))
 
 
 #: The job running inline in this thread (``runner="inline"``): ahead of

@@ -70,7 +70,7 @@ from ..capture import Relay
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
-from .supervisor import _dump_result, _shown, _Unpicklable
+from . import results
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -203,8 +203,9 @@ def run_inline(
             escaping = exc  # ^C and the like: recorded, then the caller's
     else:
         try:
-            result, shown = _dump_result(value, max_result_bytes), _shown(value)
-        except _Unpicklable as exc:
+            result = results.dump_result(value, max_result_bytes)
+            shown = results.shown(value)
+        except results.Unpicklable as exc:
             error = str(exc)
     finally:
         _uninstall()

@@ -82,7 +82,8 @@ from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
-from .supervisor import describe_exitcode, die_with_parent, supervise, supervise_all
+from .processes import describe_exitcode, die_with_parent
+from .supervisor import supervise, supervise_all
 
 _store_cache: dict[str, Store] = {}
 

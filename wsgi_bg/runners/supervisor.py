@@ -49,29 +49,24 @@ exception that cannot be unpickled can hang or break the worker.
 
 from __future__ import annotations
 
-import ctypes
-import io
 import os
-import pickle
-import reprlib
 import select
 import selectors
 import signal
 import socket
-import struct
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import context
-from ..capture import Relay, redirect_stdio
+from ..capture import Relay
 from ..exceptions import StoreUnavailable
 from ..jobs import JobState
 from ..limits import MAX_ERROR_CHARS, MAX_RESULT_BYTES, cap_text
 from ..stores import Store
+from . import job_process, wire
+from .processes import describe_exitcode
 
 #: How long to wait for a dead job's stray output to drain.
 _DRAIN_SECONDS = 1.0
@@ -94,40 +89,6 @@ def _retrying(call: Callable[[], T], seconds: float) -> T:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(1.0)
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_libc: Any = None
-
-
-def _prctl(option: int, value: int) -> None:
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(option, value, 0, 0, 0)
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send this process ``sig`` when its parent dies."""
-    _prctl(_PR_SET_PDEATHSIG, sig)
-
-
-def _children_left() -> bool:
-    """Reap this process's exited children; ``True`` if any still runs.
-
-    A job process is a child subreaper (Linux): what a job starts and leaves
-    behind, even orphaned grandchildren, stays its child, and shows here.
-    """
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return False  # no children at all
-        if pid == 0:
-            return True
-
 
 def supervise(
     store: Store, job_id: str, payload: bytes, timeout: float | None,
@@ -218,8 +179,9 @@ def release_warm() -> None:
 
 
 class _JobProcess:
-    """A forked process that runs jobs one after another, in its own process
-    group, until it is told or chooses to stop (see :func:`_job_process_main`)."""
+    """The supervisor's handle on its job process: forks it (the child runs
+    :func:`wsgi_bg.runners.job_process.main`), hands it jobs, kills and reaps
+    it."""
 
     def __init__(self, jobs_per_process: int) -> None:
         self.jobs_per_process = jobs_per_process
@@ -230,7 +192,7 @@ class _JobProcess:
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _job_process_main(theirs, jobs_per_process)
+            job_process.main(theirs, jobs_per_process)
         theirs.close()
         try:
             os.setpgid(pid, pid)  # also done by the child: no window for killpg
@@ -248,14 +210,7 @@ class _JobProcess:
     def send_job(
         self, job_id: str, payload: bytes, fds: list[int], max_result_bytes: int
     ) -> None:
-        body = pickle.dumps((job_id, payload, max_result_bytes),
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        # The fds, the frame and the call in one message where it fits: the
-        # job process, waiting in recv, then wakes once per job, not twice.
-        data = _FRAME.pack(len(body)) + body
-        sent = socket.send_fds(self.sock, [data], fds)
-        if sent < len(data):
-            self.sock.sendall(memoryview(data)[sent:])
+        wire.send_job(self.sock, job_id, payload, fds, max_result_bytes)
 
     def kill(self) -> None:
         """SIGKILL the process and its group: a job's own children end with it."""
@@ -295,7 +250,6 @@ _Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
 
 #: This worker's job process, kept between jobs.
 _warm: _JobProcess | None = None
-_FRAME = struct.Struct("!I")
 _ORPHANED = "orphaned"
 
 
@@ -438,7 +392,7 @@ class _Supervisor:
         self, process: _JobProcess, out_r: int, ctl_w: int
     ) -> tuple[str, bytes | None, str | None, bool]:
         relay = Relay(self.store, self.job_id)
-        messages = _MessageReader()
+        messages = wire.MessageReader()
         # poll(2), not epoll: no kernel object to make, fill and close for
         # three fds, four system calls per job fewer.
         sel = _Selector()
@@ -580,340 +534,3 @@ def _describe(status: int | None) -> str:
     if status is None:
         return "vanished"
     return describe_exitcode(os.waitstatus_to_exitcode(status))
-
-
-def describe_exitcode(code: int) -> str:
-    """How a process ended, from its exit code (negative: the signal)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name} (signal {-code})"
-    return f"exited with code {code}"
-
-
-class _MessageReader:
-    """Splits the job process's messages: progress reports, then one final
-    ``(kind, value, retire, cancel_seen)``, kept as :attr:`final`,
-    :attr:`retire` and :attr:`cancel_seen`."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._progress: list[dict[str, Any]] = []
-        self.final: tuple[str, Any] | None = None
-        self.retire = True
-        self.cancel_seen = True  # unless the job says otherwise
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-        header = context._HEADER
-        while len(self._buffer) >= header.size:
-            (size,) = header.unpack_from(self._buffer)
-            end = header.size + size
-            if len(self._buffer) < end:
-                return
-            message = pickle.loads(self._buffer[header.size : end])
-            del self._buffer[:end]
-            if message[0] == "progress":
-                self._progress.append(message[1])
-            else:
-                self.final = (message[0], message[1])
-                self.retire = message[2]
-                self.cancel_seen = message[3]
-
-    def progress(self) -> list[dict[str, Any]]:
-        reports, self._progress = self._progress[-1:], []
-        return reports
-
-
-def _recv_job(sock: socket.socket) -> tuple[str, bytes, int, list[int]] | None:
-    header, fds, _, _ = socket.recv_fds(sock, _FRAME.size, 2)
-    if not header:
-        return None  # the supervisor is gone
-    while len(header) < _FRAME.size:
-        header += sock.recv(_FRAME.size - len(header))
-    (size,) = _FRAME.unpack(header)
-    body = bytearray()
-    while len(body) < size:
-        chunk = sock.recv(min(size - len(body), 1 << 20))
-        if not chunk:
-            return None
-        body += chunk
-    job_id, payload, max_result_bytes = pickle.loads(body)
-    return job_id, payload, max_result_bytes, fds
-
-
-def _job_process_main(sock: socket.socket, jobs_per_process: int) -> None:
-    """The job process: runs the jobs its supervisor sends, one at a time, with
-    fds 1 and 2 on each job's own pipe. Never returns.
-
-    It stops after ``jobs_per_process`` jobs, or after a job that left threads
-    or processes running (they would write into the next job's output, and
-    must end with their job), or whose streams could not be flushed, so the
-    next job gets a fresh process and the supervisor kills the process group.
-    Between jobs it puts back the working directory, the environment and
-    ``sys.path``. Whatever a job did to its own process (closed or re-wrapped
-    its streams, closed fds 1 and 2, removed its working directory) cannot
-    turn its return into a crash: at worst the process is not reused.
-    """
-    code = 0
-    try:
-        parent = os.getppid()
-        os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
-        die_with_parent()
-        if os.getppid() != parent:
-            os._exit(1)
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans a job leaves stay ours
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        # Handlers its worker's Python code set (an RQ worker's SIGTERM for
-        # its warm shutdown, SIGALRM for RQ's timeout) mean nothing in a job:
-        # it starts with the defaults, as in a pool worker.
-        for sig in _SIGNALS:
-            if callable(signal.getsignal(sig)):
-                signal.signal(sig, signal.SIG_DFL)
-        null_w = os.open(os.devnull, os.O_WRONLY)
-        _let_go_of_inherited(keep=(sock.fileno(), null_w))
-        redirect_stdio(os.dup(null_w))
-        idle = sys.stdout, sys.stderr  # between jobs: /dev/null
-        cwd = _getcwd()  # None: the server's own directory was removed
-        environ, path = dict(os.environ), list(sys.path)
-        stdin = sys.stdin
-        handlers = _signal_handlers()
-        msg_fd = sock.fileno()
-        # Streams a job replaced, or that failed to flush: never collected
-        # here, where closing them could close fd 1 or 2 of a later job, or
-        # flush what they hold into its output.
-        kept: list[Any] = []
-        for done in range(1, jobs_per_process + 1):
-            received = _recv_job(sock)
-            if received is None:
-                break
-            job_id, payload, max_result_bytes, (out_w, ctl_r) = received
-            os.dup2(out_w, 1)
-            os.dup2(out_w, 2)
-            os.close(out_w)
-            # Fresh streams for each job, made on its pipe: a job may close or
-            # re-wrap them (``io.TextIOWrapper(sys.stdout.buffer)``).
-            streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
-            os.set_blocking(ctl_r, False)
-            context.enter_job(job_id, msg_fd, ctl_r)
-            kind, value = _run(payload, max_result_bytes)
-            flushed = _let_go_of_streams(streams, kept)
-            sys.stdin = stdin
-            sys.stdout, sys.stderr = idle
-            os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
-            os.dup2(null_w, 2)
-            os.close(ctl_r)
-            cancel_seen = context.leave_job()
-            retire = (done == jobs_per_process or not flushed
-                      or threading.active_count() > 1
-                      or _children_left() or _signal_handlers() != handlers)
-            if not retire:
-                retire = not _put_back(cwd, environ, path)
-            if retire:  # before saying so: the supervisor then kills the group
-                _let_go_of_multiprocessing()
-            context.send_message(msg_fd, (kind, value, retire, cancel_seen))
-            if retire:
-                break
-    except BaseException:
-        code = 70
-        try:
-            traceback.print_exc()
-            sys.stderr.flush()
-        except BaseException:
-            pass
-    finally:
-        _let_go_of_multiprocessing()
-        os._exit(code)
-
-
-def _let_go_of_multiprocessing() -> None:
-    """Release the multiprocessing objects this process made, as a normal
-    exit would (os._exit does not), before a retiring process says it is
-    done (the supervisor then kills its group) and at its exit.
-
-    A lock a job keeps for the life of the process (tqdm's) has a named
-    semaphore, tracked by a resource tracker the job started with the job's
-    output as its stderr. Unreleased, it stayed in /dev/shm when the
-    supervisor killed the tracker with the group, or, when the tracker saw
-    this process end first, its "leaked semaphore" warning ended the job's
-    output. Finalizers made in other processes (the worker's, inherited) are
-    skipped by multiprocessing."""
-    try:
-        from multiprocessing import util
-
-        util._run_finalizers(0)  # type: ignore[attr-defined]
-    except BaseException:
-        pass
-
-
-def _job_stream(fd: int) -> io.TextIOWrapper:
-    """A line-buffered text stream on ``fd``, built as Python builds
-    ``sys.stdout`` (a buffer below the text layer), so that a job can re-wrap
-    ``sys.stdout.buffer`` as it would anywhere."""
-    return io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(fd, "w", closefd=False)),
-        encoding="utf-8", errors="backslashreplace", line_buffering=True,
-    )
-
-
-def _let_go_of_streams(streams: tuple[Any, ...], kept: list[Any]) -> bool:
-    """Flush the job's streams (those it was given, and any it put in their
-    place); ``False`` if one still holds what it could not write (the job
-    closed fds 1 and 2 after an unflushed print): then the process must not
-    run another job. A stream closed by the job holds nothing."""
-    flushed = True
-    for stream in dict.fromkeys((*streams, sys.stdout, sys.stderr)):
-        if stream is None:
-            continue
-        if stream not in streams:
-            kept.append(stream)  # the job's own: collecting it might close fd 1
-        try:
-            stream.flush()
-        except ValueError:
-            pass  # closed: nothing left in it
-        except Exception:
-            flushed = False
-            kept.append(stream)
-    return flushed
-
-
-def _getcwd() -> str | None:
-    try:
-        return os.getcwd()
-    except OSError:  # removed (a deploy pruned the release it ran from)
-        return None
-
-
-def _put_back(cwd: str | None, environ: dict[str, str], path: list[str]) -> bool:
-    """Put back what a job may have changed for the next one; ``False`` if
-    the working directory cannot be put back (the next job then gets a fresh
-    process)."""
-    if _getcwd() != cwd:
-        if cwd is None:
-            return False  # the job left the removed directory it started in
-        try:
-            os.chdir(cwd)
-        except OSError:
-            return False
-    if os.environ != environ:
-        os.environ.clear()
-        os.environ.update(environ)
-    sys.path[:] = path
-    return True
-
-
-def _let_go_of_inherited(keep: tuple[int, ...]) -> None:
-    """Let go of every fd this process inherited from its pool worker (or RQ
-    work horse) but ``keep`` and 0-2: multiprocessing's forkserver pipe and
-    resource tracker, the pool's queues, the store's connection.
-
-    A process a job leaves behind (a ``setsid`` daemon) would hold them for
-    its whole life, and the forkserver only exits once every holder of its
-    pipe has closed it, which held ``shutdown()`` and the server's exit. Each
-    fd is pointed at /dev/null, not closed: Python objects of the worker still
-    name them, and a closed number could be reused by the job's own files.
-    The forkserver and resource tracker are forgotten, so that a job using
-    multiprocessing starts its own.
-    """
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return  # not Linux
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in fds:
-        if fd > 2 and fd != null and fd not in keep:
-            try:
-                os.fstat(fd)
-            except OSError:
-                continue  # listdir's own, closed since
-            os.dup2(null, fd, inheritable=False)
-    os.close(null)
-    try:
-        from multiprocessing import forkserver, resource_tracker
-
-        server: Any = forkserver._forkserver
-        server._forkserver_alive_fd = server._forkserver_address = None
-        server._forkserver_pid = None
-        tracker: Any = resource_tracker._resource_tracker
-        tracker._fd = tracker._pid = None
-    except (ImportError, AttributeError):
-        pass
-
-
-def _signal_handlers() -> list[Any]:
-    return [signal.getsignal(sig) for sig in _SIGNALS]
-
-
-# The handlers a job may set and a next job would inherit.
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
-            signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
-
-
-def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> tuple[str, Any]:
-    """Run one job's call: ``("result", (pickled value, its repr))`` or
-    ``("error", text)``."""
-    try:
-        fn, args, kwargs = pickle.loads(payload)
-        value = fn(*args, **kwargs)
-    except BaseException as exc:
-        # The traceback from the job's own frames on: ours is noise to users.
-        return "error", "".join(traceback.format_exception(
-            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
-    try:
-        return "result", (_dump_result(value, max_result_bytes), _shown(value))
-    except _Unpicklable as exc:
-        return "error", str(exc)
-
-
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = 2000
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 100
-
-
-def _shown(value: Any) -> str:
-    """The result as pages show it: a bounded ``repr`` (a result may be huge,
-    and pages read it on every poll)."""
-    try:
-        return _repr.repr(value)
-    except Exception as exc:  # a __repr__ that raises must not fail the job
-        return f"<{type(value).__qualname__}: repr() failed: {exc!r}>"
-
-
-class _Unpicklable(Exception):
-    pass
-
-
-def _dump_result(value: Any, max_result_bytes: int | None = None) -> bytes:
-    """``value`` pickled, checked to unpickle and to fit ``max_result_bytes``.
-
-    :raises _Unpicklable: with the message the job's error shows.
-    """
-    try:
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise _unpicklable(value, exc) from None
-    if max_result_bytes is not None and len(data) > max_result_bytes:
-        size = len(data)
-        del data
-        raise _Unpicklable(
-            f"the job's result is too big: {size:,} bytes pickled, more than"
-            f" max_result_bytes={max_result_bytes:,}. Write a large result to a"
-            " file (or a database) and return its path, or raise"
-            " max_result_bytes; the result was not kept."
-        )
-    try:
-        pickle.loads(data)
-    except Exception as exc:
-        raise _unpicklable(value, exc) from None
-    return data
-
-
-def _unpicklable(value: Any, exc: Exception) -> _Unpicklable:
-    return _Unpicklable(
-        f"the job returned a {type(value).__module__}.{type(value).__qualname__}"
-        f" that cannot be pickled and unpickled: {exc!r}. Return plain data"
-        " (str, numbers, lists, dicts) or an object whose class is importable"
-        " at module level."
-    )

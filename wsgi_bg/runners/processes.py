@@ -1,0 +1,53 @@
+"""Process control that several of a runner's processes share: Linux's
+parent-death signal and child subreaper (:func:`die_with_parent`,
+:func:`become_subreaper`), and how a process ended, in words
+(:func:`describe_exitcode`).
+
+Run where they are called: the pool worker (:mod:`~wsgi_bg.runners.pool_worker`)
+asks to die with the forkserver; the job process
+(:mod:`~wsgi_bg.runners.job_process`) asks to die with its supervisor and
+keeps its orphans; the supervisor and the server-side pool describe how a
+job process or a pool worker ended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_libc: Any = None
+
+
+def _prctl(option: int, value: int) -> None:
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(option, value, 0, 0, 0)
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send this process ``sig`` when its parent dies."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def become_subreaper() -> None:
+    """Make this process a child subreaper (Linux): its orphaned descendants
+    become its children, not init's (a job process sees what a job left)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def describe_exitcode(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} (signal {-code})"
+    return f"exited with code {code}"
