@@ -42,7 +42,8 @@ from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
 from .runners import LocalLink, Runner, open_runner, runs_here
-from .runners.pool import WorkerLost, kill_group
+from .runners.pool import WorkerLost
+from .runners.processes import kill_group
 from .stores import Backend, Store, open_backend
 from .stores.guard import GuardedStore
 

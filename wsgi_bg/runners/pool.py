@@ -59,13 +59,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pickle
-import select
-import shutil
-import signal
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import (
@@ -81,192 +76,9 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Link, Store
-from .processes import describe_exitcode, die_with_parent
-from .supervisor import supervise, supervise_all
-
-_store_cache: dict[str, Store] = {}
-
-
-def _worker_store(link: Link, die_with_parent_: bool = False) -> Store:
-    store = _store_cache.get(link.key)
-    if store is None:
-        # First job in this worker (also the set-up for executors we did not
-        # create, which got no initializer).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
-        if die_with_parent_:
-            # Only when the parent is the single-threaded forkserver: Linux
-            # sends this signal when the parent *thread* ends, and spawn or
-            # fork pools start workers from whichever thread submitted (a
-            # request's). Other workers are killed by the store's watchdog.
-            die_with_parent()
-        store = _store_cache[link.key] = link.connect()
-    return store
-
-
-def worker_init(
-    link: Link, die_with_parent: bool, server: tuple[int, str] | None = None
-) -> None:
-    """Pool initializer: set the worker up before it takes its first job.
-
-    ``server``, for forkserver workers: the server process's pid and its
-    multiprocessing temporary directory. The worker then ends with the
-    forkserver, which now ends with the server (see the module docstring).
-    """
-    if server is not None:
-        _end_with_server(*server)
-    _worker_store(link, die_with_parent and server is None)
-
-
-# -- a forkserver worker ends with the server --------------------------------------
-#: The server process (a pidfd, or its pid) and its temporary directory.
-_server: tuple[int | None, int, str] | None = None
-
-
-def _end_with_server(server_pid: int, server_tmp: str) -> None:
-    global _server
-    # The forkserver exits when every holder of its "alive" pipe has closed
-    # it; each process it forks gets one (multiprocessing's own use). Ours is
-    # let go of, so that the forkserver ends with the server process.
-    try:
-        from multiprocessing import forkserver
-
-        state: Any = forkserver._forkserver
-        alive = state._forkserver_alive_fd
-        if alive is not None:
-            os.close(alive)
-        state._forkserver_alive_fd = state._forkserver_address = None
-        state._forkserver_pid = None
-    except (ImportError, AttributeError, OSError):
-        pass
-    try:
-        pidfd: int | None = os.pidfd_open(server_pid)
-    except (AttributeError, OSError):
-        pidfd = None  # gone already, or not Linux: its pid is checked
-    _server = (pidfd, server_pid, server_tmp)
-    parent = os.getppid()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != parent:  # the forkserver ended before the signal was set
-        _on_sigterm(signal.SIGTERM, None)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM in a forkserver worker (its parent, the forkserver, ended; or
-    anyone sent it): kill the job processes' groups (what a job started ends
-    with it), remove the server's temporary directory if the server is gone,
-    then end as SIGTERM would."""
-    try:
-        for child in _children(os.getpid()):
-            _kill_job_process(child)
-        if _server is not None and _server_gone(_server[0], _server[1]):
-            shutil.rmtree(_server[2], ignore_errors=True)
-    finally:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)
-
-
-def _server_gone(pidfd: int | None, pid: int) -> bool:
-    if pidfd is not None:
-        try:
-            return bool(select.select([pidfd], [], [], 0)[0])
-        except OSError:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
-
-
-def _children(pid: int) -> list[int]:
-    """The pids of process ``pid``'s children (a pool worker's: its job
-    processes, each the leader of its own group); Linux only, else none."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as file:
-            return [int(child) for child in file.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def kill_group(pgid: int) -> None:
-    """SIGKILL process group ``pgid`` (a job's: its process and what it
-    started); gone already: nothing."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_job_process(pid: int) -> None:
-    """SIGKILL a child of this process (a job process) and its group."""
-    kill_group(pid)
-    try:
-        os.kill(pid, signal.SIGKILL)  # not yet reaped: still ours
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run_job(
-    link: Link, job_id: str, payload: bytes,
-    timeout: float | None, grace: float, jobs_per_process: int = 1,
-    max_result_bytes: int = MAX_RESULT_BYTES,
-) -> str | None:
-    """Run one job to its end and record it; the pool's task function.
-
-    Returns the final state, or ``None`` if the job was cancelled before it
-    started or had already ended.
-    """
-    store = _worker_store(link)
-    return supervise(store, job_id, payload, timeout, grace, jobs_per_process,
-                     max_result_bytes)
-
-
-def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | None]]:
-    """Run several jobs one after another, each as :func:`run_job` (the
-    arguments of each in ``calls``); the pool's task function when jobs
-    wait, so that one hand-off to a worker serves several (as the
-    ``chunksize`` of :meth:`concurrent.futures.Executor.map` does).
-
-    Returns each job's ``(final state, None)`` or ``(None, the exception
-    run_job raised)``: one job's failure does not stop the others.
-
-    Run by :func:`~wsgi_bg.runners.supervisor.supervise_all`: a job's end is
-    recorded with the next one's start, in one store call; a lone job
-    makes the store calls :func:`run_job` makes.
-    """
-    jobs = []
-    for link, *rest in calls:
-        try:
-            store = _worker_store(link)
-        except Exception:  # noqa: BLE001 - each job's own failure, as run_job's
-            break
-        jobs.append((store, *rest))
-    else:
-        return [(state, None if error is None else _sendable(error))
-                for state, error in supervise_all(jobs)]
-    outcomes: list[tuple[Any, BaseException | None]] = []
-    for args in calls:
-        try:
-            outcomes.append((run_job(*args), None))
-        except Exception as exc:  # noqa: BLE001 - that job's future's
-            outcomes.append((None, _sendable(exc)))
-    return outcomes
-
-
-def _sendable(exc: BaseException) -> BaseException:
-    """``exc``, or its text, whichever can be pickled back to the server
-    (one that cannot would fail the outcomes of every job of its call)."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001 - any pickling failure
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return RuntimeError(f"the pool worker failed:\n{text}")
-    exc.__traceback__ = None
-    return exc
+from ..stores import Link
+from .pool_worker import run_job, run_jobs, worker_init
+from .processes import children, describe_exitcode, kill_group
 
 
 # -- the runner ----------------------------------------------------------------------
@@ -865,7 +677,7 @@ def _shut_down(executors: list[Executor], timeout: float | None,
             # (a process that ended may have left its pid to another)
             with contextlib.suppress(ValueError):  # closed by its executor
                 if process.pid is not None and process.is_alive():
-                    for child in _children(process.pid):
+                    for child in children(process.pid):
                         kill_group(child)  # the job's processes
                     if killed is not None:
                         killed.add(process.pid)

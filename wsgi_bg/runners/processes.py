@@ -1,18 +1,21 @@
 """Process control that several of a runner's processes share: Linux's
 parent-death signal and child subreaper (:func:`die_with_parent`,
-:func:`become_subreaper`), and how a process ended, in words
-(:func:`describe_exitcode`).
+:func:`become_subreaper`), a process's children (:func:`children`), killing
+a job's process group (:func:`kill_group`), and how a process ended, in
+words (:func:`describe_exitcode`).
 
 Run where they are called: the pool worker (:mod:`~wsgi_bg.runners.pool_worker`)
 asks to die with the forkserver; the job process
 (:mod:`~wsgi_bg.runners.job_process`) asks to die with its supervisor and
 keeps its orphans; the supervisor and the server-side pool describe how a
-job process or a pool worker ended.
+job process or a pool worker ended; the server (the engine, the pool) and a
+dying pool worker kill job processes' groups.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 from typing import Any
@@ -51,3 +54,22 @@ def describe_exitcode(code: int) -> str:
             name = f"signal {-code}"
         return f"was killed by {name} (signal {-code})"
     return f"exited with code {code}"
+
+
+def children(pid: int) -> list[int]:
+    """The pids of process ``pid``'s children (a pool worker's: its job
+    processes, each the leader of its own group); Linux only, else none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as file:
+            return [int(child) for child in file.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (a job's: its process and what it
+    started); gone already: nothing."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
