@@ -85,6 +85,7 @@ def test_timeout_kills_the_job_and_its_children(make_mw, tmp_path, submit):
     mw = make_mw(max_workers=2)
     flag = str(tmp_path / "go")
     beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    running(beside)  # asserted running after: its start is not the job's to wait for
     job = submit(mw)
     pids = job_pids(job) if job.name.endswith("limited_pids") else ()
     job.wait(timeout=20)
@@ -155,6 +156,7 @@ def test_cancel_cooperative_job(make_mw, tmp_path):
     mw = make_mw(max_workers=2, cancel_grace=10)
     flag = str(tmp_path / "go")
     beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    running(beside)  # asserted running after: its start is not the job's to wait for
     started = tmp_path / "started"
     job = mw.submit(jobfuncs.cooperative, str(started))
     wait_for(started.exists, 20, message="the job to start")
@@ -175,6 +177,7 @@ def test_cancel_stubborn_job_is_killed_after_grace(make_mw, tmp_path):
     mw = make_mw(max_workers=2, cancel_grace=1.0)
     flag = str(tmp_path / "go")
     beside = mw.submit(jobfuncs.print_wait_print, "beside", flag)
+    running(beside)  # asserted running after: its start is not the job's to wait for
     started = tmp_path / "started"
     job = mw.submit(jobfuncs.stubborn, str(started))
     wait_for(started.exists, 20, message="the job to start")
