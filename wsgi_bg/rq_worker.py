@@ -65,7 +65,7 @@ from types import FrameType
 import redis
 import rq
 from rq import worker as _rq_worker
-from rq.exceptions import DeserializationError
+from rq.exceptions import DeserializationError, InvalidJobOperation
 from rq.job import JobStatus
 from rq.job_lifecycle import format_exc_info
 from rq.utils import now
@@ -292,7 +292,10 @@ class Worker(rq.Worker):
         with self.connection.pipeline() as pipeline:
             self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             pipeline.execute()
-        job.cancel()
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            pass  # canceled in RQ already: by the web process, as it was taken
         self.log.info("Worker %s: %s: job cancelled (%s)", self.name, job.origin,
                       job.id)
 
