@@ -1,5 +1,7 @@
 """The default runner: ``max_workers`` pool worker processes of the server,
-each supervising a job process.
+each supervising a job process. This module runs in the server process: it
+is the scheduler that hands jobs to the workers; what runs in a worker is
+:mod:`~wsgi_bg.runners.pool_worker`.
 
 Jobs run on the server's own machine, in
 executors of one worker each (:class:`~concurrent.futures.ProcessPoolExecutor`),
@@ -29,7 +31,7 @@ front of the queue, a fresh executor takes the slot when a job needs one, and
 every other job goes on. Each worker holds at most two calls (the one it
 runs, and its next, already in its executor's call queue so that it starts at
 once: what keeps a plain pool's throughput). A call is one job, or, when jobs
-wait, several (:func:`run_jobs`, an even share of those waiting, as
+wait, several (:func:`~.pool_worker.run_jobs`, an even share of those waiting, as
 ``Executor.map``'s ``chunksize``): one hand-off, one answer, for many short
 jobs. Jobs held behind a job that has run for longer than ``_STUCK_AFTER``
 are taken over by a free worker, so that no job waits behind a long one.
@@ -39,7 +41,7 @@ directly, and when it breaks, the jobs it ran are lost and a fresh one is made
 for later jobs.
 
 Each pool worker is a long-lived, single-threaded supervisor: the pool's task
-function :func:`run_jobs` hands its jobs to
+function :func:`~wsgi_bg.runners.pool_worker.run_jobs` hands its jobs to
 :func:`~wsgi_bg.runners.supervisor.supervise_all` (one job:
 :func:`~wsgi_bg.runners.supervisor.supervise`), which forks (or reuses) the
 job process, and records a job's end with the next job's start. The worker
@@ -51,7 +53,8 @@ it: they let go of the forkserver's "alive" pipe, so the forkserver exits with
 the server, and Linux then sends each worker SIGTERM (its parent-death
 signal). A worker ending on SIGTERM kills its job process's group first, and
 removes the server's multiprocessing temporary directory (``pymp-*``, which
-holds the forkserver's socket) once the server is gone.
+holds the forkserver's socket) once the server is gone (see
+:mod:`~wsgi_bg.runners.pool_worker`).
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ _STUCK_AFTER = 0.05
 
 class _Job:
     """A job handed to the pool: its future (the engine's), the arguments of
-    :func:`run_job`, and its copies.
+    :func:`~.pool_worker.run_job`, and its copies.
 
     A job waiting behind another worker's long job is taken over by a free
     worker: a second copy is submitted to it. Whichever copy's supervisor
@@ -188,9 +191,9 @@ _Outcome = tuple[Any, BaseException | None]
 
 
 class ProcessRunner:
-    """Runs jobs through :func:`run_jobs` in ``max_workers``
+    """Runs jobs through :func:`~.pool_worker.run_jobs` in ``max_workers``
     :class:`~concurrent.futures.ProcessPoolExecutor` instances of one worker
-    each (or through :func:`run_job` in the executor ``executor_factory``
+    each (or through :func:`~.pool_worker.run_job` in the executor ``executor_factory``
     returns); the :class:`~wsgi_bg.runners.Runner` for ``runner="pool"``.
 
     A job goes to a free worker (a started one first, else a new one is

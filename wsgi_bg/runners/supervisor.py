@@ -3,10 +3,15 @@ cancel and kill, reaps; shared by every runner that runs jobs in processes
 (a pool worker of :mod:`~wsgi_bg.runners.pool`; an RQ worker of
 :mod:`wsgi_bg.rq_worker`, for :mod:`~wsgi_bg.runners.rq`).
 
+This module runs in the supervisor's process: a pool worker
+(:mod:`~wsgi_bg.runners.pool_worker`), or an RQ worker or its work horse.
+The job process's own code is :mod:`~wsgi_bg.runners.job_process`; the
+frames between the two, :mod:`~wsgi_bg.runners.wire`.
+
 Data flow (compare :mod:`concurrent.futures.process`)::
 
     runner (pool worker,    supervisor (this module)       job process
-    RQ worker or horse)     ────────────────────────       ───────────
+    RQ worker or horse)     ────────────────────────       (job_process)
     supervise(job, call) ─► fork (if none is warm) ───►  own process group
                             store.start(job, pid)
                             job + fds ── socket ──────►  fds 1+2 → the job's pipe
@@ -391,128 +396,224 @@ class _Supervisor:
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
     ) -> tuple[str, bytes | None, str | None, bool]:
-        relay = Relay(self.store, self.job_id)
-        messages = wire.MessageReader()
+        """Watch the job sent to ``process`` to its end (see :class:`_Watch`)."""
+        watch = _Watch(self, process, out_r, ctl_w)
+        ended = watch.run()
+        self.last, self.shown, self.cancel_seen = (
+            watch.last, watch.shown, watch.cancel_seen)
+        return ended
+
+
+class _Watch:
+    """The supervisor's loop for one job, from its send to its end, in named
+    steps (as :mod:`concurrent.futures.process`'s manager thread)::
+
+        run: until the job said how it ended, or its process ended:
+            wait_and_read    the output pipe, the socket, the pidfd, for
+                             next_wait() seconds at most
+            relay_progress   the job's progress reports, to the relay
+            reap_unwatched   no pidfd (not Linux): did the process exit?
+            ask_host         the process around us (an RQ worker) stopping?
+            enforce_limits   orphaned, timed out, cancel_grace over: kill
+            send_batch       output to the store; its answer may be a cancel
+        settle_process       kept warm for the next job, or killed
+        outcome              (state, pickled result, error, reuse)
+    """
+
+    def __init__(
+        self, supervisor: _Supervisor, process: _JobProcess, out_r: int, ctl_w: int,
+    ) -> None:
+        self.process = process
+        self.out_r = out_r
+        self.ctl_w = ctl_w  # one byte on it asks the job to stop
+        self.timeout = supervisor.timeout
+        self.grace = supervisor.grace
+        self.tick = supervisor.tick
+        self.parent = supervisor.parent
+        self.relay = Relay(supervisor.store, supervisor.job_id)
+        self.messages = wire.MessageReader()
         # poll(2), not epoll: no kernel object to make, fill and close for
         # three fds, four system calls per job fewer.
-        sel = _Selector()
-        sel.register(out_r, selectors.EVENT_READ, relay.feed)
-        sel.register(process.sock.fileno(), selectors.EVENT_READ, messages.feed)
+        self.sel = _Selector()
+        self.sel.register(out_r, selectors.EVENT_READ, self.relay.feed)
+        self.sel.register(process.sock.fileno(), selectors.EVENT_READ,
+                          self.messages.feed)
         if process.pidfd is not None:
-            sel.register(process.pidfd, selectors.EVENT_READ, None)
+            self.sel.register(process.pidfd, selectors.EVENT_READ, None)
         now = time.monotonic()
-        deadline = None if self.timeout is None else now + self.timeout
-        kill_at: float | None = None
-        stop_at: float | None = None  # when the process around us must stop
-        cancel_seen: float | None = None
-        ended_by: str | None = None
-        status: int | None = None
+        self.deadline = None if self.timeout is None else now + self.timeout
+        self.kill_at: float | None = None  # cancel_grace after a cancel
+        self.stop_at: float | None = None  # when the process around us must stop
+        self.asked_at: float | None = None  # when the job was asked to stop
+        self.ended_by: str | None = None  # why it was killed
+        self.status: int | None = None  # its process's exit status, once reaped
+        # The output and progress not yet relayed, and its offset: set at the
+        # end, for the store's call that records the outcome.
+        self.last: tuple[str, dict[str, Any] | None, int] = ("", None, 0)
+        self.shown: str | None = None  # the result's repr, when it succeeded
+        self.cancel_seen = True  # whether the job read its cancel, as it says
+
+    def run(self) -> tuple[str, bytes | None, str | None, bool]:
+        """Watch to the end; ``(state, pickled result, error, reuse)``."""
         try:
-            while status is None and messages.final is None:
-                wait = relay.due_in()
-                for limit in (deadline, kill_at, stop_at):
-                    if limit is not None:
-                        wait = min(wait, limit - time.monotonic())
-                if process.pidfd is None:
-                    wait = min(wait, 0.05)
-                for key, _ in sel.select(max(wait, 0.0)):
-                    if key.data is None:
-                        # What it said before it exited (a large result may
-                        # still be in the socket): read before reaping closes it.
-                        _drain(process.sock.fileno(), messages.feed)
-                        process.kill()  # its strays, while the zombie keeps the pgid
-                        status = process.reap()
-                        continue
-                    data = os.read(key.fd, 65536)
-                    if data:
-                        key.data(data)
-                    else:
-                        sel.unregister(key.fd)
-                for report in messages.progress():
-                    relay.progress(report)
-                if status is None and process.pidfd is None:
-                    if process.reap(block=False, close=False) is not None:
-                        _drain(process.sock.fileno(), messages.feed)
-                        status = process.reap()
+            while not self.over():
+                self.wait_and_read()
+                self.relay_progress()
+                self.reap_unwatched()
                 now = time.monotonic()
-                if self.tick is not None and status is None and messages.final is None:
-                    stop_in = self.tick()
-                    if stop_in is not None:
-                        if cancel_seen is None:
-                            cancel_seen = now
-                            try:
-                                os.write(ctl_w, b"c")  # asked as by a cancel
-                            except OSError:
-                                pass
-                        until = now + max(0.0, min(stop_in, self.grace))
-                        stop_at = until if stop_at is None else min(stop_at, until)
-                if status is None and messages.final is None:
-                    if self.parent is not None and os.getppid() != self.parent:
-                        ended_by = _ORPHANED
-                    elif deadline is not None and now >= deadline:
-                        ended_by = JobState.TIMED_OUT.value
-                    elif any(at is not None and now >= at for at in (kill_at, stop_at)):
-                        ended_by = JobState.CANCELLED.value
-                    if ended_by is not None:
-                        process.kill()
-                        status = process.reap()
-                if relay.due_in() == 0.0 and messages.final is None:
-                    cancel, grace = relay.send()
-                    if cancel:
-                        if cancel_seen is None:
-                            cancel_seen = now
-                            try:
-                                os.write(ctl_w, b"c")
-                            except OSError:
-                                pass
-                        allowed = (
-                            self.grace if grace is None else min(grace, self.grace)
-                        )
-                        kill_at = cancel_seen + allowed
-            reuse = False
-            if messages.final is not None and status is None:
-                # The job returned and its process let go of the output pipe
-                # before saying so: what it wrote is in the pipe now, and the
-                # pipe is at its end unless something the job started still
-                # holds it. Then, and only then, the process may run another job.
-                reuse = _drain(out_r, relay.feed) and not messages.retire
-            if not reuse:
-                process.kill()  # the job's strays, if any: its processes end with it
-                process.reap()
-                if sel.get_map().get(out_r) is not None:
-                    _drain(out_r, relay.feed, until=time.monotonic() + _DRAIN_SECONDS)
-            for report in messages.progress():
-                relay.progress(report)
+                self.ask_host(now)
+                self.enforce_limits(now)
+                self.send_batch(now)
+            reuse = self.settle_process()
+            self.relay_progress()
         finally:
-            sel.close()
-        self.last = relay.take(final=True)  # goes to the store with the outcome
-        final = messages.final
+            self.sel.close()
+        self.last = self.relay.take(final=True)  # goes to the store with the outcome
+        return self.outcome(reuse)
+
+    def over(self) -> bool:
+        """Whether the job said how it ended, or its process ended."""
+        return self.status is not None or self.messages.final is not None
+
+    def next_wait(self) -> float:
+        """Seconds to wait for the fds: until the next batch, deadline or
+        kill is due (without a pidfd, 0.05 at most: the exit is polled)."""
+        wait = self.relay.due_in()
+        for limit in (self.deadline, self.kill_at, self.stop_at):
+            if limit is not None:
+                wait = min(wait, limit - time.monotonic())
+        if self.process.pidfd is None:
+            wait = min(wait, 0.05)
+        return max(wait, 0.0)
+
+    def wait_and_read(self) -> None:
+        """Wait for the fds, then feed what they hold to the relay and the
+        message reader; reap the process if its pidfd says it exited."""
+        for key, _ in self.sel.select(self.next_wait()):
+            if key.data is None:
+                # What it said before it exited (a large result may
+                # still be in the socket): read before reaping closes it.
+                _drain(self.process.sock.fileno(), self.messages.feed)
+                self.process.kill()  # its strays, while the zombie keeps the pgid
+                self.status = self.process.reap()
+                continue
+            data = os.read(key.fd, 65536)
+            if data:
+                key.data(data)
+            else:
+                self.sel.unregister(key.fd)
+
+    def relay_progress(self) -> None:
+        """The job's latest progress report, to the relay."""
+        for report in self.messages.progress():
+            self.relay.progress(report)
+
+    def reap_unwatched(self) -> None:
+        """Without a pidfd (not Linux): reap the process if it exited, after
+        reading what it said."""
+        if self.status is None and self.process.pidfd is None:
+            if self.process.reap(block=False, close=False) is not None:
+                _drain(self.process.sock.fileno(), self.messages.feed)
+                self.status = self.process.reap()
+
+    def ask_to_stop(self, now: float) -> float:
+        """Ask the job to stop, as a cancel does, unless it was asked
+        already; when it was first asked."""
+        if self.asked_at is None:
+            self.asked_at = now
+            try:
+                os.write(self.ctl_w, b"c")
+            except OSError:
+                pass
+        return self.asked_at
+
+    def ask_host(self, now: float) -> None:
+        """Ask the program the supervisor runs in (its ``tick``) whether it
+        is stopping; then the job is asked to stop, and killed after the
+        seconds it has left (at most ``grace``)."""
+        if self.tick is None or self.over():
+            return
+        stop_in = self.tick()
+        if stop_in is not None:
+            self.ask_to_stop(now)
+            until = now + max(0.0, min(stop_in, self.grace))
+            self.stop_at = until if self.stop_at is None else min(self.stop_at, until)
+
+    def enforce_limits(self, now: float) -> None:
+        """Kill the job's process (and its group) if the process it serves
+        is gone, its timeout passed, or the grace after a cancel or a stop."""
+        if self.over():
+            return
+        if self.parent is not None and os.getppid() != self.parent:
+            self.ended_by = _ORPHANED
+        elif self.deadline is not None and now >= self.deadline:
+            self.ended_by = JobState.TIMED_OUT.value
+        elif any(at is not None and now >= at for at in (self.kill_at, self.stop_at)):
+            self.ended_by = JobState.CANCELLED.value
+        if self.ended_by is not None:
+            self.process.kill()
+            self.status = self.process.reap()
+
+    def send_batch(self, now: float) -> None:
+        """Send the relay's batch when due; a cancel in the store's answer
+        asks the job to stop, and sets when it is killed."""
+        if self.relay.due_in() != 0.0 or self.messages.final is not None:
+            return
+        cancel, grace = self.relay.send()
+        if cancel:
+            asked_at = self.ask_to_stop(now)
+            allowed = self.grace if grace is None else min(grace, self.grace)
+            self.kill_at = asked_at + allowed
+
+    def settle_process(self) -> bool:
+        """After the end: whether the process runs the next job (it returned,
+        said it may, and nothing it started holds its output pipe); if not,
+        kill its group and read the output left in the pipe."""
+        reuse = False
+        if self.messages.final is not None and self.status is None:
+            # The job returned and its process let go of the output pipe
+            # before saying so: what it wrote is in the pipe now, and the
+            # pipe is at its end unless something the job started still
+            # holds it. Then, and only then, the process may run another job.
+            reuse = _drain(self.out_r, self.relay.feed) and not self.messages.retire
+        if not reuse:
+            self.process.kill()  # the job's strays, if any: its processes end with it
+            self.process.reap()
+            if self.sel.get_map().get(self.out_r) is not None:
+                _drain(self.out_r, self.relay.feed,
+                       until=time.monotonic() + _DRAIN_SECONDS)
+        return reuse
+
+    def outcome(self, reuse: bool) -> tuple[str, bytes | None, str | None, bool]:
+        """How the job ended: what it said, else why it was killed, else how
+        its process ended."""
+        final = self.messages.final
         if final is not None:
-            self.cancel_seen = messages.cancel_seen
+            self.cancel_seen = self.messages.cancel_seen
             kind, value = final
             if kind == "result":
                 self.shown = value[1]
                 return JobState.SUCCEEDED.value, value[0], None, reuse
             return JobState.FAILED.value, None, value, reuse
-        if ended_by == JobState.TIMED_OUT.value:
-            return ended_by, None, (
+        if self.ended_by == JobState.TIMED_OUT.value:
+            return self.ended_by, None, (
                 f"timed out: still running after its timeout of {self.timeout} s;"
                 " its process was killed"
             ), False
-        if ended_by == _ORPHANED:
+        if self.ended_by == _ORPHANED:
             return JobState.CRASHED.value, None, (
                 "the process its supervisor serves (the server process, or the"
                 " RQ worker) stopped (killed or exited) while the job ran; the"
                 " job's process was killed with it"
             ), False
-        if ended_by == JobState.CANCELLED.value:
-            return ended_by, None, (
+        if self.ended_by == JobState.CANCELLED.value:
+            return self.ended_by, None, (
                 "stopped: still running cancel_grace seconds after it was asked"
                 " to stop (a cancel, or the server or RQ worker shutting down);"
                 " its process was killed"
             ), False
         return JobState.CRASHED.value, None, (
-            f"the job's process {_describe(status)} before the job returned"
+            f"the job's process {_describe(self.status)} before the job returned"
         ), False
 
 
