@@ -68,14 +68,14 @@ def _queue(kind):
     return f"wsgi_bg.{kind}-{uuid.uuid4().hex[:8]}"
 
 
-def _burst(url, queue, timeout=60, log=None):
+def _burst(url, queue, timeout=60, log=None, options=()):
     """Run ``rq worker --burst`` with wsgi_bg's worker class: it takes what
     waits, then exits; its output goes to ``log`` (a path) if given."""
     env = dict(os.environ, WSGI_BG_SECRET_KEY=TEST_SECRET_KEY,
                PYTHONPATH=PYTHONPATH)
     with open(log or os.devnull, "ab") as out:
         subprocess.run([rq_command(), "worker", "-w", WSGI_BG_WORKER, "--burst",
-                        *queue.split(), "--url", url],
+                        *queue.split(), "--url", url, *options],
                        env=env, cwd=ROOT, timeout=timeout, check=True,
                        stdout=out, stderr=out)
 
@@ -290,6 +290,17 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
         Signer(b"another-key-0123456789abcdef"), "wsgi_bg-forged", settings),
         job_id="wsgi_bg-forged")
     planted.append(forged.id)
+    # wsgi_bg's call with a genuine token, under another RQ job id.
+    planted.append(as_json.enqueue(perform, reference, token,
+                                   job_id="wsgi_bg-copy").id)
+    # A pickled job in the queue's scheduled registry, due: RQ's scheduler
+    # would load it (with the worker's serializer) to enqueue it.
+    scheduled = as_json.enqueue(jobfuncs.add, 0, 0, job_id="wsgi_bg-scheduled")
+    as_json.remove(scheduled.id)
+    client.hset(f"rq:job:{scheduled.id}", mapping={
+        "status": "scheduled", "result": _planted(marker),
+        "data": zlib.compress(_planted(marker))})
+    client.zadd(f"rq:scheduled:{queue}", {scheduled.id: 1})
     # A pickle in the data of a wsgi_bg job queued after it.
     victim = mw.submit(jobfuncs.add, 2, 2)
     client.hset(f"rq:job:{rq_job_id(victim.id)}", "data",
@@ -311,10 +322,11 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
         "webhooks": json.dumps([{"url": "http://127.0.0.1:9/", "events": []}])})
     monkeypatch.setenv("RQPLANT_MARKER", str(marker))
     log = tmp_path / "worker.log"
-    _burst(redis_server.url, queue, log=str(log))
+    _burst(redis_server.url, queue, log=str(log), options=("--with-scheduler",))
     assert not marker.exists()
     assert genuine.wait(timeout=20).result == 3
     assert client.llen(f"rq:queue:{plain}") == 0
+    assert client.zcard(f"rq:scheduled:{queue}") == 1  # no scheduler ran
     text = log.read_text()
     failed = rq.registry.FailedJobRegistry(queue=as_json)
     for rq_id in planted:
@@ -323,6 +335,7 @@ def test_the_worker_runs_nothing_planted_on_wsgi_bgs_queue(
     assert text.count("refused job") == len(planted)
     assert "not a wsgi_bg job" in text and "did not check out" in text
     assert "not wsgi_bg's (not JSON)" in text
+    assert "its reference is not its RQ job id" in text
     # Never run; RQ recorded it failed, and the RQ sweep ends it.
     wait_for(lambda: victim.state is JobState.CRASHED, 30,
              message="the job whose RQ data was replaced to end")
