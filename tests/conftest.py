@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -38,6 +40,26 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "pool_only: a behaviour of the default pool runner alone (in a"
         " runner_contract module); not run on the RQ runner")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # Under pytest-xdist a test's tmp_path is one level deeper
+    # (/tmp/pytest-of-root/pytest-123/popen-gw3/test_name0/), and the
+    # servers some tests start with TMPDIR there put multiprocessing's
+    # forkserver socket (pymp-*/listener-*) past the 107 bytes an AF_UNIX
+    # path may take. A short base of the run's own keeps them under.
+    if (getattr(config.option, "numprocesses", None) and config.option.basetemp is None
+            and not hasattr(config, "workerinput")):
+        config.option.basetemp = tempfile.mkdtemp(prefix="wsgi_bg-tests-")
+        config._wsgi_bg_basetemp = config.option.basetemp
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # The base made above goes once the run passed (kept to look into else).
+    basetemp = getattr(session.config, "_wsgi_bg_basetemp", None)
+    if basetemp and exitstatus == 0:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
