@@ -57,6 +57,36 @@ def main(sock: socket.socket, jobs_per_process: int) -> None:
     """
     code = 0
     try:
+        home = _Home(sock)
+        for done in range(1, jobs_per_process + 1):
+            received = wire.recv_job(sock)
+            if received is None:
+                break
+            kind, value, flushed, cancel_seen = home.run_job(*received)
+            retire = done == jobs_per_process or not flushed or not home.clean()
+            if retire:  # before saying so: the supervisor then kills the group
+                _let_go_of_multiprocessing()
+            wire.send_message(home.msg_fd, (kind, value, retire, cancel_seen))
+            if retire:
+                break
+    except BaseException:
+        code = 70
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    finally:
+        _let_go_of_multiprocessing()
+        os._exit(code)
+
+
+class _Home:
+    """The job process between jobs: set up once (:meth:`__init__`), each
+    job run on its own pipe (:meth:`run_job`), then checked and put back for
+    the next (:meth:`clean`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
         parent = os.getppid()
         os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
         die_with_parent()
@@ -70,60 +100,52 @@ def main(sock: socket.socket, jobs_per_process: int) -> None:
         for sig in _SIGNALS:
             if callable(signal.getsignal(sig)):
                 signal.signal(sig, signal.SIG_DFL)
-        null_w = os.open(os.devnull, os.O_WRONLY)
-        _let_go_of_inherited(keep=(sock.fileno(), null_w))
-        redirect_stdio(os.dup(null_w))
-        idle = sys.stdout, sys.stderr  # between jobs: /dev/null
-        cwd = _getcwd()  # None: the server's own directory was removed
-        environ, path = dict(os.environ), list(sys.path)
-        stdin = sys.stdin
-        handlers = _signal_handlers()
-        msg_fd = sock.fileno()
+        self.null_w = os.open(os.devnull, os.O_WRONLY)
+        _let_go_of_inherited(keep=(sock.fileno(), self.null_w))
+        redirect_stdio(os.dup(self.null_w))
+        self.idle = sys.stdout, sys.stderr  # between jobs: /dev/null
+        self.cwd = _getcwd()  # None: the server's own directory was removed
+        self.environ, self.path = dict(os.environ), list(sys.path)
+        self.stdin = sys.stdin
+        self.handlers = _signal_handlers()
+        self.msg_fd = sock.fileno()
         # Streams a job replaced, or that failed to flush: never collected
         # here, where closing them could close fd 1 or 2 of a later job, or
         # flush what they hold into its output.
-        kept: list[Any] = []
-        for done in range(1, jobs_per_process + 1):
-            received = wire.recv_job(sock)
-            if received is None:
-                break
-            job_id, payload, max_result_bytes, (out_w, ctl_r) = received
-            os.dup2(out_w, 1)
-            os.dup2(out_w, 2)
-            os.close(out_w)
-            # Fresh streams for each job, made on its pipe: a job may close or
-            # re-wrap them (``io.TextIOWrapper(sys.stdout.buffer)``).
-            streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
-            os.set_blocking(ctl_r, False)
-            context.enter(_PipeContext(job_id, msg_fd, ctl_r))
-            kind, value = _run(payload, max_result_bytes)
-            flushed = _let_go_of_streams(streams, kept)
-            sys.stdin = stdin
-            sys.stdout, sys.stderr = idle
-            os.dup2(null_w, 1)  # let go of the job's pipe: its end for the supervisor
-            os.dup2(null_w, 2)
-            os.close(ctl_r)
-            cancel_seen = context.leave_job()
-            retire = (done == jobs_per_process or not flushed
-                      or threading.active_count() > 1
-                      or _children_left() or _signal_handlers() != handlers)
-            if not retire:
-                retire = not _put_back(cwd, environ, path)
-            if retire:  # before saying so: the supervisor then kills the group
-                _let_go_of_multiprocessing()
-            wire.send_message(msg_fd, (kind, value, retire, cancel_seen))
-            if retire:
-                break
-    except BaseException:
-        code = 70
-        try:
-            traceback.print_exc()
-            sys.stderr.flush()
-        except BaseException:
-            pass
-    finally:
-        _let_go_of_multiprocessing()
-        os._exit(code)
+        self.kept: list[Any] = []
+
+    def run_job(
+        self, job_id: str, payload: bytes, max_result_bytes: int, fds: list[int],
+    ) -> tuple[str, Any, bool, bool]:
+        """Run one job with fds 1 and 2 on its pipe: ``(kind, value, whether
+        its streams flushed, whether it saw a cancel)``."""
+        out_w, ctl_r = fds
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(out_w)
+        # Fresh streams for each job, made on its pipe: a job may close or
+        # re-wrap them (``io.TextIOWrapper(sys.stdout.buffer)``).
+        streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
+        os.set_blocking(ctl_r, False)
+        context.enter(_PipeContext(job_id, self.msg_fd, ctl_r))
+        kind, value = _run(payload, max_result_bytes)
+        flushed = _let_go_of_streams(streams, self.kept)
+        sys.stdin = self.stdin
+        sys.stdout, sys.stderr = self.idle
+        os.dup2(self.null_w, 1)  # let go of the job's pipe: its end for the supervisor
+        os.dup2(self.null_w, 2)
+        os.close(ctl_r)
+        cancel_seen = context.leave_job()
+        return kind, value, flushed, cancel_seen
+
+    def clean(self) -> bool:
+        """Whether the last job left nothing running (no thread, no process,
+        no signal handler) and what it changed could be put back; then this
+        process may run the next job."""
+        if (threading.active_count() > 1 or _children_left()
+                or _signal_handlers() != self.handlers):
+            return False
+        return _put_back(self.cwd, self.environ, self.path)
 
 
 class _PipeContext(context.JobContext):
