@@ -41,6 +41,7 @@ from typing import Any
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
+from .options import check_number
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost
 from .runners.processes import kill_group
@@ -228,16 +229,6 @@ def dump_call(
     raise TypeError(f"the call of {name} cannot be pickled to a worker process")
 
 
-def _check_number(name: str, value: Any, *, minimum: float, allow_none: bool = False,
-                  integer: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
-        what = "an integer" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
-
-
 #: Finished jobs kept (``keep_finished``'s default).
 KEEP_FINISHED = 1000
 
@@ -257,17 +248,17 @@ class Engine:
         runner: Any = None, max_result_bytes: int = MAX_RESULT_BYTES,
         max_call_bytes: int = MAX_CALL_BYTES,
     ) -> None:
-        _check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
+        check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
                       integer=True)
-        _check_number("max_workers", max_workers, minimum=1, allow_none=True,
+        check_number("max_workers", max_workers, minimum=1, allow_none=True,
                       integer=True)
-        _check_number("keep_finished", keep_finished, minimum=1, integer=True)
-        _check_number("job_ttl", job_ttl, minimum=0)
-        _check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
-        _check_number("max_queued", max_queued, minimum=1, integer=True)
-        _check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
-        _check_number("max_call_bytes", max_call_bytes, minimum=1, integer=True)
-        _check_number("cancel_grace", cancel_grace, minimum=0)
+        check_number("keep_finished", keep_finished, minimum=1, integer=True)
+        check_number("job_ttl", job_ttl, minimum=0)
+        check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
+        check_number("max_queued", max_queued, minimum=1, integer=True)
+        check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
+        check_number("max_call_bytes", max_call_bytes, minimum=1, integer=True)
+        check_number("cancel_grace", cancel_grace, minimum=0)
         methods = multiprocessing.get_all_start_methods()
         if start_method is not None and start_method not in methods:
             raise ValueError(
@@ -405,7 +396,7 @@ class Engine:
             timeout = options.get("timeout")
         if show_args is None:
             show_args = bool(options.get("show_args", True))
-        _check_number("timeout", timeout, minimum=0, allow_none=True)
+        check_number("timeout", timeout, minimum=0, allow_none=True)
         payload = dump_call(fn, args, kwargs)
         limit = self.max_call_bytes if max_call_bytes is None else max_call_bytes
         if len(payload) > limit:

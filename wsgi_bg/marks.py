@@ -36,8 +36,9 @@ from werkzeug.utils import ImportStringError, import_string
 from werkzeug.wrappers import Request
 
 from . import context
-from .engine import OPTIONS_ATTR, _check_number, callable_name
+from .engine import OPTIONS_ATTR, callable_name
 from .exceptions import AppFailed
+from .options import check_number
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -174,7 +175,7 @@ def background(
 
     .. versionadded:: 0.1
     """
-    _check_number("timeout", timeout, minimum=0, allow_none=True)
+    check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
 
     def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
@@ -389,7 +390,7 @@ def backgrounder(
 
     .. versionadded:: 0.1
     """
-    _check_number("timeout", timeout, minimum=0, allow_none=True)
+    check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:

@@ -35,7 +35,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import context
 from .auth import default_authorize
-from .engine import KEEP_FINISHED, Engine, _check_number
+from .engine import KEEP_FINISHED, Engine
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job
 from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
@@ -46,6 +46,7 @@ from .marks import (
     run_app,
     snapshot_environ,
 )
+from .options import check_number
 from .status import StatusApp
 
 if TYPE_CHECKING:
@@ -362,7 +363,7 @@ class BackgroundMiddleware:
                 "authorize must be a callable (environ, action, job) -> bool,"
                 f" got {authorize!r}"
             )
-        _check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
+        check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
         if max_jobs is not None:
             if keep_finished != KEEP_FINISHED:
                 raise TypeError(
