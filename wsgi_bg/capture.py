@@ -1,11 +1,20 @@
 """Output capture: file descriptors 1 and 2 of a job onto one pipe, relayed in batches.
 
-In the job's process (:func:`redirect_stdio`), fds 1 and 2 both become the
-write end of one pipe, so everything lands there in the order it was written:
-``print``, ``sys.stderr``, logging handlers, and the output of child processes
-(``os.system``, ``subprocess`` without capture), which inherit the fds.
-``sys.stdout`` and ``sys.stderr`` are made line-buffered, as on a terminal, so
-a printed line reaches the pipe at once even without ``flush``.
+In the job's process (:mod:`~wsgi_bg.runners.job_process`), fds 1 and 2 both
+become the write end of the job's pipe, so everything lands there in the
+order it was written: ``print``, ``sys.stderr``, logging handlers, and the
+output of child processes (``os.system``, ``subprocess`` without capture),
+which inherit the fds. ``sys.stdout`` and ``sys.stderr`` are made
+line-buffered, as on a terminal, so a printed line reaches the pipe at once
+even without ``flush``.
+
+This module runs in the supervisor (:mod:`~wsgi_bg.runners.supervisor`: a
+pool worker or an RQ worker), or, for the inline runner, in a thread of the
+process that runs the job::
+
+    job's pipe ─► Relay.feed ─► batch ─► Relay.send ─► store.relay
+                                         ◄── (cancel requested, grace)
+    job's end:   Relay.take ─► the supervisor's store.finish
 
 In the supervisor (:class:`Relay`), what the pipe delivers is decoded
 incrementally and sent to the store in batches: at most every
@@ -19,9 +28,6 @@ becomes the job's progress unless the job reports its own.
 from __future__ import annotations
 
 import codecs
-import io
-import os
-import sys
 import time
 from typing import Any
 
@@ -35,29 +41,6 @@ from .terminal import RedrawCollapser, parse_progress
 HOLD_LIMIT = 1 << 20
 #: Seconds between two tries to reach a store that could not be reached.
 RETRY_SECONDS = 1.0
-
-
-def redirect_stdio(out_fd: int) -> None:
-    """Point fds 1 and 2 at ``out_fd``, stdin at /dev/null, and rebuild
-    ``sys.stdout``/``sys.stderr`` line-buffered on them."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.dup2(out_fd, 1)
-    os.dup2(out_fd, 2)
-    os.close(out_fd)
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
-    sys.stdout = _line_stream(1)
-    sys.stderr = _line_stream(2)
-
-
-def _line_stream(fd: int) -> io.TextIOWrapper:
-    return io.TextIOWrapper(
-        io.FileIO(fd, "w", closefd=False),
-        encoding="utf-8",
-        errors="backslashreplace",
-        line_buffering=True,
-    )
 
 
 class Relay:

@@ -35,7 +35,6 @@ import traceback
 from typing import Any
 
 from .. import context
-from ..capture import redirect_stdio
 from ..limits import MAX_RESULT_BYTES
 from . import wire
 from .processes import become_subreaper, die_with_parent
@@ -102,7 +101,7 @@ class _Home:
                 signal.signal(sig, signal.SIG_DFL)
         self.null_w = os.open(os.devnull, os.O_WRONLY)
         _let_go_of_inherited(keep=(sock.fileno(), self.null_w))
-        redirect_stdio(os.dup(self.null_w))
+        _redirect_stdio(os.dup(self.null_w))
         self.idle = sys.stdout, sys.stderr  # between jobs: /dev/null
         self.cwd = _getcwd()  # None: the server's own directory was removed
         self.environ, self.path = dict(os.environ), list(sys.path)
@@ -321,3 +320,26 @@ def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> tuple[str,
         return "result", (dump_result(value, max_result_bytes), shown(value))
     except Unpicklable as exc:
         return "error", str(exc)
+
+
+def _redirect_stdio(out_fd: int) -> None:
+    """Point fds 1 and 2 at ``out_fd``, stdin at /dev/null, and rebuild
+    ``sys.stdout``/``sys.stderr`` line-buffered on them."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.close(out_fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = _line_stream(1)
+    sys.stderr = _line_stream(2)
+
+
+def _line_stream(fd: int) -> io.TextIOWrapper:
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
