@@ -15,6 +15,18 @@ Every runner that runs jobs in processes hands them to the one supervisor,
 :func:`wsgi_bg.runners.supervisor.supervise` (fork, relay, timeout, cancel,
 kill, reap). :func:`open_runner` is the one place that tells runners apart;
 the engine sees only the protocol.
+
+Which process runs which module::
+
+    server process      __init__ (the protocol, open_runner), pool (the
+                        pool's scheduler), inline (jobs in the calling
+                        thread), rq (RQRunner: enqueue, cancel)
+    pool worker         pool_worker ─► supervisor
+    RQ worker or horse  wsgi_bg.rq_worker ─► rq (perform) ─► supervisor
+    job process         job_process (forked by the supervisor)
+    shared              wire (the frames between supervisor and job process),
+                        results (a job's result, where the job runs),
+                        processes (process control: prctl, kill, exit codes)
 """
 
 from __future__ import annotations
