@@ -106,6 +106,20 @@ def test_show_args_false_hides_a_marked_apps_request(make_mw):
             assert secret not in text, f"{secret} in the {where}"
 
 
+# -- what a job prints never delays its timeout ------------------------------------
+@pytest.mark.timeout(60)
+def test_a_long_line_after_a_bar_mark_never_delays_the_jobs_timeout(make_mw):
+    # Its supervisor reads "%|" batches for a tqdm bar: a pattern tried at
+    # every position of the 60,000 characters took ~50 s, the job's timeout
+    # (3 s) and cancel waiting behind it.
+    mw = make_mw()
+    job = mw.submit(trustfuncs.bar_mark_then_long_line, 60_000).wait(timeout=30)
+    assert job.state == "timed_out", job.error
+    assert job.ended_at - job.started_at < 3 + 5
+    assert job.output == "%|\n" + "x" * 60_000
+    assert job.progress is None
+
+
 # -- a bound on a call's size -------------------------------------------------------
 def test_a_call_past_max_call_bytes_is_refused_and_queues_nothing(make_mw):
     mw = make_mw()

@@ -146,3 +146,23 @@ def test_rgb_to_256(rgb, index):
 ])
 def test_tail(text, limit, expected):
     assert tail(text, limit) == expected
+
+
+@pytest.mark.timeout(5)  # (a pattern tried at every position took minutes)
+@pytest.mark.parametrize("text", [
+    pytest.param("%|" + "a" * (1 << 20), id="one-long-line"),
+    pytest.param("1%|" * (1 << 18), id="marks-without-counts"),
+    pytest.param("desc: " * (1 << 18) + "5%|x", id="colons-without-a-bar"),
+    pytest.param("9%|" + "|" * (1 << 20), id="bars-without-counts"),
+    pytest.param("\x1bP" * (1 << 19) + "%|", id="unfinished-escapes"),
+])
+def test_parse_progress_is_linear_in_its_input(text):
+    assert parse_progress(text) is None
+    assert parse_progress(text + "\rd: 7%|#| 7/9") == {
+        "done": 7, "total": 9, "message": "d"}
+
+
+def test_parse_progress_reads_a_description_within_its_line_and_bounded():
+    assert parse_progress("x" * 500 + ": 5%|#| 5/9")["message"] == "x" * 198
+    assert parse_progress("head: 1\nnext: 5%|#| 5/9")["message"] == "next"
+    assert parse_progress("a: 1%|| 1/9|b 5%|#| 5/9")["message"] is None

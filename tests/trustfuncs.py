@@ -88,3 +88,14 @@ def body_size(environ, start_response):
     size = len(environ["wsgi.input"].read())
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"{size}\n".encode()]
+
+
+@background(timeout=3)
+def bar_mark_then_long_line(length):
+    # "%|" sends its batch to the bar parser; then one long line with no "|",
+    # ":" or line break, and a job that outlives its timeout.
+    import sys
+
+    sys.stdout.write("%|\n" + "x" * length)
+    sys.stdout.flush()
+    time.sleep(60)

@@ -39,12 +39,17 @@ _SGR = re.compile(r"\x1b\[([0-9;:]*)m\Z")
 _SCALE = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 
 # "desc:  45%|████▌     | 45/100 [00:01<00:01, 44.5it/s]" (tqdm's default format;
-# with unit_scale, counts look like "1.20k/10.0k").
-_TQDM = re.compile(
-    r"(?:(?P<desc>[^\r\n|]*?):\s*)?(?P<pct>\d{1,3})%\|[^|\r\n]*\|\s*"
+# with unit_scale, counts look like "1.20k/10.0k"). Matched at a "%|" found by
+# str.rfind: no pattern here is searched at every position of the output, and
+# none can backtrack over more than one run of characters (a job's output is
+# whatever it prints, and this runs in the supervisor).
+_COUNTS = re.compile(
+    r"[^|\r\n]*\|\s*"
     r"(?P<done>\d+(?:\.\d+)?)(?P<dscale>[kMGTP]?)"
     r"/(?P<total>\d+(?:\.\d+)?)(?P<tscale>[kMGTP]?)"
 )
+#: Characters of a bar's description read, back from its percentage.
+_DESC_CHARS = 200
 
 #: A run of text in one style: ``(classes, text)``; ``classes`` is ``""`` or
 #: space-separated names from :data:`STYLE_CLASSES`.
@@ -320,18 +325,38 @@ def _latest(line: str, mark: str) -> str:
 
 def parse_progress(text: str) -> dict[str, Any] | None:
     """The last tqdm-style bar in ``text`` as ``{"done", "total", "message"}``,
-    or ``None`` if there is none. Colours around the bar are ignored."""
-    matches = list(_TQDM.finditer(strip_escapes(text)))
-    if not matches:
+    or ``None`` if there is none. Colours around the bar are ignored.
+
+    Linear in ``text``: each ``%|`` is looked at once, from the last, and a
+    description is read back at most 200 characters within its line.
+    """
+    text = strip_escapes(text)
+    end = len(text)
+    while (bar := text.rfind("%|", 0, end)) > 0:
+        end = bar
+        digits = bar
+        while digits > max(0, bar - 3) and text[digits - 1] in "0123456789":
+            digits -= 1
+        counts = _COUNTS.match(text, bar + 2) if digits < bar else None
+        if counts is None:
+            continue
+        done = float(counts["done"]) * _SCALE[counts["dscale"]]
+        total = float(counts["total"]) * _SCALE[counts["tscale"]]
+        if total <= 0:
+            return None
+        return {
+            "done": int(done) if done.is_integer() else done,
+            "total": int(total) if total.is_integer() else total,
+            "message": _description(text, digits),
+        }
+    return None
+
+
+def _description(text: str, end: int) -> str | None:
+    # "desc: " before a bar's percentage, within its line (or since a "|").
+    start = max(0, end - _DESC_CHARS)
+    start = max(start, *(text.rfind(c, start, end) + 1 for c in "\r\n|"))
+    before = text[start:end].rstrip()
+    if not before.endswith(":"):
         return None
-    last = matches[-1]
-    done = float(last["done"]) * _SCALE[last["dscale"]]
-    total = float(last["total"]) * _SCALE[last["tscale"]]
-    if total <= 0:
-        return None
-    desc = (last["desc"] or "").strip()
-    return {
-        "done": int(done) if done.is_integer() else done,
-        "total": int(total) if total.is_integer() else total,
-        "message": desc or None,
-    }
+    return before[:-1].strip() or None
