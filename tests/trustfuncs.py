@@ -48,7 +48,7 @@ def takes(*args, **kwargs):
     return len(args) + len(kwargs)
 
 
-@backgrounder
+@backgrounder(show_query=("year", "name"))
 def login(environ, start_response):
     # Reads the body as an app does, and answers with a session cookie.
     environ["wsgi.input"].read()
@@ -99,3 +99,28 @@ def bar_mark_then_long_line(length):
     sys.stdout.write("%|\n" + "x" * length)
     sys.stdout.flush()
     time.sleep(60)
+
+
+def _redirect(environ, start_response):
+    # Answers with URLs carrying tokens in every header that holds one.
+    environ["wsgi.input"].read()
+    start_response("302 Found", [
+        ("Location", "/done?token=LOCTOKEN1#frag"),
+        ("Content-Location", "https://ann:USERPASS2@example.com/r?sid=CLOC3"),
+        ("Refresh", "0; url=/next?session=REFRESH4"),
+        ("Link", '</p?page=LINK5>; rel="next", </q#access_token=LINK6>; rel="x"'),
+        ("Content-Type", "text/plain; charset=utf-8")])
+    return [b"moved\n"]
+
+
+redirects = backgrounder(_redirect)
+redirects_hidden = backgrounder(show_args=False)(_redirect)
+redirects_listed = backgrounder(show_query=("year", "token"))(_redirect)
+
+
+def route_redirects(environ, start_response):
+    # One site, three marked apps: /hidden..., /listed..., the rest.
+    path = environ["PATH_INFO"]
+    app = (redirects_hidden if path.startswith("/hidden") else
+           redirects_listed if path.startswith("/listed") else redirects)
+    return app(environ, start_response)

@@ -63,6 +63,20 @@ def _check_module_level(fn: Any, decorator: str) -> None:
         )
 
 
+def _query_names(show_query: Any) -> tuple[str, ...]:
+    names = None
+    if not isinstance(show_query, (str, bytes)):
+        try:
+            names = tuple(show_query)
+        except TypeError:
+            pass
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(
+            f"show_query must be a collection of query names, got {show_query!r}:"
+            " e.g. show_query=('year', 'page')")
+    return names
+
+
 def _check_show_args(show_args: Any) -> None:
     if not isinstance(show_args, bool):
         raise TypeError(
@@ -221,8 +235,9 @@ _SHOWN_KEYS = {
      else "HTTP_" + name.upper().replace("-", "_")): name
     for name in SHOWN_HEADERS
 }
-#: A query parameter or response header whose name matches shows no value
-#: (as Sentry's and Django's scrubbers judge names).
+#: A response header whose name matches shows no value (as Sentry's and
+#: Django's scrubbers judge names); nor does a query parameter, even when
+#: the app lists it in ``show_query``.
 SECRET_NAME = re.compile(
     r"pass|pwd|secret|token|auth|session|key|sig|cred|csrf|xsrf|otp|code|nonce"
     r"|jwt|bearer|cookie|private|ticket|saml", re.IGNORECASE)
@@ -230,19 +245,30 @@ HIDDEN = "[hidden]"
 #: Characters of one query value shown, and of the whole description.
 _MAX_VALUE_CHARS = 100
 _MAX_REQUEST_CHARS = 2000
+#: In a response header's value, a URL's query or fragment (to the end of the
+#: value, or of a Link's ``<URL>``) and its user info: where tokens travel.
+_URL_SECRETS = re.compile(r"[?#][^>]*|(?<=//)[^/?#<>@\s]*@")
 
 
-def describe_request(request: Request, body: bytes) -> str:
+def describe_request(
+    request: Request, body: bytes, show_query: Iterable[str] = ()
+) -> str:
     """What a marked app's job page shows of its request: the request line a
     person needs and nothing that carries a credential.
 
     - the method and the path (``SCRIPT_NAME`` and ``PATH_INFO``);
-    - the query: every name, and its value unless the name looks secret
-      (:data:`SECRET_NAME`: ``token``, ``password``, ``session``, ``key``...),
-      whose value shows as ``[hidden]``;
+    - the query's names, each with ``[hidden]`` for its value: a name does
+      not say whether its value is secret (``sid``, ``pw``, ``h``, a
+      ``next`` URL holding a token...). Only the names in ``show_query``
+      show their values, cut past 100 characters, and even then not a name
+      that looks secret (:data:`SECRET_NAME`: ``token``, ``password``,
+      ``session``, ``key``...). A parameter without a value (``?abc123``)
+      shows as ``[hidden]`` alone: its name may be the secret;
     - the body's size in bytes, never its content;
     - the values of the headers in :data:`SHOWN_HEADERS`, and the names only
       of the others (``Cookie``, ``Authorization``, ``X-Api-Key``...).
+
+    With ``show_query=("year",)``:
 
     .. code-block:: text
 
@@ -251,9 +277,14 @@ def describe_request(request: Request, body: bytes) -> str:
         not shown: Authorization, Cookie
 
     Shown headers come in :data:`SHOWN_HEADERS`' order, the others by name.
+
+    :param show_query: the query names whose values show (``year`` above).
     """
+    listed = frozenset(show_query)
     query = "&".join(
-        f"{name}={HIDDEN if SECRET_NAME.search(name) else _short(value)}"
+        HIDDEN if not value else f"{_short(name)}={_short(value)}"
+        if name in listed and not SECRET_NAME.search(name)
+        else f"{_short(name)}={HIDDEN}"
         for name, value in request.args.items(multi=True))
     line = f"{request.method} {request.script_root}{request.path}"
     parts = [f"{line}?{query}" if query else line]
@@ -283,13 +314,28 @@ class AppResponse(dict[str, Any]):
 
     A ``dict``; its ``repr`` (what the pages show as the result) hides the
     values of the headers that carry credentials (``Set-Cookie``, and those
-    :data:`SECRET_NAME` matches). ``job.result`` keeps them.
+    :data:`SECRET_NAME` matches), and in every other value the query and
+    fragment of a URL (``Location: /done?[hidden]``; ``Refresh``, ``Link``,
+    ``Content-Location``...) and its user info. For an app marked
+    ``show_args=False`` it hides the headers whole; the status stays.
+    ``job.result`` keeps them all.
     """
 
+    #: Whether the ``repr`` shows the headers (the app's ``show_args``).
+    show_headers = True
+
     def __repr__(self) -> str:
-        headers = [(name, HIDDEN if SECRET_NAME.search(str(name)) else value)
+        if not self.show_headers:
+            return repr({**self, "headers": HIDDEN})
+        headers = [(name, HIDDEN if SECRET_NAME.search(str(name))
+                    else _URL_SECRETS.sub(_hide_url_part, str(value)))
                    for name, value in self.get("headers", ())]
         return repr({**self, "headers": headers})
+
+
+def _hide_url_part(match: re.Match[str]) -> str:
+    part = match[0]
+    return f"{part[0]}{HIDDEN}" if part[0] in "?#" else f"{HIDDEN}@"
 
 
 class MarkedApp:
@@ -302,13 +348,16 @@ class MarkedApp:
     """
 
     def __init__(
-        self, ref: str, target: Any, timeout: float | None, show_args: bool = True
+        self, ref: str, target: Any, timeout: float | None, show_args: bool = True,
+        show_query: Iterable[str] = (),
     ) -> None:
         #: where a worker finds this app: ``"module:attribute"``.
         self.ref = ref
         self.target = target
         self.timeout = timeout
         self.show_args = show_args
+        #: the query names whose values its pages show (:func:`describe_request`).
+        self.show_query = frozenset(show_query)
         functools.update_wrapper(self, target, updated=())
         setattr(self, OPTIONS_ATTR, {"timeout": timeout, "show_args": show_args})
 
@@ -317,8 +366,9 @@ class MarkedApp:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Workers import the app by name rather than unpickle it: a Flask app
-        # object does not pickle, and need not.
-        return (_resolve, (self.ref,))
+        # object does not pickle, and need not. show_args goes along: an app
+        # marked by its import path is found unmarked there.
+        return (_resolve, (self.ref, self.show_args))
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -338,25 +388,28 @@ class MarkedApp:
         return middleware.start_app_job(self, environ, start_response)
 
 
-def _resolve(ref: str) -> MarkedApp:
+def _resolve(ref: str, show_args: bool = True) -> MarkedApp:
     """Find a marked app in a worker by its import path."""
     found = import_string(ref)
     if isinstance(found, MarkedApp):
-        return found
-    return MarkedApp(ref, found, None)
+        if found.show_args == show_args:
+            return found
+        return MarkedApp(ref, found.target, found.timeout, show_args)
+    return MarkedApp(ref, found, None, show_args)
 
 
 @overload
 def backgrounder(target: str | WSGIApplication, /) -> MarkedApp: ...
 @overload
 def backgrounder(
-    *, timeout: float | None = None, show_args: bool = True
+    *, timeout: float | None = None, show_args: bool = True,
+    show_query: Iterable[str] = (),
 ) -> Callable[[WSGIApplication], MarkedApp]: ...
 
 
 def backgrounder(
     target: str | WSGIApplication | None = None, /, *, timeout: float | None = None,
-    show_args: bool = True,
+    show_args: bool = True, show_query: Iterable[str] = (),
 ) -> Any:
     """Mark a WSGI app whose every request runs as a background job.
 
@@ -383,15 +436,25 @@ def backgrounder(
         ``"package.module:attr"``.
     :param timeout: seconds each job may run before it is killed.
     :param show_args: ``False`` keeps the job's arguments (the request's
-        environ and body) off the status pages.
+        environ and body) off the status pages, and the headers of its
+        answer (the job's result).
+    :param show_query: query names whose values the pages show, such as
+        ``("year", "page")``; every other value shows as ``[hidden]``
+        (:func:`~wsgi_bg.marks.describe_request`). List only names whose
+        values never carry a credential.
     :raises ImportError: if an import path cannot be resolved (at marking time).
-    :raises TypeError: if the target is not a module-level callable, or
-        ``show_args`` is not a bool.
+    :raises TypeError: if the target is not a module-level callable,
+        ``show_args`` is not a bool, or ``show_query`` is not a collection
+        of names.
+
+    .. versionchanged:: 0.2
+        The query's values are hidden unless named in ``show_query``.
 
     .. versionadded:: 0.1
     """
     check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
+    show_query = _query_names(show_query)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:
         if isinstance(target, str):
@@ -407,7 +470,7 @@ def backgrounder(
                     f"backgrounder({target!r}) found {found!r}, which is not a"
                     " WSGI app (not callable)"
                 )
-            return MarkedApp(target, found, timeout, show_args)
+            return MarkedApp(target, found, timeout, show_args, show_query)
         _check_module_level(target, "@backgrounder")
         qualname = getattr(target, "__qualname__", None)
         module = getattr(target, "__module__", None)
@@ -417,7 +480,8 @@ def backgrounder(
                 f" object such as {target!r} pass its import path:"
                 " backgrounder('package.module:app')"
             )
-        return MarkedApp(f"{module}:{qualname}", target, timeout, show_args)
+        return MarkedApp(f"{module}:{qualname}", target, timeout, show_args,
+                         show_query)
 
     if target is not None:
         return mark(target)
@@ -439,6 +503,7 @@ def run_app(app: MarkedApp, environ: dict[str, Any], body: bytes) -> AppResponse
         "wsgi_bg.job_id": context.current_job.id,
     })
     response = AppResponse()
+    response.show_headers = app.show_args
     sys.stdout.flush()
     sink = sys.stdout.buffer
 

@@ -488,7 +488,7 @@ class BackgroundMiddleware:
                 timeout=app.timeout, url_for=self.url_for,
                 show_args=app.show_args,
                 # Never the environ and the body: cookies, credentials, forms.
-                shown_args=describe_request(request, body),
+                shown_args=describe_request(request, body, app.show_query),
                 max_call_bytes=self.engine.max_call_bytes + len(body),
             )
         except CallTooLarge:
