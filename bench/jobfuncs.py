@@ -78,6 +78,14 @@ def print_bytes(total: int) -> int:
     return total
 
 
+def print_newlines(total: int) -> int:
+    """Print ``total`` line breaks: as many empty lines, each a row of a
+    job's page (review finding 7)."""
+    sys.stdout.write("\n" * total)
+    sys.stdout.flush()
+    return total
+
+
 def print_colours(total: int) -> int:
     """Print about ``total`` characters of colour changes, one character
     each (``ESC[3Nm`` and a letter, 80 letters a line): ~175k changes per

@@ -486,6 +486,28 @@ def test_a_page_of_a_mebibyte_of_output_is_bounded(kind):
     assert "not shown here; Raw output has them." in page
 
 
+@pytest.mark.parametrize("line", [
+    pytest.param("\n", id="empty-lines"),
+    pytest.param("x\n", id="one-letter-lines"),
+    pytest.param("\x1b[31m\n", id="colour-only-lines"),
+    pytest.param("\r\n", id="crlf-lines"),
+])
+def test_a_page_of_a_mebibyte_of_short_lines_is_bounded(line):
+    # Each line is a row of markup: 64 Ki empty lines drew 9.5 MB of HTML.
+    output = line * ((1 << 20) // len(line))
+    lines = output.count("\n")
+    page = job_page("/_jobs", job_dict(), output, len(output))
+    assert len(page.encode()) < 400_000
+    rows = page.count('class="line')
+    assert rows == render_module.PAGE_OUTPUT_LINES
+    first = int(re.search(r'data-first="(\d+)"', page).group(1))
+    assert first == lines - rows + 1
+    assert f'id="L{lines}"' in page and f'id="L{first - 1}"' not in page
+    assert re.search(rf'data-lines="{first - 1}"><span class="note">{first - 1:,}'
+                     r" earlier lines \(", page)
+    assert '<button type="button" id="show-earlier" hidden>Show them</button>' in page
+
+
 def test_a_short_output_is_drawn_whole_without_the_bar():
     output = coloured_output(10_000)
     page = job_page("", job_dict(), output, len(output))

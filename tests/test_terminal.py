@@ -148,6 +148,17 @@ def test_tail(text, limit, expected):
     assert tail(text, limit) == expected
 
 
+@pytest.mark.parametrize(("text", "max_lines", "expected"), [
+    pytest.param("a\nb\nc\n", 2, ("b\nc\n", 1), id="finished-lines"),
+    pytest.param("a\nb\nc", 2, ("b\nc", 1), id="unfinished-last-line"),
+    pytest.param("a\nb\n", 2, ("a\nb\n", 0), id="as-many-as-allowed"),
+    pytest.param("\n" * 10, 3, ("\n" * 3, 7), id="empty-lines"),
+    pytest.param("a\n" + "x" * 50, 1, ("x" * 20, 1), id="chars-cut-first"),
+])
+def test_tail_is_bounded_by_lines_too(text, max_lines, expected):
+    assert tail(text, 20, max_lines) == expected
+
+
 @pytest.mark.timeout(5)  # (a pattern tried at every position took minutes)
 @pytest.mark.parametrize("text", [
     pytest.param("%|" + "a" * (1 << 20), id="one-long-line"),

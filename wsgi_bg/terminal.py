@@ -285,25 +285,39 @@ def render_terminal(text: str) -> str:
     return screen.text()
 
 
-def tail(text: str, limit: int) -> tuple[str, int]:
+def tail(
+    text: str, limit: int, max_lines: int | None = None
+) -> tuple[str, int]:
     """``(end, skipped_lines)``: the end of ``text``, at most ``limit``
-    characters from the start of a line, and how many lines come before it.
-    Where the last line alone is longer than ``limit``, it is cut inside
-    that line but never inside an escape sequence (the whole sequence is
-    kept).
+    characters and ``max_lines`` lines from the start of a line, and how
+    many lines come before it. Where the last line alone is longer than
+    ``limit``, it is cut inside that line but never inside an escape
+    sequence (the whole sequence is kept).
 
     What a job's page draws of a long output: a page's cost is then bounded
-    by ``limit``, whatever the output holds.
+    by ``limit`` and ``max_lines``, whatever the output holds (each line is
+    a row of markup, empty or not).
     """
-    if len(text) <= limit:
+    cut = 0
+    if len(text) > limit:
+        # (A line break ending the text starts no line worth showing.)
+        cut = text.find("\n", len(text) - limit - 1, len(text) - 1) + 1
+        if cut == 0:  # no line starts within the window
+            cut = len(text) - limit
+            unfinished = _PARTIAL.search(text, max(0, cut - 256), cut)
+            if unfinished is not None:
+                cut = unfinished.start()
+    if max_lines is not None:
+        # The start of the last max_lines lines, if more follow the cut.
+        end = len(text) - 1 if text.endswith("\n") else len(text)
+        for _ in range(max_lines):
+            end = text.rfind("\n", cut, end)
+            if end < 0:
+                break
+        else:
+            cut = end + 1
+    if cut == 0:
         return text, 0
-    # (A line break ending the text starts no line worth showing.)
-    cut = text.find("\n", len(text) - limit - 1, len(text) - 1) + 1
-    if cut == 0:  # no line starts within the window
-        cut = len(text) - limit
-        unfinished = _PARTIAL.search(text, max(0, cut - 256), cut)
-        if unfinished is not None:
-            cut = unfinished.start()
     return text[cut:], text.count("\n", 0, cut)
 
 

@@ -276,6 +276,9 @@ def output_lines(screen: Screen, first: int = 1) -> Markup:
 #: holds; 1 MiB of colour changes cost 1.2 s and 5 MB of HTML drawn whole.
 #: The page's script loads the rest when asked (``static/status.js``).
 PAGE_OUTPUT_CHARS = 65536
+#: Lines of output a job's page draws at most: each is a row of ~150 bytes
+#: of markup, so 64 Ki empty lines drew 9.5 MB of HTML.
+PAGE_OUTPUT_LINES = 2000
 
 
 def _earlier(lines: int, chars: int) -> Markup:
@@ -477,11 +480,13 @@ def job_page(
     root: str, job: Mapping[str, Any], output: str, offset: int, *,
     may_list: bool = False, now: float | None = None, notice: str | None = None,
     may_rerun: bool = False, max_output_chars: int = PAGE_OUTPUT_CHARS,
+    max_output_lines: int = PAGE_OUTPUT_LINES,
 ) -> str:
     """The HTML page of one job.
 
     Of a long output the page draws the last ``max_output_chars``
-    characters, from a line's start (:func:`wsgi_bg.terminal.tail`), with
+    characters and at most ``max_output_lines`` lines, from a line's start
+    (:func:`wsgi_bg.terminal.tail`), with
     the numbers those lines have in the whole output; a bar above them says
     how many lines come before, and offers to show them (the page's script
     loads them) or the raw output. A colour set before the lines drawn does
@@ -499,11 +504,12 @@ def job_page(
     :param may_rerun: whether the visitor may run the job again (to offer it
         once the job is done).
     :param max_output_chars: characters of output drawn at most.
+    :param max_output_lines: lines of output drawn at most.
     """
     job_id = job["id"]
     done = bool(job["done"])
     screen = Screen()
-    shown, skipped = tail(output, max_output_chars)
+    shown, skipped = tail(output, max_output_chars, max_output_lines)
     screen.feed(shown)
     # An escape sequence cut at the end is re-read by the script with what
     # follows it.
