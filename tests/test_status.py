@@ -1054,6 +1054,30 @@ def test_run_again_starts_a_new_job_with_the_same_call_and_links_both(client, mw
         f"/_jobs/{new.id}").text
 
 
+def test_status_app_is_built_from_engine_authorize_and_url_for(mw):
+    """Issue 20: the pages need the engine, ``authorize`` and a URL builder,
+    not the middleware; each is the one given."""
+    from wsgi_bg.status import StatusApp
+
+    asked = []
+
+    def authorize(environ, action, job):
+        asked.append(action)
+        return action != "cancel"
+
+    app = StatusApp(mw.engine, authorize=authorize,
+                    url_for=lambda job_id: f"/elsewhere/{job_id}")
+    assert not hasattr(app, "middleware")
+    client = webtest.TestApp(app)
+    old = run(mw, statusfuncs.say, "again\n")
+    assert client.get("/api/jobs").json["jobs"][0]["id"] == old.id
+    client.post(f"/api/jobs/{old.id}/cancel", status=403)
+    new_id = client.post(f"/api/jobs/{old.id}/rerun", status=202).json["id"]
+    new = mw.get_job(new_id).wait(timeout=30)
+    assert new.url == f"/elsewhere/{new_id}" and new.output == "again\n"
+    assert {"list", "cancel", "rerun"} <= set(asked)
+
+
 def test_run_again_from_the_page_form_redirects_to_the_new_job(client, mw):
     old = run(mw, statusfuncs.fail_with, "boom")
     response = client.post(f"/_jobs/api/jobs/{old.id}/rerun", headers=HTML,

@@ -400,7 +400,8 @@ class BackgroundMiddleware:
         #: The status pages as a standalone WSGI app, to mount elsewhere, e.g.
         #: ``DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})`` (then
         #: pass ``status_url="/admin/jobs"`` so that job links point there).
-        self.status_app = StatusApp(self)
+        self.status_app = StatusApp(
+            self.engine, authorize=self.authorize, url_for=self.url_for)
 
     # -- WSGI ---------------------------------------------------------------------
     def __call__(

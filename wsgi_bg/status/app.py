@@ -7,6 +7,19 @@ WSGI app, to mount anywhere else::
 
     app = DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})
 
+**What it is built from.** Not the middleware: the pages need three things of
+it, and get just those, so that they can be read (and tested) without it:
+
+- the :class:`~wsgi_bg.engine.Engine`, which reads the jobs (``get``, the
+  ``store``'s pages and counts, a :class:`~wsgi_bg.Job` handle on it), says
+  what was lost (``lost_note``) and whether its store is shared between
+  server processes (``shared_store``), and queues a job again (``rerun``);
+- ``authorize(environ, action, job)``, which decides who may list, view,
+  cancel and run jobs again;
+- ``url_for(job_id)``, the path of a job's page as mounted, which the job
+  run again carries (the middleware's :meth:`~wsgi_bg.BackgroundMiddleware.url_for`,
+  as for a job it submits).
+
 Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
 
     GET  /[?state=&q=&page=]        HTML list of jobs        authorize "list"
@@ -78,7 +91,8 @@ from .events import dump_json, job_events
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from ..middleware import BackgroundMiddleware
+    from ..engine import Engine
+    from ..middleware import Authorize
 
 #: Sent with every answer. No inline script or style: the pages load theirs
 #: from /static. A meta refresh is not governed by CSP.
@@ -225,8 +239,11 @@ class StatusApp:
     ``prefix``; mount it elsewhere as well with Werkzeug's
     :class:`~werkzeug.middleware.dispatcher.DispatcherMiddleware`.
 
-    :param middleware: the middleware whose jobs the pages show; its
-        ``authorize`` decides who may see and cancel them.
+    :param engine: the engine whose jobs the pages show.
+    :param authorize: ``authorize(environ, action, job) -> bool``: who may
+        list, view, cancel and run again jobs.
+    :param url_for: ``url_for(job_id)``, the path of a job's page, given to
+        the job a run again queues.
 
     .. versionadded:: 0.1
     """
@@ -253,8 +270,13 @@ class StatusApp:
     #: A page's cost is bounded by it, whatever a job prints.
     page_output_chars: int = render.PAGE_OUTPUT_CHARS
 
-    def __init__(self, middleware: BackgroundMiddleware) -> None:
-        self.middleware = middleware
+    def __init__(
+        self, engine: Engine, *, authorize: Authorize,
+        url_for: Callable[[str], str],
+    ) -> None:
+        self._engine = engine
+        self._authorize_fn = authorize
+        self._url_for = url_for
         self.heartbeat = StatusApp.heartbeat
         self.poll_interval = StatusApp.poll_interval
         self.list_limit = StatusApp.list_limit
@@ -358,7 +380,7 @@ class StatusApp:
     # -- helpers ----------------------------------------------------------------
     def _job(self, request: Request, job_id: str, action: str) -> Job:
         """The job, if it exists and ``authorize`` allows ``action`` on it."""
-        job = self.middleware.get_job(job_id)
+        job = self._engine.get(job_id)
         if job is None:
             raise self._gone(job_id)
         allowed = self._authorize(request, action, job)
@@ -373,7 +395,7 @@ class StatusApp:
         ``authorize`` gets a handle (handles are lazy: one that reads the job
         reads the store itself) before anything is read; a job found missing,
         before or after, is a 404."""
-        job = Job(self.middleware.engine, job_id)
+        job = Job(self._engine, job_id)
         if not self._authorize(request, "view", job):
             raise Forbidden("you may not view this job")
         try:
@@ -401,7 +423,7 @@ class StatusApp:
             return allowed
         allowed_old = ask(old)
         if allowed_old != allowed:
-            authorize = self.middleware.authorize
+            authorize = self._authorize_fn
             name = getattr(authorize, "__qualname__", None) or repr(authorize)
             said = {True: "allowed", False: "refused"}
             warnings.warn(
@@ -415,13 +437,13 @@ class StatusApp:
         return allowed and allowed_old
 
     def _authorize_once(self, request: Request, action: str, job: Job | None) -> bool:
-        authorize = self.middleware.authorize
+        authorize = self._authorize_fn
         try:
             return bool(authorize(request.environ, action, job))
         except HTTPException:
             raise  # the store unreachable (503), or the callable's own answer
         except Exception as exc:
-            if job is not None and self.middleware.get_job(job.id) is None:
+            if job is not None and self._engine.get(job.id) is None:
                 # It read the job just as it was dropped.
                 raise NotFound(f"job {job.id} is no longer stored"
                                + self._lost_note()) from None
@@ -435,7 +457,7 @@ class StatusApp:
             ) from None
 
     def _lost_note(self) -> str:
-        return self.middleware.engine.lost_note()
+        return self._engine.lost_note()
 
     def _may_list(self, request: Request) -> bool:
         """Whether this visitor may see the list (to link it)."""
@@ -447,14 +469,14 @@ class StatusApp:
 
     def _may_once(self, request: Request, action: str, job: Job | None) -> bool:
         try:
-            return bool(self.middleware.authorize(request.environ, action, job))
+            return bool(self._authorize_fn(request.environ, action, job))
         except Exception:  # a failing authorize offers nothing, breaks nothing
             return False
 
     def _notice(self, request: Request) -> str | None:
         """The warning for a server whose processes do not share their jobs."""
         if request.environ.get("wsgi.multiprocess") and not getattr(
-            self.middleware.engine, "shared_store", False
+            self._engine, "shared_store", False
         ):
             return render.MULTIPROCESS_NOTICE
         return None
@@ -475,7 +497,7 @@ class StatusApp:
         # hold: 400, before any store call.
         page = parse_offset(request.args.get("page"), "page", minimum=1,
                             maximum=MAX_LIST_OFFSET // per_page + 1) or 1
-        store = self.middleware.engine.store
+        store = self._engine.store
         # One store call for the page (filtered and paged by the store: a
         # Redis store sends one page, not every record), one for the counts.
         records, total = found = store.page(
@@ -516,7 +538,7 @@ class StatusApp:
             may_list=self._may_list(request), now=time.time(),
             notice=self._notice(request),
             may_rerun=self._may(request, "rerun",
-                                Job(self.middleware.engine, job_id)),
+                                Job(self._engine, job_id)),
             max_output_chars=self.page_output_chars,
         )
         return Response(page, mimetype="text/html")
@@ -618,7 +640,7 @@ class StatusApp:
                 f"job {job_id} is still {state.value}: it can be run again once"
                 " it has ended (cancel it first to stop it)")
         try:
-            new = self.middleware.rerun(job_id)
+            new = self._engine.rerun(job_id, url_for=self._url_for)
         except (LookupError, BadSignature) as exc:
             raise Conflict(str(exc)) from None
         url = f"{request.script_root}/{new.id}"
