@@ -899,3 +899,231 @@ def test_the_worker_settings_module_preloads_and_sets_nothing():
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["[]", "True", "True"]
+
+
+# -- what a Redis writer still cannot do ----------------------------------------
+def _log_has(log, text):
+    return log.exists() and text in log.read_text()
+
+
+def test_a_job_moved_to_another_namespaces_queue_never_runs_there(
+        rq_mw, redis_server, tmp_path):
+    """Staging and prod share a Redis and a key, in namespaces (queues) of
+    their own: a staging job's RQ job moved onto prod's queue is refused by
+    prod's worker (its token names staging's queue), never run there; prod's
+    own jobs still run."""
+    staging, prod = _queue("staging"), _queue("prod")
+    marker = tmp_path / "ran-on-prod"
+    job = rq_mw(queue=staging).submit(jobfuncs.touch, str(marker))
+    reference = rq_job_id(job.id)
+    client = redis_server.client()
+    client.lrem(f"rq:queue:{staging}", 0, reference)
+    client.hset(f"rq:job:{reference}", "origin", prod)
+    client.rpush(f"rq:queue:{prod}", reference)
+    log = tmp_path / "prod.log"
+    workers = RQWorkers(redis_server.url, prod, TEST_SECRET_KEY, count=1,
+                        log=str(log)).start()
+    try:
+        wait_for(lambda: _log_has(log, f"refused job {reference}"), 20,
+                 message="prod's worker to refuse staging's job")
+        assert f"its token is for queue '{staging}', not '{prod}'" in log.read_text()
+        ours = rq_mw(queue=prod, namespace=f"t-{uuid.uuid4().hex[:12]}")
+        assert ours.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+        assert not marker.exists()
+    finally:
+        workers.stop()
+
+
+def test_a_finished_jobs_call_is_never_replayed(rq_mw, redis_server, tmp_path):
+    """A Redis writer sets a finished job's record back to queued and puts its
+    RQ job (its signed call, as read earlier) back on the queue: the job
+    starts at most once, so the call never runs again."""
+    queue = _queue("replay")
+    mw = rq_mw(queue=queue)
+    marker = tmp_path / "paid"
+    log = tmp_path / "worker.log"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
+                        log=str(log)).start()
+    try:
+        job = mw.submit(jobfuncs.touch, str(marker))
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+        assert job.started_at is not None
+        client = redis_server.client()
+        reference = rq_job_id(job.id)
+        key = f"rq:job:{reference}"
+        wait_for(lambda: client.hget(key, "status") == b"finished", 10,
+                 message="RQ to record the job finished")
+        data = client.hget(key, "data")
+        marker.unlink()
+        namespace = mw.engine._runner._settings["namespace"]
+        client.hset(f"{namespace}:job:{job.id}", "state", "queued")
+        client.zrem(f"{namespace}:state:succeeded", job.id)
+        client.zadd(f"{namespace}:state:queued", {job.id: time.time()})
+        client.hset(key, mapping={"data": data, "status": "queued", "origin": queue})
+        client.rpush(f"rq:queue:{queue}", reference)
+        wait_for(lambda: client.hget(key, "status") in (b"failed", b"finished"), 20,
+                 message="the worker to take the replayed job")
+        assert client.hget(key, "status") == b"failed"
+        assert not marker.exists()
+        # The worker takes its next job.
+        assert mw.submit(jobfuncs.add, 2, 2).wait(timeout=20).result == 4
+    finally:
+        workers.stop()
+
+
+def test_an_unreadable_rq_job_stops_no_worker_nor_a_later_one(
+        rq_mw, redis_server, tmp_path):
+    """RQ job hashes planted on wsgi_bg's queue that RQ cannot parse (a bogus
+    status, an exc_info that is no UTF-8, an id RQ refuses), in the queue and
+    in its intermediate list (as a worker killed after taking one leaves
+    it): each worker refuses and logs them, takes genuine jobs, and exits
+    only when asked; a worker started after does too."""
+    queue = _queue("unreadable")
+    mw = rq_mw(queue=queue)
+    client = redis_server.client()
+    data = zlib.compress(json.dumps(["os.system", None, ["id"], {}]).encode())
+    planted = {
+        "planted-status": {"status": "bogus"},
+        "planted-exc": {"exc_info": zlib.compress(b"\xff\xfe not UTF-8")},
+        "planted id": {},  # not a valid RQ job id
+    }
+    for rq_id, fields in planted.items():
+        client.hset(f"rq:job:{rq_id}", mapping={
+            "data": data, "origin": queue, "status": "queued",
+            "created_at": "2026-01-01T00:00:00.000000Z", **fields})
+        client.rpush(f"rq:queue:{queue}", rq_id)
+        client.rpush(f"rq:queue:{queue}:intermediate", rq_id)
+    log = tmp_path / "worker.log"
+    for _ in range(2):  # a first worker, and a later one
+        job = mw.submit(jobfuncs.add, 1, 2)
+        _burst(redis_server.url, queue, log=str(log))  # exits 0, not "quitting"
+        assert job.wait(timeout=20).result == 3
+    text = log.read_text()
+    assert "unhandled exception" not in text
+    for rq_id in planted:
+        assert f"refused job {rq_id!r}" in text, text
+    assert client.llen(f"rq:queue:{queue}") == 0
+    assert client.lrange(f"rq:queue:{queue}:intermediate", 0, -1) == []
+
+
+def test_a_planted_description_forges_no_log_line(rq_mw, redis_server, tmp_path):
+    queue = _queue("forged")
+    rq_mw(queue=queue)
+    client = redis_server.client()
+    client.hset("rq:job:planted-log", mapping={
+        "data": zlib.compress(json.dumps(["os.system", None, ["id"], {}]).encode()),
+        "origin": queue, "status": "queued",
+        "description": "x\n02:36:00 Worker 0000: forged: Job OK (wsgi_bg-0)"})
+    client.rpush(f"rq:queue:{queue}", "planted-log")
+    log = tmp_path / "worker.log"
+    _burst(redis_server.url, queue, log=str(log))
+    text = log.read_text()
+    assert "refused job planted-log" in text
+    assert not [line for line in text.splitlines()
+                if line.startswith("02:36:00 Worker 0000: forged")], text
+
+
+def test_what_rq_shows_of_a_marked_apps_request_is_not_its_path(rq_mw):
+    """rq-dashboard shows the description: a path may carry a token."""
+    from webtest import TestApp
+
+    from wsgi_bg import backgrounder
+
+    mw = rq_mw(queue=_queue("idle"))
+    mw.app = backgrounder("appfuncs:plain_site")
+    res = TestApp(mw).get("/reset/s3cret-token?next=x", status=303)
+    job = mw.get_job(res.headers["Location"].rsplit("/", 1)[1])
+    description = _rq_job(mw, job).description
+    assert "s3cret-token" not in description and "next" not in description
+    assert description == "wsgi_bg: GET request to a marked app"
+
+
+def _bomb(expanded):
+    """A zlib stream ~1000 times smaller than the ``expanded`` bytes it
+    decompresses to."""
+    zipper = zlib.compressobj(9)
+    chunk = b"\0" * (1 << 20)
+    parts = [zipper.compress(chunk) for _ in range(expanded >> 20)]
+    return b"".join(parts) + zipper.flush()
+
+
+def _peak_rss(pid):
+    """The most memory process ``pid`` has held (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zlib_bomb_in_an_rq_job_fills_no_workers_memory(
+        rq_mw, redis_server, tmp_path):
+    """64 MiB expanded from ~64 KiB as a planted job's data, and a field of
+    2 MiB raw: the worker refuses both unread, its peak memory grows far
+    less than the bomb, and it takes its next job."""
+    queue = _queue("bomb")
+    mw = rq_mw(queue=queue)
+    log = tmp_path / "worker.log"
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1,
+                        log=str(log)).start()
+    try:
+        pid = workers.pids[0]
+        before = _peak_rss(pid)
+        client = redis_server.client()
+        bomb = _bomb(64 << 20)
+        assert len(bomb) < 100_000
+        client.hset("rq:job:planted-bomb", mapping={
+            "data": bomb, "origin": queue, "status": "queued"})
+        client.hset("rq:job:planted-big", mapping={
+            "data": os.urandom(2 << 20), "origin": queue, "status": "queued"})
+        client.rpush(f"rq:queue:{queue}", "planted-bomb", "planted-big")
+        assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+        assert _peak_rss(pid) - before < 16 << 20
+        text = log.read_text()
+        assert "refused job 'planted-bomb'" in text, text
+        assert "decompresses to more than 1,048,576 bytes" in text
+        assert "refused job 'planted-big'" in text
+        assert "a field of 2,097,152 bytes" in text
+        assert workers.processes[0].poll() is None
+    finally:
+        workers.stop()
+
+
+def test_a_zlib_bomb_in_an_rq_job_fills_no_web_process_memory(rq_mw, redis_server):
+    """Cancel from the page reads only plain fields of the RQ job: a bomb
+    of 256 MiB in its data is never decompressed, and the job is cancelled
+    in RQ's books too."""
+    import resource
+
+    from webtest import TestApp
+
+    mw = rq_mw(queue=_queue("idle"))
+    job = mw.submit(jobfuncs.add, 1, 2)
+    client = redis_server.client()
+    key = f"rq:job:{rq_job_id(job.id)}"
+    client.hset(key, "data", _bomb(256 << 20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    TestApp(mw).post(f"{mw.prefix}/api/jobs/{job.id}/cancel", status=200)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 64 << 20
+    assert job.state is JobState.CANCELLED
+    assert client.hget(key, "status") == b"canceled"
+    assert mw.engine._runner.queue.count == 0
+    queue = mw.engine._runner.queue.name
+    assert client.zscore(f"rq:canceled:{queue}", rq_job_id(job.id)) is not None
+
+
+def test_a_non_number_among_the_suspects_stops_no_rq_sweep(rq_mw, redis_server):
+    """Two jobs whose RQ jobs never reached the queue, one with a word planted
+    as its first sighting: both still end crashed (the bad one seen anew)."""
+    mw = rq_mw(queue=_queue("lost"))
+    mw.submit(jobfuncs.add, 1, 1).cancel()  # the runner started
+    runner = mw.engine._runner
+    runner.submit = lambda *args, **kwargs: None  # the RQ jobs never queued
+    poisoned, other = mw.submit(jobfuncs.add, 1, 2), mw.submit(jobfuncs.add, 2, 2)
+    namespace = runner._settings["namespace"]
+    redis_server.client().hset(f"{namespace}:suspects", poisoned.id, "not-a-number")
+    wait_for(lambda: other.state is JobState.CRASHED, 30,
+             message="the other job to end crashed")
+    wait_for(lambda: poisoned.state is JobState.CRASHED, 30,
+             message="the poisoned job to end crashed")
+    assert "never reached RQ's queue" in other.error
+

@@ -15,9 +15,12 @@ it, as on a stock worker.
 ``wsgi_bg`` (:func:`~wsgi_bg.runners.rq.is_wsgi_bg_queue`). Their jobs are
 read with RQ's JSON serializer, never unpickled, and an RQ job there runs
 only if it is wsgi_bg's call (``perform``) with a reference whose signature
-checks out with ``WSGI_BG_SECRET_KEY``: anything else (another function, a
-pickle, a forged or foreign token) is refused, logged and recorded failed in
-RQ's failed registry, without being loaded. Callbacks, webhooks and
+checks out with ``WSGI_BG_SECRET_KEY`` and names the queue it was taken
+from: anything else (another function, a pickle, a forged or foreign token,
+a job moved from another queue) is refused, logged and recorded failed in
+RQ's failed registry, without being loaded. A job hash RQ cannot parse, or
+with a field larger than ``max_field_bytes`` raw or decompressed, is refused
+too, before it is read or decompressed, and stops no worker. Callbacks, webhooks and
 dependents of jobs on these queues are never run, and RQ's scheduler is not
 run for them. On other queues it is RQ's stock worker, trusting Redis as RQ
 does. Without a secret key it refuses to start if it listens on one of
@@ -54,18 +57,21 @@ preloads too.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import signal
 import sys
 import time
 import typing
+import zlib
 from types import FrameType
 
 import redis
 import rq
+from rq import defaults as _rq_defaults
 from rq import worker as _rq_worker
-from rq.exceptions import DeserializationError, InvalidJobOperation
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.job_lifecycle import format_exc_info
 from rq.utils import now
@@ -91,9 +97,29 @@ if not hasattr(rq.Queue, "_fetch_dequeued_job"):  # what _Queues overrides
         ' pip install "wsgi_bg[rq]"')
 
 
+#: The most bytes a field of an RQ job hash on wsgi_bg's queues may hold,
+#: raw and decompressed (a wsgi_bg job's are a few KiB): past it, the job is
+#: refused unread, so a planted zlib bomb cannot fill the worker's memory.
+max_field_bytes = 1 << 20
+_compressed = (b"data", b"exc_info")  # what RQ's restore zlib-decompresses
+_log = logging.getLogger("rq.worker")  # where RQ's worker logs
+
+
+class UnreadableJob(NoSuchJobError):
+    """An RQ job hash of wsgi_bg's queues that RQ cannot read (or may not:
+    too large): to RQ's worker, its queues and registries, no job at all."""
+
+
 class _Job(rq.job.Job):
     """An RQ job of wsgi_bg's queues: read as JSON, and whatever its hash
-    names, it has no callback to import and run and no webhook to call."""
+    names, it has no callback to import and run and no webhook to call.
+
+    A hash that does not parse, or whose fields are larger than
+    ``max_field_bytes`` raw or decompressed, is refused: logged, marked
+    failed with plain writes, and :class:`UnreadableJob` raised, which every
+    path of RQ's that fetches jobs (dequeue, the intermediate queue's and
+    the registries' clean-ups) takes for a job that is gone: a planted hash
+    stops no worker."""
 
     success_callback = None
     failure_callback = None
@@ -101,6 +127,75 @@ class _Job(rq.job.Job):
 
     def send_webhooks(self, *args: typing.Any, **kwargs: typing.Any) -> None:
         pass
+
+    @classmethod
+    def fetch(cls, id: str, connection: redis.Redis | None = None,
+              serializer: typing.Any = None) -> _Job:
+        try:
+            job = super().fetch(id, connection=connection, serializer=serializer)
+        except (NoSuchJobError, redis.RedisError):
+            raise
+        except Exception as exc:  # what RQ's restore (or id check) raised
+            raise _unreadable(connection, id, f"{type(exc).__name__}: {exc}") from None
+        return typing.cast(_Job, job)
+
+    @classmethod
+    def fetch_many(cls, job_ids: typing.Iterable[str], connection: redis.Redis,
+                   serializer: typing.Any = None) -> list[rq.job.Job | None]:
+        # One by one, each checked (RQ's pipelines HGETALLs, then restores).
+        found: list[rq.job.Job | None] = []
+        for job_id in job_ids:
+            try:
+                found.append(cls.fetch(job_id, connection=connection,
+                                       serializer=serializer))
+            except NoSuchJobError:
+                found.append(None)
+        return found
+
+    def refresh(self) -> None:
+        # Sizes first: HGETALL would load a field of any size.
+        with self.connection.pipeline(transaction=False) as pipe:
+            for field in self.connection.hkeys(self.key):
+                pipe.hstrlen(self.key, field)
+            sizes = pipe.execute()
+        if sizes and max(sizes) > max_field_bytes:
+            raise _unreadable(self.connection, self.id,
+                              f"a field of {max(sizes):,} bytes (at most"
+                              f" {max_field_bytes:,})")
+        super().refresh()  # type: ignore[no-untyped-call]
+
+    def restore(self, raw_data: typing.Any) -> typing.Any:
+        for field in _compressed:
+            raw = raw_data.get(field)
+            if raw and len(_bounded_unzip(raw)) > max_field_bytes:
+                raise ValueError(f"its {field.decode()} decompresses to more than"
+                                 f" {max_field_bytes:,} bytes")
+        done = super().restore(raw_data)
+        if self.description is not None and not self.description.isprintable():
+            # Logged by RQ's worker: a newline in it would forge log lines.
+            self.description = repr(self.description)
+        return done
+
+
+def _bounded_unzip(raw: bytes) -> bytes:
+    """``raw`` decompressed as RQ's restore does, but at most one byte past
+    ``max_field_bytes`` (``raw`` itself if it is no zlib stream, as RQ)."""
+    try:
+        return zlib.decompressobj().decompress(raw, max_field_bytes + 1)
+    except zlib.error:
+        return raw
+
+
+def _unreadable(connection: redis.Redis | None, job_id: str, why: str) -> UnreadableJob:
+    """Log an unreadable RQ job of wsgi_bg's queues, mark its hash failed
+    (plain writes: nothing of it is read), and say so."""
+    _log.error("wsgi_bg's worker: refused job %r: its RQ hash is not readable"
+               " (%s); it was not run", job_id, why)
+    if connection is not None:
+        key = rq.job.Job.redis_job_namespace_prefix + job_id
+        if connection.exists(key):
+            connection.hset(key, "status", JobStatus.FAILED.value)
+    return UnreadableJob(f"RQ job {job_id!r} is not readable: {why}")
 
 
 class _Queues(rq.Queue):
@@ -124,11 +219,25 @@ class _Queues(rq.Queue):
         death_penalty_class: typing.Any = None,
     ) -> typing.Any:
         # The job just taken off a queue: fetched as its queue reads it.
-        if _rq.is_wsgi_bg_queue(queue_key[len(cls.redis_queue_namespace_prefix):]):
-            job_class, serializer = _Job, _rq.SERIALIZER
-        return super()._fetch_dequeued_job(
-            connection, queue_key, job_id, job_class=job_class,
-            serializer=serializer, death_penalty_class=death_penalty_class)
+        name = queue_key[len(cls.redis_queue_namespace_prefix):]
+        if not _rq.is_wsgi_bg_queue(name):
+            return super()._fetch_dequeued_job(
+                connection, queue_key, job_id, job_class=job_class,
+                serializer=serializer, death_penalty_class=death_penalty_class)
+        queue = cls(name, connection=connection,
+                    death_penalty_class=death_penalty_class)
+        try:
+            return _Job.fetch(job_id, connection=connection,
+                              serializer=_rq.SERIALIZER), queue
+        except UnreadableJob:
+            # Refused (logged): out of the intermediate queue, in the
+            # failed registry; the worker takes the next job.
+            queue.intermediate_queue.remove(job_id)
+            connection.zadd(queue.failed_job_registry.key,
+                            {job_id: time.time() + _rq_defaults.DEFAULT_FAILURE_TTL})
+            return None
+        except NoSuchJobError:
+            return None
 
     def move_dependents_to_ready(self, job: typing.Any, *args: typing.Any,
                                  **kwargs: typing.Any) -> dict[str, list[str]]:
@@ -152,11 +261,12 @@ def _queue_class(given: type[rq.Queue]) -> type[rq.Queue]:
     return type(f"WsgiBg{given.__name__}", (_Queues, given), {})
 
 
-def admit(job: rq.job.Job) -> str | None:
-    """Why an RQ job of one of wsgi_bg's queues must not run (``None``: it
-    may): it must be ``perform(reference, token)``, its reference its RQ id,
-    its token signed with this worker's secret key. Nothing is imported,
-    unpickled nor run to tell."""
+def admit(job: rq.job.Job, queue: rq.Queue) -> str | None:
+    """Why an RQ job taken from ``queue``, one of wsgi_bg's, must not run
+    (``None``: it may): it must be ``perform(reference, token)``, its
+    reference its RQ id, its token signed with this worker's secret key and
+    naming ``queue`` (a job moved from another namespace's queue does not
+    run here). Nothing is imported, unpickled nor run to tell."""
     try:
         func, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except DeserializationError:
@@ -168,9 +278,12 @@ def admit(job: rq.job.Job) -> str | None:
     if args[0] != job.id:
         return "its reference is not its RQ job id"
     try:
-        _rq.open_reference(_rq.prepare_worker(), args[0], args[1])
+        settings = _rq.open_reference(_rq.prepare_worker(), args[0], args[1])
     except (BadSignature, ValueError) as exc:
         return f"its token did not check out ({exc})"
+    if settings.get("queue") != queue.name:
+        return (f"its token is for queue {str(settings.get('queue'))[:100]!r},"
+                f" not {queue.name!r}")
     return None
 
 
@@ -240,7 +353,7 @@ class Worker(rq.Worker):
         if not _rq.is_wsgi_bg_queue(queue.name):
             super().execute_job(job, queue)  # a work horse, as stock
             return
-        refusal = admit(job)
+        refusal = admit(job, queue)
         if refusal is not None:
             self._refuse(job, queue, refusal)
             return

@@ -40,12 +40,15 @@ The RQ job is ``perform(reference, token)``: the reference
 (:func:`rq_job_id`, also the RQ job's id) is a hash of the job id, which
 identifies the job without opening its page (the job id is a capability);
 the token holds the settings that are no secret (the namespace, the store's
-limits, the timeout, the grace, ``max_jobs_per_process``), signed with the
-app's secret key with the reference. wsgi_bg's worker runs an RQ job of
-wsgi_bg's queues only if it is that call with a valid token, and refuses
-anything else. The call itself lives in the store, signed; the worker checks
-it before anything unpickles it, and a call that fails the check ends the job
-``failed`` without being loaded.
+limits, the timeout, the grace, ``max_jobs_per_process``, the queue), signed
+with the app's secret key with the reference. wsgi_bg's worker runs an RQ
+job of wsgi_bg's queues only if it is that call with a valid token naming
+the queue it was taken from, and refuses anything else. The web process
+never builds an RQ job from Redis (its cancel is a script on plain fields),
+and the store starts a job at most once, so a finished job's call put back
+on the queue does not run again. The call itself lives in the store,
+signed; the worker checks it before anything unpickles it, and a call that
+fails the check ends the job ``failed`` without being loaded.
 
 The worker runs the same supervisor as a pool worker
 (:func:`~wsgi_bg.runners.supervisor.supervise`): the job gets a process of its
@@ -66,6 +69,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -162,6 +166,29 @@ def open_reference(signer: Signer, reference: str, token: str) -> dict[str, Any]
     data = signer.unsign(_PURPOSE, reference, blob)
     settings: dict[str, Any] = json.loads(data)
     return settings
+
+
+def describe(name: str) -> str:
+    """What RQ shows as the description of a wsgi_bg job named ``name``
+    (rq-dashboard, ``rq info``): its function's name; for a marked app's
+    request (named ``METHOD /path``), the method alone, since a path may
+    carry a token."""
+    method, _, path = name.partition(" ")
+    return f"wsgi_bg: {method} request to a marked app" if path else f"wsgi_bg: {name}"
+
+
+# RQ's cancel of a queued job (rq.job.Job.cancel of a job with no
+# dependents: wsgi_bg's are never deferred nor scheduled), on plain fields.
+# KEYS[1] the RQ job's hash, [2] the queue's list; ARGV[1] the RQ job id,
+# [2] the queue's name, [3] now.
+_RQ_CANCEL = """
+local found = redis.call('HMGET', KEYS[1], 'status', 'origin')
+if found[1] ~= 'queued' or found[2] ~= ARGV[2] then return 0 end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'canceled')
+redis.call('ZADD', 'rq:canceled:' .. ARGV[2], ARGV[3], ARGV[1])
+return 1
+"""
 
 
 def _address(settings: dict[str, Any]) -> tuple[Any, ...]:
@@ -330,10 +357,11 @@ for _, worker in ipairs(redis.call('SMEMBERS', 'rq:workers:' .. qname)) do
 end
 local ended_n = 0
 local function taken(id, why)
-  local first = redis.call('HGET', P .. 'suspects', id)
+  -- (not a number: changed outside wsgi_bg; taken as new, as sweep.lua does)
+  local first = tonumber(redis.call('HGET', P .. 'suspects', id))
   if not first then
     redis.call('HSET', P .. 'suspects', id, ARGV[2])
-  elseif NOW - tonumber(first) >= wait then
+  elseif NOW - first >= wait then
     redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
                'error', cjson.encode(why), 'pid', 'null')
     ended(id, 'queued', 'crashed', ARGV[2])
@@ -501,6 +529,7 @@ class RQRunner:
         self._client: redis.Redis | None = None  # the store's keys
         self._backend = backend
         self._sweep: RQSweep | None = None
+        self._cancel: Any = None  # _RQ_CANCEL, registered on the queue's Redis
         self._signer = Signer(link.secret)
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
@@ -519,6 +548,7 @@ class RQRunner:
                     self._settings["namespace"]),
                 connection=self._client if given is None else given.connection,
                 serializer=SERIALIZER)
+            self._cancel = self.queue.connection.register_script(_RQ_CANCEL)
             reader = self._backend.reader()
             if isinstance(reader, RedisStore):
                 self._sweep = RQSweep(reader, self.queue)
@@ -555,12 +585,14 @@ class RQRunner:
                 f"{self._settings['namespace']}:jobs", job_id)
             if created is None:
                 raise LookupError(f"job {reference} is not in the store")
+            # The queue signed in: a worker runs it from this queue only
+            # (not from another namespace's, where someone moved it).
             settings = dict(self._settings, timeout=timeout, grace=grace,
-                            created=created)
+                            created=created, queue=queue.name)
             queue.enqueue_call(
                 perform, args=(reference, sign_reference(
                     self._signer, reference, settings)),
-                timeout=limit, description=f"wsgi_bg: {name}", job_id=reference,
+                timeout=limit, description=describe(name), job_id=reference,
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
@@ -570,15 +602,15 @@ class RQRunner:
     def cancel(self, job_id: str) -> None:
         # The store says cancelled already: a worker that takes the job finds
         # it so and runs nothing. Taking it off RQ's queue is tidiness.
+        # Plain fields, in one script: the web process never builds an RQ
+        # Job from Redis (its restore decompresses what anyone planted).
         queue = self._queue()
+        reference = rq_job_id(job_id)
         try:
-            rq_job = rq.job.Job.fetch(rq_job_id(job_id), connection=queue.connection,
-                                      serializer=SERIALIZER)
-            if rq_job.origin == queue.name and rq_job.get_status(refresh=False) in (
-                    rq.job.JobStatus.QUEUED, rq.job.JobStatus.DEFERRED,
-                    rq.job.JobStatus.SCHEDULED):
-                rq_job.cancel()
-        except Exception as exc:  # taken meanwhile, gone, Redis away: harmless
+            self._cancel(
+                keys=[f"rq:job:{reference}", queue.key],
+                args=[reference, queue.name, repr(time.time())])
+        except redis.RedisError as exc:  # Redis away: harmless
             logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
                          rq_job_id(job_id), exc)
 

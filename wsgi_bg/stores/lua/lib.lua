@@ -166,13 +166,15 @@ end
 
 -- A queued job runs: a[1] id, [2] pid, [3] started_at. 1 if it started (or
 -- this same process had started it: a retry whose answer was lost), else 0.
+-- A job starts at most once: one that started before (a record set back to
+-- queued by someone who can write to Redis, to replay its call) never does.
 local function start(a)
   local id = a[1]
   local key = k('job', id)
-  local now = redis.call('HMGET', key, 'state', 'pid')
+  local now = redis.call('HMGET', key, 'state', 'pid', 'started_at')
   -- the same process again: a retry of this start, whose answer was lost
   if now[1] == 'running' and now[2] == a[2] then return 1 end
-  if now[1] ~= 'queued' then return 0 end
+  if now[1] ~= 'queued' or (now[3] and now[3] ~= 'null') then return 0 end
   redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
   move(id, 'queued', 'running')
   redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
