@@ -518,7 +518,7 @@ class Engine:
         but never handed to a runner, as ``state`` with ``error`` if it is
         still queued: at once if ``now``, else (the store just failed to
         answer) and while the store cannot be reached, by a thread that tries
-        every second until it can or shutdown, so that no record stays queued
+        soon, then up to every second, until it can or shutdown, so that no record stays queued
         with nothing to run it, holding a ``max_queued`` slot."""
         with self._lock:
             self._unsettled[job_id] = (state, error)
@@ -549,11 +549,15 @@ class Engine:
                 self._unsettled.pop(job_id, None)
 
     def _settle_loop(self) -> None:
-        while not self._closing.wait(_SETTLE_SECONDS):
+        # The first tries soon: until it is ended, a lost create holds a
+        # max_queued slot (its answer was lost, not always the store).
+        wait = _SETTLE_SECONDS / 16
+        while not self._closing.wait(wait):
             self._settle_pending()
             with self._lock:
                 if not self._unsettled:
                     break
+            wait = min(2 * wait, _SETTLE_SECONDS)
         with self._lock:
             self._settler = None
 
@@ -812,7 +816,8 @@ class Engine:
                 " was lost: jobs from before then are gone")
 
 
-#: Seconds between two tries at ending jobs that nothing runs (see _settle).
+#: Seconds at most between two tries at ending jobs that nothing runs (see
+#: _settle); the first come sooner.
 _SETTLE_SECONDS = 1.0
 #: The error of a job whose create landed after its submit had given up.
 _CREATE_LOST = (
