@@ -160,11 +160,12 @@ def test_cancel_cooperative_job(make_mw, tmp_path):
     started = tmp_path / "started"
     job = mw.submit(jobfuncs.cooperative, str(started))
     wait_for(started.exists, 20, message="the job to start")
-    asked = time.time()
     assert job.cancel() is True
-    job.wait(timeout=5)  # well before cancel_grace: it stopped by itself
+    job.wait(timeout=30)
     assert job.state is JobState.CANCELLED
-    assert job.ended_at - asked < 2
+    # It stopped by itself, not killed when its 10 s grace ran out (said by
+    # the record, not by a duration a loaded machine can stretch).
+    assert job.to_dict()["cancelled_how"] == "stopped"
     assert "stopping as asked" in job.output
     assert job.error.startswith("cancelled while running")
     assert job.cancel() is False
