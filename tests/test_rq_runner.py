@@ -1127,3 +1127,23 @@ def test_a_non_number_among_the_suspects_stops_no_rq_sweep(rq_mw, redis_server):
              message="the poisoned job to end crashed")
     assert "never reached RQ's queue" in other.error
 
+
+def test_a_web_process_sweeps_from_its_first_request_without_a_submit(
+        rq_mw, redis_server):
+    """The RQ sweep runs in the web processes: one restarted after the
+    process that queued a job went, serving pages and never submitting,
+    still ends the job whose RQ job never reached the queue."""
+    from webtest import TestApp
+
+    queue = _queue("lost")
+    first = rq_mw(queue=queue)
+    first.submit(jobfuncs.add, 1, 1).cancel()  # the runner started
+    first.engine._runner.submit = lambda *args, **kwargs: None  # never queued
+    job = first.submit(jobfuncs.add, 1, 2)
+    first.engine._runner._sweep.stop()  # as if this process were gone
+    later = rq_mw(queue=queue)  # the same namespace, a fresh web process
+    TestApp(later).get(f"{later.prefix}/api/jobs/{job.id}", status=200)
+    assert later.engine.started
+    wait_for(lambda: later.get_job(job.id).state is JobState.CRASHED, 30,
+             message="the job never queued on RQ to end")
+    assert "never reached RQ's queue" in later.get_job(job.id).error

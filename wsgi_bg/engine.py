@@ -329,6 +329,19 @@ class Engine:
     def started(self) -> bool:
         return self._runner is not None
 
+    def first_request(self) -> None:
+        """A web process serves its first request: a runner whose queued
+        jobs wait elsewhere (RQ) starts now rather than at the first submit,
+        so that its sweep of the jobs a process gone left behind runs in a
+        process that only serves pages. Redis out of reach: the first submit
+        tries again."""
+        if self._planned.holds_queued or self._runner is not None or self._closed:
+            return
+        try:
+            self._start()
+        except StoreUnavailable as exc:
+            logger.warning("wsgi_bg: %s", exc)
+
     def _start(self) -> Runner:
         runner = self._runner
         if runner is not None and not self._closed:

@@ -432,6 +432,7 @@ class BackgroundMiddleware:
 
     def _check_multiprocess(self, environ: WSGIEnvironment) -> None:
         self._multiprocess_checked = True
+        self.engine.first_request()  # (RQ: its sweep runs from now on)
         if environ.get("wsgi.multiprocess") and not self.engine.shared_store:
             logger.warning(
                 "wsgi_bg: this server runs several processes (wsgi.multiprocess)"

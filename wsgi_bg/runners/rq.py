@@ -425,10 +425,11 @@ def waiting_notice(queue: str) -> dict[str, Any]:
 
 
 class RQSweep:
-    """The RQ runner's sweep, run by each web process that started its
-    runner, every ``SWEEP_SECONDS``, in one Lua script (bounded by the jobs
-    queued in the namespace and the length of the RQ queue; nothing of
-    RQ's is unpickled, only plain fields read). For each job queued on RQ:
+    """The RQ runner's sweep, run by each web process from its first
+    request or submit (the runner starts then), every ``SWEEP_SECONDS``, in
+    one Lua script (bounded by the jobs queued in the namespace and the
+    length of the RQ queue; nothing of RQ's is unpickled, only plain fields
+    read). For each job queued on RQ:
 
     - its RQ job is not in Redis (queueing it failed after its record was
       created): it ends ``crashed`` saying so;
