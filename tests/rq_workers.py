@@ -6,11 +6,13 @@ ready once RQ lists them, stopped (and their work horses with them) by
 whoever started them."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import typing
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +27,12 @@ def rq_command() -> str:
     """The ``rq`` script of this interpreter's environment."""
     path = os.path.join(os.path.dirname(sys.executable), "rq")
     return path if os.path.exists(path) else "rq"
+
+
+def psutil_errors() -> tuple[type[Exception], ...]:
+    import psutil
+
+    return (psutil.NoSuchProcess, psutil.AccessDenied)
 
 
 def _kill_tree(pid: int) -> None:
@@ -64,6 +72,9 @@ class RQWorkers:
         self.log = log
         self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
+        #: Descendants of workers killed alone (:meth:`kill`), for :meth:`stop`
+        #: (psutil's processes: a pid reused since is not signalled).
+        self._left: list[typing.Any] = []
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
@@ -116,7 +127,15 @@ class RQWorkers:
         return [p.pid for p in self.processes]
 
     def kill(self, index: int) -> None:
-        """SIGKILL worker ``index`` alone (its work horse lives on)."""
+        """SIGKILL worker ``index`` alone (its work horse lives on, until
+        :meth:`stop`)."""
+        import psutil
+
+        try:
+            self._left += psutil.Process(
+                self.processes[index].pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
         self.processes[index].kill()
         self.processes[index].wait(10)
 
@@ -147,3 +166,6 @@ class RQWorkers:
     def stop(self) -> None:
         for index in range(len(self.processes)):
             self.stop_one(index, timeout=5.0)
+        for process in self._left:
+            with contextlib.suppress(psutil_errors()):
+                process.send_signal(signal.SIGKILL)
