@@ -531,8 +531,9 @@ class Engine:
         but never handed to a runner, as ``state`` with ``error`` if it is
         still queued: at once if ``now``, else (the store just failed to
         answer) and while the store cannot be reached, by a thread that tries
-        soon, then up to every second, until it can or shutdown, so that no record stays queued
-        with nothing to run it, holding a ``max_queued`` slot."""
+        soon, then up to every second, until it can or shutdown, so that no
+        record stays queued with nothing to run it, holding a ``max_queued``
+        slot."""
         with self._lock:
             self._unsettled[job_id] = (state, error)
         if now:
