@@ -1,5 +1,5 @@
 # make test  - create .venv if needed, install wsgi_bg with its test dependencies, run the tests
-#             in parallel (TEST_WORKERS=4 xdist workers; PYTEST_ARGS=... for more options)
+#             in parallel (TEST_WORKERS=6 xdist workers; PYTEST_ARGS=... for more options)
 # make demo  - create .venv if needed, install wsgi_bg alone (no test tools), serve the
 #             ported web.py example on http://127.0.0.1:8080
 # make bench - run the benchmarks in bench/ (not part of make test)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # The tests mostly wait on processes: more xdist workers than cores pays
 # (docs/testing.md has the measurements). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
