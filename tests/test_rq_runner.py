@@ -1147,3 +1147,23 @@ def test_a_web_process_sweeps_from_its_first_request_without_a_submit(
     wait_for(lambda: later.get_job(job.id).state is JobState.CRASHED, 30,
              message="the job never queued on RQ to end")
     assert "never reached RQ's queue" in later.get_job(job.id).error
+
+
+def test_a_worker_serves_each_job_with_its_own_apps_limits(redis_server):
+    """One RQ worker, jobs of two apps (or two deploys) on one namespace whose
+    keep_finished, job_ttl and max_output_bytes differ: each job's store has
+    the limits its token carries, not those of the first job the worker ran."""
+    import redis
+
+    from wsgi_bg.runners.rq import _worker_store
+
+    signer = Signer(TEST_SECRET_KEY.encode())
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    with redis.Redis.from_url(redis_server.url) as connection:
+        stores = [
+            _worker_store({"namespace": namespace, "db": 0, "limits": {
+                "keep_finished": keep, "job_ttl": ttl, "max_output_bytes": size}},
+                connection, signer)
+            for keep, ttl, size in ((1000, 86400.0, 1 << 20), (10, 60.0, 4096))]
+    assert [(s.keep_finished, s.job_ttl, s.max_output_bytes) for s in stores] == [
+        (1000, 86400.0, 1 << 20), (10, 60.0, 4096)]

@@ -212,7 +212,10 @@ def _worker_store(settings: dict[str, Any], connection: redis.Redis,
     found["db"] = settings["db"]
     # No CLIENT SETINFO: two round trips, and a package metadata lookup.
     found.update(_NO_SETINFO)
-    key = (*_address(found), found["db"], settings["namespace"], id(signer))
+    # The limits too: a worker serves jobs of apps (or deploys) whose
+    # keep_finished, job_ttl and max_output_bytes differ.
+    key = (*_address(found), found["db"], settings["namespace"], id(signer),
+           tuple(sorted(settings["limits"].items())))
     store = _stores.get(key)
     if store is None:
         store = _stores[key] = RedisStore(
