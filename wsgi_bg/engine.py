@@ -569,8 +569,11 @@ class Engine:
         while not self._closing.wait(wait):
             self._settle_pending()
             with self._lock:
+                # Found empty and let go under one lock: a _settle between
+                # the two would see this thread still running and start none.
                 if not self._unsettled:
-                    break
+                    self._settler = None
+                    return
             wait = min(2 * wait, _SETTLE_SECONDS)
         with self._lock:
             self._settler = None
