@@ -22,7 +22,7 @@ Which process runs which module::
                         pool's scheduler), inline (jobs in the calling
                         thread), rq (RQRunner: enqueue, cancel)
     pool worker         pool_worker ─► supervisor
-    RQ worker or horse  wsgi_bg.rq_worker ─► rq (perform) ─► supervisor
+    RQ worker           wsgi_bg.rq_worker ─► rq (perform) ─► supervisor
     job process         job_process (forked by the supervisor)
     shared              wire (the frames between supervisor and job process),
                         results (a job's result, where the job runs),

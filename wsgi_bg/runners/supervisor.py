@@ -4,14 +4,14 @@ cancel and kill, reaps; shared by every runner that runs jobs in processes
 :mod:`wsgi_bg.rq_worker`, for :mod:`~wsgi_bg.runners.rq`).
 
 This module runs in the supervisor's process: a pool worker
-(:mod:`~wsgi_bg.runners.pool_worker`), or an RQ worker or its work horse.
+(:mod:`~wsgi_bg.runners.pool_worker`), or wsgi_bg's RQ worker itself.
 The job process's own code is :mod:`~wsgi_bg.runners.job_process`; the
 frames between the two, :mod:`~wsgi_bg.runners.wire`.
 
 Data flow (compare :mod:`concurrent.futures.process`)::
 
     runner (pool worker,    supervisor (this module)       job process
-    RQ worker or horse)     ────────────────────────       (job_process)
+    wsgi_bg's RQ worker)    ────────────────────────       (job_process)
     supervise(job, call) ─► fork (if none is warm) ───►  own process group
                             store.start(job, pid)
                             job + fds ── socket ──────►  fds 1+2 → the job's pipe
@@ -25,7 +25,7 @@ Data flow (compare :mod:`concurrent.futures.process`)::
 Why a job process apart from the worker: a bare
 :class:`~concurrent.futures.ProcessPoolExecutor` breaks as a whole
 (``BrokenProcessPool``) when one worker dies and cannot stop one task, and an
-RQ work horse that crashes takes only RQ's bookkeeping with it. The
+RQ worker whose job crashed its own process would take the worker with it. The
 supervisor forks the job process from a single-threaded worker, which is safe;
 it can kill that process's group for a timeout or a cancel, and sees it crash,
 while the worker and every other job go on.
@@ -112,8 +112,8 @@ def supervise(
     returns ``None``, or the seconds the job may still run because that
     program is stopping (the job is asked to stop, as by a cancel, and killed
     after that many seconds, at most ``grace``). With ``watch_parent`` (a pool
-    worker, an RQ work horse), the job is killed if this process's parent
-    goes: the process it serves.
+    worker), the job is killed if this process's parent goes: the process
+    it serves.
 
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
@@ -175,7 +175,8 @@ def supervise_all(
 
 def release_warm() -> None:
     """Kill and reap the job process kept warm in this process, if any: for a
-    worker about to exit (an RQ work horse), which has no next job for it."""
+    worker about to exit (an RQ worker's teardown), which has no next job
+    for it."""
     global _warm
     process, _warm = _warm, None
     if process is not None:
@@ -333,8 +334,7 @@ class _Supervisor:
         self.shown: str | None = None  # the result's repr, when it succeeded
         self.cancel_seen = True  # whether the job read its cancel, as it says
         # This worker's parent: the server process, or the forkserver that
-        # lives as long as it, or the RQ worker of this work horse. If it
-        # changes, that process is gone.
+        # lives as long as it. If it changes, that process is gone.
         self.parent = os.getppid() if watch_parent else None
 
     def run(

@@ -14,7 +14,8 @@ one Redis never see each other's jobs)::
     N:head:{id}     string  the head of the output, once past the limit
     N:result:{id}   string  the pickled result, signed (see signing.py)
     N:call:{id}     string  the pickled call (fn, args, kwargs), signed: what
-                            an RQ work horse runs (the RQ job holds only the id)
+                            an RQ worker runs (the RQ job holds a signed
+                            reference, a hash of the id, never the id)
     N:lease:{id}    string  TTL: the supervisor running the job is alive
     N:owner:{o}     string  TTL: server process o, holding queued jobs, is alive
                             (a job queued on RQ has no owner: it waits in RQ)
