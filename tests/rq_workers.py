@@ -57,11 +57,13 @@ class RQWorkers:
     spaces) with ``worker_class`` (``None``: RQ's stock one), each in a
     session of its own (so :meth:`stop` reaches its work horse and job
     processes too); ``options``: more of the command's options; ``log``: a
-    file their output goes to (appended); ``secret_key=None``: none given."""
+    file their output goes to (appended); ``secret_key=None``: none given;
+    ``key_prefix``: their ``RQ_KEY_PREFIX`` (``None``: RQ's default)."""
 
     def __init__(self, url: str, queue: str, secret_key: str | None, count: int = 2,
                  preload: str = "", worker_class: str | None = WSGI_BG_WORKER,
-                 options: tuple[str, ...] = (), log: str | None = None) -> None:
+                 options: tuple[str, ...] = (), log: str | None = None,
+                 key_prefix: str | None = None) -> None:
         self.url = url
         self.queue = queue
         self.secret_key = secret_key
@@ -70,6 +72,7 @@ class RQWorkers:
         self.worker_class = worker_class
         self.options = options
         self.log = log
+        self.key_prefix = key_prefix
         self.names = [f"wsgi_bg-test-{uuid.uuid4().hex[:8]}" for _ in range(count)]
         self.processes: list[subprocess.Popen[bytes]] = []
         #: Descendants of workers killed alone (:meth:`kill`), for :meth:`stop`
@@ -79,6 +82,9 @@ class RQWorkers:
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONPATH=PYTHONPATH, WSGI_BG_PRELOAD=self.preload)
         env.pop("WSGI_BG_SECRET_KEY", None)
+        env.pop("RQ_KEY_PREFIX", None)
+        if self.key_prefix is not None:
+            env["RQ_KEY_PREFIX"] = self.key_prefix
         if self.secret_key is not None:
             env["WSGI_BG_SECRET_KEY"] = self.secret_key
         chosen = (["-w", self.worker_class] if self.worker_class
@@ -109,7 +115,12 @@ class RQWorkers:
         from rq import Worker
 
         with redis.Redis.from_url(self.url, socket_timeout=5) as client:
-            return {w.name for w in Worker.all(connection=client)}
+            if self.key_prefix is None:
+                return {w.name for w in Worker.all(connection=client)}
+            # (this process's rq has its default prefix: RQ's layout, read plain)
+            start = len(f"{self.key_prefix}:worker:")
+            return {key[start:].decode()
+                    for key in client.smembers(f"{self.key_prefix}:workers")}
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -821,6 +821,75 @@ def test_a_worker_without_the_secret_key_refuses_to_start_on_wsgi_bgs_queue(
     plain.stop()
 
 
+def test_rq_key_prefix_moves_every_rq_key_the_runner_reads_and_writes(
+        redis_server, tmp_path):
+    """RQ_KEY_PREFIX (rq 3), set for a web process and its workers as a
+    deployment does: jobs run; a job waiting behind a running one is known
+    to have a worker listening; one where none listens says so, and the RQ
+    sweep does not take it for lost; a cancel takes a queued one off RQ's
+    queue into RQ's canceled registry; nothing lands under RQ's default
+    prefix."""
+    prefix = "myapp:rq"
+    busy, idle = _queue("prefixed"), _queue("prefixed-idle")
+    workers = RQWorkers(redis_server.url, busy, TEST_SECRET_KEY, count=1,
+                        key_prefix=prefix).start()
+    try:
+        env = dict(os.environ, PYTHONPATH=PYTHONPATH, RQ_KEY_PREFIX=prefix,
+                   WSGI_BG_SECRET_KEY=TEST_SECRET_KEY)
+        out = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tests", "rq_prefix_web.py"),
+             redis_server.url, f"t-{uuid.uuid4().hex[:12]}", busy, idle,
+             str(tmp_path / "go")],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+    finally:
+        workers.stop()
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["result"] == 5
+    assert (seen["waited"], seen["ran"]) == (2, "succeeded")
+    assert seen["waiting"]["state"] == "queued"
+    assert seen["waiting"]["progress"] is None  # a worker listens there
+    lost = seen["lost"]
+    assert lost["state"] == "queued", lost["error"]
+    assert f"no RQ worker listens on queue {idle}" in lost["progress"]["message"]
+    assert seen["cancelled"] is True
+    references = seen["references"]
+    assert seen["canceled_registry"] == [references["cancelled"]]
+    assert seen["idle_queue"] == [references["lost"]]
+    keys = seen["keys"]
+    assert f"{prefix}:job:{references['lost']}" in keys
+    assert [key for key in keys if key.startswith("rq:") and any(
+        name in key for name in (busy, idle, *references.values()))] == []
+
+
+def test_a_queue_or_job_class_with_a_key_prefix_of_its_own_is_refused(
+        redis_server):
+    """RQ names its workers' and registries' keys from RQ_KEY_PREFIX alone:
+    a class's own prefix is refused at start, saying to set RQ_KEY_PREFIX."""
+    from wsgi_bg.rq_worker import Worker
+
+    class PrefixedQueue(rq.Queue):
+        redis_queue_namespace_prefix = "other:queue:"
+
+    class PrefixedJob(rq.job.Job):
+        redis_job_namespace_prefix = "other:job:"
+
+    client = redis_server.client()
+    with pytest.raises(ValueError, match=(
+            r"RQ's own job key prefix 'rq:job:' \(from RQ_KEY_PREFIX\), got"
+            r" 'other:job:' from PrefixedJob: .* set the environment variable"
+            " RQ_KEY_PREFIX")):
+        BackgroundMiddleware(jobfuncs.hello, store=redis_server.url,
+                             secret_key=TEST_SECRET_KEY, runner=rq.Queue(
+                                 "wsgi_bg.x", connection=client,
+                                 job_class=PrefixedJob))
+    # (a Queue subclass is no runner: it is refused as one)
+    with pytest.raises(ValueError, match=(
+            r"RQ's own queue key prefix 'rq:queue:' .* got 'other:queue:' from"
+            r" WsgiBgPrefixedQueue: .* RQ_KEY_PREFIX")):
+        Worker(["wsgi_bg.x"], connection=client, queue_class=PrefixedQueue)
+
+
 def test_a_warm_shutdown_takes_no_more_than_cancel_grace_and_a_second_or_two(
         rq_mw, redis_server, tmp_path):
     """rq 3 with redis-py 8 could wait 60 s for its pub/sub thread at exit:

@@ -342,6 +342,8 @@ class Worker(rq.Worker):
         self._ordered_queues = self.queues[:]
         ours = [q.name for q in self.queues if _rq.is_wsgi_bg_queue(q.name)]
         if ours:
+            # (wsgi_bg's queues read their jobs with _Job: RQ's job prefix)
+            _rq.check_key_prefixes(self.queue_class, _Job)
             try:
                 _rq.prepare_worker()
             except ValueError as exc:

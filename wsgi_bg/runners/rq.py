@@ -65,6 +65,7 @@ store: it waits in RQ, not in the web process, and survives it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -76,6 +77,7 @@ from typing import Any
 import redis
 import rq
 from rq.serializers import JSONSerializer
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from ..exceptions import StoreUnavailable, WsgiBgError
 from ..jobs import JobState
@@ -179,16 +181,68 @@ def describe(name: str) -> str:
 
 # RQ's cancel of a queued job (rq.job.Job.cancel of a job with no
 # dependents: wsgi_bg's are never deferred nor scheduled), on plain fields.
-# KEYS[1] the RQ job's hash, [2] the queue's list; ARGV[1] the RQ job id,
-# [2] the queue's name, [3] now.
+# KEYS[1] the RQ job's hash, [2] the queue's list, [3] its canceled
+# registry (see RQKeys); ARGV[1] the RQ job id, [2] the queue's name, [3] now.
 _RQ_CANCEL = """
 local found = redis.call('HMGET', KEYS[1], 'status', 'origin')
 if found[1] ~= 'queued' or found[2] ~= ARGV[2] then return 0 end
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'canceled')
-redis.call('ZADD', 'rq:canceled:' .. ARGV[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
 """
+
+
+@dataclasses.dataclass(frozen=True)
+class RQKeys:
+    """The keys of RQ's that the web process's scripts read and write for
+    one queue, each from RQ's own classes, so that they follow RQ's
+    ``RQ_KEY_PREFIX`` (set in the environment of the web processes and the
+    workers alike, before rq is imported): no script names one of RQ's keys
+    itself."""
+
+    #: The queue's list of RQ job ids.
+    queue: str
+    #: What an RQ job's hash is named: this, then the RQ job's id.
+    job_prefix: str
+    #: The queue's canceled registry (a zset).
+    canceled: str
+    #: The set of the keys of the workers that listen on the queue.
+    workers: str
+
+    @classmethod
+    def of(cls, queue: rq.Queue) -> RQKeys:
+        return cls(queue=queue.key, job_prefix=queue.job_class.key_for(""),
+                   canceled=queue.canceled_job_registry.key,
+                   workers=WORKERS_BY_QUEUE_KEY % queue.name)
+
+    def job(self, reference: str) -> str:
+        """The hash of the RQ job whose id is ``reference``."""
+        return self.job_prefix + reference
+
+
+def check_key_prefixes(
+    queue_class: type[rq.Queue], job_class: type[rq.job.Job]
+) -> None:
+    """Refuse a queue or job class whose key prefix is not RQ's: RQ names
+    its other keys (workers, registries) from ``RQ_KEY_PREFIX`` alone, so a
+    class's own prefix would leave wsgi_bg's scripts, or its workers,
+    reading keys nothing writes.
+
+    :raises ValueError: saying which prefix, and to set ``RQ_KEY_PREFIX``.
+    """
+    for what, given, rqs in (
+            ("queue", queue_class.redis_queue_namespace_prefix,
+             rq.Queue.redis_queue_namespace_prefix),
+            ("job", job_class.redis_job_namespace_prefix,
+             rq.job.Job.redis_job_namespace_prefix)):
+        if given != rqs:
+            raise ValueError(
+                f"wsgi_bg's RQ queues need RQ's own {what} key prefix {rqs!r}"
+                f" (from RQ_KEY_PREFIX), got {given!r} from"
+                f" {queue_class.__name__ if what == 'queue' else job_class.__name__}:"
+                " to move RQ's keys, set the environment variable RQ_KEY_PREFIX,"
+                " the same for the web processes and the workers, instead")
 
 
 def _address(settings: dict[str, Any]) -> tuple[Any, ...]:
@@ -345,17 +399,21 @@ QUEUE_GRACE_SECONDS = 5.0
 TAKEN_SECONDS = 8.0
 
 # What the RQ runner's sweep does, in one script on the store's and RQ's keys
-# (see RQSweep). ARGV[1..6]: the store's (see stores/redis.py); [7] the RQ
-# queue's key, [8] grace, [9] seconds a suspect waits, [10] the queue's
-# name, [11] what a job waiting with no worker listening shows (JSON).
+# (see RQSweep). ARGV[1..6]: the store's (see stores/redis.py); [7] what an
+# RQ job's hash is named before its id (RQKeys.job_prefix), [8] grace,
+# [9] seconds a suspect waits, [10] the queue's name, [11] what a job waiting
+# with no worker listening shows (JSON), [12] the RQ queue's list, [13] the
+# set of the workers listening on it. (ARGV, as the store's scripts: Redis
+# asks write access to a script's KEYS, and the documented ACL lets the web
+# processes only read the workers' set.)
 # Returns how many jobs it ended.
 _RQ_SWEEP = """
-local queue, qname = ARGV[7], ARGV[10]
+local rq_job, qname = ARGV[7], ARGV[10]
 local grace, wait = tonumber(ARGV[8]), tonumber(ARGV[9])
 local listed = {}
-for _, ref in ipairs(redis.call('LRANGE', queue, 0, -1)) do listed[ref] = true end
+for _, ref in ipairs(redis.call('LRANGE', ARGV[12], 0, -1)) do listed[ref] = true end
 local listening = false
-for _, worker in ipairs(redis.call('SMEMBERS', 'rq:workers:' .. qname)) do
+for _, worker in ipairs(redis.call('SMEMBERS', ARGV[13])) do
   if redis.call('EXISTS', worker) == 1 then listening = true break end
 end
 local ended_n = 0
@@ -377,7 +435,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
   -- owner null: it waits in RQ (a pool's queued job has an owner)
   if redis.call('HGET', key, 'owner') == 'null' then
     local ref = 'wsgi_bg-' .. redis.sha1hex(id)
-    local rq = redis.call('HMGET', 'rq:job:' .. ref, 'status', 'worker_name')
+    local rq = redis.call('HMGET', rq_job .. ref, 'status', 'worker_name')
     local status, worker = rq[1], rq[2]
     if not status then
       taken(id, "this job never reached RQ's queue " .. qname .. ' (its RQ job'
@@ -452,6 +510,7 @@ class RQSweep:
     def __init__(self, store: RedisStore, queue: rq.Queue) -> None:
         self._store = store
         self._queue = queue
+        self._keys = RQKeys.of(queue)
         # The store's Lua library: its state changes (ended) and arguments.
         self._script = store._r.register_script(_store_lib() + _RQ_SWEEP)
         self._notice = json.dumps(waiting_notice(queue.name), separators=(",", ":"))
@@ -460,9 +519,10 @@ class RQSweep:
 
     def sweep(self) -> int:
         """One sweep; how many jobs it ended."""
+        keys = self._keys
         return int(self._script(args=self._store._args(
-            self._queue.key, QUEUE_GRACE_SECONDS, TAKEN_SECONDS, self._queue.name,
-            self._notice)))
+            keys.job_prefix, QUEUE_GRACE_SECONDS, TAKEN_SECONDS, self._queue.name,
+            self._notice, keys.queue, keys.workers)))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wsgi_bg-rq-sweep",
@@ -528,12 +588,14 @@ class RQRunner:
                     " such queues, and plain RQ jobs on any other), got"
                     f" {queue.name!r}: name it e.g. {queue_name(queue.name)!r}"
                 )
+            check_key_prefixes(type(queue), queue.job_class)
         self._given = queue
         self.queue: rq.Queue | None = None
         self._client: redis.Redis | None = None  # the store's keys
         self._backend = backend
         self._sweep: RQSweep | None = None
         self._cancel: Any = None  # _RQ_CANCEL, registered on the queue's Redis
+        self._keys: RQKeys | None = None
         self._signer = Signer(link.secret)
         self._settings: dict[str, Any] = {
             "namespace": link.namespace, "limits": dict(link.limits),
@@ -553,6 +615,7 @@ class RQRunner:
                 connection=self._client if given is None else given.connection,
                 serializer=SERIALIZER)
             self._cancel = self.queue.connection.register_script(_RQ_CANCEL)
+            self._keys = RQKeys.of(self.queue)
             reader = self._backend.reader()
             if isinstance(reader, RedisStore):
                 self._sweep = RQSweep(reader, self.queue)
@@ -562,6 +625,11 @@ class RQRunner:
         if self.queue is None:
             raise RuntimeError("the RQ runner is not started")
         return self.queue
+
+    def _rq_keys(self) -> RQKeys:
+        if self._keys is None:
+            raise RuntimeError("the RQ runner is not started")
+        return self._keys
 
     def _store_client(self) -> redis.Redis:
         if self._client is None:
@@ -608,11 +676,11 @@ class RQRunner:
         # it so and runs nothing. Taking it off RQ's queue is tidiness.
         # Plain fields, in one script: the web process never builds an RQ
         # Job from Redis (its restore decompresses what anyone planted).
-        queue = self._queue()
+        queue, keys = self._queue(), self._rq_keys()
         reference = rq_job_id(job_id)
         try:
             self._cancel(
-                keys=[f"rq:job:{reference}", queue.key],
+                keys=[keys.job(reference), keys.queue, keys.canceled],
                 args=[reference, queue.name, repr(time.time())])
         except redis.RedisError as exc:  # Redis away: harmless
             logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
