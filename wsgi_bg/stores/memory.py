@@ -149,7 +149,7 @@ class MemoryStore:
                 raise ValueError(f"job id {record['id']!r} is already stored")
             record = dict(record, state=JobState.QUEUED.value, output_size=0,
                           cancel_requested_at=None, cancelled_how=None,
-                          rerun_as=None)
+                          rerun_as=None, notice=None)
             self._records[record["id"]] = record
             original = self._records.get(record.get("rerun_of") or "")
             if original is not None:

@@ -21,10 +21,13 @@ Record = dict[str, Any]
 #: (ended by itself within its grace), ``"killed"`` (after its grace), or
 #: ``"completed"``: the job succeeded after a cancel was asked without reading
 #: it (it did all its work: its state stays ``succeeded``, its result kept).
+#: ``notice``: what a queued job says while it waits (the RQ runner's "no RQ
+#: worker listens"), or ``None``; its start and its end clear it.
 RECORD_FIELDS = (
     "id", "name", "state", "created_at", "started_at", "ended_at", "result",
     "error", "progress", "timeout", "cancel_requested", "cancel_grace", "url",
     "pid", "output_size", "args", "cancel_requested_at", "cancelled_how",
+    "notice",
 )
 
 #: Optional fields: ``rerun_of``, the id of the job this one runs again (set

@@ -192,7 +192,7 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "stop_requested": ((bool,), False), "progress": ((dict,), True),
     "error": (_TEXT, True), "result": (_TEXT, True), "url": (_TEXT, True),
     "args": (_TEXT, True), "cancelled_how": (_TEXT, True),
-    "rerun_of": (_TEXT, True), "rerun_as": (_TEXT, True),
+    "rerun_of": (_TEXT, True), "rerun_as": (_TEXT, True), "notice": (_TEXT, True),
 }
 #: Fields every record has had since the first version.
 _REQUIRED = ("id", "name", "state", "created_at", "started_at", "ended_at",
@@ -312,7 +312,7 @@ class RedisStore:
             if name not in ("state", "output_size"):
                 fields += [name, _dump(value)]
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
-                   "cancelled_how", "null", "rerun_as", "null"]
+                   "cancelled_how", "null", "rerun_as", "null", "notice", "null"]
         signed = b"" if call is None else self._signer.sign(
             "call", record["id"], call, namespace=self.namespace)
         deadline = self._deadline()
