@@ -2,10 +2,11 @@
 
 ``authorize(environ, action, job) -> bool`` decides who may use the status
 pages. ``action`` is ``"list"`` (the job list; ``job`` is ``None``), ``"view"``
-(one job's page, JSON or event stream), ``"cancel"`` or ``"rerun"`` (run an
-ended job's call again, as a new job). Without one, a job's own pages, its
+(one job's page, JSON or event stream), ``"cancel"``, ``"rerun"`` (run an
+ended job's call again, as a new job) or ``"metrics"`` (the ``/metrics``
+page for Prometheus; ``job`` is ``None``). Without one, a job's own pages, its
 cancel and its run again are open to whoever holds its id (an unguessable
-capability) and the list is refused. ``job`` is a lazy
+capability) and the list and the metrics are refused. ``job`` is a lazy
 :class:`~wsgi_bg.Job` handle: reading it reads the store, and a job dropped
 meanwhile raises :exc:`LookupError` (answered ``404``).
 
@@ -141,5 +142,5 @@ def allow_local_hosts(*hosts: str) -> Callable[[WSGIEnvironment, str, Any], bool
 
 def default_authorize(environ: WSGIEnvironment, action: str, job: Any) -> bool:
     """The default: one job's pages, cancel and run again for whoever holds
-    its id; no list."""
-    return action != "list"
+    its id; no list, no metrics (they name every function jobs run)."""
+    return action not in ("list", "metrics")

@@ -276,10 +276,10 @@ class BackgroundMiddleware:
         one is answered ``413`` and starts no job.
     :param authorize: ``authorize(environ, action, job) -> bool`` deciding who
         may ``"list"`` jobs, ``"view"`` one, ``"cancel"`` one or ``"rerun"``
-        it (run it again; ``"retry"``, its deprecated name, is asked too).
-        Default:
-        a job's pages and cancel are open to whoever holds its id; the list is
-        refused. See :mod:`wsgi_bg.auth`.
+        it (run it again; ``"retry"``, its deprecated name, is asked too),
+        or read the ``"metrics"``. Default:
+        a job's pages and cancel are open to whoever holds its id; the list
+        and the metrics are refused. See :mod:`wsgi_bg.auth`.
     :param status_url: absolute path where links to job pages point, when
         :attr:`status_app` is mounted elsewhere; default: ``SCRIPT_NAME +
         prefix``.

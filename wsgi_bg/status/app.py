@@ -32,6 +32,8 @@ Routes, below the mount point (every link is built from ``SCRIPT_NAME``)::
     POST /api/jobs/<id>/cancel      cancel (same origin)     authorize "cancel"
     POST /api/jobs/<id>/rerun       run a job that ended again, as a new job
                                     (same origin)            authorize "rerun"
+    GET  /metrics                   the store's figures for Prometheus
+                                    (wsgi_bg.status.metrics) authorize "metrics"
     GET  /static/status.js|css      the pages' script and style
 
 Every answer carries a Content-Security-Policy without inline script or
@@ -85,7 +87,7 @@ from werkzeug.wrappers import Request, Response
 from ..jobs import Job, record_to_dict
 from ..stores.protocol import SEARCH_SCAN
 from ..stores.signing import BadSignature
-from . import render
+from . import metrics, render
 from .events import dump_json, job_events
 
 if TYPE_CHECKING:
@@ -123,6 +125,13 @@ _LIST_REFUSED = (
     " its link. To allow the list, pass authorize=wsgi_bg.allow_all (anyone),"
     " authorize=wsgi_bg.allow_local (clients on this machine) or your own"
     " callable authorize(environ, action, job) -> bool to BackgroundMiddleware."
+)
+
+_METRICS_REFUSED = (
+    "The metrics are not enabled: they name the functions jobs run. To allow"
+    " them, pass an authorize callable that allows the action \"metrics\" to"
+    " your scraper (say, one that checks a bearer token: see"
+    " docs/deployment.md) to BackgroundMiddleware."
 )
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -308,6 +317,7 @@ class StatusApp:
                 Rule("/api/jobs/<jobid:job_id>/rerun", endpoint="rerun",
                      methods=["POST"]),
                 Rule("/static/<name>", endpoint="static", methods=["GET"]),
+                Rule("/metrics", endpoint="metrics", methods=["GET"]),
                 Rule("/<jobid:job_id>", endpoint="job_page", methods=["GET"]),
             ],
             converters={"jobid": JobIdConverter},
@@ -651,6 +661,12 @@ class StatusApp:
         response = self._json({"id": new.id, "url": url}, status=202)
         response.headers["Location"] = url
         return response
+
+    def _metrics(self, request: Request) -> Response:
+        if not self._authorize(request, "metrics", None):
+            raise Forbidden(_METRICS_REFUSED)
+        return Response(metrics.exposition(self._engine.store),
+                        content_type=metrics.CONTENT_TYPE)
 
     def _static(self, request: Request, name: str) -> Response:
         if name not in self._files:

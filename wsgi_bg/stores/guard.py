@@ -63,7 +63,7 @@ from multiprocessing import connection, managers, reduction
 from typing import Any
 
 from ..exceptions import StoreUnavailable
-from .protocol import Page, Record, Store, check_page
+from .protocol import JobStats, Page, Record, Store, check_page
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -413,6 +413,9 @@ class GuardedStore:
 
     def counts(self) -> dict[str, int]:
         return self._call("counts")  # type: ignore[no-any-return]
+
+    def stats(self) -> JobStats:
+        return self._call("stats")  # type: ignore[no-any-return]
 
     def snapshot(self) -> Store:
         """A copy of the store (see :meth:`MemoryStore.snapshot`)."""

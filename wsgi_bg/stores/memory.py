@@ -20,6 +20,7 @@ removes the server's multiprocessing temporary directory and its own
 from __future__ import annotations
 
 import builtins
+import copy
 import itertools
 import multiprocessing
 import os
@@ -38,7 +39,7 @@ from ..exceptions import StoreUnavailable
 from ..jobs import TERMINAL_STATES, JobState
 from .guard import GuardedStore
 from .output import decode, dropped_marker, encode_output, head_cut, tail_cut
-from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
+from .protocol import SEARCH_SCAN, JobStats, Page, Record, Store, check_page
 
 
 class _Output:
@@ -135,6 +136,8 @@ class MemoryStore:
         # Jobs per state, kept with every change: counts() is polled (pages,
         # waiting for jobs) and must not walk every record under the lock.
         self._counts = dict.fromkeys((s.value for s in JobState), 0)
+        # Counted with each end, under the same lock (kept past retention).
+        self._stats = JobStats()
         self._workers: dict[int, int | None] = {}  # pid -> its start time
 
     # -- writes ---------------------------------------------------------------
@@ -238,6 +241,7 @@ class MemoryStore:
             self._queued -= 1
         self._moved(record["state"], state)
         now = time.time()
+        self._stats.observe(record, state, now)
         succeeded = state == JobState.SUCCEEDED
         record.update(state=state, ended_at=now, error=error, pid=None,
                       result=shown if succeeded else None)
@@ -256,6 +260,7 @@ class MemoryStore:
                 return ""
             if record["state"] == JobState.QUEUED:
                 now = time.time()
+                self._stats.observe(record, JobState.CANCELLED.value, now)
                 record.update(state=JobState.CANCELLED.value, ended_at=now,
                               error="cancelled before it started",
                               cancel_requested=True, cancel_requested_at=now,
@@ -344,6 +349,10 @@ class MemoryStore:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def stats(self) -> JobStats:
+        with self._lock:
+            return copy.deepcopy(self._stats)
 
     def _moved(self, old: str, new: str) -> None:
         self._counts[old] -= 1

@@ -10,7 +10,9 @@ store is in use.
 
 from __future__ import annotations
 
+import bisect
 import builtins
+from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
@@ -81,6 +83,101 @@ class Page(tuple[list[Record], int]):
     @property
     def total(self) -> int:
         return self[1]
+
+
+#: Upper bounds, in seconds, of the buckets of the job duration and queue
+#: wait histograms (:class:`JobStats`), past which one more counts the rest
+#: (``+Inf``): from a tenth of a second to an hour, for background work.
+BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0)
+#: Functions a store keeps figures for, each under its own name; jobs of
+#: any other count under :data:`OTHER_FUNCTION`. A marked app's jobs are
+#: named by method and path, and paths that hold ids would otherwise make
+#: a new set of figures per id.
+MAX_FUNCTIONS = 200
+#: Bytes of a name kept in a figure's label (cut at a character boundary).
+MAX_FUNCTION_BYTES = 200
+#: What jobs of functions past :data:`MAX_FUNCTIONS` count under. No job's
+#: name is this: a function's is ``module.qualname``, a marked app's
+#: ``METHOD /path``.
+OTHER_FUNCTION = "other"
+
+
+def function_label(name: Any) -> str:
+    """The label a job named ``name`` is counted under: its name, cut to
+    :data:`MAX_FUNCTION_BYTES` bytes (a store checks the :data:`MAX_FUNCTIONS`
+    bound itself); :data:`OTHER_FUNCTION` for a name that is no text (a
+    record changed outside wsgi_bg). The Redis store's ``observe`` in
+    ``lua/lib.lua`` mirrors it."""
+    if not isinstance(name, str):
+        return OTHER_FUNCTION
+    data = name.encode("utf-8", "replace")[:MAX_FUNCTION_BYTES]
+    return data.decode("utf-8", "ignore")
+
+
+@dataclass
+class Histogram:
+    """Observations of one function, per bucket of :data:`BUCKETS`.
+
+    .. versionadded:: 0.2
+    """
+
+    #: How many fell in each bucket (not cumulative): ``len(BUCKETS) + 1``
+    #: counts, the last for those past every bound (``+Inf``).
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    #: The sum of the observations, in seconds.
+    sum: float = 0.0
+
+    @property
+    def count(self) -> int:
+        """How many observations."""
+        return sum(self.buckets)
+
+    def observe(self, seconds: float) -> None:
+        # The first bucket whose bound is at least ``seconds`` (le: <=).
+        self.buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+@dataclass
+class JobStats:
+    """What a store counts as jobs end (:meth:`Store.stats`), with each end,
+    atomically: every process reading the store reads the same figures.
+    Functions are labelled by :func:`function_label`, at most
+    :data:`MAX_FUNCTIONS` of them.
+
+    .. versionadded:: 0.2
+    """
+
+    #: Jobs ended per ``(function, state it ended in)``.
+    finished: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Seconds from start to end, per function, of jobs that started.
+    duration: dict[str, Histogram] = field(default_factory=dict)
+    #: Seconds from creation to start, per function, of jobs that started
+    #: (observed when they end).
+    queue_wait: dict[str, Histogram] = field(default_factory=dict)
+
+    #: The functions counted under their own name (the memory store's
+    #: bound; the Redis store keeps its own, in Redis).
+    functions: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def observe(self, record: Record, state: str, ended_at: float) -> None:
+        """Count the end of the job ``record`` (as it was before it ended) in
+        ``state`` at ``ended_at``; the memory store's way (the Redis store's
+        is ``observe()`` in ``lua/lib.lua``)."""
+        label = function_label(record.get("name"))
+        if label != OTHER_FUNCTION and label not in self.functions:
+            if len(self.functions) < MAX_FUNCTIONS:
+                self.functions.add(label)
+            else:
+                label = OTHER_FUNCTION
+        key = (label, state)
+        self.finished[key] = self.finished.get(key, 0) + 1
+        started, created = record.get("started_at"), record.get("created_at")
+        if isinstance(started, int | float) and isinstance(created, int | float):
+            self.duration.setdefault(label, Histogram()).observe(
+                max(0.0, ended_at - started))
+            self.queue_wait.setdefault(label, Histogram()).observe(
+                max(0.0, started - created))
 
 
 class Store(Protocol):
@@ -223,6 +320,15 @@ class Store(Protocol):
 
     def counts(self) -> dict[str, int]:
         """How many jobs are stored in each state."""
+
+    def stats(self) -> JobStats:
+        """What the store counted as jobs ended (see :class:`JobStats`),
+        since it was created (the memory store: since the server process
+        started its engine; Redis: kept across restarts, per namespace),
+        whatever jobs were dropped since.
+
+        .. versionadded:: 0.2
+        """
 
 
 class Link(Protocol):

@@ -23,6 +23,9 @@ one Redis never see each other's jobs)::
     N:state:{s}     zset    the jobs in state s, by created_at (counts, sweeps)
     N:finished      zset    ended jobs, by ended_at (retention by keep_finished)
     N:suspects      hash    job id -> when its lease or owner was first missed
+    N:stats         hash    figures counted as jobs end, never expired (see
+                            observe() in lua/lib.lua; the /metrics page)
+    N:stats:functions set   the functions counted under their own name
 
 Each state change is one Lua script (``lua/<name>.lua``, run after the
 prelude ``lua/lib.lua``), so it is atomic whoever runs it. Ended jobs' keys
@@ -72,7 +75,18 @@ from redis.retry import Retry
 from ..exceptions import ResultUnavailable, StoreUnavailable, UnreadableRecord
 from ..jobs import JobState
 from .output import dropped_marker, encode_output, tail_cut
-from .protocol import SEARCH_SCAN, Page, Record, Store, check_page
+from .protocol import (
+    BUCKETS,
+    MAX_FUNCTION_BYTES,
+    MAX_FUNCTIONS,
+    SEARCH_SCAN,
+    Histogram,
+    JobStats,
+    Page,
+    Record,
+    Store,
+    check_page,
+)
 from .signing import BadSignature, Signer, resolve_secret_key
 
 logger = logging.getLogger("wsgi_bg")
@@ -114,7 +128,14 @@ def _lua(name: str) -> str:
     # Read once per process; redis-py's register_script sends a script only
     # when Redis does not know its SHA yet.
     path = resources.files("wsgi_bg.stores") / "lua" / f"{name}.lua"
-    return path.read_text("utf-8")
+    text = path.read_text("utf-8")
+    if name == "lib":
+        # The bounds of the figures counted as jobs end (observe() in
+        # lib.lua), defined once, in protocol.py, for both stores.
+        text = (f"local BUCKETS = {{{', '.join(map(repr, BUCKETS))}}}\n"
+                f"local MAX_FUNCTIONS = {MAX_FUNCTIONS}\n"
+                f"local MAX_FUNCTION_BYTES = {MAX_FUNCTION_BYTES}\n" + text)
+    return text
 
 
 def script_source(name: str) -> str:
@@ -269,6 +290,31 @@ def _decode_output(parts: list[Any], limit: int) -> tuple[str, int]:
             + dropped_marker(int(dropped) + start, limit)
             + tail[start:].decode("utf-8", "replace"))
     return text, int(total)
+
+
+def _decode_stats(fields: dict[bytes, bytes]) -> JobStats:
+    """:class:`JobStats` from the ``N:stats`` hash (see ``observe()`` in
+    lua/lib.lua); a field changed outside wsgi_bg is left out."""
+    stats = JobStats()
+    histograms = {"d": stats.duration, "w": stats.queue_wait}
+    for raw, value in fields.items():
+        try:
+            kind, label, *rest = json.loads(raw)
+            if kind == "f":
+                (state,) = rest
+                stats.finished[(str(label), str(state))] = int(value)
+            elif kind in ("ds", "ws"):
+                histogram = histograms[kind[0]].setdefault(str(label), Histogram())
+                histogram.sum = float(value)
+            else:
+                (index,) = rest
+                histogram = histograms[kind].setdefault(str(label), Histogram())
+                if not 1 <= index <= len(histogram.buckets):
+                    raise IndexError(index)
+                histogram.buckets[index - 1] = int(value)
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue
+    return stats
 
 
 class RedisStore:
@@ -514,6 +560,12 @@ class RedisStore:
         self._maybe_sweep()
         counts = self._scripts["counts"](args=self._args())
         return dict(zip(_STATES, counts, strict=True))
+
+    @_reaching
+    def stats(self) -> JobStats:
+        fields: dict[bytes, bytes] = self._r.hgetall(  # type: ignore[assignment]
+            self._prefix + "stats")
+        return _decode_stats(fields)
 
     # -- liveness ---------------------------------------------------------------
     @_reaching

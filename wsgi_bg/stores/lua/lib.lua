@@ -135,12 +135,61 @@ local function compact(id)
   if data then redis.call('SET', out, data) end
 end
 
+-- The figures of the job's function (stores.protocol.JobStats, whose
+-- observe() this mirrors), counted with its end; in N:stats, a hash whose
+-- fields are JSON arrays: ["f", function, state] jobs ended, ["d"|"w",
+-- function, bucket index] durations and queue waits per bucket (1-based; the
+-- last is +Inf), ["ds"|"ws", function] their sums. N:stats:functions holds
+-- the functions counted under their own name (MAX_FUNCTIONS at most).
+-- BUCKETS, MAX_FUNCTIONS and MAX_FUNCTION_BYTES come from protocol.py (see
+-- redis.py's _lua).
+local function bucket(seconds)
+  for i, bound in ipairs(BUCKETS) do
+    if seconds <= bound then return i end
+  end
+  return #BUCKETS + 1
+end
+
+local function observe(id, state, ended_at)
+  local r = redis.call('HMGET', k('job', id), 'name', 'created_at', 'started_at')
+  -- (a record changed outside wsgi_bg counts as 'other', and ends all the same)
+  local ok, name = pcall(cjson.decode, r[1] or '')
+  local label = 'other'
+  if ok and type(name) == 'string' and name ~= 'other' then
+    local cut = MAX_FUNCTION_BYTES
+    if #name > cut then
+      while cut > 0 and is_cont(name, cut + 1) do cut = cut - 1 end
+      name = string.sub(name, 1, cut)
+    end
+    local set = P .. 'stats:functions'
+    if redis.call('SISMEMBER', set, name) == 1 or
+        redis.call('SCARD', set) < MAX_FUNCTIONS then
+      redis.call('SADD', set, name)
+      label = name
+    end
+  end
+  local stats = P .. 'stats'
+  redis.call('HINCRBY', stats, cjson.encode({'f', label, state}), 1)
+  local created, started = tonumber(r[2]), tonumber(r[3])
+  local now = tonumber(ended_at)
+  if created and started and now then
+    for kind, seconds in pairs({d = now - started, w = started - created}) do
+      seconds = math.max(seconds, 0)
+      redis.call('HINCRBY', stats, cjson.encode({kind, label, bucket(seconds)}), 1)
+      redis.call('HINCRBYFLOAT', stats, cjson.encode({kind .. 's', label}),
+                 string.format('%.17g', seconds))
+    end
+  end
+end
+
 local function ended(id, from, state, ended_at)
+  observe(id, state, ended_at)
   compact(id)
   move(id, from, state)
   redis.call('ZADD', P .. 'finished', ended_at, id)
   redis.call('DEL', k('lease', id))
   redis.call('HDEL', P .. 'suspects', id)
+  redis.call('HSET', k('job', id), 'notice', 'null')  -- it waits no more
   expire(id)
 end
 
