@@ -247,20 +247,25 @@ def test_a_marked_apps_paths_are_labels_escaped(make_mw):
 
 
 # -- bounds -------------------------------------------------------------------------
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request):
-    """A bare store of each kind (Redis: a namespace of the test's own)."""
-    if request.param == "memory":
-        yield MemoryStore()
-        return
+@pytest.fixture
+def redis_store(redis_server):
+    """A bare Redis store, in a namespace of the test's own."""
     from wsgi_bg.stores.redis import RedisStore, connect, connection_settings
     from wsgi_bg.stores.signing import Signer
 
-    client = connect(connection_settings(request.getfixturevalue("redis_server").url))
+    client = connect(connection_settings(redis_server.url))
     yield RedisStore(client, namespace=f"m-{uuid.uuid4().hex[:12]}",
                      signer=Signer(TEST_SECRET_KEY.encode()), keep_finished=1000,
                      job_ttl=86400, max_output_bytes=1_048_576)
     client.connection_pool.disconnect()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request):
+    """A bare store of each kind."""
+    if request.param == "memory":
+        return MemoryStore()
+    return request.getfixturevalue("redis_store")
 
 
 def record(job_id, name, created_at=None):
@@ -314,6 +319,43 @@ def test_figures_outlive_the_jobs_they_count(store):
         assert store.request_cancel(f"j{n}", None) == "cancelled"
     assert store.counts()["cancelled"] < 3  # (pruned as the next job comes)
     assert store.stats().finished == {("f", "cancelled"): 3}
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "timed_out", "crashed",
+                                   "cancelled"])
+def test_every_way_a_running_job_ends_is_counted(store, state):
+    assert store.create(record("j", "f"), 10)
+    assert store.start("j", 123)
+    assert store.finish("j", state, None, None) == state
+    assert store.finish("j", "failed", None, None) is None  # once only
+    stats = store.stats()
+    assert stats.finished == {("f", state): 1}
+    assert stats.duration["f"].count == stats.queue_wait["f"].count == 1
+
+
+@pytest.mark.redis
+def test_a_job_the_redis_sweep_ends_crashed_is_counted(redis_store, monkeypatch):
+    from wsgi_bg.stores import redis
+
+    monkeypatch.setattr(redis, "SUSPECT_SECONDS", 0.0)
+    store = redis_store
+    assert store.create(record("j", "f"), 10)
+    assert store.start("j", 123)
+    store._r.delete(f"{store.namespace}:lease:j")  # its supervisor is gone
+    store.sweep()  # a suspect
+    assert store.sweep() == 1  # crashed
+    stats = store.stats()
+    assert stats.finished == {("f", "crashed"): 1}
+    assert stats.duration["f"].count == 1
+
+
+@pytest.mark.redis
+def test_a_name_changed_outside_wsgi_bg_counts_as_other_and_the_job_ends(redis_store):
+    store = redis_store
+    assert store.create(record("j", "f"), 10)
+    store._r.hset(f"{store.namespace}:job:j", "name", b"\xff not JSON")
+    assert store.request_cancel("j", None) == "cancelled"
+    assert store.stats().finished == {("other", "cancelled"): 1}
 
 
 # -- shared by every server process -------------------------------------------------
