@@ -786,18 +786,40 @@ def test_a_job_whose_rq_job_never_reached_the_queue_ends_within_30s(rq_mw):
 
 def test_a_job_queued_where_no_worker_listens_says_so_until_one_does(
         rq_mw, redis_server):
+    """Its page and JSON say so while it waits, with the command that starts
+    a worker (its notice, not its progress); once cancelled, or started by a
+    worker, they say it no more."""
+    from webtest import TestApp
+
     queue = _queue("nobody")
     mw = rq_mw(queue=queue)
-    job = mw.submit(jobfuncs.add, 2, 2)
-    wait_for(lambda: (job.progress or {}).get("message"), 20,
-             message="the job's page to say no worker listens")
-    message = job.progress["message"]
-    assert f"no RQ worker listens on queue {queue}" in message
-    assert f"rq worker -w wsgi_bg.rq_worker.Worker {queue}" in message
-    assert job.state is JobState.QUEUED
+    pages = TestApp(mw)
+
+    def shown(job):
+        data = pages.get(f"{mw.prefix}/api/jobs/{job.id}").json
+        return data["notice"], pages.get(f"{mw.prefix}/{job.id}").text
+
+    job, cancelled = mw.submit(jobfuncs.add, 2, 2), mw.submit(jobfuncs.add, 1, 1)
+    wait_for(lambda: shown(job)[0] and shown(cancelled)[0], 20,
+             message="the jobs' pages to say no worker listens")
+    for waiting in (job, cancelled):
+        notice, page = shown(waiting)
+        assert f"no RQ worker listens on queue {queue}" in notice
+        assert f"rq worker -w wsgi_bg.rq_worker.Worker {queue}" in notice
+        assert f"no RQ worker listens on queue {queue}" in page
+        assert waiting.state is JobState.QUEUED
+        assert waiting.progress is None
+    assert cancelled.cancel() is True
+    notice, page = shown(cancelled)
+    assert notice is None
+    assert "no RQ worker listens" not in page
+    assert "cancelled before it started" in page
     workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
     try:
         assert job.wait(timeout=20).result == 4
+        notice, page = shown(job)
+        assert notice is None
+        assert "no RQ worker listens" not in page
         assert job.progress is None
     finally:
         workers.stop()
@@ -848,10 +870,11 @@ def test_rq_key_prefix_moves_every_rq_key_the_runner_reads_and_writes(
     assert seen["result"] == 5
     assert (seen["waited"], seen["ran"]) == (2, "succeeded")
     assert seen["waiting"]["state"] == "queued"
-    assert seen["waiting"]["progress"] is None  # a worker listens there
+    assert seen["waiting"]["notice"] is None  # a worker listens there
     lost = seen["lost"]
     assert lost["state"] == "queued", lost["error"]
-    assert f"no RQ worker listens on queue {idle}" in lost["progress"]["message"]
+    assert f"no RQ worker listens on queue {idle}" in lost["notice"]
+    assert f"RQ_KEY_PREFIX={prefix} rq worker -w" in lost["notice"]
     assert seen["cancelled"] is True
     references = seen["references"]
     assert seen["canceled_registry"] == [references["cancelled"]]

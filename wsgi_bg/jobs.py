@@ -262,7 +262,10 @@ class Job:
         by itself within its grace, ``"killed"`` after it, or ``None``),
         rerun_of (the id of the job this one runs again, or ``None``),
         rerun_as (the id of this job's latest run again, or ``None``; see
-        :meth:`BackgroundMiddleware.rerun <wsgi_bg.BackgroundMiddleware.rerun>`).
+        :meth:`BackgroundMiddleware.rerun <wsgi_bg.BackgroundMiddleware.rerun>`),
+        notice (what the job says while it is queued, e.g. the RQ runner's
+        "no RQ worker listens on queue …" with the command that starts one;
+        ``None`` once it starts or ends).
         """
         return record_to_dict(self._record())
 
@@ -299,4 +302,5 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "cancelled_how": record.get("cancelled_how"),
         "rerun_of": record.get("rerun_of"),
         "rerun_as": record.get("rerun_as"),
+        "notice": record.get("notice"),
     }

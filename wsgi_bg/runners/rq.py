@@ -76,6 +76,7 @@ from typing import Any
 
 import redis
 import rq
+from rq.defaults import RQ_KEY_PREFIX
 from rq.serializers import JSONSerializer
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
@@ -329,7 +330,6 @@ def perform(reference: str, token: str) -> str:
         raise JobEnded(reference, store.finish(
             job_id, JobState.FAILED.value, None,
             "the job's call is not in the store"))
-    _clear_waiting(store, job_id)
     state = supervise(store, job_id, payload, settings["timeout"],
                       settings["grace"], settings.get("jobs_per_process", 1),
                       settings.get("max_result_bytes", MAX_RESULT_BYTES),
@@ -340,15 +340,6 @@ def perform(reference: str, token: str) -> str:
         record = store.get(job_id)
         state = None if record is None else record["state"]
     raise JobEnded(reference, state)
-
-
-def _clear_waiting(store: RedisStore, job_id: str) -> None:
-    """Take the sweep's "no RQ worker listens" message off a job a worker
-    now runs (see :func:`waiting_notice`)."""
-    key = f"{store.namespace}:job:{job_id}"
-    shown = store._r.hget(key, "progress")
-    if isinstance(shown, bytes) and shown.startswith(_WAITING_PREFIX):
-        store._r.hset(key, "progress", "null")
 
 
 def _find_job(
@@ -401,22 +392,22 @@ TAKEN_SECONDS = 8.0
 # What the RQ runner's sweep does, in one script on the store's and RQ's keys
 # (see RQSweep). ARGV[1..6]: the store's (see stores/redis.py); [7] what an
 # RQ job's hash is named before its id (RQKeys.job_prefix), [8] grace,
-# [9] seconds a suspect waits, [10] the queue's name, [11] what a job waiting
-# with no worker listening shows (JSON), [12] the RQ queue's list, [13] the
-# set of the workers listening on it. (ARGV, as the store's scripts: Redis
-# asks write access to a script's KEYS, and the documented ACL lets the web
-# processes only read the workers' set.)
-# Returns how many jobs it ended.
+# [9] seconds a suspect waits, [10] the queue's name, [11] the RQ queue's
+# list, [12] the set of the workers listening on it. (ARGV, as the store's
+# scripts: Redis asks write access to a script's KEYS, and the documented ACL
+# lets the web processes only read the workers' set.)
+# Returns {how many jobs it ended, 1 if a live worker listens else 0, the
+# ids of the jobs waiting on the queue}.
 _RQ_SWEEP = """
 local rq_job, qname = ARGV[7], ARGV[10]
 local grace, wait = tonumber(ARGV[8]), tonumber(ARGV[9])
 local listed = {}
-for _, ref in ipairs(redis.call('LRANGE', ARGV[12], 0, -1)) do listed[ref] = true end
-local listening = false
-for _, worker in ipairs(redis.call('SMEMBERS', ARGV[13])) do
-  if redis.call('EXISTS', worker) == 1 then listening = true break end
+for _, ref in ipairs(redis.call('LRANGE', ARGV[11], 0, -1)) do listed[ref] = true end
+local listening = 0
+for _, worker in ipairs(redis.call('SMEMBERS', ARGV[12])) do
+  if redis.call('EXISTS', worker) == 1 then listening = 1 break end
 end
-local ended_n = 0
+local ended_n, waiting = 0, {}
 local function taken(id, why)
   -- (not a number: changed outside wsgi_bg; taken as new, as sweep.lua does)
   local first = tonumber(redis.call('HGET', P .. 'suspects', id))
@@ -443,12 +434,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
         .. ' or it was deleted from RQ), so nothing would run it: it ended crashed')
     elseif status == 'queued' and listed[ref] then
       redis.call('HDEL', P .. 'suspects', id)
-      local shown = redis.call('HGET', key, 'progress')
-      if not listening and (not shown or shown == 'null') then
-        redis.call('HSET', key, 'progress', ARGV[11])
-      elseif listening and shown == ARGV[11] then
-        redis.call('HSET', key, 'progress', 'null')
-      end
+      waiting[#waiting + 1] = id
     elseif status == 'queued' or status == 'started' then
       local who = 'an RQ worker'
       if status == 'started' and worker and worker ~= '' then
@@ -464,11 +450,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
     end
   end
 end
-return ended_n
+return {ended_n, listening, waiting}
 """
-
-
-_WAITING_PREFIX = b'{"done":null,"total":null,"message":"waiting: no RQ worker'
 
 
 def _store_lib() -> str:
@@ -477,12 +460,14 @@ def _store_lib() -> str:
     return _store_redis._lua("lib")
 
 
-def waiting_notice(queue: str) -> dict[str, Any]:
-    """What a job waiting on ``queue`` with no RQ worker listening shows, as
-    its progress message, until one listens."""
-    return {"done": None, "total": None, "message": (
-        f"waiting: no RQ worker listens on queue {queue}. Start one with: rq"
-        f" worker -w wsgi_bg.rq_worker.Worker {queue} --url <the store's Redis>")}
+def waiting_notice(queue: str) -> str:
+    """What a job waiting on ``queue`` with no RQ worker listening says (its
+    record's ``notice``) until one listens, or the job starts or ends."""
+    # A worker with another RQ_KEY_PREFIX than this process is not seen.
+    prefix = "" if RQ_KEY_PREFIX == "rq" else f"RQ_KEY_PREFIX={RQ_KEY_PREFIX} "
+    return (f"Waiting: no RQ worker listens on queue {queue}. Start one with:"
+            f" {prefix}rq worker -w wsgi_bg.rq_worker.Worker {queue} --url <the"
+            " store's Redis>")
 
 
 class RQSweep:
@@ -499,7 +484,10 @@ class RQSweep:
     - RQ ended it before it started (a stock worker, RQ's commands): it
       ends ``crashed`` saying so;
     - it waits on the queue and no live RQ worker listens there: its
-      progress says so, with the command that starts one, until one does.
+      ``notice`` says so, with the command that starts one, until one
+      does (:meth:`RedisStore.set_notice
+      <wsgi_bg.stores.redis.RedisStore.set_notice>`; its start or its end
+      clears it too).
 
     Each of the first three must hold at two sweeps ``TAKEN_SECONDS``
     apart (the store's ``N:suspects``), and only for jobs created more than
@@ -513,16 +501,19 @@ class RQSweep:
         self._keys = RQKeys.of(queue)
         # The store's Lua library: its state changes (ended) and arguments.
         self._script = store._r.register_script(_store_lib() + _RQ_SWEEP)
-        self._notice = json.dumps(waiting_notice(queue.name), separators=(",", ":"))
+        self._notice = waiting_notice(queue.name)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def sweep(self) -> int:
         """One sweep; how many jobs it ended."""
         keys = self._keys
-        return int(self._script(args=self._store._args(
+        ended, listening, waiting = self._script(args=self._store._args(
             keys.job_prefix, QUEUE_GRACE_SECONDS, TAKEN_SECONDS, self._queue.name,
-            self._notice, keys.queue, keys.workers)))
+            keys.queue, keys.workers))
+        self._store.set_notice([raw.decode() for raw in waiting],
+                               None if listening else self._notice)
+        return int(ended)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="wsgi_bg-rq-sweep",

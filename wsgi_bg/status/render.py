@@ -564,6 +564,8 @@ def job_page(
         "<dt>Ended</dt><dd>{ended}</dd>"
         '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
         "{arguments}{cancel_info}{reruns}</dl>\n"
+        '<p id="job-notice" class="banner warn" role="status"{hide_job_notice}>'
+        "{job_notice}</p>\n"
         "{progress}\n{rerun}"
         '<form id="cancel" class="cancel" method="post" action="{api}/cancel"'
         '{hide_cancel}><button type="submit">Cancel job</button>'
@@ -598,6 +600,8 @@ def job_page(
         duration=format_duration(job["started_at"], end),
         arguments=arguments, cancel_info=cancel_info, reruns=reruns, rerun=rerun,
         progress=_progress(job["progress"], ids=True),
+        hide_job_notice=_hidden(not job.get("notice")),
+        job_notice=job.get("notice") or "",
         hide_cancel=_hidden(done),
         hide_note=_hidden(done or not job.get("cancel_requested")),
         hide_follow=_hidden(done),

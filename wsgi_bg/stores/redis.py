@@ -120,7 +120,7 @@ _CRASHED_QUEUED = (
 #: The scripts, each a file of lua/ (its header says its arguments and its
 #: answer), run after lua/lib.lua: the prelude they share.
 SCRIPTS = ("create", "start", "relay", "finish", "finish_and_start", "cancel",
-           "view", "read", "list", "counts", "page", "sweep")
+           "view", "read", "list", "counts", "page", "sweep", "notice")
 
 
 @functools.cache
@@ -461,6 +461,16 @@ class RedisStore:
                 _dump(shown), signed, "1" if result is not None else "0",
                 repr(time.time()), "" if offset is None else offset,
                 "1" if cancel_seen else "0"]
+
+    @_reaching
+    def set_notice(self, job_ids: builtins.list[str], notice: str | None) -> int:
+        """Have each of ``job_ids`` still queued say ``notice`` while it
+        waits (``None``: nothing), as its record's ``notice``: what the RQ
+        runner's sweep says of jobs no worker listens for. A job's start and
+        its end clear it. Return how many records changed."""
+        if not job_ids:
+            return 0
+        return int(self._scripts["notice"](args=self._args(_dump(notice), *job_ids)))
 
     @_reaching
     def request_cancel(

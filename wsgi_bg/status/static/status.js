@@ -351,6 +351,7 @@
         tick();
       }
       progress(job.progress);
+      showText("job-notice", "job-notice", job.notice);
       byId("cancel-note").hidden = !job.cancel_requested || !!job.done;
       byId("cancel").hidden = !!job.done;
       if (byId("rerun")) { byId("rerun").hidden = !job.done; }

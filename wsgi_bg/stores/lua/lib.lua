@@ -224,7 +224,8 @@ local function start(a)
   -- the same process again: a retry of this start, whose answer was lost
   if now[1] == 'running' and now[2] == a[2] then return 1 end
   if now[1] ~= 'queued' or (now[3] and now[3] ~= 'null') then return 0 end
-  redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2])
+  redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2],
+             'notice', 'null')
   move(id, 'queued', 'running')
   redis.call('SET', k('lease', id), '1', 'PX', LEASE_MS)
   return 1
