@@ -5,10 +5,8 @@ a lost job's message, the list's filter and paging, the phone width, and no
 console error or CSP violation on any page. Skipped, with the reason, where
 Chromium or Playwright is missing (CI installs both).
 """
-import os
 import pickle
 import shutil
-import signal
 import threading
 import time
 import urllib.request
@@ -17,7 +15,6 @@ from contextlib import contextmanager
 import pytest
 from werkzeug.serving import make_server
 
-import jobfuncs
 import statusfuncs
 from bench.suite import FourThreads  # a server with 4 request threads
 from helpers import wait_for
@@ -239,22 +236,6 @@ def test_a_page_whose_job_is_gone_says_so(mw, page, console, monkeypatch):
         assert text_of(page, "#state") == "lost"
         assert not page.is_visible("#cancel")
         assert "working" in text_of(page, "#output")  # what it had stays
-
-
-def test_a_page_whose_store_was_lost_says_so(make_mw, page, console):
-    console.expect("status of 503")  # while a fresh store starts
-    console.expect("status of 404")
-    mw = make_mw(max_workers=1)
-    job = mw.submit(jobfuncs.sleeper, 60)
-    wait_for(lambda: job.state.value == "running", 20, message="the job to run")
-    with serving(mw) as base:
-        page.goto(f"{base}/_jobs/{job.id}")
-        wait_text(page, "#state", "running")
-        os.kill(mw.engine._backend._manager._process.pid, signal.SIGKILL)
-        wait_text(page, "#lost", "The job store was restarted at", timeout=30)
-        assert "jobs from before then are gone" in text_of(page, "#lost")
-        assert text_of(page, "#state") == "lost"
-        assert not page.is_visible("#cancel")
 
 
 def test_a_lost_connection_is_told_and_recovered(mw, context, console):

@@ -16,6 +16,7 @@ import pytest
 import jobfuncs
 from helpers import live_children, wait_for
 from wsgi_bg import Job, JobState, QueueFull
+from wsgi_bg.exceptions import StoreUnavailable
 
 # Also on the RQ runner (see conftest.py): these describe how jobs run.
 pytestmark = pytest.mark.runner_contract
@@ -281,6 +282,33 @@ def test_queue_full(make_mw, store_options, request, tmp_path):
     jobfuncs.touch(flag)
     assert [j.wait(timeout=20).result for j in queued] == [0, 1, 2]
     assert mw.submit(jobfuncs.add, 9, 9).wait(timeout=20).result == 18
+
+
+@pytest.mark.timeout(60)
+def test_a_create_whose_answer_was_lost_ends_and_frees_its_slot(make_mw, monkeypatch):
+    """The create landed, its answer did not (a dropped connection after
+    Redis ran it, a manager that answered too late): the submit says 503,
+    and the job, which nothing will run, ends within seconds saying so."""
+    mw = make_mw(max_queued=1)
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+    store = mw.engine.store
+    landed = store.create
+
+    def answer_lost(*args, **kwargs):
+        landed(*args, **kwargs)
+        raise StoreUnavailable("the answer was lost on its way back")
+
+    monkeypatch.setattr(store, "create", answer_lost)
+    with pytest.raises(StoreUnavailable, match="lost on its way back"):
+        mw.submit(jobfuncs.add, 3, 4)
+    monkeypatch.undo()
+    wait_for(lambda: not store.ids_in_state("queued"), timeout=30,
+             message="the job nothing runs to end")
+    [lost] = [job for job in mw.jobs() if job.state is not JobState.SUCCEEDED]
+    assert lost.state is JobState.CANCELLED and lost.started_at is None
+    assert "never started" in lost.error and "503" in lost.error
+    assert mw.submit(jobfuncs.add, 5, 6).wait(timeout=20).result == 11  # a free slot
+
 
 
 @pytest.mark.pool_only

@@ -200,8 +200,8 @@ def start_server(tmp_path, mode: str, grace: float = 1.0, options=None):
         raise AssertionError(f"the server script failed (code {proc.wait(10)})")
     pids = json.loads(line)
     everything = {pids["server"], pids["job"], pids["grandchild"], *pids["children"]}
-    # tracker, forkserver, a worker, job, grandchild (and the default store's manager)
-    assert len(pids["children"]) >= 5
+    # tracker, a worker, job, grandchild (and the forkserver, if it is one)
+    assert len(pids["children"]) >= 4
     assert pids["job"] in pids["children"] and pids["grandchild"] in pids["children"]
     return proc, everything, pids
 
@@ -226,8 +226,7 @@ def temporary_dirs(tmp_path) -> list[str]:
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def server_store(request):
-    """The store options of a SERVER: the default store, then Redis (no
-    manager there: the pool's workers see the server die)."""
+    """The store options of a SERVER: the default store, then Redis."""
     if request.param == "memory":
         return {}
     from conftest import TEST_SECRET_KEY
@@ -237,10 +236,16 @@ def server_store(request):
 
 
 @pytest.mark.timeout(40)
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM],
                          ids=["SIGKILL", "SIGTERM"])
-def test_server_killed_outright_leaves_nothing(tmp_path, sig, server_store):
-    proc, everything, _ = start_server(tmp_path, "block", options=server_store)
+def test_server_killed_outright_leaves_nothing(tmp_path, sig, server_store,
+                                               start_method):
+    """Workers started by the forkserver end with it (their parent-death
+    signal), others (spawn) by watching the server's pid; each kills its
+    job's processes first."""
+    options = dict(server_store, start_method=start_method)
+    proc, everything, _ = start_server(tmp_path, "block", options=options)
     try:
         os.kill(proc.pid, sig)
         proc.wait(10)
@@ -252,7 +257,7 @@ def test_server_killed_outright_leaves_nothing(tmp_path, sig, server_store):
     finally:
         left = finish(proc, everything)
     assert not left, f"still alive 5 s after {sig.name}: {left}"
-    # Nor a temporary directory (the forkserver's socket, the manager's):
+    # Nor a temporary directory (the forkserver's socket, the store's):
     # the server never removed them itself after a SIGKILL.
     assert not temporary_dirs(tmp_path)
 

@@ -11,7 +11,6 @@ import webtest
 
 import jobfuncs
 from wsgi_bg import JobState, allow_all
-from wsgi_bg.stores.guard import GuardedStore
 from wsgi_bg.stores.memory import MemoryStore, _Output
 
 
@@ -267,17 +266,16 @@ def test_store_finish_and_start_keeps_the_cancel_outcome(make_store):
 
 
 @pytest.mark.timeout(60)
-def test_guarded_manager_store_pages_as_the_memory_store(wsgi_bg_middleware):
+def test_a_search_past_the_scan_says_partial(wsgi_bg_middleware):
     from wsgi_bg.stores.protocol import SEARCH_SCAN
 
     mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1,
                             authorize=allow_all)
     assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
     store = mw.engine.store
-    assert isinstance(store, GuardedStore)
     for n in range(SEARCH_SCAN + 1):
         store.create(dict(record(f"p{n}"), name="x"), SEARCH_SCAN + 2)
-    records, total = found = store.page(query="x", limit=1)  # from the manager
+    records, total = found = store.page(query="x", limit=1)
     assert (len(records), total, found.partial) == (1, SEARCH_SCAN, True)
     with pytest.raises(ValueError, match="offset must be an integer"):
         store.page(offset=10**20)
@@ -291,13 +289,14 @@ def test_guarded_manager_store_pages_as_the_memory_store(wsgi_bg_middleware):
 
 
 @pytest.mark.timeout(60)
-def test_guarded_manager_store_passes_finish_and_start_on(wsgi_bg_middleware):
-    """The server's store (the guard, calling the manager on its own pooled
-    connections) answers the call as the memory store does."""
+def test_a_workers_store_is_the_servers_through_its_manager(wsgi_bg_middleware):
+    """What a pool worker reaches (a proxy, through the manager thread of the
+    server process) is the server's own store, and answers as it does."""
     mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1)
     assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
-    store = mw.engine.store
-    assert isinstance(store, GuardedStore)
+    local = mw.engine.store
+    store = mw.engine._backend.link().connect()  # as a worker connects
+    assert type(store) is not type(local)  # a proxy
     for job in ("a", "b", "c"):
         store.create(record(job), 10)
     store.start("a", 1)
@@ -306,9 +305,9 @@ def test_guarded_manager_store_passes_finish_and_start_on(wsgi_bg_middleware):
                                   None, "'x'", "b", 2) == ("succeeded", True)
     assert store.finish_and_start("b", "failed", None, "no", "", None, None,
                                   None, "c", 3) == ("failed", False)
-    assert [store.get(job)["state"] for job in ("a", "b", "c")] == [
+    assert [local.get(job)["state"] for job in ("a", "b", "c")] == [
         "succeeded", "failed", "cancelled"]
-    assert store.read_output("a", 0) == ("out\n", 4)
+    assert local.read_output("a", 0) == ("out\n", 4)
 
 
 def test_store_max_queued(make_store):
@@ -367,17 +366,6 @@ def test_store_counts_and_states(make_store):
     counts = store.counts()
     assert counts["queued"] == 1 and counts["running"] == 1
     assert counts["cancelled"] == 1 and counts["succeeded"] == 0
-
-
-def test_memory_store_snapshot_pickles():
-    import pickle
-
-    store = MemoryStore()
-    store.create(record("a"), 10)
-    store.relay("a", "text", None)
-    copy = pickle.loads(pickle.dumps(store.snapshot()))
-    assert copy.read_output("a", 0) == ("text", 4)
-    assert copy.create(record("b"), 10)
 
 
 def test_view_reads_record_and_output_at_once(make_store):

@@ -46,7 +46,6 @@ from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost
 from .runners.processes import kill_group
 from .stores import Backend, Store, open_backend
-from .stores.guard import GuardedStore
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -285,7 +284,6 @@ class Engine:
             store, namespace=namespace, secret_key=secret_key,
             keep_finished=keep_finished, job_ttl=job_ttl,
             max_output_bytes=max_output_bytes,
-            on_lost=self._store_lost,
         )
         self._open_runner = functools.partial(
             open_runner, runner, backend=self._backend, max_workers=max_workers,
@@ -293,18 +291,7 @@ class Engine:
             jobs_per_process=max_jobs_per_process, max_result_bytes=max_result_bytes,
         )
         self._planned: Runner = self._open_runner()
-        #: When this process last found its store's process gone (the
-        #: default store: its manager killed) and started a fresh one; ``None``
-        #: if it never did. Jobs created before then are gone.
-        self.store_lost_at: float | None = None
-        # Recovery from a lost store (see _store_lost). _backend_lock: held
-        # while the backend is stopped or started, by recovery and shutdown.
-        self._backend_lock = threading.Lock()
-        self._recovery_lock = threading.Lock()
-        self._recovery: threading.Thread | None = None
-        self._lost_pending = False
         self._closing = threading.Event()
-        self._retiring: list[threading.Thread] = []
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
@@ -351,13 +338,6 @@ class Engine:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             if self._runner is None:
                 runner = self._planned
-                if runs_here(runner) and not self._backend.shared:
-                    # Jobs run in this thread (runner="inline") on this
-                    # process's own store: the one read so far serves them,
-                    # with no manager process; nothing to start or stop.
-                    runner.start(LocalLink(self._store))
-                    self._runner = runner
-                    return runner
                 ctx = multiprocessing.get_context(self.start_method)
                 _survive_removed_cwd()
                 before = _forkserver_pid()
@@ -476,12 +456,6 @@ class Engine:
             self._calls[job_id] = (payload, timeout, str(record["name"]))
         try:
             created = store.create(record, self.max_queued, payload)
-        except (OSError, EOFError) as exc:
-            self._calls.pop(job_id, None)
-            raise StoreUnavailable(
-                "the job store's process is gone (was it killed?): jobs can"
-                " neither be started nor read until the server restarts"
-            ) from exc
         except StoreUnavailable:
             # Its answer was lost (a timeout, a dropped connection): it may
             # have landed all the same, and nothing here will run it.
@@ -498,23 +472,13 @@ class Engine:
                 " again later, or raise max_queued or max_workers"
             )
         with self._lock:
-            if self._closed or self._store is not store:
-                # Shut down, or the store replaced (see _store_lost), while it
-                # was being created: shutdown's sweep may have missed the
-                # record; cancelled here (a no-op if it did not).
+            if self._closed:
+                # Shut down while it was being created: shutdown's sweep may
+                # have missed the record; cancelled here (a no-op if it did not).
                 self._calls.pop(job_id, None)
-                try:
+                with contextlib.suppress(StoreUnavailable):
                     store.request_cancel(job_id, 0.0, shutdown=True)
-                except (StoreUnavailable, OSError, EOFError):
-                    pass  # the store is gone, and the record with it
-                if self._closed:
-                    raise RuntimeError("this BackgroundMiddleware was shut down")
-                raise StoreUnavailable(
-                    "the job store was replaced while this job was being"
-                    " created (its process was lost): try again")
-            # The runner of the store the job is created in: a fresh one if
-            # the store was replaced since _start (see _store_lost).
-            runner = self._runner or runner
+                raise RuntimeError("this BackgroundMiddleware was shut down")
             try:
                 self._dispatch(runner, job_id)
             except BaseException:
@@ -553,9 +517,8 @@ class Engine:
                 record = store.get(job_id)
                 if record is not None and record["state"] == JobState.QUEUED:
                     store.finish(job_id, state, None, error)
-            except (StoreUnavailable, OSError, EOFError):
-                if not getattr(store, "lost", False):
-                    continue  # (a lost store took the job with it)
+            except StoreUnavailable:
+                continue  # tried again soon
             except Exception:
                 logger.exception("wsgi_bg: could not end job %s, which nothing"
                                  " runs", job_id)
@@ -612,7 +575,7 @@ class Engine:
                 # (Not for a worker killed by shutdown, which killed the job's
                 # processes too: its store may be the one that hangs.)
                 record = None if lost_at_shutdown else self._store.get(job_id)
-            except (StoreUnavailable, OSError, EOFError):
+            except StoreUnavailable:
                 record = None
             if (isinstance(exc, BrokenProcessPool) and call is not None
                     and record is not None and record["state"] == JobState.QUEUED
@@ -638,9 +601,7 @@ class Engine:
         store = self._store
         try:
             store.finish(job_id, state, None, error)
-        except (StoreUnavailable, OSError, EOFError) as exc:
-            if getattr(store, "lost", False):
-                return  # the job went with its store; the loss is logged once
+        except StoreUnavailable as exc:
             logger.error("wsgi_bg: could not record job %s as %s: %s",
                          job_id, state, exc)
 
@@ -689,17 +650,8 @@ class Engine:
             self._closed = True
             started = self._runner is not None
         self._closing.set()
-        if not started:
-            return
-        # After a store restart under way, if any: then its store and pool
-        # are the ones to stop.
-        with self._backend_lock:
+        if started:
             self._stop(wait)
-        with self._recovery_lock:
-            retiring = list(self._retiring)
-        deadline = time.monotonic() + self.cancel_grace + _RETIRE_SECONDS
-        for thread in retiring:  # pools of lost stores, stopping
-            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _stop(self, wait: bool) -> None:
         with self._lock:
@@ -711,20 +663,16 @@ class Engine:
         if runner is None:
             return
         grace = self.cancel_grace if wait else 0.0
-        if isinstance(store, GuardedStore):
-            # A hung store must not hold shutdown for its usual bound.
-            store.timeout = min(store.timeout, _SHUTDOWN_STORE_SECONDS)
         asked = True
         try:
             for job_id in own:
                 # Queued: cancelled. Running: asked to stop, not cancelled, so
                 # that a job done within its grace keeps its outcome.
                 store.request_cancel(job_id, grace, shutdown=True)
-        except (StoreUnavailable, OSError, EOFError) as exc:
+        except StoreUnavailable as exc:
             asked = False
-            if not getattr(store, "lost", False):  # (a loss is logged once)
-                logger.error("wsgi_bg: shutting down without the store (%s):"
-                             " running jobs are stopped without their grace", exc)
+            logger.error("wsgi_bg: shutting down without the store (%s):"
+                         " running jobs are stopped without their grace", exc)
         finally:
             # Even when the store is gone: stop the pool. Jobs asked to stop
             # end within their grace (their supervisors see to it); a worker
@@ -733,104 +681,8 @@ class Engine:
             runner.shutdown(grace + _SHUTDOWN_MARGIN if asked else 0.0)
             if settler is not None:  # (its waits end with _closing)
                 settler.join(_SHUTDOWN_STORE_SECONDS)
-            if not (runs_here(runner) and not self._backend.shared):
-                self._store = self._backend.stop()  # (inline: nothing started)
+            self._store = self._backend.stop()
             _release_helpers(self)
-
-    # -- a lost store ---------------------------------------------------------------
-    def _store_lost(self) -> None:
-        """The backend's ``on_lost``: the default store's manager process is
-        gone (killed, out of memory), and the jobs it held with it. Starts a
-        fresh store and pool in a thread of its own; until they run, the lost
-        store answers every call with StoreUnavailable (503). Called once per
-        loss, from whichever thread noticed (a request's, which may hold
-        ``_lock``): it must not block."""
-        with self._recovery_lock:
-            if self._closed:
-                return
-            self.store_lost_at = time.time()
-            self._lost_pending = True
-            if self._recovery is not None:
-                return  # the running recovery sees _lost_pending again
-            self._recovery = threading.Thread(
-                target=self._recover, name="wsgi_bg-store-restart", daemon=True)
-            self._recovery.start()
-
-    def _recover(self) -> None:
-        delay = 1.0
-        while True:
-            with self._recovery_lock:
-                if not self._lost_pending or self._closed:
-                    self._recovery = None
-                    return
-                self._lost_pending = False
-            try:
-                self._restart_store()
-                delay = 1.0
-            except Exception:
-                logger.exception(
-                    "wsgi_bg: a fresh job store could not be started; trying"
-                    " again in %s s (requests that need it are answered 503)",
-                    delay)
-                with self._recovery_lock:
-                    self._lost_pending = True
-                self._closing.wait(delay)
-                delay = min(delay * 2, 30.0)
-
-    def _restart_store(self) -> None:
-        """Replace the lost store and the pool whose workers reach it."""
-        with self._backend_lock:
-            if self._closed:
-                return
-            with self._lock:
-                old_runner = self._runner
-            ctx = multiprocessing.get_context(self.start_method)
-            _survive_removed_cwd()
-            # Reaps the dead manager and stops the lost store's threads; the
-            # engine keeps answering from the lost store (StoreUnavailable)
-            # until the swap below.
-            self._backend.stop()
-            runner = self._open_runner()
-            with _signals_unblocked():
-                store = self._backend.start(ctx, holds_queued=runner.holds_queued)
-                try:
-                    runner.start(self._backend.link())
-                except BaseException:
-                    self._backend.stop()
-                    raise
-            with self._lock:
-                # Requests in flight hold _lock while they create and hand
-                # over a job: each one's job is in the lost store (and fails)
-                # or in this one, on this pool. The lost store's jobs are
-                # gone: their calls are dropped, never run again.
-                self._store, self._runner = store, runner
-                dropped = len(self._calls)
-                self._calls.clear()
-                self._futures.clear()
-        logger.warning(
-            "wsgi_bg: a fresh job store and worker pool run; %d job(s) of this"
-            " process that were queued or running in the lost store are gone",
-            dropped)
-        if old_runner is not None:
-            # Its workers reach the dead store: each ends the job it
-            # supervised (killing its process group) when its store calls
-            # fail, then exits. Stopped apart: a pool waits for its workers.
-            retire = threading.Thread(target=_retire, args=(old_runner,),
-                                      name="wsgi_bg-pool-retire", daemon=True)
-            with self._recovery_lock:
-                self._retiring = [t for t in self._retiring if t.is_alive()]
-                self._retiring.append(retire)
-            retire.start()
-
-    def lost_note(self) -> str:
-        """What to add where a job is not found, when this process's store
-        was lost and replaced (``""`` if it never was)."""
-        lost_at = self.store_lost_at
-        if lost_at is None:
-            return ""
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lost_at))
-        return (f"; the job store was restarted at {when} after its process"
-                " was lost: jobs from before then are gone")
 
 
 #: Seconds at most between two tries at ending jobs that nothing runs (see
@@ -844,25 +696,12 @@ _CREATE_LOST = (
     " landed all the same, and was ended when the store answered again"
 )
 
-#: Seconds a store call may take during shutdown (a hung store's first call
-#: costs that much; later ones fail at once).
+#: Seconds shutdown waits for the thread ending jobs that nothing runs.
 _SHUTDOWN_STORE_SECONDS = 1.0
 #: Seconds past cancel_grace that shutdown waits for a pool worker to end its
 #: job before it kills the worker (a job asked to stop is killed by its
 #: supervisor at cancel_grace, and recorded; the worker then answers at once).
 _SHUTDOWN_MARGIN = 0.5
-
-#: Seconds past cancel_grace that shutdown waits for the pool of a lost store.
-_RETIRE_SECONDS = 5.0
-
-
-def _retire(runner: Runner) -> None:
-    try:
-        runner.shutdown()
-    except Exception:
-        logger.exception("wsgi_bg: the worker pool of the lost job store did not"
-                         " stop cleanly")
-
 
 #: Engines started and not yet shut down, in this process. The forkserver and
 #: the resource tracker are shared by all of them: stopping the forkserver while
@@ -902,8 +741,8 @@ class _OsModule(types.ModuleType):
 
 
 def _survive_removed_cwd() -> None:
-    """Let multiprocessing start processes (pool workers, the store's
-    manager, the forkserver) after the server's working directory was
+    """Let multiprocessing start processes (pool workers, the forkserver)
+    after the server's working directory was
     removed (a deploy pruning old releases): it sends every new process the
     parent's ``os.getcwd()``, which then raises. They start in ``/``
     instead; nothing else changes, and only where it would have failed."""
@@ -919,7 +758,7 @@ def _signals_unblocked() -> Iterator[None]:
 
     A process inherits the signal mask of the thread that forks or spawns it,
     and the processes multiprocessing starts from there inherit it in turn
-    (the forkserver's: the store's manager, pool workers, job processes). Servers
+    (the forkserver's: pool workers, job processes). Servers
     block signals in their request threads (uWSGI blocks nearly all), so a
     forkserver started from one never saw SIGCHLD: it reaped no pool worker,
     and shutdown waited for ever for a worker that had exited (uWSGI's master

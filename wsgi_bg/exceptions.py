@@ -54,8 +54,8 @@ class AppFailed(WsgiBgError):
 
 class StoreUnavailable(WsgiBgError, ServiceUnavailable):
     """The job store cannot be reached: Redis is down, hung or unreachable
-    (calls time out after a few seconds), or the default store's manager
-    process is gone (killed, or the machine ran out of memory).
+    (calls time out after a few seconds). The default store, in the server
+    process itself, never raises it.
 
     Like :exc:`QueueFull` it is Werkzeug's
     :exc:`~werkzeug.exceptions.ServiceUnavailable`: requests that need the

@@ -103,7 +103,6 @@ class Job:
             raise LookupError(
                 f"job {self._id!r} is no longer stored: finished jobs are dropped"
                 " after job_ttl seconds or past keep_finished"
-                + self._engine.lost_note()
             )
         return record
 

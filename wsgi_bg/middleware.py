@@ -224,8 +224,8 @@ def _check_uwsgi_threads() -> None:
 class BackgroundMiddleware:
     """Runs marked work in background processes and serves its status pages.
 
-    Nothing starts when it is built: the first submit starts the store's
-    manager process and the worker pool, in the calling process. Everything
+    Nothing starts when it is built: the first submit starts the worker
+    pool (and what serves the store to it), in the calling process. Everything
     started stops on :meth:`shutdown`, on leaving a ``with`` block, or at
     interpreter exit.
 
@@ -257,9 +257,9 @@ class BackgroundMiddleware:
         :exc:`~wsgi_bg.QueueFull` (``503`` for requests).
     :param cancel_grace: seconds a running job gets to stop after a cancel (or
         shutdown) before its process is killed.
-    :param start_method: multiprocessing start method of the pool and the
-        manager; default ``"forkserver"`` on Linux (a threaded server must not
-        fork), else ``"spawn"``.
+    :param start_method: multiprocessing start method of the pool; default
+        ``"forkserver"`` on Linux (a threaded server must not fork), else
+        ``"spawn"``.
     :param executor_factory: a callable returning the
         :class:`concurrent.futures.Executor` to run jobs on, instead of the
         default :class:`~concurrent.futures.ProcessPoolExecutor`. Its workers
@@ -283,8 +283,8 @@ class BackgroundMiddleware:
     :param status_url: absolute path where links to job pages point, when
         :attr:`status_app` is mounted elsewhere; default: ``SCRIPT_NAME +
         prefix``.
-    :param store: where jobs are kept. ``None`` (default): in memory, in a
-        manager process of this server process; nothing to install, but each
+    :param store: where jobs are kept. ``None`` (default): in memory, in
+        this server process; nothing to install, but each
         server process sees only its own jobs. A Redis URL
         (``"redis://host:6379/0"``, ``"rediss://…"``, ``"unix:///path.sock"``)
         or a :class:`redis.Redis` client: in Redis, shared by every server
@@ -375,7 +375,7 @@ class BackgroundMiddleware:
                 DeprecationWarning, stacklevel=2)
             keep_finished = max_jobs
         # Under uWSGI, sys.executable is uwsgi: point multiprocessing (the
-        # forkserver, spawn, the manager) at the interpreter instead.
+        # forkserver, spawn) at the interpreter instead.
         _use_real_python()
         _exit_on_sigterm()
         _check_uwsgi_threads()

@@ -20,7 +20,7 @@ code) and the output work as in a real job. The call and its arguments go
 through a pickle round trip first, as they would to a worker: what a job
 changes in its arguments is not seen by the caller, and a call that could
 not run in a worker fails here too. With the default store nothing starts:
-no manager process, no pool; a job's output and progress reach the store
+no manager, no pool; a job's output and progress reach the store
 through one short-lived thread per job (the same batching as a real job's,
 which also renews a Redis store's lease of the job and brings cancel
 requests). With a Redis store, jobs are written there.

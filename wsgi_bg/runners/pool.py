@@ -224,6 +224,7 @@ class ProcessRunner:
         self.executor: Executor | None = None
         self._slots: list[_Slot] = []
         self._initargs: tuple[Any, ...] = ()
+        self._server: tuple[int, str] | None = None
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._closed = False
@@ -237,14 +238,15 @@ class ProcessRunner:
         if link is None:
             raise ValueError("the pool runner needs the store's link")
         self.link = link
+        # The server's pid, for workers to end with it, and its temporary
+        # directory (the forkserver's socket, the store's are in it), for them
+        # to remove should the server be killed outright.
+        self._server = (os.getpid(), util.get_temp_dir())
         if self.executor_factory is not None:
             self.executor = self._user_executor()
             return
         forkserver = self.mp_context.get_start_method() == "forkserver"
-        # The server's temporary directory (the forkserver's socket is in it),
-        # for workers to remove should the server be killed outright.
-        server = (os.getpid(), util.get_temp_dir()) if forkserver else None
-        self._initargs = (link, forkserver, server)
+        self._initargs = (link, self._server, forkserver)
         self._slots = [_Slot() for _ in range(self.max_workers or os.cpu_count() or 1)]
 
     def _user_executor(self) -> Executor:
@@ -283,7 +285,7 @@ class ProcessRunner:
         args = (self._link(), job_id, payload, timeout, grace,
                 self.jobs_per_process, self.max_result_bytes)
         if self.executor is not None:
-            return self.executor.submit(run_job, *args)
+            return self.executor.submit(run_job, *args, server=self._server)
         if not self._slots:
             raise RuntimeError("the pool runner is not started")
         job = _Job(Future(), args, len(payload))

@@ -30,54 +30,67 @@ import pickle
 import select
 import shutil
 import signal
+import threading
 import traceback
 from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Link, Store
-from .processes import children, die_with_parent, kill_group
+from .processes import children, die_with_parent, kill_group, wait_for_exit
 from .supervisor import supervise, supervise_all
 
 _store_cache: dict[str, Store] = {}
 
 
-def _worker_store(link: Link, die_with_parent_: bool = False) -> Store:
+def _worker_store(link: Link, server: tuple[int, str] | None = None) -> Store:
     store = _store_cache.get(link.key)
     if store is None:
         # First job in this worker (also the set-up for executors we did not
         # create, which got no initializer).
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
-        if die_with_parent_:
-            # Only when the parent is the single-threaded forkserver: Linux
-            # sends this signal when the parent *thread* ends, and spawn or
-            # fork pools start workers from whichever thread submitted (a
-            # request's). Other workers are killed by the store's watchdog.
-            die_with_parent()
+        if server is not None and _server is None:
+            _end_with_server(*server, via_forkserver=False)
         store = _store_cache[link.key] = link.connect()
     return store
 
 
-def worker_init(
-    link: Link, die_with_parent: bool, server: tuple[int, str] | None = None
-) -> None:
+def worker_init(link: Link, server: tuple[int, str], via_forkserver: bool) -> None:
     """Pool initializer: set the worker up before it takes its first job.
 
-    ``server``, for forkserver workers: the server process's pid and its
-    multiprocessing temporary directory. The worker then ends with the
-    forkserver, which now ends with the server (see the module docstring).
+    ``server``: the server process's pid and its multiprocessing temporary
+    directory; the worker ends with the server (see the module docstring).
+    ``via_forkserver``: whether the worker's parent is the forkserver.
     """
-    if server is not None:
-        _end_with_server(*server)
-    _worker_store(link, die_with_parent and server is None)
+    _end_with_server(*server, via_forkserver=via_forkserver)
+    _worker_store(link)
 
 
-# -- a forkserver worker ends with the server --------------------------------------
+# -- a worker ends with the server -------------------------------------------------
 #: The server process (a pidfd, or its pid) and its temporary directory.
 _server: tuple[int | None, int, str] | None = None
 
 
-def _end_with_server(server_pid: int, server_tmp: str) -> None:
+def _end_with_server(server_pid: int, server_tmp: str, *,
+                     via_forkserver: bool) -> None:
+    """Have this worker end, killing its job's processes, when the server
+    process does: a forkserver worker by its parent-death signal once the
+    forkserver ends with the server; any other (spawn or fork pools, a user's
+    executor) by a thread that waits for the server to exit. Not the
+    parent-death signal there: Linux sends it when the parent *thread* ends,
+    and such pools start workers from whichever thread submitted (a
+    request's)."""
     global _server
+    try:
+        pidfd: int | None = os.pidfd_open(server_pid)
+    except (AttributeError, OSError):
+        pidfd = None  # gone already, or not Linux: its pid is checked
+    _server = (pidfd, server_pid, server_tmp)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if not via_forkserver:
+        # It only waits (no lock held) while the worker forks job processes.
+        threading.Thread(target=_term_when_gone, args=(server_pid,),
+                         name="wsgi_bg-watch-server", daemon=True).start()
+        return
     # The forkserver exits when every holder of its "alive" pipe has closed
     # it; each process it forks gets one (multiprocessing's own use). Ours is
     # let go of, so that the forkserver ends with the server process.
@@ -92,21 +105,20 @@ def _end_with_server(server_pid: int, server_tmp: str) -> None:
         state._forkserver_pid = None
     except (ImportError, AttributeError, OSError):
         pass
-    try:
-        pidfd: int | None = os.pidfd_open(server_pid)
-    except (AttributeError, OSError):
-        pidfd = None  # gone already, or not Linux: its pid is checked
-    _server = (pidfd, server_pid, server_tmp)
     parent = os.getppid()
-    signal.signal(signal.SIGTERM, _on_sigterm)
     die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # the forkserver ended before the signal was set
         _on_sigterm(signal.SIGTERM, None)
 
 
+def _term_when_gone(server_pid: int) -> None:
+    wait_for_exit(server_pid)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM in a forkserver worker (its parent, the forkserver, ended; or
-    anyone sent it): kill the job processes' groups (what a job started ends
+    """SIGTERM in a worker (the server ended, see :func:`_end_with_server`;
+    or anyone sent it): kill the job processes' groups (what a job started ends
     with it), remove the server's temporary directory if the server is gone,
     then end as SIGTERM would."""
     try:
@@ -148,13 +160,17 @@ def run_job(
     link: Link, job_id: str, payload: bytes,
     timeout: float | None, grace: float, jobs_per_process: int = 1,
     max_result_bytes: int = MAX_RESULT_BYTES,
+    server: tuple[int, str] | None = None,
 ) -> str | None:
-    """Run one job to its end and record it; the pool's task function.
+    """Run one job to its end and record it; the task function given to an
+    ``executor_factory``'s executor, whose workers got no initializer of
+    ours: ``server`` (as :func:`worker_init`'s) sets the first job's worker
+    up to end with the server.
 
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    store = _worker_store(link)
+    store = _worker_store(link, server)
     return supervise(store, job_id, payload, timeout, grace, jobs_per_process,
                      max_result_bytes)
 

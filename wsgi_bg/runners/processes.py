@@ -1,8 +1,9 @@
 """Process control that several of a runner's processes share: Linux's
 parent-death signal and child subreaper (:func:`die_with_parent`,
 :func:`become_subreaper`), a process's children (:func:`children`), killing
-a job's process group (:func:`kill_group`), and how a process ended, in
-words (:func:`describe_exitcode`).
+a job's process group (:func:`kill_group`), waiting for a process that is
+not a child (:func:`wait_for_exit`), and how a process ended, in words
+(:func:`describe_exitcode`).
 
 Run where they are called: the pool worker (:mod:`~wsgi_bg.runners.pool_worker`)
 asks to die with the forkserver; the job process
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
+import time
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
@@ -73,3 +76,25 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def wait_for_exit(pid: int, poll: float = 0.5) -> None:
+    """Block until process ``pid`` has exited (it need not be our child)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+        return
+    while True:  # no pidfd (not Linux): poll
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(poll)

@@ -12,8 +12,8 @@ it, and get just those, so that they can be read (and tested) without it:
 
 - the :class:`~wsgi_bg.engine.Engine`, which reads the jobs (``get``, the
   ``store``'s pages and counts, a :class:`~wsgi_bg.Job` handle on it), says
-  what was lost (``lost_note``) and whether its store is shared between
-  server processes (``shared_store``), and queues a job again (``rerun``);
+  whether its store is shared between server processes (``shared_store``),
+  and queues a job again (``rerun``);
 - ``authorize(environ, action, job)``, which decides who may list, view,
   cancel and run jobs again;
 - ``url_for(job_id)``, the path of a job's page as mounted, which the job
@@ -414,8 +414,7 @@ class StatusApp:
             raise self._gone(job_id) from None
 
     def _gone(self, job_id: str) -> NotFound:
-        return NotFound(f"no job {job_id} (unknown, or finished and dropped)"
-                        + self._lost_note())
+        return NotFound(f"no job {job_id} (unknown, or finished and dropped)")
 
     def _authorize(self, request: Request, action: str, job: Job | None) -> bool:
         """``authorize``'s answer (see :data:`OLD_ACTION_NAMES`). One that
@@ -455,8 +454,7 @@ class StatusApp:
         except Exception as exc:
             if job is not None and self._engine.get(job.id) is None:
                 # It read the job just as it was dropped.
-                raise NotFound(f"job {job.id} is no longer stored"
-                               + self._lost_note()) from None
+                raise NotFound(f"job {job.id} is no longer stored") from None
             name = getattr(authorize, "__qualname__", None) or repr(authorize)
             logger.exception("wsgi_bg: authorize callable %s raised for action %r",
                              name, action)
@@ -465,9 +463,6 @@ class StatusApp:
                 f" action {action!r}: a bug in the authorize function given to"
                 " BackgroundMiddleware; its traceback is in the server's log"
             ) from None
-
-    def _lost_note(self) -> str:
-        return self._engine.lost_note()
 
     def _may_list(self, request: Request) -> bool:
         """Whether this visitor may see the list (to link it)."""
@@ -579,8 +574,7 @@ class StatusApp:
             text = job.output
             name = job.name
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored"
-                           + self._lost_note()) from None
+            raise NotFound(f"job {job_id} is no longer stored") from None
         response = Response(render.clean_text(text), mimetype="text/plain")
         stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
         response.headers.set("Content-Disposition", "attachment",
@@ -596,8 +590,7 @@ class StatusApp:
         try:
             job.state  # noqa: B018 - gone already: 404, not an empty stream
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored"
-                           + self._lost_note()) from None
+            raise NotFound(f"job {job_id} is no longer stored") from None
         if self._streams >= self.max_streams:
             raise ServiceUnavailable(
                 f"{self.max_streams} event streams are open (max_streams): poll"
@@ -630,8 +623,7 @@ class StatusApp:
         try:
             state = job.state.value
         except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored"
-                           + self._lost_note()) from None
+            raise NotFound(f"job {job_id} is no longer stored") from None
         best = request.accept_mimetypes.best_match(["application/json", "text/html"])
         if best == "text/html":
             # The page's form (no script): back to the page, as a GET.

@@ -1,8 +1,8 @@
 """Where jobs live: the :class:`Store` protocol and the stores that keep it.
 
 - ``store=None`` (the default): :class:`~wsgi_bg.stores.memory.MemoryStore` in
-  a manager process of the server process. Nothing to install; jobs are that
-  server process's own.
+  the server process, served to its pool's workers by a manager on a thread.
+  Nothing to install; jobs are that server process's own.
 - ``store="redis://host:6379/0"`` (also ``rediss://``, ``unix://``) or a
   :class:`redis.Redis` client: :class:`~wsgi_bg.stores.redis.RedisStore`,
   shared by every server process and kept across restarts
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from .protocol import RECORD_FIELDS, Backend, Link, Record, Store
@@ -26,13 +25,8 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 def open_backend(
     store: Any, *, namespace: str, secret_key: str | bytes | None,
     keep_finished: int, job_ttl: float, max_output_bytes: int,
-    on_lost: Callable[[], None] | None = None,
 ) -> Backend:
     """The backend for the middleware's ``store=`` option; nothing starts.
-
-    ``on_lost`` is called once a started store is found lost for good (the
-    default store's manager process was killed), so that the caller can start
-    a fresh one; a Redis store recovers by itself and never calls it.
 
     :raises ValueError: for a ``store`` that names no known store, or a
         Redis store without a secret key.
@@ -48,9 +42,9 @@ def open_backend(
             f" or '.', got {namespace!r}"
         )
     if store is None:
-        from .memory import ManagerBackend
+        from .memory import MemoryBackend
 
-        return ManagerBackend(**limits, on_lost=on_lost)
+        return MemoryBackend(**limits)
     is_url = isinstance(store, str) and store.startswith(_REDIS_SCHEMES)
     is_client = type(store).__module__.startswith("redis.") and hasattr(
         store, "connection_pool"

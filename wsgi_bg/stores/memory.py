@@ -1,45 +1,42 @@
 """The default store: nothing to install, jobs kept in memory.
 
-Every state change is one store call, so the store serves the server process
-and the pool workers and keeps each transition atomic.
+A :class:`MemoryStore` is an object of the server process: the middleware,
+its pages and its scheduler call it directly. The pool's workers reach it
+through a :mod:`multiprocessing` manager served on a thread of the same
+process (:class:`MemoryBackend`), from the first job on::
 
-A :class:`MemoryStore` served by a :mod:`multiprocessing` manager
-process that the middleware starts on its first submit. Nothing to install::
+    server process: MemoryStore ◄── engine, pages (calls)
+                        ▲
+                        └── manager thread ◄──proxy── pool workers
+                                                      (a job's start, its
+                                                      output, its end)
 
-    server process ──proxy──┐
-    pool workers ───proxy───┼──► manager process: MemoryStore (+ a watchdog)
-                            ┘
-
-The watchdog exists because a manager, like the pool's workers, outlives a
-server process that is killed outright (SIGKILL): it watches the server's pid
-and, when it dies, kills every job process group and worker it knows of,
-removes the server's multiprocessing temporary directory and its own
-(``pymp-*``, which the killed server never did), then exits.
+Every state change is one store call under one lock, so each transition is
+atomic whoever makes it. Nothing lives apart from the server: when it is
+killed outright, its workers see it go and end with their jobs
+(:mod:`~wsgi_bg.runners.pool_worker`), and its jobs are gone with it.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import copy
 import itertools
+import logging
 import multiprocessing
-import os
-import select
-import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable
-from multiprocessing import util
+from multiprocessing.connection import Client
 from multiprocessing.context import BaseContext
 from multiprocessing.managers import BaseManager
 from typing import Any
 
-from ..exceptions import StoreUnavailable
 from ..jobs import TERMINAL_STATES, JobState
-from .guard import GuardedStore
 from .output import decode, dropped_marker, encode_output, head_cut, tail_cut
 from .protocol import SEARCH_SCAN, JobStats, Page, Record, Store, check_page
+
+logger = logging.getLogger("wsgi_bg")
 
 
 class _Output:
@@ -372,41 +369,6 @@ class MemoryStore:
             self._results.pop(job_id, None)
             self._calls.pop(job_id, None)
 
-    def register_worker(self, pid: int) -> None:
-        """Remember a pool worker's pid, for the watchdog."""
-        started = _start_time(pid)
-        with self._lock:
-            self._workers[pid] = started
-
-    def kill_all(self) -> None:
-        """SIGKILL every running job's process group and every known worker
-        still running (a worker that died since, say killed from outside,
-        may have left its pid to another process)."""
-        with self._lock:
-            groups = [r["pid"] for r in self._records.values() if r.get("pid")]
-            workers = dict(self._workers)
-        for pgid in groups:
-            _kill(os.killpg, pgid)
-        for pid, started in workers.items():
-            if _start_time(pid) == started:
-                _kill(os.kill, pid)
-
-    def snapshot(self) -> MemoryStore:
-        """This store, to be copied to the caller through the manager: lets
-        handles keep reading after the manager has stopped."""
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:
-        with self._lock:
-            state = self.__dict__.copy()
-        del state["_lock"]
-        state["_workers"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
 
 def cancel_outcome(
     record: Record, state: str, error: str | None, cancel_seen: bool = True
@@ -428,122 +390,18 @@ def cancel_outcome(
     return state, error, None
 
 
-def _kill(kill: Any, pid: int) -> None:
-    try:
-        kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot; Linux), which
-    tells it from a later process given the same pid; ``None`` elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-        # Field 22; the command (field 2) is in parentheses and may hold spaces.
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-# -- the manager-served default ----------------------------------------------------
-_served: MemoryStore | None = None
-
-
-def _get_store() -> MemoryStore:
-    assert _served is not None  # set by _serve before the manager accepts calls
-    return _served
-
-
+# -- the store served to the pool's workers ------------------------------------------
 class StoreManager(BaseManager):
-    """Serves one :class:`MemoryStore`; ``get_store()`` returns a proxy to it."""
+    """Serves one :class:`MemoryStore` to the pool's workers: their
+    ``get_store()`` returns a proxy to it (see :class:`MemoryBackend`)."""
 
 
-StoreManager.register("get_store", callable=_get_store)
-
-
-def _serve(
-    server_pid: int, options: dict[str, Any], server_tmp: str | None = None
-) -> None:
-    """Manager process initializer: create the store, start the watchdog.
-    ``server_tmp``: the server's multiprocessing temporary directory."""
-    global _served
-    _served = MemoryStore(**options)
-    threading.Thread(
-        target=_watch, args=(server_pid, _served, server_tmp),
-        name="wsgi_bg-watchdog", daemon=True,
-    ).start()
-
-
-def wait_for_exit(pid: int, poll: float = 0.5) -> None:
-    """Block until process ``pid`` has exited (it need not be our child)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        try:
-            select.select([fd], [], [])
-        finally:
-            os.close(fd)
-        return
-    while True:  # no pidfd (not Linux): poll
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        time.sleep(poll)
-
-
-def _watch(server_pid: int, store: MemoryStore, server_tmp: str | None) -> None:
-    wait_for_exit(server_pid)
-    store.kill_all()
-    # Multiprocessing's temporary directories (pymp-*: the forkserver's socket
-    # in the server's, this manager's socket in its own), which a killed
-    # server never removed and this exit skips.
-    own = multiprocessing.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
-    for folder in (server_tmp, own):
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-    os._exit(0)
-
-
-def start_manager(
-    ctx: BaseContext, *, keep_finished: int, job_ttl: float, max_output_bytes: int
-) -> StoreManager:
-    """Start the manager process serving a fresh :class:`MemoryStore`."""
-    manager = StoreManager(ctx=ctx)
-    options = {"keep_finished": keep_finished, "job_ttl": job_ttl,
-               "max_output_bytes": max_output_bytes}
-    manager.start(initializer=_serve,
-                  initargs=(os.getpid(), options, util.get_temp_dir()))
-    return manager
-
-
-def _manager_alive(manager: StoreManager, owner: int) -> bool:
-    """Whether the manager process runs; ``owner``: the pid that started it."""
-    process = getattr(manager, "_process", None)
-    if process is None:
-        return True
-    if os.getpid() != owner:
-        # A process forked from the owner: multiprocessing only answers for
-        # a process's own children (it asserts), so ask the system.
-        try:
-            os.kill(process.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
-    return bool(process.is_alive())
+StoreManager.register("get_store")  # a worker's side; the server's has the store
 
 
 class ManagerLink:
-    """Reaches the manager-served store from a pool worker, and registers the
-    worker with the manager's watchdog."""
+    """Reaches the store of a server process from one of its pool workers,
+    through that server's :class:`StoreManager`."""
 
     def __init__(self, address: Any, authkey: bytes) -> None:
         self.address = address
@@ -553,61 +411,86 @@ class ManagerLink:
     def connect(self) -> Store:
         manager = StoreManager(address=self.address, authkey=self.authkey)
         manager.connect()
-        store = manager.get_store()  # type: ignore[attr-defined]
-        store.register_worker(os.getpid())
-        return store  # type: ignore[no-any-return]
+        return manager.get_store()  # type: ignore[attr-defined,no-any-return]
 
 
-class ManagerBackend:
-    """The default: a :class:`MemoryStore` in a manager process of this server
-    process. Jobs are this process's own (``shared`` is false)."""
+class MemoryBackend:
+    """The default: a :class:`MemoryStore` in this server process, served to
+    the pool's workers by a :class:`StoreManager` on a thread of this process.
+    Jobs are this process's own (``shared`` is false).
+
+    The server reads and writes the store as any object of its own: nothing
+    between them can hang, die or outlive the other. The workers' calls
+    (a job's start, its output, its end) reach it through the manager; a
+    worker whose server is gone finds its connection closed, kills its job
+    and ends (see :mod:`~wsgi_bg.runners.pool_worker`).
+    """
 
     shared = False
 
     def __init__(
-        self, *, keep_finished: int, job_ttl: float, max_output_bytes: int,
-        on_lost: Callable[[], None] | None = None,
+        self, *, keep_finished: int, job_ttl: float, max_output_bytes: int
     ) -> None:
-        self.options: dict[str, Any] = {
-            "keep_finished": keep_finished, "job_ttl": job_ttl,
-            "max_output_bytes": max_output_bytes}
-        self.on_lost = on_lost
-        self._manager: StoreManager | None = None
-        self._store: GuardedStore | None = None
+        self.store = MemoryStore(keep_finished=keep_finished, job_ttl=job_ttl,
+                                 max_output_bytes=max_output_bytes)
+        self._server: Any = None  # multiprocessing.managers.Server, once linked
+        self._thread: threading.Thread | None = None
 
     def reader(self) -> Store:
-        return MemoryStore(**self.options)  # empty: nothing has run here yet
+        return self.store
 
     def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
-        manager = self._manager = start_manager(ctx, **self.options)
-        owner = os.getpid()
-        # Bounded calls: a killed or stopped manager costs a 503, not a hang
-        # or a BrokenPipeError out of a request (see wsgi_bg.stores.guard).
-        self._store = GuardedStore(
-            manager.get_store(),  # type: ignore[attr-defined]
-            alive=lambda: _manager_alive(manager, owner), on_lost=self.on_lost)
-        return self._store
+        return self.store  # served to workers from the first link() on
 
     def link(self) -> ManagerLink:
-        if self._manager is None:
-            raise RuntimeError("the manager store is not started")
-        # The manager was started with this process's authkey (the default).
-        authkey = bytes(multiprocessing.current_process().authkey)
-        return ManagerLink(self._manager.address, authkey)
+        if self._server is None:
+            store = self.store
+            # A class per store: a manager's registry is its class's.
+            manager: type[StoreManager] = type("StoreManager", (StoreManager,), {})
+            manager.register("get_store", callable=lambda: store)
+            authkey = bytes(multiprocessing.current_process().authkey)
+            server = manager(authkey=authkey).get_server()
+            # Not serve_forever(): it is a manager process's main loop (it
+            # resets sys.stdout and exits the process when it stops).
+            server.stop_event = threading.Event()  # type: ignore[attr-defined]
+            self._thread = threading.Thread(
+                target=_accept, args=(server,), name="wsgi_bg-store-server",
+                daemon=True)
+            self._thread.start()
+            self._server = server
+        # Workers start with this process's authkey (multiprocessing's own).
+        return ManagerLink(self._server.address,
+                           bytes(multiprocessing.current_process().authkey))
 
     def stop(self) -> Store:
-        snapshot: Store
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None and thread is not None:
+            # Connections still open end at their next call (their workers
+            # have stopped by now); the accepting thread at its next accept.
+            server.stop_event.set()
+            with contextlib.suppress(OSError):
+                Client(server.address, authkey=None).close()
+            thread.join(5.0)
+            server.listener.close()  # (and removes its socket file)
+        return self.store
+
+
+def _accept(server: Any) -> None:
+    """Accept the workers' connections, each served on a thread of its own
+    (as a manager process does), until stop() says so."""
+    while True:
         try:
-            snapshot = self._store.snapshot()  # type: ignore[union-attr]
-        except (StoreUnavailable, OSError, EOFError, AttributeError):
-            snapshot = self.reader()  # the manager is gone, or hung
-        manager, store = self._manager, self._store
-        if store is not None:
-            store.close()
-        if manager is not None:
-            process = getattr(manager, "_process", None)
-            if store is not None and store.hung and process is not None:
-                # A stopped manager would hold its own shutdown for ever.
-                process.kill()
-            manager.shutdown()
-        return snapshot
+            conn = server.listener.accept()
+        except OSError:
+            if server.stop_event.is_set():
+                return
+            # (a connection that failed as it came: the next may not)
+            logger.warning("wsgi_bg: a pool worker's connection to the job"
+                           " store failed", exc_info=True)
+            continue
+        if server.stop_event.is_set():
+            conn.close()
+            return
+        threading.Thread(target=server.handle_request, args=(conn,),
+                         name="wsgi_bg-store-connection", daemon=True).start()
