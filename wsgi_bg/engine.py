@@ -45,7 +45,7 @@ from .options import check_number
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost
 from .runners.processes import kill_group
-from .stores import Backend, Store, open_backend
+from .stores import Backend, Ending, Store, open_backend
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -299,7 +299,7 @@ class Engine:
         # Jobs created that nothing will run, to end (see _settle).
         self._unsettled: dict[str, tuple[str, str]] = {}
         self._settler: threading.Thread | None = None
-        self._futures: dict[str, Future[str | None]] = {}
+        self._futures: dict[str, Future[str | Ending | None]] = {}
         self._closed = False
 
     @property
@@ -554,7 +554,7 @@ class Engine:
         self._futures[job_id] = future
         future.add_done_callback(lambda f: self._done(job_id, f))
 
-    def _done(self, job_id: str, future: Future[str | None]) -> None:
+    def _done(self, job_id: str, future: Future[str | Ending | None]) -> None:
         with self._lock:
             if self._futures.get(job_id) is not future:
                 return  # superseded by a resubmission
@@ -569,6 +569,10 @@ class Engine:
                 return
             exc = future.exception()
             if exc is None:
+                ending = future.result()
+                if isinstance(ending, Ending):
+                    # The store is this process's own: a plain call.
+                    ending.record(self._store, job_id)
                 return
             lost_at_shutdown = isinstance(exc, WorkerLost) and exc.shutting_down
             try:

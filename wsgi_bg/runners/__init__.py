@@ -37,7 +37,7 @@ from concurrent.futures import Executor, Future
 from typing import Any, Protocol
 
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Backend, Link, Store
+from ..stores import Backend, Ending, Link, Store
 
 __all__ = ["LocalLink", "Runner", "open_runner", "runs_here"]
 
@@ -66,12 +66,13 @@ class Runner(Protocol):
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
         name: str,
-    ) -> Future[str | None] | None:
+    ) -> Future[str | Ending | None] | None:
         """Run the job whose pickled call is ``payload`` (the store holds its
         record, queued, and the call; ``name`` is the function's, for
         listings such as rq-dashboard's). Return a future of its final
-        state, or ``None`` if the runner reports nothing back (the store says
-        it all)."""
+        state (or of its :class:`~wsgi_bg.stores.Ending`, which the engine
+        records: see :attr:`~wsgi_bg.stores.Link.ends_in_answer`), or
+        ``None`` if the runner reports nothing back (the store says it all)."""
 
     def cancel(self, job_id: str) -> None:
         """The store has cancelled this queued job: drop it where it waits,
@@ -100,6 +101,7 @@ class LocalLink:
     for a runner whose jobs run here (:func:`runs_here`)."""
 
     key = "local"
+    ends_in_answer = False
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -79,7 +79,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Link
+from ..stores import Ending, Link
 from .pool_worker import run_job, run_jobs, worker_init
 from .processes import children, describe_exitcode, kill_group
 
@@ -149,7 +149,7 @@ class _Job:
 
     __slots__ = ("future", "args", "size", "copies", "failed", "done", "refused")
 
-    def __init__(self, future: Future[str | None], args: tuple[Any, ...],
+    def __init__(self, future: Future[str | Ending | None], args: tuple[Any, ...],
                  size: int) -> None:
         self.future = future
         self.args = args
@@ -281,7 +281,7 @@ class ProcessRunner:
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
         name: str,
-    ) -> Future[str | None]:
+    ) -> Future[str | Ending | None]:
         args = (self._link(), job_id, payload, timeout, grace,
                 self.jobs_per_process, self.max_result_bytes)
         if self.executor is not None:
@@ -473,7 +473,7 @@ class ProcessRunner:
                 outcomes.append((job, outcome))
         return outcomes
 
-    def _settle(self, job: _Job, result: str | None,
+    def _settle(self, job: _Job, result: str | Ending | None,
                 error: BaseException | None) -> _Outcome | None:
         """Under the lock: the outcome ``job``'s future gets now from one of
         its copies, or ``None`` (it has one, or another copy decides)."""

@@ -35,9 +35,9 @@ import traceback
 from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Link, Store
+from ..stores import Ending, Link, Store
 from .processes import children, die_with_parent, kill_group, wait_for_exit
-from .supervisor import supervise, supervise_all
+from .supervisor import supervise, supervise_all, supervise_to_end
 
 _store_cache: dict[str, Store] = {}
 
@@ -161,18 +161,21 @@ def run_job(
     timeout: float | None, grace: float, jobs_per_process: int = 1,
     max_result_bytes: int = MAX_RESULT_BYTES,
     server: tuple[int, str] | None = None,
-) -> str | None:
+) -> str | Ending | None:
     """Run one job to its end and record it; the task function given to an
     ``executor_factory``'s executor, whose workers got no initializer of
     ours: ``server`` (as :func:`worker_init`'s) sets the first job's worker
     up to end with the server.
 
     Returns the final state, or ``None`` if the job was cancelled before it
-    started or had already ended.
+    started or had already ended; the job's :class:`~wsgi_bg.stores.Ending`
+    instead of its state where the server records it
+    (:attr:`~wsgi_bg.stores.Link.ends_in_answer`).
     """
     store = _worker_store(link, server)
-    return supervise(store, job_id, payload, timeout, grace, jobs_per_process,
-                     max_result_bytes)
+    run = supervise_to_end if link.ends_in_answer else supervise
+    return run(store, job_id, payload, timeout, grace, jobs_per_process,
+               max_result_bytes)
 
 
 def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | None]]:
@@ -189,6 +192,7 @@ def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | No
     makes the store calls :func:`run_job` makes.
     """
     jobs = []
+    defer = all(link.ends_in_answer for link, *_ in calls)
     for link, *rest in calls:
         try:
             store = _worker_store(link)
@@ -197,7 +201,7 @@ def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | No
         jobs.append((store, *rest))
     else:
         return [(state, None if error is None else _sendable(error))
-                for state, error in supervise_all(jobs)]
+                for state, error in supervise_all(jobs, defer_last=defer)]
     outcomes: list[tuple[Any, BaseException | None]] = []
     for args in calls:
         try:

@@ -69,7 +69,7 @@ from ..capture import Relay
 from ..exceptions import StoreUnavailable
 from ..jobs import JobState
 from ..limits import MAX_ERROR_CHARS, MAX_RESULT_BYTES, cap_text
-from ..stores import Store
+from ..stores import Ending, Store
 from . import job_process, wire
 from .processes import describe_exitcode
 
@@ -123,9 +123,24 @@ def supervise(
     return None if ended is None else ended.finish()
 
 
+def supervise_to_end(
+    store: Store, job_id: str, payload: bytes, timeout: float | None,
+    grace: float, jobs_per_process: int = 1,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+) -> Ending | None:
+    """:func:`supervise` a pool worker's job, whose end is not recorded here
+    but returned, for the server to record (see
+    :attr:`~wsgi_bg.stores.Link.ends_in_answer`); ``None`` if its start was
+    refused."""
+    ended = _Supervisor(store, job_id, timeout, grace).run(
+        payload, jobs_per_process, max_result_bytes)
+    return None if ended is None else ended.ending()
+
+
 def supervise_all(
     jobs: Sequence[tuple[Store, str, bytes, float | None, float, int, int]],
-) -> list[tuple[str | None, Exception | None]]:
+    defer_last: bool = False,
+) -> list[tuple[str | Ending | None, Exception | None]]:
     """Run ``jobs`` one after another, each as :func:`supervise` runs it
     (``(store, job_id, payload, timeout, grace, jobs_per_process,
     max_result_bytes)``): what a pool worker given several jobs at once does.
@@ -140,9 +155,12 @@ def supervise_all(
 
     Returns each job's ``(final state or None, None)``, or ``(None, the
     exception its supervisor raised)``: one job's failure does not stop the
-    others.
+    others. With ``defer_last``, the last job's end is not recorded but
+    returned, as ``(its Ending, None)``, for the caller to record (see
+    :attr:`~wsgi_bg.stores.Link.ends_in_answer`).
     """
-    outcomes: list[tuple[str | None, Exception | None]] = [(None, None)] * len(jobs)
+    outcomes: list[tuple[str | Ending | None, Exception | None]] = [
+        (None, None)] * len(jobs)
     held: _Ended | None = None  # the last job's end, to go with the next start
     try:
         for i, (store, job_id, payload, timeout, grace, per_process,
@@ -164,6 +182,8 @@ def supervise_all(
             if ended is not None:
                 if ended.reuse and i + 1 < len(jobs):
                     held = ended  # the next job starts in its process
+                elif defer_last and i + 1 == len(jobs):
+                    outcomes[i] = (ended.ending(), None)
                 else:
                     ended.record()
                     outcomes[i] = ended.outcome or (None, None)
@@ -284,14 +304,16 @@ class _Ended:
         #: Once recorded: what recording it gave, as supervise_all returns it.
         self.outcome: tuple[str | None, Exception | None] | None = None
 
+    def ending(self) -> Ending:
+        return Ending(self.state, self.result, self.error, *self.last,
+                      shown=self.shown, cancel_seen=self.cancel_seen)
+
     def finish(self) -> str | None:
         """Record it alone: the state stored, or ``None`` (it had ended);
         retried while the store cannot be reached."""
-        return _retrying(
-            lambda: self.store.finish(self.job_id, self.state, self.result,
-                                      self.error, *self.last, shown=self.shown,
-                                      cancel_seen=self.cancel_seen),
-            _FINISH_RETRY_SECONDS)
+        ending = self.ending()
+        return _retrying(lambda: ending.record(self.store, self.job_id),
+                         _FINISH_RETRY_SECONDS)
 
     def record(self) -> None:
         """:meth:`finish`, its outcome (or its exception) kept as :attr:`outcome`."""

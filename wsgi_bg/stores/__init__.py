@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .protocol import RECORD_FIELDS, Backend, Link, Record, Store
+from .protocol import RECORD_FIELDS, Backend, Ending, Link, Record, Store
 
-__all__ = ["RECORD_FIELDS", "Backend", "Link", "Record", "Store", "open_backend"]
+__all__ = ["RECORD_FIELDS", "Backend", "Ending", "Link", "Record", "Store",
+           "open_backend"]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

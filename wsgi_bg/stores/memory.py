@@ -401,7 +401,10 @@ StoreManager.register("get_store")  # a worker's side; the server's has the stor
 
 class ManagerLink:
     """Reaches the store of a server process from one of its pool workers,
-    through that server's :class:`StoreManager`."""
+    through that server's :class:`StoreManager`. A job's end goes back in
+    the worker's answer: the server records it without a round trip."""
+
+    ends_in_answer = True
 
     def __init__(self, address: Any, authkey: bytes) -> None:
         self.address = address

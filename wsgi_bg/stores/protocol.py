@@ -331,11 +331,40 @@ class Store(Protocol):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A job's end as its supervisor saw it, to be recorded with
+    :meth:`Store.finish` (:meth:`record`): its state, pickled result and
+    error; ``text``, ``progress`` and ``offset``, the output and progress not
+    yet relayed (``offset``: where ``text`` starts in the job's output);
+    ``shown``, the result's repr; ``cancel_seen``, whether the job read its
+    cancel."""
+
+    state: str
+    result: bytes | None = None
+    error: str | None = None
+    text: str = ""
+    progress: dict[str, Any] | None = None
+    offset: int | None = None
+    shown: str | None = None
+    cancel_seen: bool = True
+
+    def record(self, store: Store, job_id: str) -> str | None:
+        """Record it: the state stored, or ``None`` (the job had ended)."""
+        return store.finish(job_id, self.state, self.result, self.error,
+                            self.text, self.progress, self.offset,
+                            shown=self.shown, cancel_seen=self.cancel_seen)
+
+
 class Link(Protocol):
     """How a process that runs jobs reaches the store: picklable, sent to
     pool workers. Links with equal :attr:`key` reach the same store."""
 
     key: str
+    #: Whether a pool worker hands a job's end back in its answer, as an
+    #: :class:`Ending` for the server to record, rather than recording it
+    #: itself: where the store is the server's own, one round trip fewer.
+    ends_in_answer: bool
 
     def connect(self) -> Store:
         """A store usable in this process (called once per process and key)."""

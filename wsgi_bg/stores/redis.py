@@ -675,6 +675,8 @@ def _where(settings: dict[str, Any]) -> str:
 class RedisLink:
     """How pool workers reach the Redis store: settings, not a connection."""
 
+    ends_in_answer = False  # a worker's own call is as short as the server's
+
     def __init__(self, settings: dict[str, Any], namespace: str, key: bytes,
                  limits: dict[str, Any]) -> None:
         self.settings = settings
