@@ -18,6 +18,7 @@ import datetime
 import decimal
 import enum
 import functools
+import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -163,6 +164,14 @@ def _safe_repr(value: Any) -> str:
 
 #: Attribute set by @background / @backgrounder on what they mark.
 OPTIONS_ATTR = "__wsgi_bg__"
+
+
+def unique_digest(name: str, key: str) -> str:
+    """What a store keeps of a unique job's key (``background(unique=...)``):
+    a SHA-256 of the job's name and the key, never the key itself, which
+    may hold what the pages must not show."""
+    data = f"{name}\0{key}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def default_start_method() -> str:
@@ -372,7 +381,7 @@ class Engine:
         *, name: str | None = None, timeout: float | None = None,
         url_for: Callable[[str], str | None] | None = None,
         show_args: bool | None = None, shown_args: str | None = None,
-        max_call_bytes: int | None = None,
+        max_call_bytes: int | None = None, unique: str | None = None,
     ) -> Job:
         """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`.
 
@@ -382,6 +391,8 @@ class Engine:
         :param shown_args: what the pages show of the arguments instead of
             :func:`describe_args` (a marked app's request, described).
         :param max_call_bytes: this call's bound instead of the engine's.
+        :param unique: the call's unique key (a marked app's request's),
+            instead of the one ``fn``'s own ``unique`` option makes.
         :raises CallTooLarge: past it; nothing is queued.
         """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
@@ -390,19 +401,27 @@ class Engine:
         if show_args is None:
             show_args = bool(options.get("show_args", True))
         check_number("timeout", timeout, minimum=0, allow_none=True)
+        name = name or callable_name(fn)
         payload = dump_call(fn, args, kwargs)
         limit = self.max_call_bytes if max_call_bytes is None else max_call_bytes
         if len(payload) > limit:
             raise CallTooLarge(
-                f"the call of {name or callable_name(fn)} pickles to"
+                f"the call of {name} pickles to"
                 f" {len(payload):,} bytes, more than max_call_bytes={limit:,}:"
                 " nothing was queued. Pass a reference to the data instead (a"
                 " file's path, a database key, a URL) and load it in the job, or"
                 " raise max_call_bytes")
+        if unique is None and options.get("unique") is not None:
+            unique = options["unique"](*args, **kwargs)
+            if not isinstance(unique, str):
+                raise TypeError(
+                    f"the unique= callable of {name} must return a str key, got"
+                    f" {unique!r:.100}: return e.g. str(user_id), or f'{{a}}:{{b}}'")
         runner = self._start()
         job_id = new_job_id()
         record = {
-            "id": job_id, "name": name or callable_name(fn),
+            "id": job_id, "name": name,
+            "unique": None if unique is None else unique_digest(name, unique),
             "created_at": time.time(), "started_at": None, "ended_at": None,
             "result": None, "error": None, "progress": None, "timeout": timeout,
             "cancel_requested": False, "cancel_grace": None,
@@ -437,6 +456,8 @@ class Engine:
             "cancel_requested": False, "cancel_grace": None,
             "url": url_for(new_id) if url_for else None, "pid": None,
             "args": record.get("args"), "rerun_of": job_id,
+            # Its key's digest: while a job holds it, that job is the answer.
+            "unique": record.get("unique"),
         }
         return self._create(runner, new, payload, record["timeout"])
 
@@ -465,12 +486,17 @@ class Engine:
         except BaseException:
             self._calls.pop(job_id, None)
             raise
-        if not created:
+        if created is None:
             self._calls.pop(job_id, None)
             raise QueueFull(
                 f"{self.max_queued} jobs are already waiting (max_queued): try"
                 " again later, or raise max_queued or max_workers"
             )
+        if created != job_id:
+            # A queued or running job holds the record's unique key: it is
+            # the answer, and nothing was created.
+            self._calls.pop(job_id, None)
+            return Job(self, created)
         with self._lock:
             if self._closed:
                 # Shut down while it was being created: shutdown's sweep may

@@ -264,7 +264,10 @@ class Job:
         :meth:`BackgroundMiddleware.rerun <wsgi_bg.BackgroundMiddleware.rerun>`),
         notice (what the job says while it is queued, e.g. the RQ runner's
         "no RQ worker listens on queue …" with the command that starts one;
-        ``None`` once it starts or ends).
+        ``None`` once it starts or ends),
+        unique (``True`` for a job started with a unique key: while it is
+        queued or running, calls with the same key return it; see
+        :func:`~wsgi_bg.background`).
         """
         return record_to_dict(self._record())
 
@@ -302,4 +305,5 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "rerun_of": record.get("rerun_of"),
         "rerun_as": record.get("rerun_as"),
         "notice": record.get("notice"),
+        "unique": bool(record.get("unique")),  # never the key, nor its digest
     }

@@ -21,13 +21,18 @@ one page)::
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import functools
 import importlib
+import inspect
 import io
 import logging
+import pathlib
 import pickle
 import re
 import sys
+import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -83,6 +88,104 @@ def _check_show_args(show_args: Any) -> None:
             f"show_args must be True or False, got {show_args!r}: pass"
             " show_args=False to keep a job's arguments off its status pages"
         )
+
+
+#: What ``unique=`` accepts, for its error message.
+_UNIQUE_ACCEPTED = (
+    "unique must be True (one job per function and arguments), False, or a"
+    " callable taking the function's arguments and returning a str key, e.g."
+    " unique=lambda user_id, *args, **kwargs: str(user_id)")
+
+
+def _unique_option(
+    unique: Any, fn: Callable[..., Any] | None = None
+) -> Callable[..., str] | None:
+    """``unique=`` as the engine uses it: ``None`` (not unique) or a callable
+    of the call's arguments returning its key; ``True`` keys on the
+    arguments themselves (:func:`args_key`)."""
+    if unique is False:
+        return None
+    if unique is True:
+        if fn is None:
+            raise TypeError(
+                "unique=True keys a job on its function's arguments; a marked"
+                " app has none: pass unique=True to background(), or a callable"
+                " of the request to backgrounder()")
+        return functools.partial(args_key, fn)
+    if callable(unique):
+        return unique  # type: ignore[no-any-return]
+    raise TypeError(f"{_UNIQUE_ACCEPTED}; got {unique!r}")
+
+
+#: Types whose values ``unique=True`` keys on, by their ``repr`` (exact
+#: types: a subclass's ``repr`` or ``__eq__`` is the app's own code).
+_KEY_SCALARS = frozenset({
+    str, bytes, int, float, complex, bool, type(None), decimal.Decimal,
+    uuid.UUID, datetime.date, datetime.timedelta, pathlib.PurePosixPath,
+    pathlib.PureWindowsPath, pathlib.PosixPath, pathlib.WindowsPath,
+})
+#: Containers deeper than this are refused (and cycles with them).
+_KEY_DEPTH = 50
+
+
+def args_key(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> str:
+    """The key of a call of ``fn`` for ``unique=True``: its arguments bound
+    to ``fn``'s parameters (defaults applied, so ``f(1)``, ``f(1, 2)`` and
+    ``f(1, b=2)`` are one key when ``b`` defaults to 2), each written out
+    exactly, in a form that is the same in every process: dicts and sets in
+    the sorted order of their items' forms, not their hash order. Values
+    compare by their ``repr``, so ``1``, ``1.0`` and ``True`` are three
+    keys. It never calls the arguments' own code.
+
+    :raises TypeError: if the arguments do not fit ``fn``'s signature, or one
+        is not plain data: ``str``, ``bytes``, numbers, ``bool``, ``None``,
+        :class:`~decimal.Decimal`, :class:`~uuid.UUID`, dates, times without
+        their own ``tzinfo`` class, paths, and tuples, lists, dicts, sets and
+        frozensets of them. For anything else give ``unique=`` a callable
+        that returns the key.
+
+    .. versionadded:: 0.2
+    """
+    name = callable_name(fn)
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{name} cannot be called with these arguments: {exc}") \
+            from None
+    bound.apply_defaults()
+    return ", ".join(f"{param}={_key_form(value, name, param, 0)}"
+                     for param, value in bound.arguments.items())
+
+
+def _key_form(value: Any, name: str, param: str, depth: int) -> str:
+    kind = type(value)
+    if depth > _KEY_DEPTH:
+        raise TypeError(
+            f"unique=True: argument {param!r} of {name} nests deeper than"
+            f" {_KEY_DEPTH} levels (or holds itself): give unique= a callable"
+            " that returns the job's key")
+    if kind in _KEY_SCALARS or (
+            kind in (datetime.datetime, datetime.time)
+            and type(value.tzinfo) in (type(None), datetime.timezone)):
+        return repr(value)
+    if kind in (tuple, list):
+        inner = ", ".join(_key_form(v, name, param, depth + 1) for v in value)
+        return f"({inner},)" if kind is tuple else f"[{inner}]"
+    if kind in (set, frozenset):
+        items = sorted(_key_form(v, name, param, depth + 1) for v in value)
+        return f"{kind.__name__}({{{', '.join(items)}}})"
+    if kind is dict:
+        pairs = sorted(f"{_key_form(k, name, param, depth + 1)}:"
+                       f" {_key_form(v, name, param, depth + 1)}"
+                       for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    raise TypeError(
+        f"unique=True keys a job on its arguments, which must be plain data"
+        f" (str, bytes, numbers, bool, None, Decimal, UUID, dates, paths, and"
+        f" tuples, lists, dicts and sets of them); argument {param!r} of"
+        f" {name} holds a {kind.__qualname__}: give unique= a callable that"
+        " returns the job's key from the arguments, e.g. unique=lambda order,"
+        " **kw: str(order.id)")
 
 
 class BackgroundFunction(Generic[P, R]):
@@ -150,13 +253,14 @@ def _lookup_plain(module: str, qualname: str) -> Any:
 def background(fn: Callable[P, R], /) -> BackgroundFunction[P, R]: ...
 @overload
 def background(
-    *, timeout: float | None = None, show_args: bool = True
+    *, timeout: float | None = None, show_args: bool = True,
+    unique: bool | Callable[..., str] = False,
 ) -> Callable[[Callable[P, R]], BackgroundFunction[P, R]]: ...
 
 
 def background(
     fn: Callable[P, R] | None = None, /, *, timeout: float | None = None,
-    show_args: bool = True,
+    show_args: bool = True, unique: bool | Callable[..., str] = False,
 ) -> Any:
     """Mark a module-level function as background work.
 
@@ -183,18 +287,34 @@ def background(
         ``timed_out``; ``None`` for no limit.
     :param show_args: ``False`` keeps the call's arguments off the status
         pages (tokens, personal data); the job still receives them.
+    :param unique: one job per key: while a job of this function with the
+        same key is queued or running, calling it again returns that job (the
+        same id) and starts nothing; once it ended, the next call starts a
+        new one. ``True`` keys on the call's arguments (:func:`args_key`:
+        plain data only); a callable is called with the call's arguments, in
+        the server process, and returns the key as a ``str``
+        (``unique=lambda user_id, **kw: str(user_id)``). Only a digest of the
+        function's name and the key is stored, never the key.
     :raises ValueError: if ``timeout`` is negative or not a number.
-    :raises TypeError: if ``show_args`` is not a bool, or ``fn`` is not a
-        module-level function.
+    :raises TypeError: if ``show_args`` is not a bool, ``unique`` is not a
+        bool or a callable, or ``fn`` is not a module-level function.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``unique``.
     """
     check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
+    if not isinstance(unique, bool) and not callable(unique):
+        raise TypeError(f"{_UNIQUE_ACCEPTED}; got {unique!r}")
 
     def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
         _check_module_level(fn, "@background")
-        return BackgroundFunction(fn, {"timeout": timeout, "show_args": show_args})
+        options: dict[str, Any] = {"timeout": timeout, "show_args": show_args}
+        key = _unique_option(unique, fn)
+        if key is not None:
+            options["unique"] = key  # what the engine calls for the key
+        return BackgroundFunction(fn, options)
 
     if fn is not None:
         return decorate(fn)

@@ -522,8 +522,13 @@ class BackgroundMiddleware:
         :class:`~wsgi_bg.Job` at once.
 
         ``fn`` must be a module-level function (plain or
-        :func:`~wsgi_bg.background`, whose options such as ``timeout`` apply)
-        and every argument must pickle.
+        :func:`~wsgi_bg.background`, whose options such as ``timeout`` and
+        ``unique`` apply) and every argument must pickle. Every keyword is
+        ``fn``'s: a call takes no options of its own, so a job keyed by
+        ``unique`` is marked so (``@background(unique=True)``), and a plain
+        function is never unique. When a job of ``fn`` with the same unique
+        key is queued or running, that job is returned and nothing is queued
+        (nor counted against ``max_queued``).
 
         :raises TypeError: if the function or an argument cannot be sent to a
             worker process; nothing is queued.

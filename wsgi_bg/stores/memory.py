@@ -136,21 +136,32 @@ class MemoryStore:
         # Counted with each end, under the same lock (kept past retention).
         self._stats = JobStats()
         self._workers: dict[int, int | None] = {}  # pid -> its start time
+        # Unique key's digest -> the queued or running job holding it.
+        self._unique: dict[str, str] = {}
 
     # -- writes ---------------------------------------------------------------
     def create(
         self, record: Record, max_queued: int, call: bytes | None = None
-    ) -> bool:
+    ) -> str | None:
         with self._lock:
             self._prune()
+            unique = record.get("unique")
+            held = self._unique.get(unique) if unique else None
+            if held is not None:
+                other = self._records.get(held)
+                # (a job dropped or ended without letting go holds nothing)
+                if other is not None and other["state"] not in TERMINAL_STATES:
+                    return held
             if self._queued >= max_queued:
-                return False
+                return None
             if record["id"] in self._records:
                 raise ValueError(f"job id {record['id']!r} is already stored")
             record = dict(record, state=JobState.QUEUED.value, output_size=0,
                           cancel_requested_at=None, cancelled_how=None,
-                          rerun_as=None, notice=None)
+                          rerun_as=None, notice=None, unique=unique)
             self._records[record["id"]] = record
+            if unique:
+                self._unique[unique] = record["id"]
             original = self._records.get(record.get("rerun_of") or "")
             if original is not None:
                 original["rerun_as"] = record["id"]
@@ -159,7 +170,7 @@ class MemoryStore:
                 self._calls[record["id"]] = call
             self._queued += 1
             self._counts[JobState.QUEUED.value] += 1
-            return True
+            return str(record["id"])
 
     def start(self, job_id: str, pid: int) -> bool:
         with self._lock:
@@ -245,6 +256,7 @@ class MemoryStore:
         if succeeded and result is not None:
             self._results[job_id] = result
         self._finished[job_id] = now
+        self._let_go(record)
         self._prune()
         return state
 
@@ -265,6 +277,7 @@ class MemoryStore:
                 self._queued -= 1
                 self._moved(JobState.QUEUED.value, JobState.CANCELLED.value)
                 self._finished[job_id] = now
+                self._let_go(record)
                 return "cancelled"
             if not shutdown and not record["cancel_requested"]:
                 record["cancel_requested_at"] = time.time()
@@ -355,6 +368,12 @@ class MemoryStore:
         self._counts[old] -= 1
         self._counts[new] += 1
 
+    def _let_go(self, record: Record) -> None:
+        """A job ended or dropped: its unique key is free for the next call."""
+        unique = record.get("unique")
+        if unique and self._unique.get(unique) == record["id"]:
+            del self._unique[unique]
+
     # -- bookkeeping ------------------------------------------------------------
     def _prune(self) -> None:
         cutoff = time.time() - self.job_ttl
@@ -364,7 +383,9 @@ class MemoryStore:
             if len(finished) <= self.keep_finished and ended_at >= cutoff:
                 break
             del finished[job_id]
-            self._counts[self._records.pop(job_id)["state"]] -= 1
+            record = self._records.pop(job_id)
+            self._counts[record["state"]] -= 1
+            self._let_go(record)
             del self._outputs[job_id]
             self._results.pop(job_id, None)
             self._calls.pop(job_id, None)

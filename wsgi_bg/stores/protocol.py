@@ -25,11 +25,13 @@ Record = dict[str, Any]
 #: it (it did all its work: its state stays ``succeeded``, its result kept).
 #: ``notice``: what a queued job says while it waits (the RQ runner's "no RQ
 #: worker listens"), or ``None``; its start and its end clear it.
+#: ``unique``: the digest of the job's unique key
+#: (:func:`wsgi_bg.engine.unique_digest`), or ``None``; never the key.
 RECORD_FIELDS = (
     "id", "name", "state", "created_at", "started_at", "ended_at", "result",
     "error", "progress", "timeout", "cancel_requested", "cancel_grace", "url",
     "pid", "output_size", "args", "cancel_requested_at", "cancelled_how",
-    "notice",
+    "notice", "unique",
 )
 
 #: Optional fields: ``rerun_of``, the id of the job this one runs again (set
@@ -192,10 +194,18 @@ class Store(Protocol):
 
     def create(
         self, record: Record, max_queued: int, call: bytes | None = None
-    ) -> bool:
+    ) -> str | None:
         """Add a queued record, and ``call``, the job's pickled call (kept, as
-        the record, until the job is dropped: see :meth:`call`); ``False``
-        (and nothing added) if ``max_queued`` jobs are already waiting.
+        the record, until the job is dropped: see :meth:`call`); return its
+        id, or ``None`` (and nothing added) if ``max_queued`` jobs are
+        already waiting.
+
+        A record whose ``unique`` (a key's digest) is held by a queued or
+        running job adds nothing, and the answer is that job's id, whatever
+        ``max_queued``; else the new job holds it until it ends (every way
+        a job ends lets go, and so does its record's removal). A key held by
+        a job that is gone or ended holds nothing. In the same atomic step:
+        of all the creates with one key, in any process, one creates.
 
         A record whose ``rerun_of`` names a stored job is a run again of it:
         the same call sets that job's ``rerun_as`` to the new id, so each

@@ -26,6 +26,10 @@ one Redis never see each other's jobs)::
     N:stats         hash    figures counted as jobs end, never expired (see
                             observe() in lua/lib.lua; the /metrics page)
     N:stats:functions set   the functions counted under their own name
+    N:unique:{digest} string  the id of the queued or running job holding a
+                            unique key (its digest: the record's ``unique``),
+                            set by create, deleted as that job ends or is
+                            dropped (see let_go() in lua/lib.lua)
 
 Each state change is one Lua script (``lua/<name>.lua``, run after the
 prelude ``lua/lib.lua``), so it is atomic whoever runs it. Ended jobs' keys
@@ -214,6 +218,7 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "error": (_TEXT, True), "result": (_TEXT, True), "url": (_TEXT, True),
     "args": (_TEXT, True), "cancelled_how": (_TEXT, True),
     "rerun_of": (_TEXT, True), "rerun_as": (_TEXT, True), "notice": (_TEXT, True),
+    "unique": (_TEXT, True),
 }
 #: Fields every record has had since the first version.
 _REQUIRED = ("id", "name", "state", "created_at", "started_at", "ended_at",
@@ -352,9 +357,10 @@ class RedisStore:
     @_reaching
     def create(
         self, record: Record, max_queued: int, call: bytes | None = None
-    ) -> bool:
+    ) -> str | None:
+        unique = record.get("unique") or ""
         fields: list[str] = []
-        for name, value in record.items():
+        for name, value in dict(record, unique=unique or None).items():
             if name not in ("state", "output_size"):
                 fields += [name, _dump(value)]
         fields += ["owner", _dump(self.owner), "cancel_requested_at", "null",
@@ -365,14 +371,16 @@ class RedisStore:
         created = self._scripts["create"](args=self._args(
             record["id"], max_queued, repr(float(record["created_at"])), signed,
             record.get("rerun_of") or "", "" if deadline is None else repr(deadline),
-            *fields))
+            unique, *fields))
+        if isinstance(created, bytes):  # the job holding the unique key
+            return created.decode()
         if created == -1:
             raise ValueError(f"job id {record['id']!r} is already stored")
         if created == -2:
             raise StoreUnavailable(
                 f"the Redis store ({self.where}) answered too late (hung or"
                 " overloaded): the job was not created. Try again shortly.")
-        return bool(created)
+        return str(record["id"]) if created else None
 
     def _deadline(self) -> float | None:
         """When, on Redis's clock, a call made now is given up by this client

@@ -27,7 +27,18 @@ local function move(id, from, to)
   redis.call('ZADD', P .. 'state:' .. to, score, id)
 end
 
+-- A job ended or is dropped: its unique key (N:unique:{digest}, set by
+-- create.lua) is free for the next create, unless another job holds it.
+local function let_go(id)
+  local unique = redis.call('HGET', k('job', id), 'unique')
+  if unique and unique ~= 'null' then
+    local key = k('unique', string.sub(unique, 2, -2))  -- (a JSON string)
+    if redis.call('GET', key) == id then redis.call('DEL', key) end
+  end
+end
+
 local function drop(id)
+  let_go(id)
   redis.call('DEL', k('job', id), k('out', id), k('head', id), k('result', id),
              k('lease', id), k('call', id))
   redis.call('ZREM', P .. 'jobs', id)
@@ -183,6 +194,7 @@ local function observe(id, state, ended_at)
 end
 
 local function ended(id, from, state, ended_at)
+  let_go(id)
   observe(id, state, ended_at)
   compact(id)
   move(id, from, state)

@@ -1,0 +1,55 @@
+"""Module-level @background(unique=...) jobs for test_unique.py (workers
+import them by name). Each waits on a file the test creates, bounded, never
+for a fixed time."""
+import os
+import signal
+import time
+
+from jobfuncs import touch, wait_file
+from wsgi_bg import background, current_job
+
+
+@background(unique=True)
+def build(name, flag, how="succeed"):
+    """Wait for ``flag``, then end as ``how`` says."""
+    touch(flag + ".started")
+    if how == "cooperate":  # until asked to stop
+        deadline = time.monotonic() + 30
+        while not current_job.cancel_requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "stopped"
+    if how == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    wait_file(flag)
+    if how == "fail":
+        raise ValueError("failed as asked")
+    return name
+
+
+@background(unique=True, timeout=1)
+def build_limited(name, flag):
+    touch(flag + ".started")
+    wait_file(flag)
+    return name
+
+
+@background(unique=lambda user, flag, note="": f"user:{user}")
+def by_user(user, flag, note=""):
+    wait_file(flag)
+    return note
+
+
+@background(unique=lambda token, flag: f"secret-key-{token}", show_args=False)
+def keyed_by_secret(token, flag):
+    wait_file(flag)
+
+
+@background(unique=lambda flag: 42)
+def bad_key(flag):
+    pass
+
+
+def blocker(flag):
+    """A plain job that keeps a worker busy until ``flag`` exists."""
+    touch(flag + ".started")
+    wait_file(flag)
