@@ -186,6 +186,20 @@ def test_list_is_refused_by_default_with_how_to_enable_it(make_mw, path):
         assert hint in response.text
 
 
+def test_authorize_assigned_after_construction_rules_the_pages(make_mw):
+    mw = make_mw(hello_app)
+    client = webtest.TestApp(mw, lint=True)
+    client.get("/_jobs/", status=403)
+    mw.authorize = allow_all
+    client.get("/_jobs/", status=200)
+    mounted = webtest.TestApp(mw.status_app)  # the same, mounted elsewhere
+    mounted.get("/", status=200)
+    mw.authorize = lambda environ, action, job: action != "list"
+    client.get("/_jobs/", status=403)
+    with pytest.raises(TypeError, match="authorize must be a callable"):
+        mw.authorize = "allow_all"
+
+
 def test_list_page_newest_first_with_links(client, mw):
     old = fake_job(mw, name="tasks.old", state="succeeded", result=1)
     new = fake_job(mw, name="tasks.<new>", progress={"done": 1, "total": 4,

@@ -385,7 +385,6 @@ class BackgroundMiddleware:
         self._prefix_dir = self.prefix + "/"
         self.status_url = status_url.rstrip("/") if status_url else None
         self.max_body_bytes = max_body_bytes
-        self.authorize: Authorize = authorize or default_authorize
         self.engine = Engine(
             max_workers=max_workers, keep_finished=keep_finished,
             job_ttl=job_ttl, max_output_bytes=max_output_bytes, max_queued=max_queued,
@@ -401,7 +400,24 @@ class BackgroundMiddleware:
         #: ``DispatcherMiddleware(app, {"/admin/jobs": mw.status_app})`` (then
         #: pass ``status_url="/admin/jobs"`` so that job links point there).
         self.status_app = StatusApp(
-            self.engine, authorize=self.authorize, url_for=self.url_for)
+            self.engine, authorize=authorize or default_authorize,
+            url_for=self.url_for)
+
+    @property
+    def authorize(self) -> Authorize:
+        """``authorize(environ, action, job) -> bool``, as given (or the
+        default); assigning another takes effect on the next request, on
+        the pages mounted here and on :attr:`status_app` wherever it is
+        mounted."""
+        return self.status_app.authorize
+
+    @authorize.setter
+    def authorize(self, authorize: Authorize) -> None:
+        if not callable(authorize):
+            raise TypeError(
+                "authorize must be a callable (environ, action, job) -> bool,"
+                f" got {authorize!r}")
+        self.status_app.authorize = authorize
 
     # -- WSGI ---------------------------------------------------------------------
     def __call__(

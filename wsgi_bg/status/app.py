@@ -284,7 +284,9 @@ class StatusApp:
         url_for: Callable[[str], str],
     ) -> None:
         self._engine = engine
-        self._authorize_fn = authorize
+        #: ``authorize(environ, action, job)``: who may list, view, cancel,
+        #: run again and read the metrics; may be replaced at any time.
+        self.authorize: Authorize = authorize
         self._url_for = url_for
         self.heartbeat = StatusApp.heartbeat
         self.poll_interval = StatusApp.poll_interval
@@ -432,7 +434,7 @@ class StatusApp:
             return allowed
         allowed_old = ask(old)
         if allowed_old != allowed:
-            authorize = self._authorize_fn
+            authorize = self.authorize
             name = getattr(authorize, "__qualname__", None) or repr(authorize)
             said = {True: "allowed", False: "refused"}
             warnings.warn(
@@ -446,7 +448,7 @@ class StatusApp:
         return allowed and allowed_old
 
     def _authorize_once(self, request: Request, action: str, job: Job | None) -> bool:
-        authorize = self._authorize_fn
+        authorize = self.authorize
         try:
             return bool(authorize(request.environ, action, job))
         except HTTPException:
@@ -474,7 +476,7 @@ class StatusApp:
 
     def _may_once(self, request: Request, action: str, job: Job | None) -> bool:
         try:
-            return bool(self._authorize_fn(request.environ, action, job))
+            return bool(self.authorize(request.environ, action, job))
         except Exception:  # a failing authorize offers nothing, breaks nothing
             return False
 
