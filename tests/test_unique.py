@@ -4,6 +4,7 @@ from __future__ import annotations
 import fractions
 import json
 import os
+import re
 import threading
 import uuid
 
@@ -12,7 +13,7 @@ import webtest
 
 import uniquefuncs
 from helpers import wait_for
-from wsgi_bg import JobState, QueueFull, background
+from wsgi_bg import JobState, QueueFull, background, backgrounder
 from wsgi_bg.marks import args_key
 from wsgi_bg.testing import wait_for_job
 
@@ -193,12 +194,61 @@ def test_the_key_stays_off_the_pages(make_mw, tmp_path):
     wait_for_job(job, state=None)
 
 
+# -- marked apps -----------------------------------------------------------------
+def job_of(mw, response):
+    return mw.get_job(response.headers["Location"].rsplit("/", 1)[1])
+
+
+def test_a_form_posted_twice_to_a_marked_app_is_one_job(make_mw, tmp_path):
+    mw = make_mw(uniquefuncs.report_app)
+    app = webtest.TestApp(mw, lint=True)
+    go = flag(tmp_path)
+    first = app.post(f"/build?flag={go}", {"year": "2026"}, status=303)
+    again = app.post(f"/build?flag={go}", {"year": "2026"}, status=303)
+    assert again.headers["Location"] == first.headers["Location"]
+    as_json = app.post(f"/build?flag={go}", {"year": "2026"}, status=202,
+                       headers={"Accept": "application/json"}).json
+    assert as_json["url"] == first.headers["Location"]
+    other = app.post(f"/build?flag={go}", {"year": "2025"}, status=303)
+    elsewhere = app.post(f"/other?flag={go}", {"year": "2026"}, status=303)
+    jobs = {job_of(mw, r) for r in (first, other, elsewhere)}
+    assert len(jobs) == 3
+    assert job_of(mw, first).to_dict()["unique"] is True
+    release(go)
+    for job in jobs:
+        wait_for_job(job)
+    # Ended: the same form starts a new job.
+    assert job_of(mw, app.post(f"/build?flag={go}", {"year": "2026"},
+                               status=303)) not in jobs
+    wait_for(lambda: all(job.done for job in mw.jobs()), 30,
+             message="the last job to end")
+
+
+def test_a_marked_app_keyed_by_a_form_field(make_mw, tmp_path):
+    mw = make_mw(uniquefuncs.report_by_form)
+    app = webtest.TestApp(mw, lint=True)
+    go = flag(tmp_path)
+    first = app.post(f"/a?flag={go}", {"report": "r1", "note": "x"}, status=303)
+    # Another path, another note: the app's key is the field alone.
+    again = app.post(f"/b?flag={go}", {"report": "r1", "note": "y"}, status=303)
+    other = app.post(f"/a?flag={go}", {"report": "r2"}, status=303)
+    assert again.headers["Location"] == first.headers["Location"]
+    assert other.headers["Location"] != first.headers["Location"]
+    release(go)
+    wait_for_job(job_of(mw, first)), wait_for_job(job_of(mw, other))
+
+
 # -- bad input -------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["yes", 1, None, ("a",)])
-def test_unique_must_be_a_bool_or_a_callable(value):
-    with pytest.raises(TypeError, match=r"unique must be True .* False, or a"
-                       r" callable .* returning a str key.*; got"):
-        background(unique=value)
+@pytest.mark.parametrize("mark", [
+    pytest.param(background, id="background"),
+    pytest.param(backgrounder, id="backgrounder"),
+])
+def test_unique_must_be_a_bool_or_a_callable(value, mark):
+    with pytest.raises(TypeError, match=r"unique must be True \(.*\), False, or a"
+                       r" callable returning a str key, e.g\. unique=lambda .*;"
+                       r" got " + re.escape(repr(value))):
+        mark(unique=value)
 
 
 def test_a_callable_must_return_a_str(make_mw, tmp_path):

@@ -6,7 +6,7 @@ import signal
 import time
 
 from jobfuncs import touch, wait_file
-from wsgi_bg import background, current_job
+from wsgi_bg import background, backgrounder, current_job
 
 
 @background(unique=True)
@@ -53,3 +53,23 @@ def blocker(flag):
     """A plain job that keeps a worker busy until ``flag`` exists."""
     touch(flag + ".started")
     wait_file(flag)
+
+
+def _wait_for_query_flag(environ, start_response):
+    from urllib.parse import parse_qs
+
+    wait_file(parse_qs(environ["QUERY_STRING"])["flag"][0])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"built\n"]
+
+
+@backgrounder(unique=True)
+def report_app(environ, start_response):
+    """A marked app: one job per method, path, query and body."""
+    return _wait_for_query_flag(environ, start_response)
+
+
+@backgrounder(unique=lambda request: request.form["report"])
+def report_by_form(environ, start_response):
+    """A marked app: one job per form field ``report``."""
+    return _wait_for_query_flag(environ, start_response)

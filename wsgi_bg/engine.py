@@ -391,8 +391,9 @@ class Engine:
         :param shown_args: what the pages show of the arguments instead of
             :func:`describe_args` (a marked app's request, described).
         :param max_call_bytes: this call's bound instead of the engine's.
-        :param unique: the call's unique key (a marked app's request's),
-            instead of the one ``fn``'s own ``unique`` option makes.
+        :param unique: the digest of the call's unique key
+            (:func:`unique_digest`; a marked app's request's), instead of
+            the one ``fn``'s own ``unique`` option makes.
         :raises CallTooLarge: past it; nothing is queued.
         """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
@@ -412,16 +413,17 @@ class Engine:
                 " file's path, a database key, a URL) and load it in the job, or"
                 " raise max_call_bytes")
         if unique is None and options.get("unique") is not None:
-            unique = options["unique"](*args, **kwargs)
-            if not isinstance(unique, str):
+            key = options["unique"](*args, **kwargs)
+            if not isinstance(key, str):
                 raise TypeError(
                     f"the unique= callable of {name} must return a str key, got"
-                    f" {unique!r:.100}: return e.g. str(user_id), or f'{{a}}:{{b}}'")
+                    f" {key!r:.100}: return e.g. str(user_id), or f'{{a}}:{{b}}'")
+            unique = unique_digest(name, key)
         runner = self._start()
         job_id = new_job_id()
         record = {
             "id": job_id, "name": name,
-            "unique": None if unique is None else unique_digest(name, unique),
+            "unique": unique,
             "created_at": time.time(), "started_at": None, "ended_at": None,
             "result": None, "error": None, "progress": None, "timeout": timeout,
             "cancel_requested": False, "cancel_grace": None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import functools
+import hashlib
 import importlib
 import inspect
 import io
@@ -41,7 +42,7 @@ from werkzeug.utils import ImportStringError, import_string
 from werkzeug.wrappers import Request
 
 from . import context
-from .engine import OPTIONS_ATTR, callable_name
+from .engine import OPTIONS_ATTR, callable_name, unique_digest
 from .exceptions import AppFailed
 from .options import check_number
 
@@ -90,31 +91,24 @@ def _check_show_args(show_args: Any) -> None:
         )
 
 
-#: What ``unique=`` accepts, for its error message.
-_UNIQUE_ACCEPTED = (
-    "unique must be True (one job per function and arguments), False, or a"
-    " callable taking the function's arguments and returning a str key, e.g."
-    " unique=lambda user_id, *args, **kwargs: str(user_id)")
+def _check_unique(unique: Any, example: str) -> None:
+    if not isinstance(unique, bool) and not callable(unique):
+        raise TypeError(
+            "unique must be True (one job per key made of the call), False, or"
+            f" a callable returning a str key, e.g. {example}; got {unique!r}")
 
 
 def _unique_option(
-    unique: Any, fn: Callable[..., Any] | None = None
+    unique: bool | Callable[..., str], fn: Callable[..., Any] | None = None
 ) -> Callable[..., str] | None:
-    """``unique=`` as the engine uses it: ``None`` (not unique) or a callable
-    of the call's arguments returning its key; ``True`` keys on the
-    arguments themselves (:func:`args_key`)."""
+    """``unique=`` as it is used: ``None`` (not unique) or a callable
+    returning the key; ``True`` keys on a function's arguments
+    (:func:`args_key`), or on a marked app's request (:func:`request_key`)."""
     if unique is False:
         return None
     if unique is True:
-        if fn is None:
-            raise TypeError(
-                "unique=True keys a job on its function's arguments; a marked"
-                " app has none: pass unique=True to background(), or a callable"
-                " of the request to backgrounder()")
-        return functools.partial(args_key, fn)
-    if callable(unique):
-        return unique  # type: ignore[no-any-return]
-    raise TypeError(f"{_UNIQUE_ACCEPTED}; got {unique!r}")
+        return functools.partial(args_key, fn) if fn is not None else request_key
+    return unique
 
 
 #: Types whose values ``unique=True`` keys on, by their ``repr`` (exact
@@ -186,6 +180,18 @@ def _key_form(value: Any, name: str, param: str, depth: int) -> str:
         f" {name} holds a {kind.__qualname__}: give unique= a callable that"
         " returns the job's key from the arguments, e.g. unique=lambda order,"
         " **kw: str(order.id)")
+
+
+def request_key(request: Request) -> str:
+    """The key of a request to a marked app for ``unique=True``: its method,
+    path, query (its pairs in sorted order) and a SHA-256 of its body. A
+    double-submitted form is one key; another query or body is another.
+
+    .. versionadded:: 0.2
+    """
+    query = sorted(request.args.items(multi=True))
+    body = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+    return f"{request.method} {request.script_root}{request.path} {query!r} {body}"
 
 
 class BackgroundFunction(Generic[P, R]):
@@ -305,8 +311,7 @@ def background(
     """
     check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
-    if not isinstance(unique, bool) and not callable(unique):
-        raise TypeError(f"{_UNIQUE_ACCEPTED}; got {unique!r}")
+    _check_unique(unique, "unique=lambda user_id, *args, **kwargs: str(user_id)")
 
     def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
         _check_module_level(fn, "@background")
@@ -469,7 +474,7 @@ class MarkedApp:
 
     def __init__(
         self, ref: str, target: Any, timeout: float | None, show_args: bool = True,
-        show_query: Iterable[str] = (),
+        show_query: Iterable[str] = (), unique: Callable[[Request], str] | None = None,
     ) -> None:
         #: where a worker finds this app: ``"module:attribute"``.
         self.ref = ref
@@ -478,11 +483,34 @@ class MarkedApp:
         self.show_args = show_args
         #: the query names whose values its pages show (:func:`describe_request`).
         self.show_query = frozenset(show_query)
+        #: the request's key for one job per key (:func:`backgrounder`), or None.
+        self.unique = unique
         functools.update_wrapper(self, target, updated=())
         setattr(self, OPTIONS_ATTR, {"timeout": timeout, "show_args": show_args})
 
     def __repr__(self) -> str:
         return f"<backgrounder {self.ref}>"
+
+    def unique_digest(self, request: Request, body: bytes) -> str | None:
+        """What the store keeps of this request's unique key (a digest of
+        the app's ``ref`` and the key: one app, whatever the path), or
+        ``None`` if the app is not marked ``unique``.
+
+        :raises TypeError: if the app's ``unique`` callable returns no str.
+        """
+        if self.unique is None:
+            return None
+        # A request of its own, whose body reads again (the server's is read).
+        environ = dict(request.environ, **{
+            "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        key = self.unique(Request(environ))
+        if not isinstance(key, str):
+            raise TypeError(
+                f"the unique= callable of backgrounder {self.ref} must return a"
+                f" str key, got {key!r:.100}: return e.g."
+                " request.form['report_id']")
+        return unique_digest(self.ref, key)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Workers import the app by name rather than unpickle it: a Flask app
@@ -523,13 +551,14 @@ def backgrounder(target: str | WSGIApplication, /) -> MarkedApp: ...
 @overload
 def backgrounder(
     *, timeout: float | None = None, show_args: bool = True,
-    show_query: Iterable[str] = (),
+    show_query: Iterable[str] = (), unique: bool | Callable[[Request], str] = False,
 ) -> Callable[[WSGIApplication], MarkedApp]: ...
 
 
 def backgrounder(
     target: str | WSGIApplication | None = None, /, *, timeout: float | None = None,
     show_args: bool = True, show_query: Iterable[str] = (),
+    unique: bool | Callable[[Request], str] = False,
 ) -> Any:
     """Mark a WSGI app whose every request runs as a background job.
 
@@ -562,19 +591,31 @@ def backgrounder(
         ``("year", "page")``; every other value shows as ``[hidden]``
         (:func:`~wsgi_bg.marks.describe_request`). List only names whose
         values never carry a credential.
+    :param unique: one job per key: while a job of this app with the same
+        key is queued or running, a request is answered with that job (the
+        same page) and starts nothing. ``True`` keys on the request's
+        method, path, query and body (:func:`request_key`: a form posted
+        twice starts one job); a callable is given the request (a Werkzeug
+        :class:`~werkzeug.wrappers.Request` whose body reads) and returns
+        the key as a ``str``, e.g. ``lambda request:
+        request.form["report_id"]``. Keys are the app's, whatever the path.
+        Only a digest of the app and the key is stored.
     :raises ImportError: if an import path cannot be resolved (at marking time).
     :raises TypeError: if the target is not a module-level callable,
-        ``show_args`` is not a bool, or ``show_query`` is not a collection
-        of names.
+        ``show_args`` is not a bool, ``show_query`` is not a collection
+        of names, or ``unique`` is not a bool or a callable.
 
     .. versionchanged:: 0.2
-        The query's values are hidden unless named in ``show_query``.
+        The query's values are hidden unless named in ``show_query``;
+        ``unique``.
 
     .. versionadded:: 0.1
     """
     check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
     show_query = _query_names(show_query)
+    _check_unique(unique, "unique=lambda request: request.form['report_id']")
+    request_unique = _unique_option(unique)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:
         if isinstance(target, str):
@@ -590,7 +631,8 @@ def backgrounder(
                     f"backgrounder({target!r}) found {found!r}, which is not a"
                     " WSGI app (not callable)"
                 )
-            return MarkedApp(target, found, timeout, show_args, show_query)
+            return MarkedApp(target, found, timeout, show_args, show_query,
+                             request_unique)
         _check_module_level(target, "@backgrounder")
         qualname = getattr(target, "__qualname__", None)
         module = getattr(target, "__module__", None)
@@ -601,7 +643,7 @@ def backgrounder(
                 " backgrounder('package.module:app')"
             )
         return MarkedApp(f"{module}:{qualname}", target, timeout, show_args,
-                         show_query)
+                         show_query, request_unique)
 
     if target is not None:
         return mark(target)
