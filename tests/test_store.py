@@ -310,6 +310,53 @@ def test_a_workers_store_is_the_servers_through_its_manager(wsgi_bg_middleware):
     assert local.read_output("a", 0) == ("out\n", 4)
 
 
+class _Planted:
+    """Unpickling it would create a file: proof that a pickle ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.timeout(60)
+def test_the_store_socket_admits_only_the_servers_own_processes(
+        wsgi_bg_middleware, tmp_path):
+    """docs/security.md: the manager serving the default store listens on a
+    Unix socket in a directory only this user can enter, and authenticates
+    with the server's random authkey before it unpickles anything."""
+    import os
+    import pickle
+    import socket
+    import stat
+    import struct
+    from multiprocessing import AuthenticationError, connection
+
+    mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1)
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=20).result == 3
+    address = mw.engine._backend.link().address
+    assert stat.S_IMODE(os.stat(os.path.dirname(address)).st_mode) == 0o700
+    # A wrong key: refused before any request is read.
+    with pytest.raises(AuthenticationError):
+        connection.Client(address, authkey=b"not the server's key")
+    # No handshake at all, a pickle straight away: never unpickled.
+    planted = tmp_path / "ran"
+    body = pickle.dumps(_Planted(str(planted)))
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(address)
+        raw.sendall(struct.pack("!i", len(body)) + body)
+        raw.settimeout(5)
+        try:
+            while raw.recv(4096):
+                pass  # the server's challenge, then it hangs up
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert not planted.exists()
+    # The server still serves its own workers.
+    assert mw.submit(jobfuncs.add, 2, 3).wait(timeout=20).result == 5
+
+
 def test_store_max_queued(make_store):
     store = make_store()
     assert store.create(record("a"), 2)
