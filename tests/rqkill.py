@@ -18,7 +18,7 @@ def _die(*args: object, **kwargs: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _started_then_die(self, job, queue, execution):  # type: ignore[no-untyped-def]
+def _started_then_die(self, job, queue, execution, settings):  # type: ignore[no-untyped-def]
     self.prepare_job_execution(
         job, remove_from_intermediate_queue=len(self.queues) == 1)
     _die()

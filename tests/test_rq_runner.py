@@ -12,6 +12,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -823,6 +824,68 @@ def test_a_job_queued_where_no_worker_listens_says_so_until_one_does(
         assert job.progress is None
     finally:
         workers.stop()
+
+
+# -- what a job costs Redis ----------------------------------------------------------
+def _commands_of(redis_server, run):
+    """The commands clients sent Redis while ``run()`` ran (MONITOR: not
+    those a script ran), each ``(client, command words as text)``."""
+    seen, ready, stop = [], threading.Event(), threading.Event()
+
+    def watch():
+        with redis_server.client().monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                if stop.is_set():
+                    return
+                seen.append(command)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert ready.wait(10)
+    redis_server.client().ping()  # (MONITOR is on once it shows)
+    wait_for(lambda: seen, 10, message="MONITOR to start")
+    start = len(seen)
+    run()
+    stop.set()
+    redis_server.client().ping()  # (its next command ends the watch)
+    watcher.join(10)
+    return [(f"{c['client_address']}:{c['client_port']}", c["command"])
+            for c in seen[start:] if c["client_type"] != "lua"]
+
+
+def test_a_job_on_rq_makes_no_round_trip_it_can_do_without(rq_mw, redis_server):
+    """The worker reads the RQ job's hash (its fields' sizes checked first)
+    in one script, and finds the job and its call in another; the web
+    process queues the RQ job in one transaction."""
+    queue = _queue("trips")
+    workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+    try:
+        mw = rq_mw(queue=queue)
+        assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=20).result == 2  # warm
+        job = None
+
+        def run():
+            nonlocal job
+            job = mw.submit(jobfuncs.add, 2, 3)
+            assert job.wait(timeout=20).result == 5
+
+        commands = _commands_of(redis_server, run)
+    finally:
+        workers.stop()
+    namespace = mw.engine._runner._settings["namespace"]
+    rq_key = f"rq:job:{rq_job_id(job.id)}"
+    words = [command.split() for _, command in commands]
+    assert not [w for w in words if w[0] in ("HKEYS", "HSTRLEN", "ZRANGEBYSCORE")]
+    assert ["GET", f"{namespace}:call:{job.id}"] not in words
+    # RQ's job hash: read by one script, never by HGETALL.
+    reads = [w for w in words if rq_key in w and w[0] in ("EVALSHA", "HGETALL")]
+    assert [(w[0], *w[2:4]) for w in reads] == [("EVALSHA", "1", rq_key)], reads
+    # The enqueue: one MULTI, RQ's set of queues in it.
+    queued = next(client for client, command in commands
+                  if command.startswith(f"RPUSH rq:queue:{queue} "))
+    sent = [command.split()[0] for client, command in commands if client == queued]
+    assert sent == ["MULTI", "SADD", "HSET", "HSET", "RPUSH", "EXEC"], sent
 
 
 # -- deployment that cannot go quietly wrong ------------------------------------------

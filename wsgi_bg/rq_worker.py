@@ -153,16 +153,20 @@ class _Job(rq.job.Job):
         return found
 
     def refresh(self) -> None:
-        # Sizes first: HGETALL would load a field of any size.
-        with self.connection.pipeline(transaction=False) as pipe:
-            for field in self.connection.hkeys(self.key):
-                pipe.hstrlen(self.key, field)
-            sizes = pipe.execute()
-        if sizes and max(sizes) > max_field_bytes:
+        # RQ's (HGETALL, then restore), but its fields' sizes are checked
+        # first, in the same script: HGETALL would load a field of any size.
+        global _fetch
+        if _fetch is None:
+            _fetch = self.connection.register_script(_fetch_source)
+        readable, found = _fetch(keys=[self.key], args=[max_field_bytes],
+                                 client=self.connection)
+        if not readable:
             raise _unreadable(self.connection, self.id,
-                              f"a field of {max(sizes):,} bytes (at most"
+                              f"a field of {found:,} bytes (at most"
                               f" {max_field_bytes:,})")
-        super().refresh()  # type: ignore[no-untyped-call]
+        if not found:
+            raise NoSuchJobError(f"No such job: {self.key}")
+        self.restore(dict(zip(found[::2], found[1::2], strict=True)))
 
     def restore(self, raw_data: typing.Any) -> typing.Any:
         for field in _compressed:
@@ -175,6 +179,19 @@ class _Job(rq.job.Job):
             # Logged by RQ's worker: a newline in it would forge log lines.
             self.description = repr(self.description)
         return done
+
+
+# An RQ job's hash in one round trip, unless a field is larger than ARGV[1]
+# bytes: {1, its fields and values} or {0, the largest field's size}.
+_fetch_source = """
+local largest = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  largest = math.max(largest, redis.call('HSTRLEN', KEYS[1], field))
+end
+if largest > tonumber(ARGV[1]) then return {0, largest} end
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+_fetch: redis.commands.core.Script | None = None  # (run on any client given)
 
 
 def _bounded_unzip(raw: bytes) -> bytes:
@@ -261,30 +278,37 @@ def _queue_class(given: type[rq.Queue]) -> type[rq.Queue]:
     return type(f"WsgiBg{given.__name__}", (_Queues, given), {})
 
 
-def admit(job: rq.job.Job, queue: rq.Queue) -> str | None:
-    """Why an RQ job taken from ``queue``, one of wsgi_bg's, must not run
-    (``None``: it may): it must be ``perform(reference, token)``, its
-    reference its RQ id, its token signed with this worker's secret key and
-    naming ``queue`` (a job moved from another namespace's queue does not
-    run here). Nothing is imported, unpickled nor run to tell."""
+class Refused(Exception):
+    """Why an RQ job of wsgi_bg's queues must not run (see :func:`admit`)."""
+
+
+def admit(job: rq.job.Job, queue: rq.Queue) -> dict[str, typing.Any]:
+    """The settings of an RQ job taken from ``queue``, one of wsgi_bg's,
+    that may run: it must be ``perform(reference, token)``, its reference
+    its RQ id, its token signed with this worker's secret key and naming
+    ``queue`` (a job moved from another namespace's queue does not run
+    here). Nothing is imported, unpickled nor run to tell.
+
+    :raises Refused: saying why it must not run.
+    """
     try:
         func, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
     except DeserializationError:
-        return "its data is not wsgi_bg's (not JSON)"
+        raise Refused("its data is not wsgi_bg's (not JSON)") from None
     if (func != _perform_name or instance is not None or kwargs
             or not isinstance(args, (list, tuple)) or len(args) != 2
             or not all(isinstance(a, str) for a in args)):
-        return f"it is not a wsgi_bg job (it calls {str(func)[:100]!r})"
+        raise Refused(f"it is not a wsgi_bg job (it calls {str(func)[:100]!r})")
     if args[0] != job.id:
-        return "its reference is not its RQ job id"
+        raise Refused("its reference is not its RQ job id")
     try:
         settings = _rq.open_reference(_rq.prepare_worker(), args[0], args[1])
     except (BadSignature, ValueError) as exc:
-        return f"its token did not check out ({exc})"
+        raise Refused(f"its token did not check out ({exc})") from None
     if settings.get("queue") != queue.name:
-        return (f"its token is for queue {str(settings.get('queue'))[:100]!r},"
-                f" not {queue.name!r}")
-    return None
+        raise Refused(f"its token is for queue {str(settings.get('queue'))[:100]!r},"
+                      f" not {queue.name!r}")
+    return settings
 
 
 class _Running:
@@ -355,9 +379,10 @@ class Worker(rq.Worker):
         if not _rq.is_wsgi_bg_queue(queue.name):
             super().execute_job(job, queue)  # a work horse, as stock
             return
-        refusal = admit(job, queue)
-        if refusal is not None:
-            self._refuse(job, queue, refusal)
+        try:
+            settings = admit(job, queue)
+        except Refused as refusal:
+            self._refuse(job, queue, str(refusal))
             return
         # As rq.SimpleWorker does, but for wsgi_bg's jobs only: the
         # supervisor that perform() runs here forks the job's process.
@@ -365,20 +390,22 @@ class Worker(rq.Worker):
         running = self._running = _Running(self, job, execution)
         try:
             with _rq.running_in_worker(running.tick, self.connection):
-                self._perform(job, queue, execution)
+                self._perform(job, queue, execution, settings)
         finally:
             self._running = None
         self.set_state(_rq_worker.WorkerStatus.IDLE)
 
-    def _perform(self, job: rq.job.Job, queue: rq.Queue, execution: Execution) -> None:
-        """RQ's perform_job for an admitted wsgi_bg job: perform() called
-        here (nothing imported by name, no alarm in the supervisor), its end
-        recorded in RQ's books as what happened."""
+    def _perform(self, job: rq.job.Job, queue: rq.Queue, execution: Execution,
+                 settings: dict[str, typing.Any]) -> None:
+        """RQ's perform_job for an admitted wsgi_bg job (``settings``: its
+        token's): perform() called here (nothing imported by name, no alarm
+        in the supervisor; its token not opened twice), its end recorded in
+        RQ's books as what happened."""
         self.prepare_job_execution(
             job, remove_from_intermediate_queue=len(self.queues) == 1)
         job.started_at = now()
         try:
-            job._result = _rq.perform(*job.args)
+            job._result = _rq.perform_admitted(job.id, settings)
         except BaseException as exc:
             self.handle_execution_ended(job, queue, job.failure_callback_timeout)
             if (isinstance(exc, _rq.JobEnded) and exc.state == "cancelled"

@@ -26,7 +26,7 @@ Data flow::
       queue.enqueue(perform,     ─► rq:queue:wsgi_bg… ───────► rq worker
         reference, signed                                      checks the signature
         settings) (JSON)                                       perform(reference, …)
-                                      N:call:{id} ◄───────────   store.call: checked
+                                      N:call:{id} ◄─────────    store.find_call: checked
                                                                  supervise(...)
                                                                    job process (kept
                                                                    for the next job)
@@ -132,7 +132,10 @@ def rq_job_id(job_id: str) -> str:
     RQ ids show in rq-dashboard and ``rq info``). SHA-1, as Redis's scripts
     compute it too (``redis.sha1hex``); a job id is 256 random bits, so the
     hash neither reveals it nor meets another's."""
-    return "wsgi_bg-" + hashlib.sha1(job_id.encode()).hexdigest()
+    return _REFERENCE + hashlib.sha1(job_id.encode()).hexdigest()
+
+
+_REFERENCE = "wsgi_bg-"  # what a reference is before the job id's hash
 
 
 class JobEnded(WsgiBgError):
@@ -308,21 +311,35 @@ def perform(reference: str, token: str) -> str:
     :raises BadSignature: for a token not signed with this worker's key.
     :raises RuntimeError: outside :class:`wsgi_bg.rq_worker.Worker`.
     """
+    _running()
+    return perform_admitted(reference, open_reference(prepare_worker(), reference,
+                                                      token))
+
+
+def _running() -> tuple[Callable[[], float | None], redis.Redis]:
     running = _in_worker
     if running is None:
         raise RuntimeError(
             "wsgi_bg's RQ jobs run only on wsgi_bg's worker class: rq worker -w"
             " wsgi_bg.rq_worker.Worker <queue> (it checks each job's signature"
             " before it runs it)")
-    signer = prepare_worker()
-    settings = open_reference(signer, reference, token)
-    tick, connection = running
-    store = _worker_store(settings, connection, signer)
-    job_id = _find_job(store, settings, reference)
-    if job_id is None:
+    return running
+
+
+def perform_admitted(reference: str, settings: dict[str, Any]) -> str:
+    """:func:`perform`, for the worker that opened the token already
+    (:func:`wsgi_bg.rq_worker.admit`): ``settings`` are what it holds,
+    checked. The same answers and errors."""
+    tick, connection = _running()
+    store = _worker_store(settings, connection, prepare_worker())
+    # The job, among those created at the instant the token says, whose id
+    # hashes to the reference, and its call: one round trip.
+    found = store.find_call(settings["created"], reference.removeprefix(_REFERENCE))
+    if found is None:
         raise JobEnded(reference, None, "its record is no longer in the store")
+    job_id, signed = found
     try:
-        payload = store.call(job_id)
+        payload = store.check_call(job_id, signed)
     except BadSignature as exc:
         raise JobEnded(reference, store.finish(
             job_id, JobState.FAILED.value, None, str(exc))) from None
@@ -340,22 +357,6 @@ def perform(reference: str, token: str) -> str:
         record = store.get(job_id)
         state = None if record is None else record["state"]
     raise JobEnded(reference, state)
-
-
-def _find_job(
-    store: RedisStore, settings: dict[str, Any], reference: str
-) -> str | None:
-    """The id of the job whose reference is ``reference``: among the jobs
-    created at the instant the token says (the list's score), the one whose
-    hash it is."""
-    score = repr(float(settings["created"]))
-    ids: list[bytes] = store._r.zrangebyscore(  # type: ignore[assignment]
-        f"{settings['namespace']}:jobs", score, score)
-    for raw in ids:
-        job_id = raw.decode()
-        if rq_job_id(job_id) == reference:
-            return job_id
-    return None
 
 
 #: While :class:`wsgi_bg.rq_worker.Worker` runs a job in its own process (not
@@ -643,7 +644,7 @@ class RQRunner:
         reference = rq_job_id(job_id)
         try:
             # The job's instant in the list: how the worker finds the job
-            # from its reference (see _find_job).
+            # from its reference (see RedisStore.find_call).
             created = self._store_client().zscore(
                 f"{self._settings['namespace']}:jobs", job_id)
             if created is None:
@@ -652,11 +653,14 @@ class RQRunner:
             # (not from another namespace's, where someone moved it).
             settings = dict(self._settings, timeout=timeout, grace=grace,
                             created=created, queue=queue.name)
-            queue.enqueue_call(
-                perform, args=(reference, sign_reference(
-                    self._signer, reference, settings)),
-                timeout=limit, description=describe(name), job_id=reference,
-            )
+            # One round trip: RQ's enqueue without a pipeline makes two.
+            with queue.connection.pipeline() as pipe:
+                queue.enqueue_call(
+                    perform, args=(reference, sign_reference(
+                        self._signer, reference, settings)),
+                    timeout=limit, description=describe(name), job_id=reference,
+                    pipeline=pipe)
+                pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
                 f"the RQ queue's Redis cannot be reached: {exc}. Try again shortly."

@@ -124,7 +124,7 @@ _CRASHED_QUEUED = (
 #: The scripts, each a file of lua/ (its header says its arguments and its
 #: answer), run after lua/lib.lua: the prelude they share.
 SCRIPTS = ("create", "start", "relay", "finish", "finish_and_start", "cancel",
-           "view", "read", "list", "counts", "page", "sweep", "notice")
+           "view", "read", "list", "counts", "page", "sweep", "notice", "find_call")
 
 
 @functools.cache
@@ -518,10 +518,34 @@ class RedisStore:
     def call(self, job_id: str) -> bytes | None:
         blob: bytes | None = self._r.get(  # type: ignore[assignment]
             self._prefix + "call:" + job_id)
+        return self.check_call(job_id, blob)
+
+    def check_call(self, job_id: str, blob: bytes | None) -> bytes | None:
+        """The pickled call in ``blob``, the signed call stored with job
+        ``job_id`` (``None``: none stored), once its signature checks out.
+
+        :raises ~wsgi_bg.stores.signing.BadSignature: if it does not (it is
+            never returned, so never unpickled).
+        """
         if blob is None:
             return None
-        # BadSignature: not loaded
         return self._signer.unsign("call", job_id, blob, namespace=self.namespace)
+
+    @_reaching
+    def find_call(
+        self, created_at: float, digest: str
+    ) -> tuple[str, bytes | None] | None:
+        """The id of the job created at ``created_at`` whose id's SHA-1
+        (hex) is ``digest``, and its signed call, unchecked (see
+        :meth:`check_call`), in one round trip: how an RQ worker finds the
+        job an RQ job names without naming its id. ``None`` if no such job
+        is stored."""
+        found = self._scripts["find_call"](args=self._args(
+            repr(float(created_at)), digest))
+        if found is None:
+            return None
+        job_id, blob = found
+        return job_id.decode(), blob
 
     @_reaching
     def read_output(self, job_id: str, since: int) -> tuple[str, int] | None:
