@@ -785,6 +785,28 @@ def test_a_job_whose_rq_job_never_reached_the_queue_ends_within_30s(rq_mw):
     assert mw.submit(jobfuncs.add, 1, 1).cancel()  # the slot is free
 
 
+def test_two_queues_of_one_namespace_leave_each_others_jobs_be(
+        rq_mw, monkeypatch):
+    """Two apps (or a deploy that renamed the queue) on one namespace, each
+    on a queue of its own: an RQ sweep judges the jobs of its own queue, and
+    one waiting on the other is neither lost (its app's web processes may
+    be gone while its workers go on) nor given this one's notice."""
+    from wsgi_bg.runners import rq as rq_runner
+
+    monkeypatch.setattr(rq_runner, "QUEUE_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(rq_runner, "TAKEN_SECONDS", 0.0)  # a suspect ends at once
+    queues = [_queue("one"), _queue("two")]
+    made = [rq_mw(queue=queue) for queue in queues]
+    ours, theirs = [mw.submit(jobfuncs.add, 1, i) for i, mw in enumerate(made)]
+    made[1].engine._runner._sweep.stop()  # its web process gone
+    for _ in range(2):
+        made[0].engine._runner._sweep.sweep()
+    assert (ours.state, theirs.state) == (JobState.QUEUED, JobState.QUEUED), (
+        theirs.error)
+    assert f"listens on queue {queues[0]}." in ours.to_dict()["notice"]
+    assert theirs.to_dict()["notice"] is None
+
+
 def test_a_job_queued_where_no_worker_listens_says_so_until_one_does(
         rq_mw, redis_server):
     """Its page and JSON say so while it waits, with the command that starts

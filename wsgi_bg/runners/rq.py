@@ -427,8 +427,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
   -- owner null: it waits in RQ (a pool's queued job has an owner)
   if redis.call('HGET', key, 'owner') == 'null' then
     local ref = 'wsgi_bg-' .. redis.sha1hex(id)
-    local rq = redis.call('HMGET', rq_job .. ref, 'status', 'worker_name')
-    local status, worker = rq[1], rq[2]
+    local rq = redis.call('HMGET', rq_job .. ref, 'status', 'worker_name', 'origin')
+    local status, worker, origin = rq[1], rq[2], rq[3] or qname
     if not status then
       taken(id, "this job never reached RQ's queue " .. qname .. ' (its RQ job'
         .. ' is not in Redis: queueing it failed after its record was created,'
@@ -436,17 +436,20 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
     elseif status == 'queued' and listed[ref] then
       redis.call('HDEL', P .. 'suspects', id)
       waiting[#waiting + 1] = id
+    elseif status == 'queued' and origin ~= qname then
+      -- It waits on another queue of the namespace (another app's runner,
+      -- or a deploy that renamed it): that queue's sweep judges it.
     elseif status == 'queued' or status == 'started' then
       local who = 'an RQ worker'
       if status == 'started' and worker and worker ~= '' then
         who = 'the RQ worker ' .. worker
       end
-      taken(id, who .. " took this job off RQ's queue " .. qname
+      taken(id, who .. " took this job off RQ's queue " .. origin
         .. ' and stopped before it started it (killed, or its host gone): it'
         .. ' ended crashed')
     elseif status ~= 'scheduled' and status ~= 'deferred' then
       taken(id, 'RQ recorded this job ' .. status .. ' before it started, on'
-        .. ' queue ' .. qname .. " (taken by a worker that is not wsgi_bg's"
+        .. ' queue ' .. origin .. " (taken by a worker that is not wsgi_bg's"
         .. " class, or ended with RQ's own commands): it ended crashed")
     end
   end
