@@ -4,9 +4,11 @@ a deployment): through the public API it submits jobs to RQ workers started
 with the same prefix, sweeps, cancels a queued job, then prints what it saw
 as JSON.
 
-``python rq_prefix_web.py URL NAMESPACE BUSY_QUEUE IDLE_QUEUE FLAG``: one
-worker listens on BUSY_QUEUE, none on IDLE_QUEUE; FLAG is a path the first
-job waits for."""
+``python rq_prefix_web.py URL ADMIN_URL NAMESPACE BUSY_QUEUE IDLE_QUEUE
+FLAG``: the web process reaches Redis at URL (as an ACL user), what it saw
+is read at ADMIN_URL; one worker listens on BUSY_QUEUE, none on IDLE_QUEUE;
+FLAG is a path the first job waits for; the namespaces are NAMESPACE-0 and
+NAMESPACE-1."""
 from __future__ import annotations
 
 import json
@@ -21,9 +23,9 @@ from wsgi_bg.runners import rq as rq_runner
 from wsgi_bg.testing import wait_for
 
 
-def main(url: str, namespace: str, busy_queue: str, idle_queue: str,
-         flag: str) -> dict[str, object]:
-    client = redis.Redis.from_url(url)
+def main(url: str, admin_url: str, namespace: str, busy_queue: str,
+         idle_queue: str, flag: str) -> dict[str, object]:
+    client, admin = redis.Redis.from_url(url), redis.Redis.from_url(admin_url)
     # (a namespace each: an RQ sweep takes its namespace's queued jobs for
     # its queue's)
     made = [BackgroundMiddleware(jobfuncs.hello, store=url,
@@ -50,7 +52,7 @@ def main(url: str, namespace: str, busy_queue: str, idle_queue: str,
         seen["waiting"] = waiting.to_dict()
         seen["lost"] = lost.to_dict()
         seen["cancelled"] = cancelled.cancel()
-        queue = rq.Queue(idle_queue, connection=client)
+        queue = rq.Queue(idle_queue, connection=admin)
         seen["canceled_registry"] = rq.registry.CanceledJobRegistry(
             queue=queue).get_job_ids()
         seen["idle_queue"] = queue.get_job_ids()
@@ -60,11 +62,12 @@ def main(url: str, namespace: str, busy_queue: str, idle_queue: str,
         seen["waited"] = waiting.wait(timeout=20).result
         seen["ran"] = running.wait(timeout=20).state.value
         lost.cancel()
-        seen["keys"] = sorted(key.decode() for key in client.keys("*"))
+        seen["keys"] = sorted(key.decode() for key in admin.keys("*"))
     finally:
         for mw in made:
             mw.shutdown()
         client.close()
+        admin.close()
     return seen
 
 

@@ -931,13 +931,19 @@ def test_a_worker_without_the_secret_key_refuses_to_start_on_wsgi_bgs_queue(
 def test_rq_key_prefix_moves_every_rq_key_the_runner_reads_and_writes(
         redis_server, tmp_path):
     """RQ_KEY_PREFIX (rq 3), set for a web process and its workers as a
-    deployment does: jobs run; a job waiting behind a running one is known
-    to have a worker listening; one where none listens says so, and the RQ
-    sweep does not take it for lost; a cancel takes a queued one off RQ's
-    queue into RQ's canceled registry; nothing lands under RQ's default
-    prefix."""
+    deployment does, the web process the ACL user docs/security.md shows
+    with the prefix written for ``rq``: jobs run; a job waiting behind a
+    running one is known to have a worker listening; one where none
+    listens says so, and the RQ sweep does not take it for lost; a cancel
+    takes a queued one off RQ's queue into RQ's canceled registry; nothing
+    lands under RQ's default prefix, and Redis refused the user nothing."""
     prefix = "myapp:rq"
     busy, idle = _queue("prefixed"), _queue("prefixed-idle")
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    admin = redis_server.client()
+    acl = [rule.replace("rq:", f"{prefix}:") for rule in
+           _documented_acl(f"{namespace}-*")]
+    admin.execute_command("ACL", "SETUSER", "wsgi_bg_prefixed", "reset", *acl)
     workers = RQWorkers(redis_server.url, busy, TEST_SECRET_KEY, count=1,
                         key_prefix=prefix).start()
     try:
@@ -945,12 +951,19 @@ def test_rq_key_prefix_moves_every_rq_key_the_runner_reads_and_writes(
                    WSGI_BG_SECRET_KEY=TEST_SECRET_KEY)
         out = subprocess.run(
             [sys.executable, os.path.join(ROOT, "tests", "rq_prefix_web.py"),
-             redis_server.url, f"t-{uuid.uuid4().hex[:12]}", busy, idle,
-             str(tmp_path / "go")],
+             redis_server.url.replace(
+                 "redis://", "redis://wsgi_bg_prefixed:long-password@"),
+             redis_server.url, namespace, busy, idle, str(tmp_path / "go")],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=90)
+        refused = [entry for entry in admin.execute_command("ACL", "LOG")
+                   if entry[b"username"] == b"wsgi_bg_prefixed"
+                   and entry[b"object"] != b"info"]
     finally:
         workers.stop()
+        admin.execute_command("ACL", "DELUSER", "wsgi_bg_prefixed")
+        admin.execute_command("ACL", "LOG", "RESET")
     assert out.returncode == 0, out.stderr
+    assert refused == []
     seen = json.loads(out.stdout.splitlines()[-1])
     assert seen["result"] == 5
     assert (seen["waited"], seen["ran"]) == (2, "succeeded")
