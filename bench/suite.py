@@ -32,8 +32,8 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.test import Client, EnvironBuilder
 
 from wsgi_bg import BackgroundMiddleware
-from wsgi_bg.engine import default_start_method
 from wsgi_bg.jobs import TERMINAL_STATES
+from wsgi_bg.options import default_start_method
 
 from . import jobfuncs
 from .jobfuncs import hello_app, lines_size, marked_app, noop

@@ -41,7 +41,7 @@ def test_nothing_starts_before_first_submit(make_mw):
 
 @pytest.mark.pool_only
 def test_default_is_a_process_pool_on_forkserver(mw):
-    assert mw.engine.start_method == "forkserver"
+    assert mw.settings.start_method == "forkserver"
     job = mw.submit(jobfuncs.pids_then_sleep, 0)
     job_pid, _ = _job_pids(job)
     job.wait(timeout=20)
@@ -262,6 +262,18 @@ def test_bad_input_before_first_submit_starts_nothing(mw):
         mw.submit(lambda: 1)
     assert not mw.engine.started
     assert live_children() == []
+
+
+def test_settings_are_checked_once_and_frozen(make_mw):
+    import dataclasses
+
+    mw = make_mw(max_queued=7)
+    assert mw.settings is mw.engine.settings
+    assert (mw.settings.max_queued, mw.settings.start_method) == (7, "forkserver")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mw.settings.max_queued = 8  # type: ignore[misc]
+    with pytest.raises(ValueError, match="max_queued must be an integer >= 1"):
+        make_mw(max_queued=0)
 
 
 def test_queue_full(make_mw, store_options, request, tmp_path):

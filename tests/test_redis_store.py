@@ -28,6 +28,7 @@ from helpers import wait_for
 from redis_server import RedisServer, free_port
 from wsgi_bg import BackgroundMiddleware, JobState, ResultUnavailable, allow_all
 from wsgi_bg.exceptions import StoreUnavailable
+from wsgi_bg.options import Settings
 from wsgi_bg.stores import open_backend
 from wsgi_bg.stores.signing import SECRET_KEY_ENV
 
@@ -111,9 +112,8 @@ def test_without_the_redis_package_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis fails
     monkeypatch.delitem(sys.modules, "wsgi_bg.stores.redis", raising=False)
     with pytest.raises(ImportError, match=r'pip install "wsgi_bg\[redis\]"'):
-        open_backend("redis://127.0.0.1:1/0", namespace="n",
-                     secret_key=TEST_SECRET_KEY, keep_finished=1, job_ttl=1,
-                     max_output_bytes=1000)
+        open_backend(Settings(store="redis://127.0.0.1:1/0", namespace="n",
+                              secret_key=TEST_SECRET_KEY))
 
 
 def test_a_client_object_selects_the_redis_store(redis_server, wsgi_bg_middleware):

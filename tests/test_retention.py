@@ -36,7 +36,7 @@ def test_max_jobs_is_the_old_name_of_keep_finished(make_mw):
     with pytest.warns(DeprecationWarning,
                       match=r"max_jobs=\.\.\.\) is deprecated: pass keep_finished="):
         mw = make_mw(max_jobs=1)
-    assert mw.engine.keep_finished == 1
+    assert mw.settings.keep_finished == 1
     first = mw.submit(jobfuncs.add, 1, 1).wait(timeout=20)
     second = mw.submit(jobfuncs.add, 2, 2).wait(timeout=20)
     wait_for(lambda: mw.get_job(first.id) is None, 10,

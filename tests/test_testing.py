@@ -322,7 +322,7 @@ def test_factory_close_fails_naming_a_process_left_behind():
     factory = MiddlewareFactory(process_timeout=0.2)
     mw = factory(max_workers=1)
     assert isinstance(mw, BackgroundMiddleware)
-    assert mw.engine.max_workers == 1 and mw.engine.cancel_grace == 1.0
+    assert mw.settings.max_workers == 1 and mw.settings.cancel_grace == 1.0
     wait_for_job(mw.submit(testingfuncs.pid))
     stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -27,7 +27,6 @@ import pathlib
 import pickle
 import reprlib
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -35,14 +34,13 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
-from .options import check_number
+from .options import Settings, check_number
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost
 from .runners.processes import kill_group
@@ -174,14 +172,6 @@ def unique_digest(name: str, key: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def default_start_method() -> str:
-    """forkserver on Linux (a threaded server must not fork), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "forkserver" in methods:
-        return "forkserver"
-    return "spawn"
-
-
 def callable_name(fn: Any) -> str:
     """``module.qualname`` of a function, for names and messages."""
     module = getattr(fn, "__module__", None) or "?"
@@ -237,68 +227,16 @@ def dump_call(
     raise TypeError(f"the call of {name} cannot be pickled to a worker process")
 
 
-#: Finished jobs kept (``keep_finished``'s default).
-KEEP_FINISHED = 1000
-
-
 class Engine:
     """Runs jobs and keeps their records; what :class:`BackgroundMiddleware`
     delegates to. Options are documented there."""
 
-    def __init__(
-        self, *, max_workers: int | None = None, keep_finished: int = KEEP_FINISHED,
-        job_ttl: float = 86400, max_output_bytes: int = 1_048_576,
-        max_queued: int = 1000, cancel_grace: float = 5.0,
-        start_method: str | None = None,
-        executor_factory: Callable[[], Executor] | None = None,
-        max_jobs_per_process: int = 100, store: Any = None,
-        namespace: str = "wsgi_bg", secret_key: str | bytes | None = None,
-        runner: Any = None, max_result_bytes: int = MAX_RESULT_BYTES,
-        max_call_bytes: int = MAX_CALL_BYTES,
-    ) -> None:
-        check_number("max_jobs_per_process", max_jobs_per_process, minimum=1,
-                      integer=True)
-        check_number("max_workers", max_workers, minimum=1, allow_none=True,
-                      integer=True)
-        check_number("keep_finished", keep_finished, minimum=1, integer=True)
-        check_number("job_ttl", job_ttl, minimum=0)
-        check_number("max_output_bytes", max_output_bytes, minimum=256, integer=True)
-        check_number("max_queued", max_queued, minimum=1, integer=True)
-        check_number("max_result_bytes", max_result_bytes, minimum=1, integer=True)
-        check_number("max_call_bytes", max_call_bytes, minimum=1, integer=True)
-        check_number("cancel_grace", cancel_grace, minimum=0)
-        methods = multiprocessing.get_all_start_methods()
-        if start_method is not None and start_method not in methods:
-            raise ValueError(
-                f"start_method must be one of {methods}, got {start_method!r}"
-            )
-        if executor_factory is not None and not callable(executor_factory):
-            raise TypeError(
-                "executor_factory must be a callable returning a"
-                f" concurrent.futures.Executor, got {executor_factory!r}"
-            )
-        self.max_workers = max_workers
-        self.keep_finished = keep_finished
-        self.job_ttl = job_ttl
-        self.max_output_bytes = max_output_bytes
-        self.max_queued = max_queued
-        self.cancel_grace = cancel_grace
-        self.start_method = start_method or default_start_method()
-        self.executor_factory = executor_factory
-        self.max_jobs_per_process = max_jobs_per_process
-        self.max_result_bytes = max_result_bytes
-        self.max_call_bytes = max_call_bytes
+    def __init__(self, settings: Settings) -> None:
+        #: The middleware's options, checked (see :class:`~wsgi_bg.options.Settings`).
+        self.settings = settings
         self._lock = threading.RLock()
-        self._backend: Backend = open_backend(
-            store, namespace=namespace, secret_key=secret_key,
-            keep_finished=keep_finished, job_ttl=job_ttl,
-            max_output_bytes=max_output_bytes,
-        )
-        self._open_runner = functools.partial(
-            open_runner, runner, backend=self._backend, max_workers=max_workers,
-            start_method=self.start_method, executor_factory=executor_factory,
-            jobs_per_process=max_jobs_per_process, max_result_bytes=max_result_bytes,
-        )
+        self._backend: Backend = open_backend(settings)
+        self._open_runner = functools.partial(open_runner, settings, self._backend)
         self._planned: Runner = self._open_runner()
         self._closing = threading.Event()
         # Until the first submit, reads use what needs nothing started.
@@ -347,13 +285,13 @@ class Engine:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             if self._runner is None:
                 runner = self._planned
-                ctx = multiprocessing.get_context(self.start_method)
+                ctx = multiprocessing.get_context(self.settings.start_method)
                 _survive_removed_cwd()
                 before = _forkserver_pid()
                 with _signals_unblocked():
                     store = self._backend.start(ctx,
                                                 holds_queued=runner.holds_queued)
-                    if runner.needs_link and self.start_method == "forkserver":
+                    if runner.needs_link and self.settings.start_method == "forkserver":
                         # Started now, not by the pool's first worker: ours
                         # to stop.
                         from multiprocessing import forkserver
@@ -404,7 +342,8 @@ class Engine:
         check_number("timeout", timeout, minimum=0, allow_none=True)
         name = name or callable_name(fn)
         payload = dump_call(fn, args, kwargs)
-        limit = self.max_call_bytes if max_call_bytes is None else max_call_bytes
+        limit = (self.settings.max_call_bytes if max_call_bytes is None
+                 else max_call_bytes)
         if len(payload) > limit:
             raise CallTooLarge(
                 f"the call of {name} pickles to"
@@ -478,7 +417,7 @@ class Engine:
             store = self._store
             self._calls[job_id] = (payload, timeout, str(record["name"]))
         try:
-            created = store.create(record, self.max_queued, payload)
+            created = store.create(record, self.settings.max_queued, payload)
         except StoreUnavailable:
             # Its answer was lost (a timeout, a dropped connection): it may
             # have landed all the same, and nothing here will run it.
@@ -491,7 +430,7 @@ class Engine:
         if created is None:
             self._calls.pop(job_id, None)
             raise QueueFull(
-                f"{self.max_queued} jobs are already waiting (max_queued): try"
+                f"{self.settings.max_queued} jobs are already waiting (max_queued): try"
                 " again later, or raise max_queued or max_workers"
             )
         if created != job_id:
@@ -571,11 +510,12 @@ class Engine:
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
         payload, timeout, name = self._calls[job_id]
+        grace = self.settings.cancel_grace
         try:
-            future = runner.submit(job_id, payload, timeout, self.cancel_grace, name)
+            future = runner.submit(job_id, payload, timeout, grace, name)
         except BrokenProcessPool:
             runner.restart()
-            future = runner.submit(job_id, payload, timeout, self.cancel_grace, name)
+            future = runner.submit(job_id, payload, timeout, grace, name)
         if future is None:  # the runner reports nothing back: the store says it
             self._calls.pop(job_id, None)
             return
@@ -694,7 +634,7 @@ class Engine:
             settler = self._settler
         if runner is None:
             return
-        grace = self.cancel_grace if wait else 0.0
+        grace = self.settings.cancel_grace if wait else 0.0
         asked = True
         try:
             for job_id in own:
@@ -810,7 +750,7 @@ def _signals_unblocked() -> Iterator[None]:
 def _release_helpers(engine: Engine) -> None:
     with _started_lock:
         _started.discard(engine)
-        in_use = {other.start_method for other in _started}
+        in_use = {other.settings.start_method for other in _started}
         _stop_helpers(in_use)
 
 

@@ -35,7 +35,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import context
 from .auth import default_authorize
-from .engine import KEEP_FINISHED, Engine
+from .engine import Engine
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job
 from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
@@ -46,7 +46,7 @@ from .marks import (
     run_app,
     snapshot_environ,
 )
-from .options import check_number
+from .options import KEEP_FINISHED, Settings, check_number, default_start_method
 from .status import StatusApp
 
 if TYPE_CHECKING:
@@ -385,15 +385,19 @@ class BackgroundMiddleware:
         self._prefix_dir = self.prefix + "/"
         self.status_url = status_url.rstrip("/") if status_url else None
         self.max_body_bytes = max_body_bytes
-        self.engine = Engine(
+        #: The options the engine, store and runner read, checked
+        #: (:class:`~wsgi_bg.options.Settings`); they never change.
+        self.settings = Settings(
             max_workers=max_workers, keep_finished=keep_finished,
             job_ttl=job_ttl, max_output_bytes=max_output_bytes, max_queued=max_queued,
-            cancel_grace=cancel_grace, start_method=start_method,
+            cancel_grace=cancel_grace,
+            start_method=start_method or default_start_method(),
             executor_factory=executor_factory,
             max_jobs_per_process=max_jobs_per_process, store=store,
             namespace=namespace, secret_key=secret_key, runner=runner,
             max_result_bytes=max_result_bytes, max_call_bytes=max_call_bytes,
         )
+        self.engine = Engine(self.settings)
         self._multiprocess_checked = False
         self._script_name = ""  # where we were last seen mounted
         #: The status pages as a standalone WSGI app, to mount elsewhere, e.g.
@@ -507,13 +511,13 @@ class BackgroundMiddleware:
                 show_args=app.show_args,
                 # Never the environ and the body: cookies, credentials, forms.
                 shown_args=describe_request(request, body, app.show_query),
-                max_call_bytes=self.engine.max_call_bytes + len(body),
+                max_call_bytes=self.settings.max_call_bytes + len(body),
                 unique=app.unique_digest(request, body),
             )
         except CallTooLarge:
             raise RequestHeaderFieldsTooLarge(
                 "the request's headers and environment are larger than"
-                f" max_call_bytes={self.engine.max_call_bytes}, the most a job's"
+                f" max_call_bytes={self.settings.max_call_bytes}, the most a job's"
                 " call may carry besides its body: no job was started") from None
 
     # -- jobs ---------------------------------------------------------------------

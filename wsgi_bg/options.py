@@ -1,5 +1,7 @@
-"""Checks of the options a user gives: :class:`~wsgi_bg.BackgroundMiddleware`,
-the engine it builds, and ``@background``'s per-function options.
+"""The options a user gives, checked once: :class:`Settings`, the frozen
+options of one :class:`~wsgi_bg.BackgroundMiddleware` that its engine,
+store and runner read, and :func:`check_number`, also used for
+``@background``'s per-function options.
 
 Runs in the server process, at construction or decoration, before anything
 starts: a wrong option fails there, with a message that names it and says
@@ -8,7 +10,17 @@ what it must be, never later in a worker.
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import sys
+from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
+
+from .limits import MAX_CALL_BYTES, MAX_RESULT_BYTES
+
+#: Finished jobs kept (``keep_finished``'s default).
+KEEP_FINISHED = 1000
 
 
 def check_number(name: str, value: Any, *, minimum: float, allow_none: bool = False,
@@ -21,3 +33,62 @@ def check_number(name: str, value: Any, *, minimum: float, allow_none: bool = Fa
     if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
         what = "an integer" if integer else "a number"
         raise ValueError(f"{name} must be {what} >= {minimum}, got {value!r}")
+
+
+def default_start_method() -> str:
+    """forkserver on Linux (a threaded server must not fork), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "forkserver" in methods:
+        return "forkserver"
+    return "spawn"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The options of one :class:`~wsgi_bg.BackgroundMiddleware` that its
+    engine, store and runner read (``mw.settings``), each documented there;
+    checked when built (:exc:`ValueError` or :exc:`TypeError` naming the
+    option), never changed after. ``store``, ``namespace``, ``secret_key`` and
+    ``runner`` are checked by the store and runner they select.
+
+    .. versionadded:: 0.2
+    """
+
+    max_workers: int | None = None
+    keep_finished: int = KEEP_FINISHED
+    job_ttl: float = 86400
+    max_output_bytes: int = 1_048_576
+    max_queued: int = 1000
+    cancel_grace: float = 5.0
+    start_method: str = dataclasses.field(default_factory=default_start_method)
+    executor_factory: Callable[[], Executor] | None = None
+    max_jobs_per_process: int = 100
+    store: Any = None
+    namespace: str = "wsgi_bg"
+    secret_key: str | bytes | None = None
+    runner: Any = "pool"
+    max_result_bytes: int = MAX_RESULT_BYTES
+    max_call_bytes: int = MAX_CALL_BYTES
+
+    def __post_init__(self) -> None:
+        check_number("max_jobs_per_process", self.max_jobs_per_process, minimum=1,
+                     integer=True)
+        check_number("max_workers", self.max_workers, minimum=1, allow_none=True,
+                     integer=True)
+        check_number("keep_finished", self.keep_finished, minimum=1, integer=True)
+        check_number("job_ttl", self.job_ttl, minimum=0)
+        check_number("max_output_bytes", self.max_output_bytes, minimum=256,
+                     integer=True)
+        check_number("max_queued", self.max_queued, minimum=1, integer=True)
+        check_number("max_result_bytes", self.max_result_bytes, minimum=1,
+                     integer=True)
+        check_number("max_call_bytes", self.max_call_bytes, minimum=1, integer=True)
+        check_number("cancel_grace", self.cancel_grace, minimum=0)
+        methods = multiprocessing.get_all_start_methods()
+        if self.start_method not in methods:
+            raise ValueError(
+                f"start_method must be one of {methods}, got {self.start_method!r}")
+        if self.executor_factory is not None and not callable(self.executor_factory):
+            raise TypeError(
+                "executor_factory must be a callable returning a"
+                f" concurrent.futures.Executor, got {self.executor_factory!r}")

@@ -32,11 +32,10 @@ Which process runs which module::
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Protocol
 
-from ..limits import MAX_RESULT_BYTES
+from ..options import Settings
 from ..stores import Backend, Ending, Link, Store
 
 __all__ = ["LocalLink", "Runner", "open_runner", "runs_here"]
@@ -110,25 +109,25 @@ class LocalLink:
         return self.store
 
 
-def open_runner(
-    runner: Any, *, backend: Backend, max_workers: int | None,
-    start_method: str, executor_factory: Callable[[], Executor] | None,
-    jobs_per_process: int, max_result_bytes: int = MAX_RESULT_BYTES,
-) -> Runner:
-    """The runner for the middleware's ``runner=`` option; nothing starts.
+def open_runner(settings: Settings, backend: Backend) -> Runner:
+    """The runner for the middleware's ``runner=`` option (with the options
+    it reads), on ``backend``'s store; nothing starts.
 
     :raises ValueError: for a ``runner`` that names no known runner, or
         ``"rq"`` without the Redis store.
     :raises ImportError: for ``"rq"`` without the ``rq`` package.
     """
+    runner = settings.runner
+    max_result_bytes = settings.max_result_bytes
+    jobs_per_process = settings.max_jobs_per_process
     if runner is None or (isinstance(runner, str) and runner == "pool"):
         from .pool import ProcessRunner
 
         return ProcessRunner(
-            max_workers=max_workers,
-            mp_context=multiprocessing.get_context(start_method),
-            executor_factory=executor_factory, jobs_per_process=jobs_per_process,
-            max_result_bytes=max_result_bytes,
+            max_workers=settings.max_workers,
+            mp_context=multiprocessing.get_context(settings.start_method),
+            executor_factory=settings.executor_factory,
+            jobs_per_process=jobs_per_process, max_result_bytes=max_result_bytes,
         )
     is_queue = (type(runner).__module__.startswith("rq.")
                 and hasattr(runner, "enqueue_call"))

@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .protocol import RECORD_FIELDS, Backend, Ending, Link, Record, Store
+
+if TYPE_CHECKING:
+    from ..options import Settings
 
 __all__ = ["RECORD_FIELDS", "Backend", "Ending", "Link", "Record", "Store",
            "open_backend"]
@@ -23,18 +26,18 @@ __all__ = ["RECORD_FIELDS", "Backend", "Ending", "Link", "Record", "Store",
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def open_backend(
-    store: Any, *, namespace: str, secret_key: str | bytes | None,
-    keep_finished: int, job_ttl: float, max_output_bytes: int,
-) -> Backend:
-    """The backend for the middleware's ``store=`` option; nothing starts.
+def open_backend(settings: Settings) -> Backend:
+    """The backend for the middleware's ``store=`` option (with its
+    ``namespace``, ``secret_key`` and limits); nothing starts.
 
     :raises ValueError: for a ``store`` that names no known store, or a
         Redis store without a secret key.
     :raises ImportError: for a Redis store without the ``redis`` package.
     """
-    limits: dict[str, Any] = {"keep_finished": keep_finished, "job_ttl": job_ttl,
-              "max_output_bytes": max_output_bytes}
+    store, namespace = settings.store, settings.namespace
+    limits: dict[str, Any] = {"keep_finished": settings.keep_finished,
+                              "job_ttl": settings.job_ttl,
+                              "max_output_bytes": settings.max_output_bytes}
     if not isinstance(namespace, str) or not namespace or not all(
         c.isalnum() or c in "-_." for c in namespace
     ):
@@ -58,8 +61,8 @@ def open_backend(
                 "a Redis store needs the redis package: pip install"
                 f' "wsgi_bg[redis]" ({exc})'
             ) from exc
-        return RedisBackend(store, namespace=namespace, secret_key=secret_key,
-                            **limits)
+        return RedisBackend(store, namespace=namespace,
+                            secret_key=settings.secret_key, **limits)
     raise ValueError(
         "store must be None (the default, in memory), a Redis URL"
         " ('redis://host:6379/0', 'rediss://…' or 'unix:///path/redis.sock')"
