@@ -635,8 +635,11 @@ def test_gunicorn_workers_all_serve_every_job_and_it_outlives_them(gunicorn, tmp
     pids, sizes = set(), []
     session = requests.Session()
     deadline = time.monotonic() + 30
-    while len(pids) < 2 or len(sizes) < 20:  # until both workers answered
-        assert time.monotonic() < deadline, f"only {pids} answered"
+    # Until both workers answered and the output grew while it ran (live
+    # output, whichever worker answers): how many polls that takes depends
+    # on the machine's load, so none is counted.
+    while len(pids) < 2 or len(sizes) < 2 or sizes[-1] <= sizes[0]:
+        assert time.monotonic() < deadline, f"only {pids} answered, sizes {sizes}"
         for url in (api, f"{server.url}/_jobs/{job_id}"):
             answer = requests.get(url, timeout=5)  # a new connection each time
             assert answer.status_code == 200, answer.text
@@ -644,7 +647,6 @@ def test_gunicorn_workers_all_serve_every_job_and_it_outlives_them(gunicorn, tmp
         data = session.get(api, timeout=5).json()
         assert data["state"] == "running"
         sizes.append(data["output_size"])
-    assert sizes[-1] > sizes[0]  # live output, whichever worker answers
     flag.touch()
     wait_for(lambda: requests.get(api, timeout=5).json()["state"] == "succeeded",
              timeout=15)
