@@ -242,7 +242,7 @@ class Engine:
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
-        self._calls: dict[str, tuple[bytes, float | None, str]] = {}
+        self._calls: dict[str, tuple[bytes, float | None, str, float]] = {}
         # Jobs created that nothing will run, to end (see _settle).
         self._unsettled: dict[str, tuple[str, str]] = {}
         self._settler: threading.Thread | None = None
@@ -415,7 +415,8 @@ class Engine:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             store = self._store
-            self._calls[job_id] = (payload, timeout, str(record["name"]))
+            self._calls[job_id] = (payload, timeout, str(record["name"]),
+                                   float(record["created_at"]))
         try:
             created = store.create(record, self.settings.max_queued, payload)
         except StoreUnavailable:
@@ -509,13 +510,13 @@ class Engine:
             self._settler = None
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
-        payload, timeout, name = self._calls[job_id]
+        payload, timeout, name, created_at = self._calls[job_id]
         grace = self.settings.cancel_grace
         try:
-            future = runner.submit(job_id, payload, timeout, grace, name)
+            future = runner.submit(job_id, payload, timeout, grace, name, created_at)
         except BrokenProcessPool:
             runner.restart()
-            future = runner.submit(job_id, payload, timeout, grace, name)
+            future = runner.submit(job_id, payload, timeout, grace, name, created_at)
         if future is None:  # the runner reports nothing back: the store says it
             self._calls.pop(job_id, None)
             return

@@ -64,14 +64,15 @@ class Runner(Protocol):
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str,
+        name: str, created_at: float,
     ) -> Future[str | Ending | None] | None:
         """Run the job whose pickled call is ``payload`` (the store holds its
         record, queued, and the call; ``name`` is the function's, for
-        listings such as rq-dashboard's). Return a future of its final
-        state (or of its :class:`~wsgi_bg.stores.Ending`, which the engine
-        records: see :attr:`~wsgi_bg.stores.Link.ends_in_answer`), or
-        ``None`` if the runner reports nothing back (the store says it all)."""
+        listings such as rq-dashboard's; ``created_at``, the record's).
+        Return a future of its final state (or of its
+        :class:`~wsgi_bg.stores.Ending`, which the engine records: see
+        :attr:`~wsgi_bg.stores.Link.ends_in_answer`), or ``None`` if the
+        runner reports nothing back (the store says it all)."""
 
     def cancel(self, job_id: str) -> None:
         """The store has cancelled this queued job: drop it where it waits,

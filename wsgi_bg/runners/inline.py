@@ -102,7 +102,7 @@ class InlineRunner:
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str = "",
+        name: str = "", created_at: float = 0.0,
     ) -> None:
         """Run the job now, to its end, and record it; the store says it all.
         ``timeout`` and ``grace`` are not enforced (nothing can be killed)."""

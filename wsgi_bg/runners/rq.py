@@ -626,14 +626,9 @@ class RQRunner:
             raise RuntimeError("the RQ runner is not started")
         return self._keys
 
-    def _store_client(self) -> redis.Redis:
-        if self._client is None:
-            raise RuntimeError("the RQ runner is not started")
-        return self._client
-
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str,
+        name: str, created_at: float,
     ) -> None:
         if name.startswith("__main__."):
             # As rq refuses them: a worker imports the function by name.
@@ -645,13 +640,11 @@ class RQRunner:
         queue = self._queue()
         limit = -1 if timeout is None else int(timeout + grace) + RQ_TIMEOUT_MARGIN
         reference = rq_job_id(job_id)
+        # The job's instant in the list (its score there, as the store wrote
+        # it): how the worker finds the job from its reference (see
+        # RedisStore.find_call).
+        created = float(created_at)
         try:
-            # The job's instant in the list: how the worker finds the job
-            # from its reference (see RedisStore.find_call).
-            created = self._store_client().zscore(
-                f"{self._settings['namespace']}:jobs", job_id)
-            if created is None:
-                raise LookupError(f"job {reference} is not in the store")
             # The queue signed in: a worker runs it from this queue only
             # (not from another namespace's, where someone moved it).
             settings = dict(self._settings, timeout=timeout, grace=grace,
