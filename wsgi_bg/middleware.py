@@ -508,6 +508,7 @@ class BackgroundMiddleware:
                 # Never the environ and the body: cookies, credentials, forms.
                 shown_args=describe_request(request, body, app.show_query),
                 max_call_bytes=self.engine.max_call_bytes + len(body),
+                retry=app.retry,
             )
         except CallTooLarge:
             raise RequestHeaderFieldsTooLarge(

@@ -126,13 +126,17 @@ def is_wsgi_bg_queue(name: str) -> bool:
     return name.startswith(QUEUE_PREFIX)
 
 
-def rq_job_id(job_id: str) -> str:
+def rq_job_id(job_id: str, attempt: int = 1) -> str:
     """The RQ job id of a wsgi_bg job, which its RQ job also carries as its
     reference: derived, not the same (a wsgi_bg job id is a capability, and
     RQ ids show in rq-dashboard and ``rq info``). SHA-1, as Redis's scripts
     compute it too (``redis.sha1hex``); a job id is 256 random bits, so the
-    hash neither reveals it nor meets another's."""
-    return "wsgi_bg-" + hashlib.sha1(job_id.encode()).hexdigest()
+    hash neither reveals it nor meets another's. Each attempt of a job that
+    runs again (``background(retries=...)``) is an RQ job of its own,
+    ``-2``, ``-3``... after it: RQ keeps an ended RQ job for a while, and
+    its old key must not become the next attempt's."""
+    reference = "wsgi_bg-" + hashlib.sha1(job_id.encode()).hexdigest()
+    return reference if attempt == 1 else f"{reference}-{attempt}"
 
 
 class JobEnded(WsgiBgError):
@@ -301,7 +305,9 @@ def perform(reference: str, token: str) -> str:
     ``reference`` to its end, in a job process of this RQ worker (wsgi_bg's
     worker class only), and record it in the store.
 
-    Returns ``"succeeded"``, RQ's result.
+    Returns ``"succeeded"``, RQ's result, or ``"queued"`` for an attempt
+    that runs again (``background(retries=...)``: the next attempt is an RQ
+    job of its own).
 
     :raises JobEnded: if the job ended otherwise (failed, timed out, crashed,
         cancelled, or already ended), after it is recorded in the store.
@@ -334,7 +340,7 @@ def perform(reference: str, token: str) -> str:
                       settings["grace"], settings.get("jobs_per_process", 1),
                       settings.get("max_result_bytes", MAX_RESULT_BYTES),
                       tick=tick, watch_parent=False)
-    if state == JobState.SUCCEEDED.value:
+    if state in (JobState.SUCCEEDED.value, JobState.QUEUED.value):
         return state
     if state is None:  # cancelled before it started, or ended meanwhile
         record = store.get(job_id)
@@ -353,7 +359,7 @@ def _find_job(
         f"{settings['namespace']}:jobs", score, score)
     for raw in ids:
         job_id = raw.decode()
-        if rq_job_id(job_id) == reference:
+        if rq_job_id(job_id, settings.get("attempt", 1)) == reference:
             return job_id
     return None
 
@@ -424,8 +430,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
                                NOW - grace)) do
   local key = k('job', id)
   -- owner null: it waits in RQ (a pool's queued job has an owner)
-  if redis.call('HGET', key, 'owner') == 'null' then
+  -- (a retry waiting for its time is in no queue yet: see claim.lua)
+  if redis.call('HGET', key, 'owner') == 'null'
+      and not redis.call('ZSCORE', P .. 'retries', id) then
     local ref = 'wsgi_bg-' .. redis.sha1hex(id)
+    local attempt = tonumber(redis.call('HGET', key, 'attempt'))
+    if attempt and attempt > 1 then ref = ref .. '-' .. attempt end  -- rq_job_id()
     local rq = redis.call('HMGET', rq_job .. ref, 'status', 'worker_name')
     local status, worker = rq[1], rq[2]
     if not status then
@@ -640,18 +650,19 @@ class RQRunner:
             )
         queue = self._queue()
         limit = -1 if timeout is None else int(timeout + grace) + RQ_TIMEOUT_MARGIN
-        reference = rq_job_id(job_id)
         try:
             # The job's instant in the list: how the worker finds the job
-            # from its reference (see _find_job).
-            created = self._store_client().zscore(
-                f"{self._settings['namespace']}:jobs", job_id)
+            # from its reference (see _find_job); and its attempt.
+            created, attempt = self._locate(job_id)
             if created is None:
-                raise LookupError(f"job {reference} is not in the store")
+                raise LookupError(f"job {rq_job_id(job_id)} is not in the store")
+            reference = rq_job_id(job_id, attempt)
             # The queue signed in: a worker runs it from this queue only
             # (not from another namespace's, where someone moved it).
             settings = dict(self._settings, timeout=timeout, grace=grace,
                             created=created, queue=queue.name)
+            if attempt > 1:
+                settings["attempt"] = attempt
             queue.enqueue_call(
                 perform, args=(reference, sign_reference(
                     self._signer, reference, settings)),
@@ -662,13 +673,31 @@ class RQRunner:
                 f"the RQ queue's Redis cannot be reached: {exc}. Try again shortly."
             ) from exc
 
+    def _locate(self, job_id: str) -> tuple[float | None, int]:
+        """The job's score in the list (its created_at) and its attempt."""
+        namespace = self._settings["namespace"]
+        pipe = self._store_client().pipeline(transaction=False)
+        pipe.zscore(f"{namespace}:jobs", job_id)
+        pipe.hget(f"{namespace}:job:{job_id}", "attempt")
+        created, attempt = pipe.execute()
+        try:
+            number = int(json.loads(attempt)) if attempt else 1
+        except (ValueError, TypeError):
+            number = 1
+        return created, max(number, 1)
+
     def cancel(self, job_id: str) -> None:
         # The store says cancelled already: a worker that takes the job finds
         # it so and runs nothing. Taking it off RQ's queue is tidiness.
         # Plain fields, in one script: the web process never builds an RQ
         # Job from Redis (its restore decompresses what anyone planted).
         queue, keys = self._queue(), self._rq_keys()
-        reference = rq_job_id(job_id)
+        try:
+            reference = rq_job_id(job_id, self._locate(job_id)[1])
+        except redis.RedisError as exc:  # Redis away: harmless
+            logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
+                         rq_job_id(job_id), exc)
+            return
         try:
             self._cancel(
                 keys=[keys.job(reference), keys.queue, keys.canceled],
