@@ -828,7 +828,7 @@ class Engine:
                 # run them now (in a shared store, another process will).
                 with contextlib.suppress(StoreUnavailable):
                     for job_id in store.ids_in_state(JobState.QUEUED.value):
-                        store.request_cancel(job_id, 0.0, shutdown=True)
+                        store.request_cancel(job_id, 0.0)
             if settler is not None:  # (its waits end with _closing)
                 settler.join(_SHUTDOWN_STORE_SECONDS)
             self._store = self._backend.stop()

@@ -321,6 +321,8 @@ class MemoryStore:
             record = self._records.get(job_id)
             if record is None or record["state"] in TERMINAL_STATES:
                 return ""
+            if shutdown and job_id in self._retries:
+                return ""  # a retry waiting is no process's: it stays
             if record["state"] == JobState.QUEUED:
                 now = time.time()
                 self._stats.observe(record, JobState.CANCELLED.value, now)

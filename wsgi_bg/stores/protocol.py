@@ -377,7 +377,9 @@ class Store(Protocol):
         """Cancel a queued job at once ("cancelled"), ask a running one to stop
         ("requested"; ``grace`` shortens its grace), or "" if it has ended.
         With ``shutdown``, a running job is asked to stop but not cancelled:
-        if it ends within its grace, its outcome stands."""
+        if it ends within its grace, its outcome stands; and a retry waiting
+        for its time (no process's: see :meth:`claim_retries`) is left be
+        (answer "")."""
 
     def get(self, job_id: str) -> Record | None:
         """The record without its output, or ``None``."""

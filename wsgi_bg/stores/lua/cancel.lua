@@ -9,6 +9,8 @@ local id = ARGV[7]
 local key = k('job', id)
 local state = redis.call('HGET', key, 'state')
 if not state or TERMINAL[state] then return '' end
+-- a shutdown leaves a retry waiting be: it is no process's (see claim.lua)
+if ARGV[9] == '1' and redis.call('ZSCORE', P .. 'retries', id) then return '' end
 if state == 'queued' then
   local error = '"cancelled before it started"'
   local r = redis.call('HMGET', key, 'attempt', 'retries')
