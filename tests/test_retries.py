@@ -59,8 +59,8 @@ def test_succeeds_on_the_third_attempt(make_mw, tmp_path):
     assert data["error"] is None
     # Every attempt's output stays, each after a divider.
     assert data["output"] == (
-        "attempt 1 starts\n\n──── attempt 2 of 4 ────\nattempt 2 starts\n"
-        "\n──── attempt 3 of 4 ────\nattempt 3 starts\n")
+        "attempt 1 starts\n──── attempt 2 of 4 ────\nattempt 2 starts\n"
+        "──── attempt 3 of 4 ────\nattempt 3 starts\n")
     assert attempts_made(path) == 3
 
 
@@ -223,3 +223,33 @@ def test_retry_on_must_be_importable():
     with pytest.raises(TypeError, match=r"retry_on: .*Nested cannot be sent to a"
                        r" worker process .* define it at module level"):
         background(retries=1, retry_on=Nested)
+
+
+def test_an_earlier_attempts_rq_job_put_back_starts_nothing(
+        make_mw, store_options, redis_server, tmp_path):
+    """docs/security.md: a Redis writer puts attempt 1's RQ job back on the
+    queue while attempt 2 waits for its time: the worker takes it and the
+    store refuses its start (only a claim frees a waiting attempt)."""
+    if "runner" not in store_options:
+        pytest.skip("RQ's own jobs: the RQ runner alone")
+    from wsgi_bg.runners.rq import rq_job_id
+
+    mw = make_mw()
+    path = counter(tmp_path)
+    job = mw.submit(retryfuncs.waits_long, path)
+    waiting_for(job, 2)
+    client = redis_server.client()
+    key = f"rq:job:{rq_job_id(job.id)}"
+    wait_for(lambda: client.hget(key, "status") == b"finished", 10,
+             message="RQ to record attempt 1 finished")
+    queue = store_options["runner"].name
+    client.hset(key, "status", "queued")
+    client.rpush(f"rq:queue:{queue}", rq_job_id(job.id))
+    wait_for(lambda: client.hget(key, "status") in (b"failed", b"finished")
+             and not client.lrange(f"rq:queue:{queue}", 0, -1), 20,
+             message="a worker to take the RQ job put back")
+    record = mw.engine.store.get(job.id)
+    assert (record["state"], record["attempt"], record["started_at"]) == (
+        "queued", 2, None)
+    assert record["retry_at"] is not None
+    assert attempts_made(path) == 1

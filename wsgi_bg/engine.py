@@ -389,7 +389,8 @@ class Engine:
                         raise
                 self._runner = runner
                 self._store = store
-                self._start_retries()
+                if self._backend.shared:
+                    self._start_retries()  # others' retries are ours to run too
                 _register_exit(self)
                 with _started_lock:
                     _started.add(self)
@@ -498,6 +499,8 @@ class Engine:
         timeout: float | None,
     ) -> Job:
         job_id = record["id"]
+        if record.get("retries"):
+            self._start_retries()  # (this process's own store: from its first)
         # Known to shutdown's sweep of this engine's jobs before it is
         # created, so that it is cancelled or refused. The store's round trip
         # is made without the lock: held across it, it stalled the pool's

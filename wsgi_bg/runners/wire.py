@@ -105,7 +105,8 @@ class MessageReader:
                 self.final = (message[0], message[1])
                 self.retire = message[2]
                 self.cancel_seen = message[3]
-                self.retryable = message[4]
+                # (a job process of an older version says nothing: any)
+                self.retryable = message[4] if len(message) > 4 else True
 
     def progress(self) -> list[dict[str, Any]]:
         reports, self._progress = self._progress[-1:], []

@@ -288,7 +288,9 @@ class MemoryStore:
         errors = [*(record.get("errors") or []), {
             "attempt": attempt, "state": state, "ended_at": now,
             "error": error or f"ended {state}"}][-MAX_ERRORS_KEPT:]
-        self._add(record, ("\n" if record["output_size"] else "")
+        output = self._outputs[record["id"]]
+        ends_line = not output.chunks or output.chunks[-1].endswith(b"\n")
+        self._add(record, ("" if ends_line else "\n")
                   + attempt_divider(attempt + 1, record["retries"] + 1), None)
         # The next attempt's writer counts its output from 0: from here.
         record["output_base"] = record["output_size"]

@@ -266,7 +266,7 @@ local function retry(id, state, err, retryable)
   local key = k('job', id)
   local r = redis.call('HMGET', key, 'state', 'retries', 'attempt', 'retry_delay',
                        'retry_delay_max', 'retry_crashed', 'cancel_requested',
-                       'output_size', 'errors')
+                       'errors')
   local retries, attempt = tonumber(r[2]) or 0, tonumber(r[3]) or 1
   if r[1] ~= 'running' or attempt > retries or r[7] == 'true' then return false end
   if state == 'failed' then
@@ -278,7 +278,7 @@ local function retry(id, state, err, retryable)
   end
   local wait = math.min((tonumber(r[4]) or 0) * 2 ^ math.min(attempt - 1, 60),
                         tonumber(r[5]) or 0)
-  local ok, errors = pcall(cjson.decode, r[9] or '[]')
+  local ok, errors = pcall(cjson.decode, r[8] or '[]')
   if not ok or type(errors) ~= 'table' then errors = {} end
   local decoded, message = pcall(cjson.decode, err)
   if not decoded or type(message) ~= 'string' then message = 'ended ' .. state end
@@ -287,7 +287,8 @@ local function retry(id, state, err, retryable)
   while #errors > MAX_ERRORS_KEPT do table.remove(errors, 1) end
   local divider = '──── attempt ' .. (attempt + 1) .. ' of ' .. (retries + 1)
     .. ' ────\n'
-  if (tonumber(r[8]) or 0) > 0 then divider = '\n' .. divider end
+  local last = redis.call('GETRANGE', k('out', id), -1, -1)
+  if last ~= '' and last ~= '\n' then divider = '\n' .. divider end
   append(id, divider, '')
   -- the next attempt's writer counts its output from 0: from here
   redis.call('HSET', key, 'output_base', num(id, 'output_size', 0))
