@@ -6,7 +6,7 @@ import os
 import signal
 import time
 
-from wsgi_bg import background
+from wsgi_bg import background, backgrounder
 
 
 def _attempt(path: str) -> int:
@@ -80,3 +80,14 @@ def waits_a_little(path: str, failures: int) -> str:
     if n <= failures:
         raise ConnectionError(f"down (attempt {n})")
     return "ok"
+
+
+@backgrounder(retries=1, retry_delay=0.2)
+def flaky_app(environ, start_response):
+    """A marked app whose first request per counter answers 503."""
+    from urllib.parse import parse_qs
+
+    n = _attempt(parse_qs(environ["QUERY_STRING"])["path"][0])
+    status = "503 Service Unavailable" if n == 1 else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [f"served on attempt {n}\n".encode()]

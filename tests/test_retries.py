@@ -34,9 +34,9 @@ def attempts_made(path):
         return 0
 
 
-def waiting_for(job, attempt):
+def waiting_for(mw, job, attempt):
     """Wait until ``job`` waits for its ``attempt``-th attempt; its record."""
-    store = job._engine.store
+    store = mw.engine.store
     wait_for(lambda: (store.get(job.id) or {}).get("attempt") == attempt
              and store.get(job.id)["state"] == "queued", 30,
              message=f"attempt {attempt} of {job.id} to wait")
@@ -119,7 +119,7 @@ def test_cancel_stops_a_job_between_attempts(make_mw, tmp_path):
     mw = make_mw()
     path = counter(tmp_path)
     job = mw.submit(retryfuncs.waits_long, path)
-    record = waiting_for(job, 2)
+    record = waiting_for(mw, job, 2)
     assert record["retry_at"] > time.time() + 20  # retry_delay=30
     pages = webtest.TestApp(mw.status_app)
     page = pages.get(f"/{job.id}").text
@@ -173,7 +173,7 @@ def test_a_waiting_retry_outlives_the_process_that_started_it(
     first = make_mw()
     path = counter(tmp_path)
     job = first.submit(retryfuncs.waits_a_little, path, 1)
-    waiting_for(job, 2)
+    waiting_for(first, job, 2)
     first.shutdown()
     assert first.engine.store.get(job.id)["state"] == "queued"  # not cancelled
     second = make_mw()
@@ -237,7 +237,7 @@ def test_an_earlier_attempts_rq_job_put_back_starts_nothing(
     mw = make_mw()
     path = counter(tmp_path)
     job = mw.submit(retryfuncs.waits_long, path)
-    waiting_for(job, 2)
+    waiting_for(mw, job, 2)
     client = redis_server.client()
     key = f"rq:job:{rq_job_id(job.id)}"
     wait_for(lambda: client.hget(key, "status") == b"finished", 10,
@@ -253,3 +253,16 @@ def test_an_earlier_attempts_rq_job_put_back_starts_nothing(
         "queued", 2, None)
     assert record["retry_at"] is not None
     assert attempts_made(path) == 1
+
+
+def test_a_marked_apps_request_is_served_again(make_mw, tmp_path):
+    mw = make_mw(app=retryfuncs.flaky_app)
+    path = counter(tmp_path)
+    answer = webtest.TestApp(mw).get("/", {"path": path}, status=303)
+    job = mw.get_job(answer.headers["Location"].rsplit("/", 1)[1])
+    wait_for_job(job)
+    assert job.result["status"] == "200 OK"
+    (first,) = job.to_dict()["errors"]
+    assert "the app answered 503" in first["error"]
+    assert mw.engine.store.read_output(job.id, 0)[0].endswith(
+        "──── attempt 2 of 2 ────\nserved on attempt 2\n")

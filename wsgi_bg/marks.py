@@ -333,8 +333,9 @@ def background(
 
     def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
         _check_module_level(fn, "@background")
-        options: dict[str, Any] = {"timeout": timeout, "show_args": show_args,
-                                   "retry": retry}
+        options: dict[str, Any] = {"timeout": timeout, "show_args": show_args}
+        if retry is not None:
+            options["retry"] = retry  # how its failed attempts run again
         key = _unique_option(unique, fn)
         if key is not None:
             options["unique"] = key  # what the engine calls for the key
@@ -505,8 +506,10 @@ class MarkedApp:
         #: how its failed requests run again (:func:`backgrounder`'s retries).
         self.retry = retry
         functools.update_wrapper(self, target, updated=())
-        setattr(self, OPTIONS_ATTR, {"timeout": timeout, "show_args": show_args,
-                                     "retry": retry})
+        options: dict[str, Any] = {"timeout": timeout, "show_args": show_args}
+        if retry is not None:
+            options["retry"] = retry
+        setattr(self, OPTIONS_ATTR, options)
 
     def __repr__(self) -> str:
         return f"<backgrounder {self.ref}>"
