@@ -133,18 +133,23 @@ def test_cancel_stops_a_job_between_attempts(make_mw, tmp_path):
     assert attempts_made(path) == 1
 
 
-@pytest.mark.pool_only  # (the store's arithmetic: no runner involved)
-def test_backoff_doubles_up_to_its_cap(make_mw):
-    store = make_mw().engine.store
+def create(store, name="tests.backoff", **retry):
+    """A job record with ``retry``'s fields, created in ``store``; its id."""
     job_id = uuid.uuid4().hex
     store.create({
-        "id": job_id, "name": "tests.backoff", "created_at": time.time(),
+        "id": job_id, "name": name, "created_at": time.time(),
         "started_at": None, "ended_at": None, "result": None, "error": None,
         "progress": None, "timeout": None, "cancel_requested": False,
         "cancel_grace": None, "url": None, "pid": None, "args": None,
-        "unique": None, "retries": 4, "retry_delay": 0.05,
-        "retry_delay_max": 0.15, "retry_crashed": False, "attempt": 1,
-        "retry_at": None, "errors": []}, 10)
+        "unique": None, "retry_crashed": False, "attempt": 1, "retry_at": None,
+        "errors": [], **retry}, 10)
+    return job_id
+
+
+@pytest.mark.pool_only  # (the store's arithmetic: no runner involved)
+def test_backoff_doubles_up_to_its_cap(make_mw):
+    store = make_mw().engine.store
+    job_id = create(store, retries=4, retry_delay=0.05, retry_delay_max=0.15)
     waits = []
     for attempt in range(1, 5):
         if attempt > 1:
@@ -164,6 +169,33 @@ def test_backoff_doubles_up_to_its_cap(make_mw):
     assert stats.finished == {("tests.backoff", "failed"): 1}  # the end alone
     assert [e["error"] for e in store.get(job_id)["errors"]] == [
         f"boom {n}" for n in range(1, 5)]
+
+
+@pytest.mark.pool_only  # (the store's sweep: no runner involved)
+def test_a_job_whose_supervisor_vanished_runs_again_only_when_asked(
+        make_mw, store_options, redis_server):
+    """Redis: the sweep that ends a running job whose lease ran out (its
+    worker host gone) runs it again with retry_crashed, as a crash seen by
+    its supervisor does."""
+    if "store" not in store_options:
+        pytest.skip("the lease and its sweep are the Redis store's")
+    store = make_mw().engine.store
+    options = {"retries": 1, "retry_delay": 0.0, "retry_delay_max": 0.0}
+    asked = create(store, retry_crashed=True, **options)
+    plain = create(store, **options)
+    client = redis_server.client()
+    for job_id in (asked, plain):
+        assert store.start(job_id, 4242)
+        client.delete(f"{store_options['namespace']}:lease:{job_id}")
+    wait_for(lambda: store.sweep() is not None
+             and store.get(plain)["state"] == "crashed", 20,
+             message="the sweep to end the jobs")
+    record = store.get(asked)
+    assert (record["state"], record["attempt"]) == ("queued", 2)
+    (first,) = record["errors"]
+    assert first["state"] == "crashed" and "nothing renewed its lease" in \
+        first["error"]
+    assert store.claim_retries()[0] == [asked]
 
 
 def test_a_waiting_retry_outlives_the_process_that_started_it(
