@@ -15,7 +15,7 @@ import webtest
 
 import retryfuncs
 from helpers import wait_for
-from wsgi_bg import background, backgrounder
+from wsgi_bg import allow_all, background, backgrounder
 from wsgi_bg.testing import wait_for_job
 
 # Also on the RQ runner (see conftest.py): these describe how jobs run.
@@ -44,7 +44,7 @@ def waiting_for(mw, job, attempt):
 
 
 def test_succeeds_on_the_third_attempt(make_mw, tmp_path):
-    mw = make_mw()
+    mw = make_mw(authorize=allow_all)
     path = counter(tmp_path)
     job = mw.submit(retryfuncs.flaky, path, 2)
     wait_for_job(job)
@@ -62,6 +62,10 @@ def test_succeeds_on_the_third_attempt(make_mw, tmp_path):
         "attempt 1 starts\n──── attempt 2 of 4 ────\nattempt 2 starts\n"
         "──── attempt 3 of 4 ────\nattempt 3 starts\n")
     assert attempts_made(path) == 3
+    metrics = webtest.TestApp(mw.status_app).get("/metrics").text
+    assert 'wsgi_bg_job_retries_total{function="retryfuncs.flaky"} 2\n' in metrics
+    assert ('wsgi_bg_jobs_finished_total{function="retryfuncs.flaky",'
+            'outcome="succeeded"} 1\n') in metrics  # once, at its end
 
 
 def test_exhausted_retries_end_failed_with_every_error(make_mw, tmp_path):
