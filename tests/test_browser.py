@@ -20,6 +20,7 @@ from bench.suite import FourThreads  # a server with 4 request threads
 from helpers import wait_for
 from test_status import fake_job, hello_app
 from wsgi_bg.auth import allow_all
+from wsgi_bg.jobs import new_job_id
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed")
@@ -409,3 +410,38 @@ def test_list_progress_text_on_one_line_at_1280_px(mw, page):
         line = page.evaluate("parseFloat(getComputedStyle(document.querySelector("
                              "'td.progress-cell .progress-text')).lineHeight)")
         assert height < 1.5 * line, f"the progress text wraps: {height} px high"
+
+
+def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
+    """A job of ``@background(retries=3)`` whose first attempt failed: its
+    page says which attempt comes, counts down to it, lists the earlier
+    error, and follows the next attempt to its end."""
+    store = mw.engine.store
+    job_id = new_job_id()
+    store.create({
+        "id": job_id, "name": "shop.sync_orders", "created_at": time.time(),
+        "started_at": None, "ended_at": None, "result": None, "error": None,
+        "progress": None, "timeout": None, "cancel_requested": False,
+        "cancel_grace": None, "url": None, "pid": None, "args": None,
+        "retries": 3, "retry_delay": 4.0, "retry_delay_max": 60.0,
+        "retry_crashed": False, "attempt": 1, "retry_at": None, "errors": []}, 10)
+    store.start(job_id, 0)
+    store.relay(job_id, "fetching\n", None)
+    with serving(mw) as base:
+        page.goto(f"{base}/_jobs/{job_id}")
+        store.finish(job_id, "failed", None, "ConnectionError: refused")
+        wait_text(page, "#attempt-info", "2 of 4 · next attempt in")
+        shown = text_of(page, "#next-attempt")
+        wait_for(lambda: text_of(page, "#next-attempt") not in ("", shown), 5,
+                 message="the wait to count down")
+        assert "Attempt 1 · failed" in text_of(page, "#attempts-box")
+        assert "ConnectionError: refused" in text_of(page, "#attempts-box")
+        wait_for(lambda: job_id in store.claim_retries()[0], 10,
+                 message="the retry to be due")
+        store.start(job_id, 0)
+        store.relay(job_id, "fetching again\n", None)
+        store.finish(job_id, "succeeded", pickle.dumps(1), None)
+        wait_text(page, "#state", "succeeded")
+        assert text_of(page, "#attempt-info") == "2 of 4"
+        assert "──── attempt 2 of 4 ────" in text_of(page, "#output")
+        assert "fetching again" in text_of(page, "#output")

@@ -14,6 +14,7 @@ worker die before the job started.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import decimal
 import enum
@@ -40,11 +41,12 @@ from typing import Any
 
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
-from .options import Settings, check_number
+from .options import RetryPolicy, Settings, check_number
 from .runners import LocalLink, Runner, open_runner, runs_here
 from .runners.pool import WorkerLost
 from .runners.processes import kill_group
 from .stores import Backend, Ending, Store, open_backend
+from .stores.signing import BadSignature
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -180,17 +182,22 @@ def callable_name(fn: Any) -> str:
 
 
 def dump_call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+    retry_on: tuple[type[BaseException], ...] | None = None,
 ) -> bytes:
-    """Pickle a call for a worker process, or say exactly what cannot go.
+    """Pickle a call for a worker process, or say exactly what cannot go:
+    ``(fn, args, kwargs)``, and ``retry_on`` after them when given (the job
+    process tests a failed attempt's exception against it: see
+    :class:`~wsgi_bg.options.RetryPolicy`).
 
     :raises TypeError: naming the function or the argument that cannot be
         pickled, and how to fix it.
     """
     if not callable(fn):
         raise TypeError(f"a job must be a callable, got {fn!r}")
+    call = (fn, args, kwargs) if retry_on is None else (fn, args, kwargs, retry_on)
     try:
-        return pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         pass  # find the culprit, for a message that says what to change
     name = callable_name(fn)
@@ -227,6 +234,25 @@ def dump_call(
     raise TypeError(f"the call of {name} cannot be pickled to a worker process")
 
 
+#: What a record of a job without retries holds.
+_NO_RETRY = RetryPolicy()
+#: Seconds at most between two looks for retries that are due, in the store
+#: (others' too, on a shared store): a retry starts at most this late.
+RETRY_POLL_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """What the engine keeps of a job it handed to its runner, to hand it
+    again (a fresh pool): the pickled call and what the runner is told."""
+
+    payload: bytes
+    timeout: float | None
+    name: str
+    created_at: float
+    attempt: int = 1
+
+
 class Engine:
     """Runs jobs and keeps their records; what :class:`BackgroundMiddleware`
     delegates to. Options are documented there."""
@@ -242,12 +268,14 @@ class Engine:
         # Until the first submit, reads use what needs nothing started.
         self._store: Store = self._backend.reader()
         self._runner: Runner | None = None
-        self._calls: dict[str, tuple[bytes, float | None, str, float]] = {}
+        self._calls: dict[str, _Call] = {}
         # Jobs created that nothing will run, to end (see _settle).
         self._unsettled: dict[str, tuple[str, str]] = {}
         self._settler: threading.Thread | None = None
         self._futures: dict[str, Future[str | Ending | None]] = {}
         self._closed = False
+        # Runs the attempts whose retry is due (see _retry_loop).
+        self._retrier: threading.Thread | None = None
 
     @property
     def store(self) -> Store:
@@ -269,6 +297,11 @@ class Engine:
         so that its sweep of the jobs a process gone left behind runs in a
         process that only serves pages. Redis out of reach: the first submit
         tries again."""
+        if self._backend.shared:
+            # Retries waiting in a shared store are any process's to run,
+            # this one's from its first request on (its pool starts only
+            # when one is due: see _retry_loop).
+            self._start_retries()
         if self._planned.holds_queued or self._runner is not None or self._closed:
             return
         try:
@@ -309,6 +342,8 @@ class Engine:
                         raise
                 self._runner = runner
                 self._store = store
+                if self._backend.shared:
+                    self._start_retries()  # others' retries are ours to run too
                 _register_exit(self)
                 with _started_lock:
                     _started.add(self)
@@ -320,6 +355,7 @@ class Engine:
         url_for: Callable[[str], str | None] | None = None,
         show_args: bool | None = None, shown_args: str | None = None,
         max_call_bytes: int | None = None, unique: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Job:
         """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`.
 
@@ -332,16 +368,22 @@ class Engine:
         :param unique: the digest of the call's unique key
             (:func:`unique_digest`; a marked app's request's), instead of
             the one ``fn``'s own ``unique`` option makes.
+        :param retry: how failed attempts run again, instead of ``fn``'s own
+            (:func:`~wsgi_bg.options.retry_policy` makes one).
         :raises CallTooLarge: past it; nothing is queued.
         """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
+        if retry is None:
+            retry = options.get("retry")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy, got {retry!r}")
         if timeout is None:
             timeout = options.get("timeout")
         if show_args is None:
             show_args = bool(options.get("show_args", True))
         check_number("timeout", timeout, minimum=0, allow_none=True)
         name = name or callable_name(fn)
-        payload = dump_call(fn, args, kwargs)
+        payload = dump_call(fn, args, kwargs, retry.on if retry else None)
         limit = (self.settings.max_call_bytes if max_call_bytes is None
                  else max_call_bytes)
         if len(payload) > limit:
@@ -369,6 +411,8 @@ class Engine:
             "url": url_for(job_id) if url_for else None, "pid": None,
             "args": (None if not show_args else shown_args if shown_args is not None
                      else describe_args(args, kwargs)),
+            **(retry or _NO_RETRY).record_fields(),
+            "attempt": 1, "retry_at": None, "errors": [],
         }
         return self._create(runner, record, payload, timeout)
 
@@ -399,6 +443,10 @@ class Engine:
             "args": record.get("args"), "rerun_of": job_id,
             # Its key's digest: while a job holds it, that job is the answer.
             "unique": record.get("unique"),
+            # Its retries too (retry_on is in the call).
+            **{name: record.get(name, default) for name, default
+               in _NO_RETRY.record_fields().items()},
+            "attempt": 1, "retry_at": None, "errors": [],
         }
         return self._create(runner, new, payload, record["timeout"])
 
@@ -407,6 +455,8 @@ class Engine:
         timeout: float | None,
     ) -> Job:
         job_id = record["id"]
+        if record.get("retries"):
+            self._start_retries()  # (this process's own store: from its first)
         # Known to shutdown's sweep of this engine's jobs before it is
         # created, so that it is cancelled or refused. The store's round trip
         # is made without the lock: held across it, it stalled the pool's
@@ -415,8 +465,8 @@ class Engine:
             if self._closed:
                 raise RuntimeError("this BackgroundMiddleware was shut down")
             store = self._store
-            self._calls[job_id] = (payload, timeout, str(record["name"]),
-                                   float(record["created_at"]))
+            self._calls[job_id] = _Call(payload, timeout, str(record["name"]),
+                                        float(record["created_at"]))
         try:
             created = store.create(record, self.settings.max_queued, payload)
         except StoreUnavailable:
@@ -476,6 +526,86 @@ class Engine:
                     target=self._settle_loop, name="wsgi_bg-settle", daemon=True)
                 self._settler.start()
 
+    # -- retries: attempts that run again ----------------------------------------
+    def _start_retries(self) -> None:
+        with self._lock:
+            if self._retrier is None and not self._closed:
+                self._retrier = threading.Thread(
+                    target=self._retry_loop, name="wsgi_bg-retries", daemon=True)
+                self._retrier.start()
+
+    def _retry_loop(self) -> None:
+        """Until shutdown: take the retries that are due from the store
+        (:meth:`~wsgi_bg.stores.Store.claim_retries`: each goes to one
+        process) and run them, then sleep until the next is due, at most
+        :data:`RETRY_POLL_SECONDS` (another process may add one sooner)."""
+        failing = False
+        wait = 0.0
+        while not self._closing.wait(wait):
+            wait = RETRY_POLL_SECONDS
+            try:
+                if self._runner is None:
+                    # A process that only served pages so far: its runner
+                    # (and the owner its pool's jobs need) starts for a retry.
+                    due = self._store.next_retry()
+                    if due is None or due > time.time():
+                        continue
+                    self._start()
+                ids, next_at = self._store.claim_retries()
+            except StoreUnavailable as exc:
+                if not failing:
+                    logger.warning("wsgi_bg: retries wait: %s", exc)
+                failing = True
+                continue
+            except Exception:  # a shutdown meanwhile, or a store's bug: go on
+                if self._closed:
+                    return
+                logger.exception("wsgi_bg: could not take the retries due")
+                continue
+            failing = False
+            for job_id in ids:
+                self._run_again(job_id)
+            if next_at is not None:
+                wait = min(wait, max(0.0, next_at - time.time()))
+
+    def _run_again(self, job_id: str) -> None:
+        """Run the next attempt of ``job_id``, claimed by this process: its
+        call from the store, as :meth:`rerun` reads it."""
+        store = self._store
+        try:
+            record = store.get(job_id)
+            if record is None or record["state"] != JobState.QUEUED:
+                return  # cancelled or dropped since
+            payload = store.call(job_id)
+        except StoreUnavailable:
+            # Claimed, so no other process will run it: ended when the store
+            # answers again, rather than left queued with nothing to run it.
+            self._settle(job_id, JobState.CRASHED.value, _RETRY_LOST, now=False)
+            return
+        except BadSignature as exc:  # never unpickled
+            self._finish(job_id, JobState.FAILED.value, str(exc))
+            return
+        if payload is None:
+            self._finish(job_id, JobState.FAILED.value,
+                         "its next attempt could not run: its call is no longer"
+                         " in the store")
+            return
+        with self._lock:
+            runner = self._runner
+            if self._closed or runner is None:
+                return  # (shutdown cancels this engine's queued jobs)
+            self._calls[job_id] = _Call(
+                payload, record["timeout"], str(record["name"]),
+                float(record["created_at"]), int(record.get("attempt") or 1))
+            try:
+                self._dispatch(runner, job_id)
+            except BaseException:
+                self._calls.pop(job_id, None)
+                self._settle(job_id, JobState.CRASHED.value,
+                             f"its next attempt could not be handed to the"
+                             f" {runner.kind} runner:\n" + traceback.format_exc(),
+                             now=True)
+
     def _settle_pending(self) -> None:
         """One try at each job :meth:`_settle` holds."""
         with self._lock:
@@ -510,13 +640,16 @@ class Engine:
             self._settler = None
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
-        payload, timeout, name, created_at = self._calls[job_id]
-        grace = self.settings.cancel_grace
+        call = self._calls[job_id]
+        submit = functools.partial(
+            runner.submit, job_id, call.payload, call.timeout,
+            self.settings.cancel_grace, call.name, call.created_at,
+            attempt=call.attempt)
         try:
-            future = runner.submit(job_id, payload, timeout, grace, name, created_at)
+            future = submit()
         except BrokenProcessPool:
             runner.restart()
-            future = runner.submit(job_id, payload, timeout, grace, name, created_at)
+            future = submit()
         if future is None:  # the runner reports nothing back: the store says it
             self._calls.pop(job_id, None)
             return
@@ -625,6 +758,8 @@ class Engine:
         self._closing.set()
         if started:
             self._stop(wait)
+        elif self._retrier is not None:  # (started by first_request alone)
+            self._retrier.join(_SHUTDOWN_STORE_SECONDS)
 
     def _stop(self, wait: bool) -> None:
         with self._lock:
@@ -632,7 +767,7 @@ class Engine:
             # This engine's own jobs: a shared store holds other processes' too.
             # (Those it could not end yet, see _settle: cancelled if queued.)
             own = [*self._calls, *self._unsettled]
-            settler = self._settler
+            settler, retrier = self._settler, self._retrier
         if runner is None:
             return
         grace = self.settings.cancel_grace if wait else 0.0
@@ -651,7 +786,15 @@ class Engine:
             # end within their grace (their supervisors see to it); a worker
             # still busy a little later (its store calls hang), or at once
             # when the jobs could not be asked, is killed with its job.
+            if retrier is not None:  # (its waits end with _closing)
+                retrier.join(_SHUTDOWN_STORE_SECONDS)
             runner.shutdown(grace + _SHUTDOWN_MARGIN if asked else 0.0)
+            if not self._backend.shared:
+                # Retries waiting in this process's own store: nothing will
+                # run them now (in a shared store, another process will).
+                with contextlib.suppress(StoreUnavailable):
+                    for job_id in store.ids_in_state(JobState.QUEUED.value):
+                        store.request_cancel(job_id, 0.0)
             if settler is not None:  # (its waits end with _closing)
                 settler.join(_SHUTDOWN_STORE_SECONDS)
             self._store = self._backend.stop()
@@ -667,6 +810,12 @@ _CREATE_LOST = (
     " (hung, overloaded or cut off), so the request that submitted it was"
     " answered 503 (try again) and nothing was to run it; the record had"
     " landed all the same, and was ended when the store answered again"
+)
+
+#: The error of a retry this process took and could not read back.
+_RETRY_LOST = (
+    "its next attempt never started: the job store could not be reached to"
+    " read its call back, and the job was ended when it answered again"
 )
 
 #: Seconds shutdown waits for the thread ending jobs that nothing runs.

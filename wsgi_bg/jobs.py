@@ -267,7 +267,12 @@ class Job:
         ``None`` once it starts or ends),
         unique (``True`` for a job started with a unique key: while it is
         queued or running, calls with the same key return it; see
-        :func:`~wsgi_bg.background`).
+        :func:`~wsgi_bg.background`),
+        attempt (this attempt, from 1), retries (attempts after the first
+        it may make, 0 without ``retries=``), retry_at (while the job waits
+        for its next attempt, when it is due; else ``None``), errors (each
+        failed attempt's ``{"attempt", "state", "ended_at", "error"}``, the
+        latest 20; see :func:`~wsgi_bg.background`'s ``retries``).
         """
         return record_to_dict(self._record())
 
@@ -306,4 +311,8 @@ def record_to_dict(record: dict[str, Any]) -> dict[str, Any]:
         "rerun_as": record.get("rerun_as"),
         "notice": record.get("notice"),
         "unique": bool(record.get("unique")),  # never the key, nor its digest
+        "attempt": record.get("attempt") or 1,
+        "retries": record.get("retries") or 0,
+        "retry_at": record.get("retry_at"),
+        "errors": record.get("errors") or [],
     }

@@ -44,7 +44,7 @@ from werkzeug.wrappers import Request
 from . import context
 from .engine import OPTIONS_ATTR, callable_name, unique_digest
 from .exceptions import AppFailed
-from .options import check_number
+from .options import RETRY_DELAY_MAX, RetryPolicy, check_number, retry_policy
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -260,13 +260,20 @@ def background(fn: Callable[P, R], /) -> BackgroundFunction[P, R]: ...
 @overload
 def background(
     *, timeout: float | None = None, show_args: bool = True,
-    unique: bool | Callable[..., str] = False,
+    unique: bool | Callable[..., str] = False, retries: int = 0,
+    retry_delay: float = 1.0, retry_delay_max: float = RETRY_DELAY_MAX,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_crashed: bool = False,
 ) -> Callable[[Callable[P, R]], BackgroundFunction[P, R]]: ...
 
 
 def background(
     fn: Callable[P, R] | None = None, /, *, timeout: float | None = None,
     show_args: bool = True, unique: bool | Callable[..., str] = False,
+    retries: int = 0, retry_delay: float = 1.0,
+    retry_delay_max: float = RETRY_DELAY_MAX,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_crashed: bool = False,
 ) -> Any:
     """Mark a module-level function as background work.
 
@@ -301,21 +308,39 @@ def background(
         the server process, and returns the key as a ``str``
         (``unique=lambda user_id, **kw: str(user_id)``). Only a digest of the
         function's name and the key is stored, never the key.
-    :raises ValueError: if ``timeout`` is negative or not a number.
+    :param retries: attempts after the first, at most: a job that raises or
+        times out runs again (the same job: one id, one page), after
+        ``retry_delay`` seconds, then twice that, and so on.
+    :param retry_delay: seconds before the second attempt.
+    :param retry_delay_max: the longest wait between two attempts (an hour
+        unless given).
+    :param retry_on: an exception class, or a tuple of them: only an attempt
+        that raises one of these runs again (a timeout always does).
+    :param retry_crashed: whether an attempt whose process died (killed, out
+        of memory, its worker gone) runs again; by default it ends the job
+        ``crashed`` (the job may be what kills its process).
+    :raises ValueError: if ``timeout``, ``retries``, ``retry_delay`` or
+        ``retry_delay_max`` is negative or not a number.
     :raises TypeError: if ``show_args`` is not a bool, ``unique`` is not a
-        bool or a callable, or ``fn`` is not a module-level function.
+        bool or a callable, ``retry_on`` is not an exception class or a
+        tuple of them, or ``fn`` is not a module-level function.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
-        ``unique``.
+        ``unique``; ``retries``, ``retry_delay``, ``retry_delay_max``,
+        ``retry_on`` and ``retry_crashed``.
     """
     check_number("timeout", timeout, minimum=0, allow_none=True)
     _check_show_args(show_args)
     _check_unique(unique, "unique=lambda user_id, *args, **kwargs: str(user_id)")
+    retry = retry_policy(retries, retry_delay, retry_delay_max, retry_on,
+                         retry_crashed)
 
     def decorate(fn: Callable[P, R]) -> BackgroundFunction[P, R]:
         _check_module_level(fn, "@background")
         options: dict[str, Any] = {"timeout": timeout, "show_args": show_args}
+        if retry is not None:
+            options["retry"] = retry  # how its failed attempts run again
         key = _unique_option(unique, fn)
         if key is not None:
             options["unique"] = key  # what the engine calls for the key
@@ -475,6 +500,7 @@ class MarkedApp:
     def __init__(
         self, ref: str, target: Any, timeout: float | None, show_args: bool = True,
         show_query: Iterable[str] = (), unique: Callable[[Request], str] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         #: where a worker finds this app: ``"module:attribute"``.
         self.ref = ref
@@ -485,8 +511,13 @@ class MarkedApp:
         self.show_query = frozenset(show_query)
         #: the request's key for one job per key (:func:`backgrounder`), or None.
         self.unique = unique
+        #: how its failed requests run again (:func:`backgrounder`'s retries).
+        self.retry = retry
         functools.update_wrapper(self, target, updated=())
-        setattr(self, OPTIONS_ATTR, {"timeout": timeout, "show_args": show_args})
+        options: dict[str, Any] = {"timeout": timeout, "show_args": show_args}
+        if retry is not None:
+            options["retry"] = retry
+        setattr(self, OPTIONS_ATTR, options)
 
     def __repr__(self) -> str:
         return f"<backgrounder {self.ref}>"
@@ -552,13 +583,20 @@ def backgrounder(target: str | WSGIApplication, /) -> MarkedApp: ...
 def backgrounder(
     *, timeout: float | None = None, show_args: bool = True,
     show_query: Iterable[str] = (), unique: bool | Callable[[Request], str] = False,
+    retries: int = 0, retry_delay: float = 1.0,
+    retry_delay_max: float = RETRY_DELAY_MAX,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_crashed: bool = False,
 ) -> Callable[[WSGIApplication], MarkedApp]: ...
 
 
 def backgrounder(
     target: str | WSGIApplication | None = None, /, *, timeout: float | None = None,
     show_args: bool = True, show_query: Iterable[str] = (),
-    unique: bool | Callable[[Request], str] = False,
+    unique: bool | Callable[[Request], str] = False, retries: int = 0,
+    retry_delay: float = 1.0, retry_delay_max: float = RETRY_DELAY_MAX,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    retry_crashed: bool = False,
 ) -> Any:
     """Mark a WSGI app whose every request runs as a background job.
 
@@ -607,7 +645,7 @@ def backgrounder(
 
     .. versionchanged:: 0.2
         The query's values are hidden unless named in ``show_query``;
-        ``unique``.
+        ``unique``; ``retries`` and the other retry options.
 
     .. versionadded:: 0.1
     """
@@ -616,6 +654,8 @@ def backgrounder(
     show_query = _query_names(show_query)
     _check_unique(unique, "unique=lambda request: request.form['report_id']")
     request_unique = _unique_option(unique)
+    retry = retry_policy(retries, retry_delay, retry_delay_max, retry_on,
+                         retry_crashed)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:
         if isinstance(target, str):
@@ -632,7 +672,7 @@ def backgrounder(
                     " WSGI app (not callable)"
                 )
             return MarkedApp(target, found, timeout, show_args, show_query,
-                             request_unique)
+                             request_unique, retry)
         _check_module_level(target, "@backgrounder")
         qualname = getattr(target, "__qualname__", None)
         module = getattr(target, "__module__", None)
@@ -643,7 +683,7 @@ def backgrounder(
                 " backgrounder('package.module:app')"
             )
         return MarkedApp(f"{module}:{qualname}", target, timeout, show_args,
-                         show_query, request_unique)
+                         show_query, request_unique, retry)
 
     if target is not None:
         return mark(target)

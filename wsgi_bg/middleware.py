@@ -513,6 +513,7 @@ class BackgroundMiddleware:
                 shown_args=describe_request(request, body, app.show_query),
                 max_call_bytes=self.settings.max_call_bytes + len(body),
                 unique=app.unique_digest(request, body),
+                retry=app.retry,
             )
         except CallTooLarge:
             raise RequestHeaderFieldsTooLarge(

@@ -65,6 +65,29 @@ def add(store, name, state, output="", progress=None, error=None, result=None,
     return job_id
 
 
+def add_retrying(store):
+    """A job of ``@background(retries=3, retry_delay=30)`` whose first
+    attempt failed: "attempt 2 of 4 · next attempt in 28 s"."""
+    job_id = new_job_id()
+    now = time.time()
+    store.create({
+        "id": job_id, "name": "shop.sync_orders", "created_at": now - 2,
+        "started_at": None, "ended_at": None, "result": None, "error": None,
+        "progress": None, "timeout": None, "cancel_requested": False,
+        "cancel_grace": None, "url": None, "pid": None, "args": "(shop_id=42)",
+        "retries": 3, "retry_delay": 30.0, "retry_delay_max": 3600.0,
+        "retry_crashed": False, "attempt": 1, "retry_at": None, "errors": [],
+    }, 1000)
+    store.start(job_id, 0)
+    store.relay(job_id, "fetching orders since 2026-12-05\nGET"
+                " https://api.example.com/orders?page=1\n", None)
+    store.finish(job_id, "failed", None,
+                 "Traceback (most recent call last):\n  File \"shop.py\", line 31,"
+                 " in sync_orders\n    page = client.orders(since, page=1)\n"
+                 "ConnectionError: api.example.com: connection refused\n")
+    return job_id
+
+
 def main():
     mw = BackgroundMiddleware(not_found, authorize=allow_all)
     store = mw.engine.store
@@ -83,6 +106,7 @@ def main():
                   "$ pytest -q\n" + PYTEST.replace("1 failed", "0 failed")
                   + "\x1b[33mwarning:\x1b[0m cache is cold\ncompressing assets",
                   progress={"done": 37, "total": 60, "message": "compressing assets"})
+    retrying = add_retrying(store)
     server = make_server("127.0.0.1", 0, mw, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}/_jobs"
@@ -91,7 +115,7 @@ def main():
             "--headless", "--no-sandbox", "--disable-gpu"])
         wide = browser.new_page(viewport={"width": 1280, "height": 820})
         for name, url in (("job-running", f"/{running}"), ("job-failed", f"/{failed}"),
-                          ("list", "/")):
+                          ("job-retrying", f"/{retrying}"), ("list", "/")):
             wide.goto(base + url)
             wide.wait_for_timeout(1500)  # the elapsed time ticks
             wide.screenshot(path=str(HERE / f"{name}.png"))
@@ -100,6 +124,9 @@ def main():
         phone.goto(f"{base}/{running}")
         phone.wait_for_timeout(1500)
         phone.screenshot(path=str(HERE / "phone-job.png"))
+        phone.goto(f"{base}/{retrying}")
+        phone.wait_for_timeout(1500)
+        phone.screenshot(path=str(HERE / "phone-retrying.png"))
         phone.goto(f"{base}/")
         phone.screenshot(path=str(HERE / "phone-list.png"))
         browser.close()

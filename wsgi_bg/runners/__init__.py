@@ -64,11 +64,12 @@ class Runner(Protocol):
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str, created_at: float,
+        name: str, created_at: float, attempt: int = 1,
     ) -> Future[str | Ending | None] | None:
         """Run the job whose pickled call is ``payload`` (the store holds its
         record, queued, and the call; ``name`` is the function's, for
-        listings such as rq-dashboard's; ``created_at``, the record's).
+        listings such as rq-dashboard's; ``created_at``, the record's;
+        ``attempt``, which run of a job that runs again this is).
         Return a future of its final state (or of its
         :class:`~wsgi_bg.stores.Ending`, which the engine records: see
         :attr:`~wsgi_bg.stores.Link.ends_in_answer`), or ``None`` if the

@@ -102,7 +102,7 @@ class InlineRunner:
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str = "", created_at: float = 0.0,
+        name: str = "", created_at: float = 0.0, attempt: int = 1,
     ) -> None:
         """Run the job now, to its end, and record it; the store says it all.
         ``timeout`` and ``grace`` are not enforced (nothing can be killed)."""
@@ -192,13 +192,17 @@ def run_inline(
     result: bytes | None = None
     shown = error = None
     escaping: BaseException | None = None
+    retry_on: tuple[type[BaseException], ...] | None = None
+    retryable = True
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs, *rest = pickle.loads(payload)
+        retry_on = rest[0] if rest else None
         value = fn(*args, **kwargs)
     except BaseException as exc:
         # The traceback from the job's own frames on, as from a job process.
         error = "".join(traceback.format_exception(
             type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
+        retryable = retry_on is None or isinstance(exc, retry_on)
         if not isinstance(exc, (Exception, SystemExit)):
             escaping = exc  # ^C and the like: recorded, then the caller's
     else:
@@ -207,6 +211,7 @@ def run_inline(
             shown = results.shown(value)
         except results.Unpicklable as exc:
             error = str(exc)
+            retryable = False
     finally:
         _uninstall()
         _capture.reset(capture_token)
@@ -217,7 +222,8 @@ def run_inline(
     state = JobState.FAILED.value if error is not None else JobState.SUCCEEDED.value
     text, progress, offset = job.relay.take(final=True)
     ended = store.finish(job_id, state, result, error, text, progress, offset,
-                         shown=shown, cancel_seen=cancel_seen)
+                         shown=shown, cancel_seen=cancel_seen,
+                         retryable=retryable)
     if escaping is not None:
         raise escaping
     return ended

@@ -15,7 +15,8 @@ Data flow (the supervisor's side is in its module; the frames in
     cancel ── control pipe ─────────► current_job.cancel_requested
                                       _run: unpickle the call, call it,
                                       check the result (runners.results)
-    MessageReader ◄── socket ─────── (kind, value, retire, cancel_seen)
+    MessageReader ◄── socket ─────── (kind, value, retire, cancel_seen,
+                                      retryable)
     kill the group, if it retires   ◄ put back cwd, environ, sys.path
 
 The call is unpickled only here: an import that hangs, starts threads or
@@ -61,11 +62,12 @@ def main(sock: socket.socket, jobs_per_process: int) -> None:
             received = wire.recv_job(sock)
             if received is None:
                 break
-            kind, value, flushed, cancel_seen = home.run_job(*received)
+            kind, value, flushed, cancel_seen, retryable = home.run_job(*received)
             retire = done == jobs_per_process or not flushed or not home.clean()
             if retire:  # before saying so: the supervisor then kills the group
                 _let_go_of_multiprocessing()
-            wire.send_message(home.msg_fd, (kind, value, retire, cancel_seen))
+            wire.send_message(home.msg_fd,
+                              (kind, value, retire, cancel_seen, retryable))
             if retire:
                 break
     except BaseException:
@@ -115,9 +117,10 @@ class _Home:
 
     def run_job(
         self, job_id: str, payload: bytes, max_result_bytes: int, fds: list[int],
-    ) -> tuple[str, Any, bool, bool]:
+    ) -> tuple[str, Any, bool, bool, bool]:
         """Run one job with fds 1 and 2 on its pipe: ``(kind, value, whether
-        its streams flushed, whether it saw a cancel)``."""
+        its streams flushed, whether it saw a cancel, whether a failure may
+        run again)``."""
         out_w, ctl_r = fds
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -127,7 +130,7 @@ class _Home:
         streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
         os.set_blocking(ctl_r, False)
         context.enter(_PipeContext(job_id, self.msg_fd, ctl_r))
-        kind, value = _run(payload, max_result_bytes)
+        kind, value, retryable = _run(payload, max_result_bytes)
         flushed = _let_go_of_streams(streams, self.kept)
         sys.stdin = self.stdin
         sys.stdout, sys.stderr = self.idle
@@ -135,7 +138,7 @@ class _Home:
         os.dup2(self.null_w, 2)
         os.close(ctl_r)
         cancel_seen = context.leave_job()
-        return kind, value, flushed, cancel_seen
+        return kind, value, flushed, cancel_seen, retryable
 
     def clean(self) -> bool:
         """Whether the last job left nothing running (no thread, no process,
@@ -306,20 +309,26 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
             signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> tuple[str, Any]:
-    """Run one job's call: ``("result", (pickled value, its repr))`` or
-    ``("error", text)``."""
+def _run(
+    payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES
+) -> tuple[str, Any, bool]:
+    """Run one job's call: ``("result", (pickled value, its repr), True)``
+    or ``("error", text, whether the job's retry_on lets it run again)``."""
+    retry_on: tuple[type[BaseException], ...] | None = None
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs, *rest = pickle.loads(payload)
+        retry_on = rest[0] if rest else None
         value = fn(*args, **kwargs)
     except BaseException as exc:
         # The traceback from the job's own frames on: ours is noise to users.
         return "error", "".join(traceback.format_exception(
-            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
+            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next)), (
+            retry_on is None or isinstance(exc, retry_on))
     try:
-        return "result", (dump_result(value, max_result_bytes), shown(value))
+        return "result", (dump_result(value, max_result_bytes), shown(value)), True
     except Unpicklable as exc:
-        return "error", str(exc)
+        # (the same value again: no retry makes it picklable)
+        return "error", str(exc), False
 
 
 def _redirect_stdio(out_fd: int) -> None:

@@ -280,7 +280,7 @@ class ProcessRunner:
     # -- submit ------------------------------------------------------------------------
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str, created_at: float,
+        name: str, created_at: float, attempt: int = 1,
     ) -> Future[str | Ending | None]:
         args = (self._link(), job_id, payload, timeout, grace,
                 self.jobs_per_process, self.max_result_bytes)

@@ -126,13 +126,17 @@ def is_wsgi_bg_queue(name: str) -> bool:
     return name.startswith(QUEUE_PREFIX)
 
 
-def rq_job_id(job_id: str) -> str:
+def rq_job_id(job_id: str, attempt: int = 1) -> str:
     """The RQ job id of a wsgi_bg job, which its RQ job also carries as its
     reference: derived, not the same (a wsgi_bg job id is a capability, and
     RQ ids show in rq-dashboard and ``rq info``). SHA-1, as Redis's scripts
     compute it too (``redis.sha1hex``); a job id is 256 random bits, so the
-    hash neither reveals it nor meets another's."""
-    return _REFERENCE + hashlib.sha1(job_id.encode()).hexdigest()
+    hash neither reveals it nor meets another's. Each attempt of a job that
+    runs again (``background(retries=...)``) is an RQ job of its own,
+    ``-2``, ``-3``... after it: RQ keeps an ended RQ job for a while, and
+    its old key must not become the next attempt's."""
+    reference = _REFERENCE + hashlib.sha1(job_id.encode()).hexdigest()
+    return reference if attempt == 1 else f"{reference}-{attempt}"
 
 
 _REFERENCE = "wsgi_bg-"  # what a reference is before the job id's hash
@@ -304,7 +308,9 @@ def perform(reference: str, token: str) -> str:
     ``reference`` to its end, in a job process of this RQ worker (wsgi_bg's
     worker class only), and record it in the store.
 
-    Returns ``"succeeded"``, RQ's result.
+    Returns ``"succeeded"``, RQ's result, or ``"queued"`` for an attempt
+    that runs again (``background(retries=...)``: the next attempt is an RQ
+    job of its own).
 
     :raises JobEnded: if the job ended otherwise (failed, timed out, crashed,
         cancelled, or already ended), after it is recorded in the store.
@@ -334,7 +340,11 @@ def perform_admitted(reference: str, settings: dict[str, Any]) -> str:
     store = _worker_store(settings, connection, prepare_worker())
     # The job, among those created at the instant the token says, whose id
     # hashes to the reference, and its call: one round trip.
-    found = store.find_call(settings["created"], reference.removeprefix(_REFERENCE))
+    attempt = settings.get("attempt", 1)
+    digest = reference.removeprefix(_REFERENCE)
+    if attempt > 1:
+        digest = digest.removesuffix(f"-{attempt}")  # (see rq_job_id)
+    found = store.find_call(settings["created"], digest)
     if found is None:
         raise JobEnded(reference, None, "its record is no longer in the store")
     job_id, signed = found
@@ -351,7 +361,7 @@ def perform_admitted(reference: str, settings: dict[str, Any]) -> str:
                       settings["grace"], settings.get("jobs_per_process", 1),
                       settings.get("max_result_bytes", MAX_RESULT_BYTES),
                       tick=tick, watch_parent=False)
-    if state == JobState.SUCCEEDED.value:
+    if state in (JobState.SUCCEEDED.value, JobState.QUEUED.value):
         return state
     if state is None:  # cancelled before it started, or ended meanwhile
         record = store.get(job_id)
@@ -425,8 +435,12 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'state:queued', '-inf',
                                NOW - grace)) do
   local key = k('job', id)
   -- owner null: it waits in RQ (a pool's queued job has an owner)
-  if redis.call('HGET', key, 'owner') == 'null' then
+  -- (a retry waiting for its time is in no queue yet: see claim.lua)
+  if redis.call('HGET', key, 'owner') == 'null'
+      and not redis.call('ZSCORE', P .. 'retries', id) then
     local ref = 'wsgi_bg-' .. redis.sha1hex(id)
+    local attempt = tonumber(redis.call('HGET', key, 'attempt'))
+    if attempt and attempt > 1 then ref = ref .. '-' .. attempt end  -- rq_job_id()
     local rq = redis.call('HMGET', rq_job .. ref, 'status', 'worker_name', 'origin')
     local status, worker, origin = rq[1], rq[2], rq[3] or qname
     if not status then
@@ -628,7 +642,7 @@ class RQRunner:
 
     def submit(
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
-        name: str, created_at: float,
+        name: str, created_at: float, attempt: int = 1,
     ) -> None:
         if name.startswith("__main__."):
             # As rq refuses them: a worker imports the function by name.
@@ -639,7 +653,7 @@ class RQRunner:
             )
         queue = self._queue()
         limit = -1 if timeout is None else int(timeout + grace) + RQ_TIMEOUT_MARGIN
-        reference = rq_job_id(job_id)
+        reference = rq_job_id(job_id, attempt)
         # The job's instant in the list (its score there, as the store wrote
         # it): how the worker finds the job from its reference (see
         # RedisStore.find_call).
@@ -649,6 +663,8 @@ class RQRunner:
             # (not from another namespace's, where someone moved it).
             settings = dict(self._settings, timeout=timeout, grace=grace,
                             created=created, queue=queue.name)
+            if attempt > 1:
+                settings["attempt"] = attempt
             # One round trip: RQ's enqueue without a pipeline makes two.
             with queue.connection.pipeline() as pipe:
                 queue.enqueue_call(
@@ -662,13 +678,30 @@ class RQRunner:
                 f"the RQ queue's Redis cannot be reached: {exc}. Try again shortly."
             ) from exc
 
+    def _attempt(self, job_id: str) -> int:
+        """The job's attempt (1 unless it runs again), from its record."""
+        if self._client is None:
+            raise RuntimeError("the RQ runner is not started")
+        raw = self._client.hget(f"{self._settings['namespace']}:job:{job_id}",
+                                "attempt")
+        try:
+            number = int(json.loads(raw)) if raw else 1
+        except (ValueError, TypeError):
+            number = 1
+        return max(number, 1)
+
     def cancel(self, job_id: str) -> None:
         # The store says cancelled already: a worker that takes the job finds
         # it so and runs nothing. Taking it off RQ's queue is tidiness.
         # Plain fields, in one script: the web process never builds an RQ
         # Job from Redis (its restore decompresses what anyone planted).
         queue, keys = self._queue(), self._rq_keys()
-        reference = rq_job_id(job_id)
+        try:
+            reference = rq_job_id(job_id, self._attempt(job_id))
+        except redis.RedisError as exc:  # Redis away: harmless
+            logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
+                         rq_job_id(job_id), exc)
+            return
         try:
             self._cancel(
                 keys=[keys.job(reference), keys.queue, keys.canceled],

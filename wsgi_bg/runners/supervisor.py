@@ -283,12 +283,13 @@ class _Ended:
     """A job's end as its supervisor saw it, not yet in the store."""
 
     __slots__ = ("store", "job_id", "state", "result", "error", "last", "shown",
-                 "reuse", "cancel_seen", "outcome")
+                 "reuse", "cancel_seen", "retryable", "outcome")
 
     def __init__(
         self, store: Store, job_id: str, state: str, result: bytes | None,
         error: str | None, last: tuple[str, dict[str, Any] | None, int | None],
         shown: str | None, reuse: bool, cancel_seen: bool = True,
+        retryable: bool = True,
     ) -> None:
         self.store = store
         self.job_id = job_id
@@ -301,12 +302,15 @@ class _Ended:
         # Whether the job read its cancel: the store decides from it whether
         # a job that succeeded after a cancel was asked stopped for it.
         self.cancel_seen = cancel_seen
+        # Whether a failure may run again (the job's retry_on said so).
+        self.retryable = retryable
         #: Once recorded: what recording it gave, as supervise_all returns it.
         self.outcome: tuple[str | None, Exception | None] | None = None
 
     def ending(self) -> Ending:
         return Ending(self.state, self.result, self.error, *self.last,
-                      shown=self.shown, cancel_seen=self.cancel_seen)
+                      shown=self.shown, cancel_seen=self.cancel_seen,
+                      retryable=self.retryable)
 
     def finish(self) -> str | None:
         """Record it alone: the state stored, or ``None`` (it had ended);
@@ -334,7 +338,8 @@ class _Ended:
         try:
             state, started = self.store.finish_and_start(
                 self.job_id, self.state, self.result, self.error, *self.last,
-                self.shown, next_id, pid, cancel_seen=self.cancel_seen)
+                self.shown, next_id, pid, cancel_seen=self.cancel_seen,
+                retryable=self.retryable)
         except Exception:  # noqa: BLE001 - unreachable, or an error: one by one
             self.record()
             return _retrying(lambda: self.store.start(next_id, pid),
@@ -355,6 +360,7 @@ class _Supervisor:
         self.tick = tick
         self.shown: str | None = None  # the result's repr, when it succeeded
         self.cancel_seen = True  # whether the job read its cancel, as it says
+        self.retryable = True  # whether its failure may run again (retry_on)
         # This worker's parent: the server process, or the forkserver that
         # lives as long as it. If it changes, that process is gone.
         self.parent = os.getppid() if watch_parent else None
@@ -413,7 +419,7 @@ class _Supervisor:
             # every record (a job may raise with a 20 MB message).
             error = cap_text(error, MAX_ERROR_CHARS)
         return _Ended(self.store, self.job_id, state, result, error, self.last,
-                      self.shown, reuse, self.cancel_seen)
+                      self.shown, reuse, self.cancel_seen, self.retryable)
 
     def _watch(
         self, process: _JobProcess, out_r: int, ctl_w: int
@@ -421,8 +427,8 @@ class _Supervisor:
         """Watch the job sent to ``process`` to its end (see :class:`_Watch`)."""
         watch = _Watch(self, process, out_r, ctl_w)
         ended = watch.run()
-        self.last, self.shown, self.cancel_seen = (
-            watch.last, watch.shown, watch.cancel_seen)
+        self.last, self.shown, self.cancel_seen, self.retryable = (
+            watch.last, watch.shown, watch.cancel_seen, watch.retryable)
         return ended
 
 
@@ -474,6 +480,7 @@ class _Watch:
         self.last: tuple[str, dict[str, Any] | None, int] = ("", None, 0)
         self.shown: str | None = None  # the result's repr, when it succeeded
         self.cancel_seen = True  # whether the job read its cancel, as it says
+        self.retryable = True  # whether its failure may run again (retry_on)
 
     def run(self) -> tuple[str, bytes | None, str | None, bool]:
         """Watch to the end; ``(state, pickled result, error, reuse)``."""
@@ -612,6 +619,7 @@ class _Watch:
         final = self.messages.final
         if final is not None:
             self.cancel_seen = self.messages.cancel_seen
+            self.retryable = self.messages.retryable
             kind, value = final
             if kind == "result":
                 self.shown = value[1]

@@ -8,7 +8,8 @@ pipes::
     send_job ── socket: frame + (id, call,       ─► recv_job
                 max_result_bytes), fds on it
     MessageReader ◄── socket: frames ──────────── send_message
-        ("progress", report) … then one final (kind, value, retire, cancel_seen)
+        ("progress", report) … then one final (kind, value, retire,
+        cancel_seen, retryable)
     relay ◄──────── output pipe (fds 1 and 2) ───── the job's output
     cancel ──────── control pipe: one byte ──────► current_job.cancel_requested
 
@@ -77,8 +78,8 @@ def send_message(fd: int, message: tuple[Any, ...]) -> None:
 
 class MessageReader:
     """Splits the job process's messages: progress reports, then one final
-    ``(kind, value, retire, cancel_seen)``, kept as :attr:`final`,
-    :attr:`retire` and :attr:`cancel_seen`."""
+    ``(kind, value, retire, cancel_seen, retryable)``, kept as :attr:`final`,
+    :attr:`retire`, :attr:`cancel_seen` and :attr:`retryable`."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -86,6 +87,7 @@ class MessageReader:
         self.final: tuple[str, Any] | None = None
         self.retire = True
         self.cancel_seen = True  # unless the job says otherwise
+        self.retryable = True  # whether a failure may run again (retry_on)
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -103,6 +105,8 @@ class MessageReader:
                 self.final = (message[0], message[1])
                 self.retire = message[2]
                 self.cancel_seen = message[3]
+                # (a job process of an older version says nothing: any)
+                self.retryable = message[4] if len(message) > 4 else True
 
     def progress(self) -> list[dict[str, Any]]:
         reports, self._progress = self._progress[-1:], []

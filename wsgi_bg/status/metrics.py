@@ -89,6 +89,11 @@ def exposition(store: Store) -> str:
     lines += [f"wsgi_bg_jobs_finished_total{{function={label_value(function)},"
               f"outcome={label_value(outcome)}}} {count}"
               for (function, outcome), count in sorted(stats.finished.items())]
+    lines += _family("wsgi_bg_job_retries_total", "counter",
+                     "Attempts that failed and ran again (background(retries=...)),"
+                     " per function.")
+    lines += [f"wsgi_bg_job_retries_total{{function={label_value(function)}}} {count}"
+              for function, count in sorted(stats.retries.items())]
     lines += _histograms("wsgi_bg_job_duration_seconds",
                          "Seconds from a job's start to its end, per function.",
                          stats.duration)

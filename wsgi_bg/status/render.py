@@ -321,6 +321,37 @@ def _notice(notice: str | None) -> Markup:
     ).format(notice)
 
 
+def attempt_text(job: Mapping[str, Any], now: float | None) -> tuple[str, str]:
+    """What a job page says of a job that may run again: ``("2 of 4",
+    " · next attempt in 8 s")`` (the second part only while a retry waits
+    for its time); ``("", "")`` for a job without retries. The page's
+    script says the same as it polls."""
+    retries = job.get("retries") or 0
+    if not retries:
+        return "", ""
+    attempt = job.get("attempt") or 1
+    at = job.get("retry_at")
+    wait = ""
+    if job["state"] == "queued" and isinstance(at, int | float) and now is not None:
+        wait = f" · next attempt in {max(0, math.ceil(at - now))} s"
+    return f"{attempt} of {retries + 1}", wait
+
+
+def _attempts(errors: list[Mapping[str, Any]]) -> Markup:
+    """The errors of the attempts that ran again, oldest first."""
+    items = Markup("").join(Markup(
+        '<li><p class="attempt-head">Attempt {n} · {state} · {at}</p>'
+        '<pre class="error">{error}</pre></li>').format(
+            n=e.get("attempt"), state=str(e.get("state", "")).replace("_", " "),
+            at=_time(e.get("ended_at") if isinstance(e.get("ended_at"), int | float)
+                     else None),
+            error=e.get("error") or "") for e in errors)
+    return Markup(
+        '<section id="attempts-box"{hide}><h2>Earlier attempts</h2>'
+        '<ol id="attempts" class="attempts">{items}</ol></section>\n'
+    ).format(hide=_hidden(not errors), items=items)
+
+
 def _document(
     root: str, title: str, main: Markup, *, refresh: int, may_list: bool,
     page: str = "",
@@ -550,6 +581,14 @@ def job_page(
         '<form id="rerun" class="rerun" method="post" action="{api}/rerun"{hide}>'
         '<button type="submit">Run again</button></form>\n'
     ).format(api=api, hide=_hidden(not done)) if may_rerun else Markup("")
+    attempt, wait = attempt_text(job, now)
+    attempt_info = Markup(
+        '<dt id="attempt-dt"{hide}>Attempt</dt><dd id="attempt-info"{hide}>'
+        '<span id="attempt">{attempt}</span><span id="next-attempt"'
+        ' data-at="{at}">{wait}</span></dd>').format(
+            hide=_hidden(not attempt), attempt=attempt, wait=wait,
+            at=repr(float(job["retry_at"])) if isinstance(
+                job.get("retry_at"), int | float) else "")
     main = Markup(
         '{back}{notice}'
         '<div id="lost" class="banner error" role="alert" hidden></div>\n'
@@ -563,7 +602,7 @@ def job_page(
         "<dt>Started</dt><dd>{started}</dd>"
         "<dt>Ended</dt><dd>{ended}</dd>"
         '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
-        "{arguments}{cancel_info}{reruns}</dl>\n"
+        "{attempt_info}{arguments}{cancel_info}{reruns}</dl>\n"
         '<p id="job-notice" class="banner warn" role="status"{hide_job_notice}>'
         "{job_notice}</p>\n"
         "{progress}\n{rerun}"
@@ -583,6 +622,7 @@ def job_page(
         '<pre id="result" class="result">\n{result}</pre></section>\n'
         '<section id="error-box"{hide_error}><h2>Error</h2>'
         '<pre id="error" class="error">\n{error}</pre></section>\n'
+        "{attempts}"
         '<p class="api">JSON: <a href="{api}">{api}</a></p>\n'
         "</article>\n"
     ).format(
@@ -599,6 +639,7 @@ def job_page(
         duration_label="Duration" if done else "Elapsed",
         duration=format_duration(job["started_at"], end),
         arguments=arguments, cancel_info=cancel_info, reruns=reruns, rerun=rerun,
+        attempt_info=attempt_info, attempts=_attempts(job.get("errors") or []),
         progress=_progress(job["progress"], ids=True),
         hide_job_notice=_hidden(not job.get("notice")),
         job_notice=job.get("notice") or "",

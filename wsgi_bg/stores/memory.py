@@ -34,7 +34,17 @@ from typing import Any
 
 from ..jobs import TERMINAL_STATES, JobState
 from .output import decode, dropped_marker, encode_output, head_cut, tail_cut
-from .protocol import SEARCH_SCAN, JobStats, Page, Record, Store, check_page
+from .protocol import (
+    MAX_ERRORS_KEPT,
+    SEARCH_SCAN,
+    JobStats,
+    Page,
+    Record,
+    Store,
+    attempt_divider,
+    check_page,
+    retry_wait,
+)
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -138,6 +148,8 @@ class MemoryStore:
         self._workers: dict[int, int | None] = {}  # pid -> its start time
         # Unique key's digest -> the queued or running job holding it.
         self._unique: dict[str, str] = {}
+        # Jobs waiting for their next attempt -> when it is due.
+        self._retries: dict[str, float] = {}
 
     # -- writes ---------------------------------------------------------------
     def create(
@@ -182,8 +194,8 @@ class MemoryStore:
             return False
         if record["state"] == JobState.RUNNING and record["pid"] == pid:
             return True  # a retry of this start, whose answer was lost
-        if record["state"] != JobState.QUEUED:
-            return False
+        if record["state"] != JobState.QUEUED or record.get("retry_at") is not None:
+            return False  # (a retry waiting: it runs once claimed)
         record.update(state=JobState.RUNNING.value, started_at=time.time(), pid=pid)
         self._queued -= 1
         self._moved(JobState.QUEUED.value, JobState.RUNNING.value)
@@ -206,6 +218,9 @@ class MemoryStore:
         if text:
             output = self._outputs[record["id"]]
             data = encode_output(text)
+            if offset is not None:
+                # A writer counts from its attempt's start (see _retry).
+                offset += record.get("output_base") or 0
             if offset is not None and output.total > offset:
                 data = data[output.total - offset :]  # landed already (a retry)
             output.append(data)
@@ -217,31 +232,35 @@ class MemoryStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True,
+        cancel_seen: bool = True, retryable: bool = True,
     ) -> str | None:
         with self._lock:
             return self._finish(job_id, state, result, error, text, progress,
-                                offset, shown, cancel_seen)
+                                offset, shown, cancel_seen, retryable)
 
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
         shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
+        retryable: bool = True,
     ) -> tuple[str | None, bool]:
         with self._lock:
             return (self._finish(job_id, state, result, error, text, progress,
-                                 offset, shown, cancel_seen),
+                                 offset, shown, cancel_seen, retryable),
                     self._start(next_id, pid))
 
     def _finish(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, cancel_seen: bool = True,
+        shown: str | None, cancel_seen: bool = True, retryable: bool = True,
     ) -> str | None:
         record = self._records.get(job_id)
         if record is None or record["state"] in TERMINAL_STATES:
             return None
         self._add(record, text, progress, offset)
+        wait = retry_wait(record, state, retryable)
+        if wait is not None:
+            return self._retry(record, state, error, wait)
         self._outputs[job_id].compact()
         state, error, how = cancel_outcome(record, state, error, cancel_seen)
         record["cancelled_how"] = how
@@ -260,6 +279,43 @@ class MemoryStore:
         self._prune()
         return state
 
+    def _retry(self, record: Record, state: str, error: str | None,
+               wait: float) -> str:
+        """Put a job whose attempt ended back to queued, for its next
+        attempt in ``wait`` seconds (see :meth:`Store.finish`)."""
+        now = time.time()
+        attempt = record.get("attempt") or 1
+        errors = [*(record.get("errors") or []), {
+            "attempt": attempt, "state": state, "ended_at": now,
+            "error": error or f"ended {state}"}][-MAX_ERRORS_KEPT:]
+        output = self._outputs[record["id"]]
+        ends_line = not output.chunks or output.chunks[-1].endswith(b"\n")
+        self._add(record, ("" if ends_line else "\n")
+                  + attempt_divider(attempt + 1, record["retries"] + 1), None)
+        # The next attempt's writer counts its output from 0: from here.
+        record["output_base"] = record["output_size"]
+        self._stats.observe_retry(record)
+        self._moved(record["state"], JobState.QUEUED.value)
+        self._queued += 1
+        record.update(state=JobState.QUEUED.value, attempt=attempt + 1,
+                      retry_at=now + wait, errors=errors, error=None,
+                      started_at=None, pid=None, progress=None)
+        self._retries[record["id"]] = now + wait
+        return JobState.QUEUED.value
+
+    def claim_retries(self, limit: int = 100) -> tuple[list[str], float | None]:
+        with self._lock:
+            now = time.time()
+            due = [i for i, at in self._retries.items() if at <= now][:limit]
+            for job_id in due:
+                del self._retries[job_id]
+                self._records[job_id]["retry_at"] = None
+            return due, min(self._retries.values(), default=None)
+
+    def next_retry(self) -> float | None:
+        with self._lock:
+            return min(self._retries.values(), default=None)
+
     def request_cancel(
         self, job_id: str, grace: float | None, shutdown: bool = False
     ) -> str:
@@ -267,11 +323,16 @@ class MemoryStore:
             record = self._records.get(job_id)
             if record is None or record["state"] in TERMINAL_STATES:
                 return ""
+            if shutdown and job_id in self._retries:
+                return ""  # a retry waiting is no process's: it stays
             if record["state"] == JobState.QUEUED:
                 now = time.time()
                 self._stats.observe(record, JobState.CANCELLED.value, now)
+                self._retries.pop(job_id, None)
+                retrying = (record.get("attempt") or 1) > 1
                 record.update(state=JobState.CANCELLED.value, ended_at=now,
-                              error="cancelled before it started",
+                              error=cancelled_waiting(record) if retrying
+                              else "cancelled before it started", retry_at=None,
                               cancel_requested=True, cancel_requested_at=now,
                               cancelled_how="before_start")
                 self._queued -= 1
@@ -389,6 +450,13 @@ class MemoryStore:
             del self._outputs[job_id]
             self._results.pop(job_id, None)
             self._calls.pop(job_id, None)
+
+
+def cancelled_waiting(record: Record) -> str:
+    """The error of a job cancelled while it waited for its next attempt
+    (lua/cancel.lua writes the same)."""
+    return (f"cancelled while waiting for attempt {record.get('attempt')} of"
+            f" {(record.get('retries') or 0) + 1}")
 
 
 def cancel_outcome(

@@ -39,6 +39,16 @@ RECORD_FIELDS = (
 #: (set by :meth:`Store.create` of that run, in the same call).
 RERUN_FIELDS = ("rerun_of", "rerun_as")
 
+#: Optional fields of a job that may run again (``background(retries=...)``;
+#: a record without them has none): ``retries`` (attempts after the first,
+#: at most), ``retry_delay``, ``retry_delay_max`` (seconds), ``retry_crashed``
+#: (bool), ``attempt`` (this attempt, from 1), ``retry_at`` (when a waiting
+#: retry is due, else ``None``) and ``errors`` (the error of each attempt
+#: that failed, in order). See :meth:`Store.finish`. Offsets a writer gives
+#: (:meth:`Store.relay`) count from its attempt's first byte of output.
+RETRY_FIELDS = ("retries", "retry_delay", "retry_delay_max", "retry_crashed",
+                "attempt", "retry_at", "errors")
+
 #: The largest ``offset`` or ``limit`` :meth:`Store.page` takes.
 MAX_PAGE_INDEX = 2**31 - 1
 #: How many jobs a search (:meth:`Store.page` with a query) looks through at
@@ -57,6 +67,42 @@ def check_page(offset: Any, limit: Any) -> None:
             raise ValueError(
                 f"{name} must be an integer from 0 to {MAX_PAGE_INDEX}, got"
                 f" {value!r}")
+
+
+#: Attempts' errors a record keeps in ``errors``, the latest.
+MAX_ERRORS_KEPT = 20
+#: The exponent past which a retry's wait stops doubling (it is capped by
+#: ``retry_delay_max`` long before; this only keeps the number finite).
+_MAX_DOUBLINGS = 60
+
+
+def retry_wait(record: Record, state: str, retryable: bool = True) -> float | None:
+    """Seconds until the next attempt of the running job ``record`` whose
+    attempt ended in ``state``, or ``None`` if the job ends here (see
+    :meth:`Store.finish`); the Redis store's ``retry()`` in ``lua/lib.lua``
+    mirrors it."""
+    retries, attempt = record.get("retries") or 0, record.get("attempt") or 1
+    if (record["state"] != "running" or attempt > retries
+            or record.get("cancel_requested")):
+        return None
+    if state == "failed":
+        if not retryable:
+            return None
+    elif state == "crashed":
+        if not record.get("retry_crashed"):
+            return None
+    elif state != "timed_out":
+        return None
+    delay = float(record.get("retry_delay") or 0.0)
+    wait: float = min(delay * 2 ** min(attempt - 1, _MAX_DOUBLINGS),
+                      float(record.get("retry_delay_max") or 0.0))
+    return wait
+
+
+def attempt_divider(attempt: int, attempts: int) -> str:
+    """The line a job's output gets before attempt ``attempt`` of
+    ``attempts`` (``lua/lib.lua`` writes the same)."""
+    return f"──── attempt {attempt} of {attempts} ────\n"
 
 
 class Page(tuple[list[Record], int]):
@@ -157,21 +203,33 @@ class JobStats:
     #: Seconds from creation to start, per function, of jobs that started
     #: (observed when they end).
     queue_wait: dict[str, Histogram] = field(default_factory=dict)
+    #: Attempts that ended and run again, per function.
+    retries: dict[str, int] = field(default_factory=dict)
 
     #: The functions counted under their own name (the memory store's
     #: bound; the Redis store keeps its own, in Redis).
     functions: set[str] = field(default_factory=set, repr=False, compare=False)
 
-    def observe(self, record: Record, state: str, ended_at: float) -> None:
-        """Count the end of the job ``record`` (as it was before it ended) in
-        ``state`` at ``ended_at``; the memory store's way (the Redis store's
-        is ``observe()`` in ``lua/lib.lua``)."""
+    def _label(self, record: Record) -> str:
         label = function_label(record.get("name"))
         if label != OTHER_FUNCTION and label not in self.functions:
             if len(self.functions) < MAX_FUNCTIONS:
                 self.functions.add(label)
             else:
                 label = OTHER_FUNCTION
+        return label
+
+    def observe_retry(self, record: Record) -> None:
+        """Count an attempt of the job ``record`` that will run again (the
+        Redis store's way is in ``retry()`` in ``lua/lib.lua``)."""
+        label = self._label(record)
+        self.retries[label] = self.retries.get(label, 0) + 1
+
+    def observe(self, record: Record, state: str, ended_at: float) -> None:
+        """Count the end of the job ``record`` (as it was before it ended) in
+        ``state`` at ``ended_at``; the memory store's way (the Redis store's
+        is ``observe()`` in ``lua/lib.lua``)."""
+        label = self._label(record)
         key = (label, state)
         self.finished[key] = self.finished.get(key, 0) + 1
         started, created = record.get("started_at"), record.get("created_at")
@@ -247,7 +305,7 @@ class Store(Protocol):
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True,
+        cancel_seen: bool = True, retryable: bool = True,
     ) -> str | None:
         """End a job, once, with its last output and progress (as
         :meth:`relay` would add them), its pickled ``result`` (kept apart
@@ -257,12 +315,27 @@ class Store(Protocol):
         ``cancel_seen`` false (its code never read the cancel: it completed
         its work), which stays succeeded with its result, ``cancelled_how``
         ``"completed"``. Return the state stored, or ``None`` if the job had
-        already ended."""
+        already ended.
+
+        An attempt that may run again does not end the job: one that ended
+        ``failed`` (and ``retryable``: its exception is one of the job's
+        ``retry_on``), ``timed_out``, or ``crashed`` (with the record's
+        ``retry_crashed``), of a job whose record has attempts left
+        (``attempt`` <= ``retries``) and no cancel requested, goes back to
+        ``queued`` in the same atomic step: ``attempt`` + 1, its error
+        appended to ``errors``, ``retry_at`` set ``retry_delay`` *
+        2**(attempt-1) seconds on (at most ``retry_delay_max``), a divider
+        line added to the output, ``started_at``, ``pid``, ``error`` and
+        ``progress`` cleared, and no owner (any process may run it: see
+        :meth:`claim_retries`). The answer is then ``"queued"``; the finished
+        figures of :meth:`stats` count only a job's final end, its retries
+        apart."""
 
     def finish_and_start(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
         shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
+        retryable: bool = True,
     ) -> tuple[str | None, bool]:
         """:meth:`finish` of ``job_id`` (the same arguments), then
         :meth:`start` of ``next_id`` in process group ``pid``, as one atomic
@@ -280,13 +353,33 @@ class Store(Protocol):
     def result(self, job_id: str) -> bytes | None:
         """The pickled result of a job that succeeded, else ``None``."""
 
+    def claim_retries(
+        self, limit: int = 100
+    ) -> tuple[builtins.list[str], float | None]:
+        """Take the jobs whose next attempt is due (``retry_at`` past), at
+        most ``limit``: each is taken once, by one caller, whichever process
+        asks (its ``retry_at`` cleared, its owner this store's, as a create
+        makes it), for the caller to run. Return their ids, and when the
+        next waiting one is due (``None``: none waits).
+
+        .. versionadded:: 0.2
+        """
+
+    def next_retry(self) -> float | None:
+        """When the first waiting retry is due, or ``None``; takes nothing.
+
+        .. versionadded:: 0.2
+        """
+
     def request_cancel(
         self, job_id: str, grace: float | None, shutdown: bool = False
     ) -> str:
         """Cancel a queued job at once ("cancelled"), ask a running one to stop
         ("requested"; ``grace`` shortens its grace), or "" if it has ended.
         With ``shutdown``, a running job is asked to stop but not cancelled:
-        if it ends within its grace, its outcome stands."""
+        if it ends within its grace, its outcome stands; and a retry waiting
+        for its time (no process's: see :meth:`claim_retries`) is left be
+        (answer "")."""
 
     def get(self, job_id: str) -> Record | None:
         """The record without its output, or ``None``."""
@@ -348,7 +441,8 @@ class Ending:
     error; ``text``, ``progress`` and ``offset``, the output and progress not
     yet relayed (``offset``: where ``text`` starts in the job's output);
     ``shown``, the result's repr; ``cancel_seen``, whether the job read its
-    cancel."""
+    cancel; ``retryable``, whether a failure may run again (see
+    :meth:`Store.finish`)."""
 
     state: str
     result: bytes | None = None
@@ -358,12 +452,14 @@ class Ending:
     offset: int | None = None
     shown: str | None = None
     cancel_seen: bool = True
+    retryable: bool = True
 
     def record(self, store: Store, job_id: str) -> str | None:
         """Record it: the state stored, or ``None`` (the job had ended)."""
         return store.finish(job_id, self.state, self.result, self.error,
                             self.text, self.progress, self.offset,
-                            shown=self.shown, cancel_seen=self.cancel_seen)
+                            shown=self.shown, cancel_seen=self.cancel_seen,
+                            retryable=self.retryable)
 
 
 class Link(Protocol):

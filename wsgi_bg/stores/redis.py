@@ -26,6 +26,9 @@ one Redis never see each other's jobs)::
     N:stats         hash    figures counted as jobs end, never expired (see
                             observe() in lua/lib.lua; the /metrics page)
     N:stats:functions set   the functions counted under their own name
+    N:retries       zset    jobs waiting for their next attempt, by when it
+                            is due (retry_at); claim.lua takes the due ones
+                            for whoever asks first (see claim_retries)
     N:unique:{digest} string  the id of the queued or running job holding a
                             unique key (its digest: the record's ``unique``),
                             set by create, deleted as that job ends or is
@@ -81,6 +84,7 @@ from ..jobs import JobState
 from .output import dropped_marker, encode_output, tail_cut
 from .protocol import (
     BUCKETS,
+    MAX_ERRORS_KEPT,
     MAX_FUNCTION_BYTES,
     MAX_FUNCTIONS,
     SEARCH_SCAN,
@@ -124,7 +128,8 @@ _CRASHED_QUEUED = (
 #: The scripts, each a file of lua/ (its header says its arguments and its
 #: answer), run after lua/lib.lua: the prelude they share.
 SCRIPTS = ("create", "start", "relay", "finish", "finish_and_start", "cancel",
-           "view", "read", "list", "counts", "page", "sweep", "notice", "find_call")
+           "view", "read", "list", "counts", "page", "sweep", "notice", "find_call",
+           "claim")
 
 
 @functools.cache
@@ -138,7 +143,8 @@ def _lua(name: str) -> str:
         # lib.lua), defined once, in protocol.py, for both stores.
         text = (f"local BUCKETS = {{{', '.join(map(repr, BUCKETS))}}}\n"
                 f"local MAX_FUNCTIONS = {MAX_FUNCTIONS}\n"
-                f"local MAX_FUNCTION_BYTES = {MAX_FUNCTION_BYTES}\n" + text)
+                f"local MAX_FUNCTION_BYTES = {MAX_FUNCTION_BYTES}\n"
+                f"local MAX_ERRORS_KEPT = {MAX_ERRORS_KEPT}\n" + text)
     return text
 
 
@@ -151,7 +157,7 @@ def script_source(name: str) -> str:
 
 _STATES = [s.value for s in JobState]
 _RAW_FIELDS = ("state",)
-_INTERNAL_FIELDS = ("truncated", "tail_start", "owner")
+_INTERNAL_FIELDS = ("truncated", "tail_start", "owner", "output_base")
 
 T = TypeVar("T")
 
@@ -218,7 +224,10 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "error": (_TEXT, True), "result": (_TEXT, True), "url": (_TEXT, True),
     "args": (_TEXT, True), "cancelled_how": (_TEXT, True),
     "rerun_of": (_TEXT, True), "rerun_as": (_TEXT, True), "notice": (_TEXT, True),
-    "unique": (_TEXT, True),
+    "unique": (_TEXT, True), "retries": (_INT, False), "attempt": (_INT, False),
+    "retry_delay": (_NUMBER, False), "retry_delay_max": (_NUMBER, False),
+    "retry_crashed": ((bool,), False), "retry_at": (_NUMBER, True),
+    "errors": ((list,), False),
 }
 #: Fields every record has had since the first version.
 _REQUIRED = ("id", "name", "state", "created_at", "started_at", "ended_at",
@@ -308,6 +317,10 @@ def _decode_stats(fields: dict[bytes, bytes]) -> JobStats:
             if kind == "f":
                 (state,) = rest
                 stats.finished[(str(label), str(state))] = int(value)
+            elif kind == "r":
+                if rest:
+                    raise ValueError(rest)
+                stats.retries[str(label)] = int(value)
             elif kind in ("ds", "ws"):
                 histogram = histograms[kind[0]].setdefault(str(label), Histogram())
                 histogram.sum = float(value)
@@ -435,11 +448,11 @@ class RedisStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str = "", progress: dict[str, Any] | None = None,
         offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True,
+        cancel_seen: bool = True, retryable: bool = True,
     ) -> str | None:
         stored = self._scripts["finish"](args=self._args(*self._finish_args(
             job_id, state, result, error, text, progress, offset, shown,
-            cancel_seen)))
+            cancel_seen, retryable)))
         return None if stored is None else stored.decode()
 
     @_reaching
@@ -447,17 +460,18 @@ class RedisStore:
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
         shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
+        retryable: bool = True,
     ) -> tuple[str | None, bool]:
         stored, started = self._scripts["finish_and_start"](args=self._args(
             *self._finish_args(job_id, state, result, error, text, progress,
-                               offset, shown, cancel_seen),
+                               offset, shown, cancel_seen, retryable),
             next_id, _dump(pid), repr(time.time())))
         return (stored.decode() or None), bool(started)
 
     def _finish_args(
         self, job_id: str, state: str, result: bytes | None, error: str | None,
         text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, cancel_seen: bool,
+        shown: str | None, cancel_seen: bool, retryable: bool = True,
     ) -> list[Any]:
         """The arguments of the finish script's ``finish(a)``."""
         if_cancelled = "cancelled while running" + (
@@ -468,7 +482,21 @@ class RedisStore:
                 encode_output(text), _dump_progress(progress),
                 _dump(shown), signed, "1" if result is not None else "0",
                 repr(time.time()), "" if offset is None else offset,
-                "1" if cancel_seen else "0"]
+                "1" if cancel_seen else "0", "1" if retryable else "0"]
+
+    @_reaching
+    def claim_retries(
+        self, limit: int = 100
+    ) -> tuple[builtins.list[str], float | None]:
+        taken, first = self._scripts["claim"](args=self._args(limit,
+                                                             _dump(self.owner)))
+        return [raw.decode() for raw in taken], float(first) if first else None
+
+    @_reaching
+    def next_retry(self) -> float | None:
+        first: list[tuple[bytes, float]] = self._r.zrange(  # type: ignore[assignment]
+            self._prefix + "retries", 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
 
     @_reaching
     def set_notice(self, job_ids: builtins.list[str], notice: str | None) -> int:

@@ -335,8 +335,49 @@
     }
 
     function tick() {
+      countdown();
       if (done || !finite(started)) { return; }
       byId("duration").textContent = elapsed(started, skew);
+    }
+
+    // A job that may run again: "2 of 4", and "next attempt in 8 s" while a
+    // retry waits (on the server's clock), as render.attempt_text says it.
+    function countdown() {
+      var next = byId("next-attempt");
+      var at = next ? parseFloat(next.getAttribute("data-at")) : NaN;
+      if (!next) { return; }
+      next.textContent = isFinite(at) ? " \u00b7 next attempt in " +
+        Math.max(0, Math.ceil(at - (Date.now() / 1000 + skew))) + " s" : "";
+    }
+
+    function attempts(job) {
+      var retries = finite(job.retries) ? job.retries : 0;
+      byId("attempt-dt").hidden = byId("attempt-info").hidden = !retries;
+      if (!retries) { return; }
+      byId("attempt").textContent = job.attempt + " of " + (retries + 1);
+      byId("next-attempt").setAttribute("data-at",
+        job.state === "queued" && finite(job.retry_at) ? String(job.retry_at) : "");
+      countdown();
+      var list = byId("attempts"), errors = job.errors || [];
+      if (list.children.length === errors.length) { return; }
+      list.textContent = "";
+      errors.forEach(function (e) {
+        var item = document.createElement("li");
+        var head = document.createElement("p");
+        var at = document.createElement("time");
+        var error = document.createElement("pre");
+        head.className = "attempt-head";
+        head.textContent = "Attempt " + e.attempt + " \u00b7 " +
+          String(e.state).replace("_", " ") + " \u00b7 ";
+        setTime(at, e.ended_at);
+        head.appendChild(at);
+        error.className = "error";
+        error.textContent = e.error || "";
+        item.appendChild(head);
+        item.appendChild(error);
+        list.appendChild(item);
+      });
+      byId("attempts-box").hidden = !errors.length;
     }
 
     function state(job) {
@@ -351,6 +392,7 @@
         tick();
       }
       progress(job.progress);
+      attempts(job);
       showText("job-notice", "job-notice", job.notice);
       byId("cancel-note").hidden = !job.cancel_requested || !!job.done;
       byId("cancel").hidden = !!job.done;

@@ -9,9 +9,18 @@ local id = ARGV[7]
 local key = k('job', id)
 local state = redis.call('HGET', key, 'state')
 if not state or TERMINAL[state] then return '' end
+-- a shutdown leaves a retry waiting be: it is no process's (see claim.lua)
+if ARGV[9] == '1' and redis.call('ZSCORE', P .. 'retries', id) then return '' end
 if state == 'queued' then
+  local error = '"cancelled before it started"'
+  local r = redis.call('HMGET', key, 'attempt', 'retries')
+  local attempt = tonumber(r[1]) or 1
+  if attempt > 1 then  -- (memory.cancelled_waiting writes the same)
+    error = cjson.encode('cancelled while waiting for attempt ' .. attempt .. ' of '
+                         .. ((tonumber(r[2]) or 0) + 1))
+  end
   redis.call('HSET', key, 'state', 'cancelled', 'ended_at', ARGV[10],
-             'error', '"cancelled before it started"', 'cancel_requested', 'true',
+             'error', error, 'retry_at', 'null', 'cancel_requested', 'true',
              'cancel_requested_at', ARGV[10], 'cancelled_how', '"before_start"')
   ended(id, 'queued', 'cancelled', ARGV[10])
   return 'cancelled'

@@ -43,6 +43,7 @@ local function drop(id)
              k('lease', id), k('call', id))
   redis.call('ZREM', P .. 'jobs', id)
   redis.call('ZREM', P .. 'finished', id)
+  redis.call('ZREM', P .. 'retries', id)
   redis.call('HDEL', P .. 'suspects', id)
   for _, s in ipairs(STATES) do redis.call('ZREM', P .. 'state:' .. s, id) end
 end
@@ -107,8 +108,12 @@ end
 local function append(id, data, expected)
   local key, out = k('job', id), k('out', id)
   local size = num(id, 'output_size', 0)
-  if expected ~= '' and size > tonumber(expected) then
-    data = string.sub(data, size - tonumber(expected) + 1)  -- landed already
+  if expected ~= '' then
+    -- A writer counts from its attempt's start (see retry()).
+    expected = tonumber(expected) + num(id, 'output_base', 0)
+    if size > expected then
+      data = string.sub(data, size - expected + 1)  -- landed already
+    end
   end
   if #data == 0 then return end
   local total = size + #data
@@ -161,10 +166,11 @@ local function bucket(seconds)
   return #BUCKETS + 1
 end
 
-local function observe(id, state, ended_at)
-  local r = redis.call('HMGET', k('job', id), 'name', 'created_at', 'started_at')
+-- The label job id's figures are counted under.
+local function label_of(id)
+  local raw = redis.call('HGET', k('job', id), 'name')
   -- (a record changed outside wsgi_bg counts as 'other', and ends all the same)
-  local ok, name = pcall(cjson.decode, r[1] or '')
+  local ok, name = pcall(cjson.decode, raw or '')
   local label = 'other'
   if ok and type(name) == 'string' and name ~= 'other' then
     local cut = MAX_FUNCTION_BYTES
@@ -179,9 +185,15 @@ local function observe(id, state, ended_at)
       label = name
     end
   end
+  return label
+end
+
+local function observe(id, state, ended_at)
+  local r = redis.call('HMGET', k('job', id), 'created_at', 'started_at')
+  local label = label_of(id)
   local stats = P .. 'stats'
   redis.call('HINCRBY', stats, cjson.encode({'f', label, state}), 1)
-  local created, started = tonumber(r[2]), tonumber(r[3])
+  local created, started = tonumber(r[1]), tonumber(r[2])
   local now = tonumber(ended_at)
   if created and started and now then
     for kind, seconds in pairs({d = now - started, w = started - created}) do
@@ -199,6 +211,7 @@ local function ended(id, from, state, ended_at)
   compact(id)
   move(id, from, state)
   redis.call('ZADD', P .. 'finished', ended_at, id)
+  redis.call('ZREM', P .. 'retries', id)
   redis.call('DEL', k('lease', id))
   redis.call('HDEL', P .. 'suspects', id)
   redis.call('HSET', k('job', id), 'notice', 'null')  -- it waits no more
@@ -232,10 +245,12 @@ end
 local function start(a)
   local id = a[1]
   local key = k('job', id)
-  local now = redis.call('HMGET', key, 'state', 'pid', 'started_at')
+  local now = redis.call('HMGET', key, 'state', 'pid', 'started_at', 'retry_at')
   -- the same process again: a retry of this start, whose answer was lost
   if now[1] == 'running' and now[2] == a[2] then return 1 end
   if now[1] ~= 'queued' or (now[3] and now[3] ~= 'null') then return 0 end
+  -- (an attempt waiting for its time: it starts once claimed, see claim.lua)
+  if now[4] and now[4] ~= 'null' then return 0 end
   redis.call('HSET', key, 'state', 'running', 'started_at', a[3], 'pid', a[2],
              'notice', 'null')
   move(id, 'queued', 'running')
@@ -243,13 +258,61 @@ local function start(a)
   return 1
 end
 
+-- An attempt of the running job id ended in state with error err (JSON):
+-- if it may run again (protocol.retry_wait mirrors this), put it back to
+-- queued for its next attempt, waiting in N:retries until claimed
+-- (claim.lua), and answer true; else false, and nothing changed.
+local function retry(id, state, err, retryable)
+  local key = k('job', id)
+  local r = redis.call('HMGET', key, 'state', 'retries', 'attempt', 'retry_delay',
+                       'retry_delay_max', 'retry_crashed', 'cancel_requested',
+                       'errors')
+  local retries, attempt = tonumber(r[2]) or 0, tonumber(r[3]) or 1
+  if r[1] ~= 'running' or attempt > retries or r[7] == 'true' then return false end
+  if state == 'failed' then
+    if not retryable then return false end
+  elseif state == 'crashed' then
+    if r[6] ~= 'true' then return false end
+  elseif state ~= 'timed_out' then
+    return false
+  end
+  local wait = math.min((tonumber(r[4]) or 0) * 2 ^ math.min(attempt - 1, 60),
+                        tonumber(r[5]) or 0)
+  local ok, errors = pcall(cjson.decode, r[8] or '[]')
+  if not ok or type(errors) ~= 'table' then errors = {} end
+  local decoded, message = pcall(cjson.decode, err)
+  if not decoded or type(message) ~= 'string' then message = 'ended ' .. state end
+  errors[#errors + 1] = {attempt = attempt, state = state, ended_at = NOW,
+                         error = message}
+  while #errors > MAX_ERRORS_KEPT do table.remove(errors, 1) end
+  local divider = '──── attempt ' .. (attempt + 1) .. ' of ' .. (retries + 1)
+    .. ' ────\n'
+  local last = redis.call('GETRANGE', k('out', id), -1, -1)
+  if last ~= '' and last ~= '\n' then divider = '\n' .. divider end
+  append(id, divider, '')
+  -- the next attempt's writer counts its output from 0: from here
+  redis.call('HSET', key, 'output_base', num(id, 'output_size', 0))
+  redis.call('HINCRBY', P .. 'stats', cjson.encode({'r', label_of(id)}), 1)
+  local at = string.format('%.6f', NOW + wait)
+  redis.call('HSET', key, 'state', 'queued', 'attempt', attempt + 1, 'retry_at', at,
+             'errors', cjson.encode(errors), 'error', 'null', 'started_at', 'null',
+             'pid', 'null', 'progress', 'null', 'owner', 'null')
+  move(id, 'running', 'queued')
+  redis.call('ZADD', P .. 'retries', at, id)
+  redis.call('DEL', k('lease', id))
+  redis.call('HDEL', P .. 'suspects', id)
+  return true
+end
+
 -- A job's end: a[1] id, [2] state, [3] error JSON, [4] error if it was
 -- cancelled JSON, [5] text, [6] progress JSON or '', [7] shown JSON,
 -- [8] signed result, [9] '1' if there is a result, [10] ended_at,
--- [11] offset the text starts at or '', [12] '1' if the job read its cancel.
+-- [11] offset the text starts at or '', [12] '1' if the job read its cancel,
+-- [13] '1' if a failure may run again (its retry_on).
 -- A cancel requested meanwhile makes it cancelled, unless it succeeded without
 -- reading it ('completed': it did its work; memory.cancel_outcome mirrors
--- this). The state stored, or false if the job had ended already.
+-- this). An attempt that runs again (retry()) answers 'queued'. The state
+-- stored, or false if the job had ended already.
 local function finish(a)
   local id = a[1]
   local key = k('job', id)
@@ -257,6 +320,7 @@ local function finish(a)
   if not old or TERMINAL[old] then return false end
   append(id, a[5], a[11])
   if a[6] ~= '' then redis.call('HSET', key, 'progress', a[6]) end
+  if retry(id, a[2], a[3], a[13] ~= '0') then return 'queued' end
   local state, err, how = a[2], a[3], 'null'
   if state == 'cancelled' then
     if old == 'queued' then how = '"before_start"' else how = '"killed"' end

@@ -16,6 +16,8 @@ local function suspect(id)
   return NOW - first >= wait
 end
 local function crash(id, from, err)
+  -- (an attempt of a job marked retry_crashed runs again instead)
+  if from == 'running' and retry(id, 'crashed', err, true) then return end
   redis.call('HSET', k('job', id), 'state', 'crashed', 'ended_at', ARGV[2],
              'error', err, 'pid', 'null')
   ended(id, from, 'crashed', ARGV[2])

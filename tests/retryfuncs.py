@@ -1,0 +1,93 @@
+"""Jobs for tests/test_retries.py: each counts its attempts in a file, so
+that an attempt knows which it is whatever process runs it."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from wsgi_bg import background, backgrounder
+
+
+def _attempt(path: str) -> int:
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        return len(f.read())
+
+
+@background(retries=3, retry_delay=0.2, retry_on=(ConnectionError,))
+def flaky(path: str, failures: int) -> str:
+    """Fails with ConnectionError its first ``failures`` attempts."""
+    n = _attempt(path)
+    print(f"attempt {n} starts")
+    if n <= failures:
+        raise ConnectionError(f"service down (attempt {n})")
+    return f"done on attempt {n}"
+
+
+@background(retries=2, retry_delay=0.2)
+def always_fails(path: str) -> None:
+    n = _attempt(path)
+    print(f"attempt {n} fails")
+    raise ValueError(f"bad input (attempt {n})")
+
+
+@background(retries=3, retry_delay=0.2, retry_on=ConnectionError)
+def wrong_kind(path: str) -> None:
+    _attempt(path)
+    raise KeyError("not a connection error")
+
+
+@background(timeout=1.0, retries=1, retry_delay=0.2)
+def slow_first(path: str) -> str:
+    if _attempt(path) == 1:
+        time.sleep(60)
+    return "quick the second time"
+
+
+def _crash_first(path: str) -> str:
+    if _attempt(path) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+crashes_retried = background(retries=1, retry_delay=0.2, retry_crashed=True)(
+    _crash_first)
+
+
+@background(retries=1, retry_delay=0.2)
+def crashes(path: str) -> str:
+    return _crash_first(path)
+
+
+@background(retries=3, retry_delay=30)
+def waits_long(path: str) -> None:
+    _attempt(path)
+    raise ConnectionError("down")
+
+
+@background(retries=5, retry_delay=0.2, retry_delay_max=0.5)
+def backoff(path: str) -> None:
+    _attempt(path)
+    raise ConnectionError("down")
+
+
+@background(retries=3, retry_delay=1.5)
+def waits_a_little(path: str, failures: int) -> str:
+    n = _attempt(path)
+    print(f"attempt {n}")
+    if n <= failures:
+        raise ConnectionError(f"down (attempt {n})")
+    return "ok"
+
+
+@backgrounder(retries=1, retry_delay=0.2)
+def flaky_app(environ, start_response):
+    """A marked app whose first request per counter answers 503."""
+    from urllib.parse import parse_qs
+
+    n = _attempt(parse_qs(environ["QUERY_STRING"])["path"][0])
+    status = "503 Service Unavailable" if n == 1 else "200 OK"
+    start_response(status, [("Content-Type", "text/plain")])
+    return [f"served on attempt {n}\n".encode()]
