@@ -224,6 +224,40 @@ def test_a_form_posted_twice_to_a_marked_app_is_one_job(make_mw, tmp_path):
              message="the last job to end")
 
 
+def test_two_users_never_share_a_marked_apps_job(make_mw, tmp_path):
+    # The same URL at once from alice and bob (other session cookies): each
+    # gets a job of their own and reads their own report, never the other's.
+    mw = make_mw(uniquefuncs.whose_report)
+    app = webtest.TestApp(mw, lint=True)
+    go = flag(tmp_path)
+    url = f"/my/report?flag={go}"
+    alice = app.get(url, headers={"Cookie": "session=alice"}, status=303)
+    bob = app.get(url, headers={"Cookie": "session=bob"}, status=303)
+    assert bob.headers["Location"] != alice.headers["Location"]
+    # The same asker twice (a double click): one job.
+    again = app.get(url, headers={"Cookie": "session=alice"}, status=303)
+    assert again.headers["Location"] == alice.headers["Location"]
+    # The same Authorization: one job; another one, or none: another job.
+    basic = {"Authorization": "Basic YWxpY2U6cHc="}
+    token = app.get(url, headers=basic, status=303)
+    assert app.get(url, headers=basic, status=303).headers["Location"] \
+        == token.headers["Location"]
+    other = app.get(url, headers={"Authorization": "Basic Ym9iOnB3"}, status=303)
+    anonymous = app.get(url, status=303)
+    # REMOTE_USER (a server's or proxy's login) counts too.
+    carol = app.get(url, extra_environ={"REMOTE_USER": "carol"}, status=303)
+    dave = app.get(url, extra_environ={"REMOTE_USER": "dave"}, status=303)
+    responses = (alice, bob, token, other, anonymous, carol, dave)
+    jobs = [job_of(mw, r) for r in responses]
+    assert len({job.id for job in jobs}) == len(responses)
+    release(go)
+    for job in jobs:
+        wait_for_job(job)
+    assert "session=alice" in jobs[0].output and "bob" not in jobs[0].output
+    assert "session=bob" in jobs[1].output and "alice" not in jobs[1].output
+    assert "carol" in jobs[5].output and "dave" not in jobs[5].output
+
+
 def test_a_marked_app_keyed_by_a_form_field(make_mw, tmp_path):
     mw = make_mw(uniquefuncs.report_by_form)
     app = webtest.TestApp(mw, lint=True)

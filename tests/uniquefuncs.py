@@ -73,3 +73,16 @@ def report_app(environ, start_response):
 def report_by_form(environ, start_response):
     """A marked app: one job per form field ``report``."""
     return _wait_for_query_flag(environ, start_response)
+
+
+@backgrounder(unique=True)
+def whose_report(environ, start_response):
+    """A marked app whose output depends on who asks (its session cookie,
+    its Authorization, its REMOTE_USER): one job per request and asker."""
+    from urllib.parse import parse_qs
+
+    wait_file(parse_qs(environ["QUERY_STRING"])["flag"][0])
+    asker = [environ.get(key, "") for key in
+             ("HTTP_COOKIE", "HTTP_AUTHORIZATION", "REMOTE_USER")]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"report of {asker}\n".encode()]

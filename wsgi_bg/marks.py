@@ -184,14 +184,21 @@ def _key_form(value: Any, name: str, param: str, depth: int) -> str:
 
 def request_key(request: Request) -> str:
     """The key of a request to a marked app for ``unique=True``: its method,
-    path, query (its pairs in sorted order) and a SHA-256 of its body. A
-    double-submitted form is one key; another query or body is another.
+    path, query (its pairs in sorted order), a SHA-256 of its body and a
+    SHA-256 of the credentials it carries (:func:`request_credentials`:
+    ``REMOTE_USER``, ``Cookie``, ``Authorization`` and the other headers
+    whose names look secret). A form posted twice by one user is one key;
+    another query, body or user is another: two users never share a job.
 
     .. versionadded:: 0.2
     """
     query = sorted(request.args.items(multi=True))
     body = hashlib.sha256(request.get_data(cache=True)).hexdigest()
-    return f"{request.method} {request.script_root}{request.path} {query!r} {body}"
+    asker = hashlib.sha256(
+        repr(request_credentials(request.environ)).encode(
+            "utf-8", "surrogatepass")).hexdigest()
+    return (f"{request.method} {request.script_root}{request.path} {query!r}"
+            f" {body} {asker}")
 
 
 class BackgroundFunction(Generic[P, R]):
@@ -307,7 +314,9 @@ def background(
         plain data only); a callable is called with the call's arguments, in
         the server process, and returns the key as a ``str``
         (``unique=lambda user_id, **kw: str(user_id)``). Only a digest of the
-        function's name and the key is stored, never the key.
+        function's name and the key is stored, never the key. Whoever makes
+        the same key gets the job: when the work depends on who asks, the
+        key must hold the user.
     :param retries: attempts after the first, at most: a job that raises or
         times out runs again (the same job: one id, one page), after
         ``retry_delay`` seconds, then twice that, and so on.
@@ -392,6 +401,23 @@ SECRET_NAME = re.compile(
     r"pass|pwd|secret|token|auth|session|key|sig|cred|csrf|xsrf|otp|code|nonce"
     r"|jwt|bearer|cookie|private|ticket|saml", re.IGNORECASE)
 HIDDEN = "[hidden]"
+
+
+def request_credentials(environ: WSGIEnvironment) -> list[tuple[str, str]]:
+    """Who a request says is asking: ``REMOTE_USER`` (a server's or a
+    proxy's login) and the request headers whose names :data:`SECRET_NAME`
+    matches (``Cookie``, ``Authorization``, ``Proxy-Authorization``,
+    ``X-Api-Key``, ``X-Auth-Token``...), as sorted ``(environ key, value)``
+    pairs. Their values never show on a page (:func:`describe_request`);
+    ``unique=True`` keys a marked app's job on them (:func:`request_key`).
+
+    .. versionadded:: 0.2
+    """
+    return sorted(
+        (key, str(value)) for key, value in environ.items()
+        if key == "REMOTE_USER" or (
+            key.startswith("HTTP_") and key not in _SHOWN_KEYS
+            and SECRET_NAME.search(key[5:])))
 #: Characters of one query value shown, and of the whole description.
 _MAX_VALUE_CHARS = 100
 _MAX_REQUEST_CHARS = 2000
@@ -632,12 +658,14 @@ def backgrounder(
     :param unique: one job per key: while a job of this app with the same
         key is queued or running, a request is answered with that job (the
         same page) and starts nothing. ``True`` keys on the request's
-        method, path, query and body (:func:`request_key`: a form posted
-        twice starts one job); a callable is given the request (a Werkzeug
+        method, path, query, body and credentials (:func:`request_key`: a
+        form posted twice by one user starts one job; two users never share
+        one); a callable is given the request (a Werkzeug
         :class:`~werkzeug.wrappers.Request` whose body reads) and returns
         the key as a ``str``, e.g. ``lambda request:
-        request.form["report_id"]``. Keys are the app's, whatever the path.
-        Only a digest of the app and the key is stored.
+        request.form["report_id"]``: it must hold the user when the app's
+        work or output depends on who asks. Keys are the app's, whatever the
+        path. Only a digest of the app and the key is stored.
     :raises ImportError: if an import path cannot be resolved (at marking time).
     :raises TypeError: if the target is not a module-level callable,
         ``show_args`` is not a bool, ``show_query`` is not a collection
