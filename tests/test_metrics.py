@@ -3,8 +3,11 @@ every store and runner; refused by default; the same from every server
 process on one Redis; ``wsgi_bg_store_up 0`` when the store is down."""
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import html
+import os
+import re
 import time
 import uuid
 
@@ -164,6 +167,48 @@ def test_metrics_reveal_no_id_argument_output_result_or_error(make_mw):
     assert "statusfuncs.say" in answer.text and "statusfuncs.fail_with" in answer.text
     for secret in ("s3cret", said.id, failed.id, said.id[:8]):
         assert secret not in answer.text
+
+
+SECURITY_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "docs", "security.md")
+
+
+def documented_authorize():
+    """docs/security.md's own ``authorize`` (the block ``# myauth.py``), as
+    written there: the text a reader copies, not a copy of it here."""
+    with open(SECURITY_DOC, encoding="utf-8") as doc:
+        text = doc.read()
+    block = re.search(r"^```python\n(# myauth\.py\n.*?)^```$", text, re.S | re.M)
+    assert block, "docs/security.md has no ```python block beginning # myauth.py"
+    namespace: dict[str, object] = {}
+    exec(compile(block[1], SECURITY_DOC, "exec"), namespace)
+    return namespace["authorize"]
+
+
+@dataclasses.dataclass
+class User:
+    is_admin: bool
+
+
+def test_the_documented_authorize_denies_what_it_does_not_name(make_mw):
+    authorize = documented_authorize()
+    mw = make_mw(authorize=authorize)
+    job = mw.submit(jobfuncs.add, 1, 2).wait(timeout=20)
+    user = webtest.TestApp(mw, extra_environ={"myapp.user": User(is_admin=False)})
+    user.get("/_jobs/metrics", status=403)
+    user.get("/_jobs/", status=403)
+    user.get("/_jobs/api/jobs", status=403)
+    page = user.get(f"/_jobs/{job.id}").text  # the id is the capability
+    assert 'id="rerun"' in page  # "rerun" and its old name "retry" both allowed
+    admin = webtest.TestApp(mw, extra_environ={"myapp.user": User(is_admin=True)})
+    assert "jobfuncs.add" in admin.get("/_jobs/metrics").text
+    admin.get("/_jobs/")
+    nobody = webtest.TestApp(mw)
+    for path in ("/_jobs/metrics", "/_jobs/", f"/_jobs/{job.id}"):
+        nobody.get(path, status=403)
+    # An action a later version adds stays refused until named.
+    environ = {"myapp.user": User(is_admin=True)}
+    assert authorize(environ, "some-new-action", None) is False
 
 
 def test_allow_local_allows_metrics_to_this_machine_alone(make_mw):
