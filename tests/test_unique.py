@@ -179,17 +179,48 @@ def test_a_run_again_returns_the_job_holding_the_key(make_mw, tmp_path):
     wait_for_job(second, state="failed")
 
 
+def raw_namespace(store) -> bytes:
+    """Every key name and value of a Redis store's namespace, raw (strings,
+    hashes, lists, sets, sorted sets and streams), as one blob to search."""
+    client = store._r
+    found = []
+    for name in client.scan_iter(match=f"{store.namespace}:*", count=1000):
+        kind = client.type(name)
+        value = (client.get(name) if kind == b"string"
+                 else client.hgetall(name) if kind == b"hash"
+                 else client.lrange(name, 0, -1) if kind == b"list"
+                 else client.smembers(name) if kind == b"set"
+                 else client.zrange(name, 0, -1, withscores=True) if kind == b"zset"
+                 else client.xrange(name) if kind == b"stream" else None)
+        assert value is not None, f"{name!r} is a {kind!r}: read it here too"
+        found.append(name + b" " + repr(value).encode())
+    assert found, "no key in the namespace: this looked in the wrong place"
+    return b"\n".join(found)
+
+
 def test_the_key_stays_off_the_pages(make_mw, tmp_path):
+    # The target shows its arguments; its key ("secret-key-" and the token
+    # reversed) holds what they do not, and must be kept as a digest alone.
     mw = make_mw()
     go = flag(tmp_path)
+    key_parts = ("secret-key", "321kot")
     job = mw.submit(uniquefuncs.keyed_by_secret, "tok123", go)
     assert mw.submit(uniquefuncs.keyed_by_secret, "tok123", go) == job
     pages = webtest.TestApp(mw.status_app)
     api = pages.get(f"/api/jobs/{job.id}").json
     page = pages.get(f"/{job.id}").text
     assert api["unique"] is True
+    assert "tok123" in page  # the arguments show: the key could have too
     for shown in (json.dumps(api), page, repr(job), str(job.to_dict())):
-        assert "secret-key" not in shown and "tok123" not in shown
+        for part in key_parts:
+            assert part not in shown
+    stored = mw.engine.store.get(job.id)["unique"]
+    assert re.fullmatch(r"[0-9a-f]{64}", stored), stored
+    if hasattr(mw.engine.store, "_r"):  # Redis: nowhere in the namespace
+        raw = raw_namespace(mw.engine.store)
+        assert stored.encode() in raw  # (the digest is: this read it all)
+        for part in key_parts:
+            assert part.encode() not in raw
     release(go)
     wait_for_job(job, state=None)
 

@@ -39,8 +39,10 @@ def by_user(user, flag, note=""):
     return note
 
 
-@background(unique=lambda token, flag: f"secret-key-{token}", show_args=False)
+@background(unique=lambda token, flag: f"secret-key-{token[::-1]}")
 def keyed_by_secret(token, flag):
+    """Its arguments show on its pages (show_args=True); its key, which
+    holds what they do not (the token reversed), must show nowhere."""
     wait_file(flag)
 
 
