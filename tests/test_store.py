@@ -357,6 +357,97 @@ def test_the_store_socket_admits_only_the_servers_own_processes(
     assert mw.submit(jobfuncs.add, 2, 3).wait(timeout=20).result == 5
 
 
+@pytest.mark.timeout(60)
+def test_a_connection_thread_that_cannot_start_stops_nothing(wsgi_bg_middleware,
+                                                             monkeypatch, caplog):
+    """The store's server runs in the web process: a thread limit hit once
+    (a burst) must cost one worker's start, not every job after it."""
+    import threading
+
+    from wsgi_bg.stores import memory
+
+    class Once(threading.Thread):
+        failed = False
+
+        def start(self):
+            if self.name == "wsgi_bg-store-connection" and not Once.failed:
+                Once.failed = True
+                raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(memory.threading, "Thread", Once)
+    mw = wsgi_bg_middleware(lambda environ, start_response: [], max_workers=1)
+    assert mw.submit(jobfuncs.add, 1, 2).wait(timeout=30).result == 3
+    assert Once.failed
+    assert mw.submit(jobfuncs.add, 2, 3).wait(timeout=30).result == 5
+    said = [r.getMessage() for r in caplog.records if "pool worker" in r.getMessage()]
+    assert any("can't start new thread" in m for m in said), said
+
+
+_FD_SCRIPT = """
+import logging, os, resource, socket, sys, time
+from wsgi_bg.stores.memory import MemoryBackend
+
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("wsgi_bg").addHandler(Keep())
+backend = MemoryBackend(keep_finished=10, job_ttl=60, max_output_bytes=4096)
+address = backend.link().address
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+client = socket.socket(socket.AF_UNIX)   # a worker, knocking
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+client.connect(address)                  # accepted by the kernel, not by us
+deadline = time.monotonic() + 10
+while not said and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.5)                          # what a spinning loop would log meanwhile
+for fd in held:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+again = socket.socket(socket.AF_UNIX)    # the worker the pool starts next
+again.connect(address)
+deadline = time.monotonic() + 10
+while len(said) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
+backend.stop()
+print(len(said)); print(said[0]); print(said[-1])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_no_descriptor_left_is_said_once_and_passes(tmp_path):
+    """Out of file descriptors, the store's accept loop waits and retries
+    (it once logged 130,000 warnings a second, a core's worth), says so once,
+    and takes connections again when descriptors are free."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fds.py"
+    script.write_text(_FD_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=50, cwd=str(tmp_path),
+                          env=_pythonpath_env())
+    count, first, last = done.stdout.splitlines()[-3:]
+    assert (count, "OSError" in first, "again" in last) == ("2", True, True), done
+
+
+def _pythonpath_env():
+    import os
+    import pathlib
+
+    root = str(pathlib.Path(jobfuncs.__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root, os.environ.get("PYTHONPATH", "")]))
+
+
 def test_store_max_queued(make_store):
     store = make_store()
     assert store.create(record("a"), 2)

@@ -514,8 +514,9 @@ class MemoryBackend:
     The server reads and writes the store as any object of its own: nothing
     between them can hang, die or outlive the other. The workers' calls
     (a job's start, its output, its end) reach it through the manager; a
-    worker whose server is gone finds its connection closed, kills its job
-    and ends (see :mod:`~wsgi_bg.runners.pool_worker`).
+    worker whose server is gone sees it go (its parent-death signal, or a
+    thread watching the server's pid), kills its job and ends (see
+    :mod:`~wsgi_bg.runners.pool_worker`).
     """
 
     shared = False
@@ -570,19 +571,37 @@ class MemoryBackend:
 
 def _accept(server: Any) -> None:
     """Accept the workers' connections, each served on a thread of its own
-    (as a manager process does), until stop() says so."""
-    while True:
+    (as a manager process does), until stop() says so.
+
+    A failure to accept (no file descriptor left) or to start a connection's
+    thread (a thread limit) is the server's, and passes: the connection is
+    closed (its worker fails and the pool starts another), the loop waits a
+    little longer after each failure in a row (up to a second), and says so
+    once per run of failures."""
+    failures = 0
+    while not server.stop_event.is_set():
+        conn = None
         try:
             conn = server.listener.accept()
-        except OSError:
+            if server.stop_event.is_set():
+                conn.close()
+                return
+            threading.Thread(target=server.handle_request, args=(conn,),
+                             name="wsgi_bg-store-connection", daemon=True).start()
+        except Exception as exc:  # noqa: BLE001 - any: this thread must go on
             if server.stop_event.is_set():
                 return
-            # (a connection that failed as it came: the next may not)
-            logger.warning("wsgi_bg: a pool worker's connection to the job"
-                           " store failed", exc_info=True)
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+            if not failures:
+                logger.warning(
+                    "wsgi_bg: the job store could not take a pool worker's"
+                    " connection (%s: %s); trying again", type(exc).__name__, exc)
+            failures += 1
+            server.stop_event.wait(min(0.01 * 2 ** failures, 1.0))
             continue
-        if server.stop_event.is_set():
-            conn.close()
-            return
-        threading.Thread(target=server.handle_request, args=(conn,),
-                         name="wsgi_bg-store-connection", daemon=True).start()
+        if failures:
+            logger.warning("wsgi_bg: the job store takes pool workers'"
+                           " connections again")
+            failures = 0

@@ -121,7 +121,7 @@ class Page(tuple[list[Record], int]):
         page.partial = partial
         return page
 
-    def __reduce__(self) -> tuple[Any, ...]:  # (to and from the manager process)
+    def __reduce__(self) -> tuple[Any, ...]:  # (to and from pool workers)
         return (Page, (self[0], self[1], self.partial))
 
     @property
