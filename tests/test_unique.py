@@ -186,6 +186,8 @@ def raw_namespace(store) -> bytes:
     found = []
     for name in client.scan_iter(match=f"{store.namespace}:*", count=1000):
         kind = client.type(name)
+        if kind == b"none":
+            continue  # deleted since the scan saw it (a queue emptied)
         value = (client.get(name) if kind == b"string"
                  else client.hgetall(name) if kind == b"hash"
                  else client.lrange(name, 0, -1) if kind == b"list"
