@@ -265,7 +265,9 @@ def test_an_executor_factory_pool_breaks_as_a_whole(make_mw, tmp_path):
         job.wait(timeout=30)
         assert job.state is JobState.CRASHED
         assert "a worker process of the pool died" in job.error
-    assert queued.wait(timeout=30).result == 5
+    queued.wait(timeout=30)
+    assert queued.state is JobState.SUCCEEDED, queued.error
+    assert queued.result == 5
     assert mw.submit(jobfuncs.add, 1, 1).wait(timeout=30).result == 2
 
 

@@ -36,14 +36,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .options import RetryPolicy, Settings, check_number
-from .runners import LocalLink, Runner, open_runner, runs_here
-from .runners.pool import WorkerLost
+from .runners import JobLost, LocalLink, Runner, open_runner, runs_here
 from .runners.processes import kill_group
 from .stores import Backend, Ending, Store, open_backend
 from .stores.signing import BadSignature
@@ -645,11 +643,7 @@ class Engine:
             runner.submit, job_id, call.payload, call.timeout,
             self.settings.cancel_grace, call.name, call.created_at,
             attempt=call.attempt)
-        try:
-            future = submit()
-        except BrokenProcessPool:
-            runner.restart()
-            future = submit()
+        future = submit()
         if future is None:  # the runner reports nothing back: the store says it
             self._calls.pop(job_id, None)
             return
@@ -676,14 +670,15 @@ class Engine:
                     # The store is this process's own: a plain call.
                     ending.record(self._store, job_id)
                 return
-            lost_at_shutdown = isinstance(exc, WorkerLost) and exc.shutting_down
+            lost = exc if isinstance(exc, JobLost) else None
+            crashed = lost is None or lost.state == JobState.CRASHED
             try:
-                # (Not for a worker killed by shutdown, which killed the job's
-                # processes too: its store may be the one that hangs.)
-                record = None if lost_at_shutdown else self._store.get(job_id)
+                # (Not for a job shutdown killed, its processes too: a Redis
+                # store may be what hangs.)
+                record = self._store.get(job_id) if crashed else None
             except StoreUnavailable:
                 record = None
-            if (isinstance(exc, BrokenProcessPool) and call is not None
+            if (lost is not None and call is not None
                     and record is not None and record["state"] == JobState.QUEUED
                     and not self._closed and self._runner is not None):
                 # A worker died before this job started: run it on a fresh
@@ -694,12 +689,13 @@ class Engine:
                 threading.Thread(target=self._redispatch, args=(job_id,),
                                  name="wsgi_bg-resubmit", daemon=True).start()
                 return
-        if isinstance(exc, WorkerLost) and record is not None and record["pid"]:
+        if lost is not None and lost.orphans and record is not None and record["pid"]:
             # Its job process died with the worker (its parent-death signal);
             # what the job started, in its process group, did not.
             kill_group(record["pid"])
-        self._finish(job_id, (JobState.CANCELLED if lost_at_shutdown
-                              else JobState.CRASHED).value, _worker_failure(exc))
+        self._finish(job_id, lost.state if lost is not None else JobState.CRASHED.value,
+                     str(lost) if lost is not None
+                     else f"the worker process running this job failed: {exc!r}")
 
     def _finish(self, job_id: str, state: str, error: str) -> None:
         # From callbacks and threads: a store that cannot be reached is logged,
@@ -831,20 +827,6 @@ _SHUTDOWN_MARGIN = 0.5
 #: parent, the forkserver) and can block for as long as they live.
 _started: weakref.WeakSet[Engine] = weakref.WeakSet()
 _started_lock = threading.Lock()
-
-
-def _worker_failure(exc: BaseException) -> str:
-    if isinstance(exc, WorkerLost):  # the pool's own: one worker, one job
-        return str(exc)
-    if isinstance(exc, BrokenProcessPool):
-        # executor_factory's pool: concurrent.futures stops every worker when
-        # one dies.
-        return (
-            "a worker process of the pool died (killed from outside, or out of"
-            " memory) and the pool stopped every worker, this job's too; the"
-            f" pool was restarted for later jobs ({exc!r})"
-        )
-    return f"the worker process running this job failed: {exc!r}"
 
 
 class _OsModule(types.ModuleType):

@@ -38,7 +38,29 @@ from typing import Protocol
 from ..options import Settings
 from ..stores import Backend, Ending, Link, Store
 
-__all__ = ["LocalLink", "Runner", "open_runner", "runs_here"]
+__all__ = ["JobLost", "LocalLink", "Runner", "open_runner", "runs_here"]
+
+
+class JobLost(Exception):  # noqa: N818 - an outcome, as concurrent.futures' are
+    """A runner lost the process running a job (a pool worker killed from
+    outside, or by shutdown): the exception of the job's future. Its text is
+    the job's error.
+
+    ``state`` is how the job ends: ``"crashed"``, or ``"cancelled"`` when
+    shutdown killed it (its processes with it). A crashed job whose record
+    still says ``queued`` had not started: the engine hands it to the runner
+    again. ``orphans``: the process that ran the job is gone, and what the
+    job started in its process group may not be: the engine kills that group
+    (not when the runner's other processes are still ending, each killing
+    its own jobs' groups: a group killed before, its worker would be free
+    to take the next job).
+    """
+
+    def __init__(self, message: str, *, state: str = "crashed",
+                 orphans: bool = False) -> None:
+        super().__init__(message)
+        self.state = state
+        self.orphans = orphans
 
 
 class Runner(Protocol):
@@ -78,10 +100,6 @@ class Runner(Protocol):
     def cancel(self, job_id: str) -> None:
         """The store has cancelled this queued job: drop it where it waits,
         if that is simple. It never runs either way (its start fails)."""
-
-    def restart(self) -> None:
-        """Replace what broke (an ``executor_factory`` pool, after a worker
-        died); a no-op for runners where nothing can."""
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop what :meth:`start` started, waiting for it; what still runs

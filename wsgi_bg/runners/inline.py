@@ -113,9 +113,6 @@ class InlineRunner:
     def cancel(self, job_id: str) -> None:
         pass  # a queued inline job is already over: nothing waits anywhere
 
-    def restart(self) -> None:
-        pass  # nothing can break
-
     def shutdown(self, timeout: float | None = None) -> None:
         pass  # nothing was started; a job in progress ends by itself
 

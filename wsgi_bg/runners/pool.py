@@ -69,6 +69,7 @@ from collections.abc import Callable
 from concurrent.futures import (
     Executor,
     Future,
+    InvalidStateError,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
@@ -80,14 +81,15 @@ from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Ending, Link
+from . import JobLost
 from .pool_worker import run_job, run_jobs, worker_init
 from .processes import children, describe_exitcode, kill_group
 
 
 # -- the runner ----------------------------------------------------------------------
-class WorkerLost(BrokenProcessPool):
-    """The pool worker running a job died: the outcome of that job's future.
-    Its text is the job's error."""
+class WorkerLost(JobLost, BrokenProcessPool):
+    """The pool worker running a job died: the outcome of that job's future
+    (a :class:`~wsgi_bg.runners.JobLost`). Its text is the job's error."""
 
     def __init__(self, pid: int | None, exitcode: int | None, *,
                  shutting_down: bool = False) -> None:
@@ -111,7 +113,9 @@ class WorkerLost(BrokenProcessPool):
                 " process was killed with it. No other job was touched: a fresh"
                 " worker takes its place"
             )
-        super().__init__(text)
+        JobLost.__init__(self, text,
+                         state="cancelled" if shutting_down else "crashed",
+                         orphans=not shutting_down)
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -285,7 +289,7 @@ class ProcessRunner:
         args = (self._link(), job_id, payload, timeout, grace,
                 self.jobs_per_process, self.max_result_bytes)
         if self.executor is not None:
-            return self.executor.submit(run_job, *args, server=self._server)
+            return self._submit_to_user_executor(args)
         if not self._slots:
             raise RuntimeError("the pool runner is not started")
         job = _Job(Future(), args, len(payload))
@@ -613,11 +617,29 @@ class ProcessRunner:
             for slot in given:
                 self._send(slot)
 
+    def _submit_to_user_executor(
+        self, args: tuple[Link, str, bytes, float | None, float, int, int]
+    ) -> Future[str | Ending | None]:
+        """``executor_factory``'s executor runs the job: a fresh one if it
+        broke (a worker died), and its loss told as a
+        :class:`~wsgi_bg.runners.JobLost`."""
+        assert self.executor is not None
+        call = functools.partial(run_job, *args, server=self._server)
+        try:
+            inner = self.executor.submit(call)
+        except BrokenProcessPool:
+            self._restart()
+            inner = self.executor.submit(call)
+        outer: Future[str | Ending | None] = Future()
+        outer.add_done_callback(lambda f: f.cancelled() and inner.cancel())
+        inner.add_done_callback(functools.partial(_relay_user_outcome, outer))
+        return outer
+
     # -- the rest of the Runner protocol -------------------------------------------
     def cancel(self, job_id: str) -> None:
         pass  # the engine cancels the job's future; a worker sees the store's word
 
-    def restart(self) -> None:
+    def _restart(self) -> None:
         """Start a fresh executor after executor_factory's broke (a worker
         died); the runner's own workers are replaced one by one."""
         if self.executor is not None:
@@ -647,6 +669,28 @@ class ProcessRunner:
                 job.future.set_exception(RuntimeError(
                     "the worker pool was shut down before this job started"))
         _shut_down(executors, timeout, self._killed)
+
+
+def _relay_user_outcome(outer: Future[Any], inner: Future[Any]) -> None:
+    """``inner`` (the user's executor's future) is done: ``outer`` (the
+    engine's) gets its outcome, a broken pool's as a JobLost."""
+    if outer.done():
+        return  # cancelled by the engine meanwhile
+    if inner.cancelled():
+        outer.cancel()
+        return
+    error = inner.exception()
+    if isinstance(error, BrokenProcessPool):
+        # concurrent.futures stops every worker of a pool when one dies.
+        error = JobLost(
+            "a worker process of the pool died (killed from outside, or out of"
+            " memory) and the pool stopped every worker, this job's too; the"
+            f" pool was restarted for later jobs ({error!r})")
+    with contextlib.suppress(InvalidStateError):  # (cancelled just now)
+        if error is None:
+            outer.set_result(inner.result())
+        else:
+            outer.set_exception(error)
 
 
 def _resolve_all(outcomes: list[tuple[_Job, _Outcome]]) -> None:

@@ -710,9 +710,6 @@ class RQRunner:
             logger.debug("wsgi_bg: could not cancel RQ job of %s: %r",
                          rq_job_id(job_id), exc)
 
-    def restart(self) -> None:
-        pass  # nothing here can break: RQ's workers are their own processes
-
     def shutdown(self, timeout: float | None = None) -> None:
         # Jobs queued or running on RQ are the workers': they outlive this
         # web process (that is the point), so nothing is cancelled here.
