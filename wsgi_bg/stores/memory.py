@@ -419,6 +419,7 @@ class MemoryStore:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
+            self._prune()  # (cheap when nothing expired), as Redis's counts
             return dict(self._counts)
 
     def stats(self) -> JobStats:
