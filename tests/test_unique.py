@@ -11,6 +11,7 @@ import uuid
 import pytest
 import webtest
 
+import jobfuncs
 import uniquefuncs
 from helpers import wait_for
 from wsgi_bg import JobState, QueueFull, background, backgrounder
@@ -47,6 +48,14 @@ def test_a_second_call_returns_the_job_queued_or_running(make_mw, tmp_path):
     assert first.to_dict()["unique"] is True
     release(go)
     assert wait_for_job(first).result == "report"
+
+
+def test_a_job_without_a_key_says_nothing_of_one(make_mw):
+    mw = make_mw()
+    job = mw.submit(jobfuncs.add, 1, 2)
+    assert "one job per key" not in webtest.TestApp(mw.status_app).get(
+        f"/{job.id}").text
+    job.wait(timeout=20)
 
 
 def test_other_arguments_are_another_job(make_mw, tmp_path):
@@ -212,6 +221,7 @@ def test_the_key_stays_off_the_pages(make_mw, tmp_path):
     api = pages.get(f"/api/jobs/{job.id}").json
     page = pages.get(f"/{job.id}").text
     assert api["unique"] is True
+    assert "one job per key" in page  # said, the key not shown
     assert "tok123" in page  # the arguments show: the key could have too
     for shown in (json.dumps(api), page, repr(job), str(job.to_dict())):
         for part in key_parts:

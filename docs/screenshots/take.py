@@ -5,6 +5,7 @@
 Jobs are written straight into the middleware's store (nothing runs), so the
 pictures are the same on every run.
 """
+import hashlib
 import pickle
 import sys
 import threading
@@ -66,7 +67,7 @@ def add(store, name, state, output="", progress=None, error=None, result=None,
 
 
 def add_retrying(store):
-    """A job of ``@background(retries=3, retry_delay=30)`` whose first
+    """A job of ``@background(retries=3, retry_delay=30, unique=True)`` whose first
     attempt failed: "attempt 2 of 4 · next attempt in 28 s"."""
     job_id = new_job_id()
     now = time.time()
@@ -77,6 +78,8 @@ def add_retrying(store):
         "cancel_grace": None, "url": None, "pid": None, "args": "(shop_id=42)",
         "retries": 3, "retry_delay": 30.0, "retry_delay_max": 3600.0,
         "retry_crashed": False, "attempt": 1, "retry_at": None, "errors": [],
+        # @background(unique=True) too: the page says so, never the key.
+        "unique": hashlib.sha256(b"shop.sync_orders:(shop_id=42)").hexdigest(),
     }, 1000)
     store.start(job_id, 0)
     store.relay(job_id, "fetching orders since 2026-12-05\nGET"

@@ -556,6 +556,10 @@ def job_page(
             " (<code>show_args=False</code>)</dd>")
     else:
         arguments = Markup("")
+    # (Its key is never shown: the record holds only a digest of it.)
+    unique = Markup(
+        '<dt>Unique</dt><dd id="unique">one job per key: while this job waits'
+        " or runs, the same call returns it</dd>") if job.get("unique") else Markup("")
     requested = job.get("cancel_requested_at")
     how = CANCELLED_HOW.get(str(job.get("cancelled_how")), "")
     cancel_info = Markup(
@@ -602,7 +606,7 @@ def job_page(
         "<dt>Started</dt><dd>{started}</dd>"
         "<dt>Ended</dt><dd>{ended}</dd>"
         '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
-        "{attempt_info}{arguments}{cancel_info}{reruns}</dl>\n"
+        "{attempt_info}{arguments}{unique}{cancel_info}{reruns}</dl>\n"
         '<p id="job-notice" class="banner warn" role="status"{hide_job_notice}>'
         "{job_notice}</p>\n"
         "{progress}\n{rerun}"
@@ -638,7 +642,8 @@ def job_page(
         ended=_time(job["ended_at"], "ended"),
         duration_label="Duration" if done else "Elapsed",
         duration=format_duration(job["started_at"], end),
-        arguments=arguments, cancel_info=cancel_info, reruns=reruns, rerun=rerun,
+        arguments=arguments, unique=unique, cancel_info=cancel_info,
+        reruns=reruns, rerun=rerun,
         attempt_info=attempt_info, attempts=_attempts(job.get("errors") or []),
         progress=_progress(job["progress"], ids=True),
         hide_job_notice=_hidden(not job.get("notice")),
