@@ -495,14 +495,7 @@ class Engine:
                 with contextlib.suppress(StoreUnavailable):
                     store.request_cancel(job_id, 0.0, shutdown=True)
                 raise RuntimeError("this BackgroundMiddleware was shut down")
-            try:
-                self._dispatch(runner, job_id)
-            except BaseException:
-                self._calls.pop(job_id, None)
-                self._settle(job_id, JobState.CRASHED.value,
-                             f"the job could not be handed to the {runner.kind}"
-                             " runner:\n" + traceback.format_exc(), now=True)
-                raise
+            self._hand_over(runner, job_id, "the job")
         return Job(self, job_id)
 
     # -- jobs created that nothing will run -----------------------------------------
@@ -596,13 +589,9 @@ class Engine:
                 payload, record["timeout"], str(record["name"]),
                 float(record["created_at"]), int(record.get("attempt") or 1))
             try:
-                self._dispatch(runner, job_id)
-            except BaseException:
-                self._calls.pop(job_id, None)
-                self._settle(job_id, JobState.CRASHED.value,
-                             f"its next attempt could not be handed to the"
-                             f" {runner.kind} runner:\n" + traceback.format_exc(),
-                             now=True)
+                self._hand_over(runner, job_id, "its next attempt")
+            except BaseException:  # noqa: BLE001 - ended, and said why
+                pass
 
     def _settle_pending(self) -> None:
         """One try at each job :meth:`_settle` holds."""
@@ -636,6 +625,19 @@ class Engine:
             wait = min(2 * wait, _SETTLE_SECONDS)
         with self._lock:
             self._settler = None
+
+    def _hand_over(self, runner: Runner, job_id: str, what: str) -> None:
+        """Under the lock: :meth:`_dispatch`; if that fails, the job (``what``
+        names it in the error) ends crashed, saying why, and the failure is
+        raised."""
+        try:
+            self._dispatch(runner, job_id)
+        except BaseException:
+            self._calls.pop(job_id, None)
+            self._settle(job_id, JobState.CRASHED.value,
+                         f"{what} could not be handed to the {runner.kind}"
+                         " runner:\n" + traceback.format_exc(), now=True)
+            raise
 
     def _dispatch(self, runner: Runner, job_id: str) -> None:
         call = self._calls[job_id]
