@@ -16,6 +16,7 @@ import webtest
 import retryfuncs
 from helpers import wait_for
 from wsgi_bg import allow_all, background, backgrounder
+from wsgi_bg.stores import Ending
 from wsgi_bg.testing import wait_for_job
 
 # Also on the RQ runner (see conftest.py): these describe how jobs run.
@@ -160,14 +161,15 @@ def test_backoff_doubles_up_to_its_cap(make_mw):
             wait_for(lambda: job_id in store.claim_retries()[0], 10,
                      message=f"attempt {attempt} to be due")
         assert store.start(job_id, 4242)
-        assert store.finish(job_id, "failed", None, f"boom {attempt}") == "queued"
+        failed = Ending("failed", error=f"boom {attempt}")
+        assert store.finish(job_id, failed) == "queued"
         record = store.get(job_id)
         assert not store.start(job_id, 4242)  # waiting: only a claim frees it
         waits.append(record["retry_at"] - record["errors"][-1]["ended_at"])
     assert waits == pytest.approx([0.05, 0.1, 0.15, 0.15], abs=1e-3)
     wait_for(lambda: job_id in store.claim_retries()[0], 10, message="attempt 5")
     assert store.start(job_id, 4242)
-    assert store.finish(job_id, "failed", None, "boom 5") == "failed"
+    assert store.finish(job_id, Ending("failed", error="boom 5")) == "failed"
     stats = store.stats()
     assert stats.retries == {"tests.backoff": 4}
     assert stats.finished == {("tests.backoff", "failed"): 1}  # the end alone

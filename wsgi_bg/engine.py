@@ -601,7 +601,7 @@ class Engine:
             try:
                 record = store.get(job_id)
                 if record is not None and record["state"] == JobState.QUEUED:
-                    store.finish(job_id, state, None, error)
+                    store.finish(job_id, Ending(state, error=error))
             except StoreUnavailable:
                 continue  # tried again soon
             except Exception:
@@ -670,7 +670,7 @@ class Engine:
                 ending = future.result()
                 if isinstance(ending, Ending):
                     # The store is this process's own: a plain call.
-                    ending.record(self._store, job_id)
+                    self._store.finish(job_id, ending)
                 return
             lost = exc if isinstance(exc, JobLost) else None
             crashed = lost is None or lost.state == JobState.CRASHED
@@ -704,7 +704,7 @@ class Engine:
         # not raised into concurrent.futures' machinery.
         store = self._store
         try:
-            store.finish(job_id, state, None, error)
+            store.finish(job_id, Ending(state, error=error))
         except StoreUnavailable as exc:
             logger.error("wsgi_bg: could not record job %s as %s: %s",
                          job_id, state, exc)
