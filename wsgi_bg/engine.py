@@ -42,7 +42,6 @@ from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .options import RetryPolicy, Settings, check_number
 from .runners import JobLost, LocalLink, Runner, open_runner, runs_here
-from .runners.processes import kill_group
 from .stores import Backend, Ending, Store, open_backend
 from .stores.signing import BadSignature
 
@@ -673,11 +672,11 @@ class Engine:
                     self._store.finish(job_id, ending)
                 return
             lost = exc if isinstance(exc, JobLost) else None
-            crashed = lost is None or lost.state == JobState.CRASHED
             try:
-                # (Not for a job shutdown killed, its processes too: a Redis
-                # store may be what hangs.)
-                record = self._store.get(job_id) if crashed else None
+                # Whether a lost job had started. (Not for a job shutdown
+                # killed, its processes too: a Redis store may be what hangs.)
+                record = (self._store.get(job_id) if lost is not None
+                          and lost.state == JobState.CRASHED else None)
             except StoreUnavailable:
                 record = None
             if (lost is not None and call is not None
@@ -691,10 +690,6 @@ class Engine:
                 threading.Thread(target=self._redispatch, args=(job_id,),
                                  name="wsgi_bg-resubmit", daemon=True).start()
                 return
-        if lost is not None and lost.orphans and record is not None and record["pid"]:
-            # Its job process died with the worker (its parent-death signal);
-            # what the job started, in its process group, did not.
-            kill_group(record["pid"])
         self._finish(job_id, lost.state if lost is not None else JobState.CRASHED.value,
                      str(lost) if lost is not None
                      else f"the worker process running this job failed: {exc!r}")
