@@ -25,11 +25,11 @@ from urllib.parse import urlencode
 
 from markupsafe import Markup, escape
 
+from ..jobs import JobState
 from ..terminal import STYLE_CLASSES, Screen, Segment, tail
 
 #: The states a job may be in, in the order the pages list them.
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out",
-          "crashed")
+STATES = tuple(state.value for state in JobState)
 
 #: How a job asked to cancel ended, as ``cancelled_how`` says it.
 CANCELLED_HOW = {
