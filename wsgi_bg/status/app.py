@@ -84,7 +84,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from ..jobs import Job, record_to_dict
+from ..jobs import JOB_ID_PATTERN, Job, record_to_dict
 from ..stores.protocol import SEARCH_SCAN
 from ..stores.signing import BadSignature
 from . import metrics, render
@@ -143,7 +143,7 @@ class JobIdConverter(BaseConverter):
     """Matches only strings shaped like a job id (43 URL-safe characters), so
     anything else is a 404 before any lookup."""
 
-    regex = r"[A-Za-z0-9_-]{43}"
+    regex = JOB_ID_PATTERN
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
