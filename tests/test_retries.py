@@ -304,3 +304,19 @@ def test_a_marked_apps_request_is_served_again(make_mw, tmp_path):
     assert "the app answered 503" in first["error"]
     assert mw.engine.store.read_output(job.id, 0)[0].endswith(
         "──── attempt 2 of 2 ────\nserved on attempt 2\n")
+
+
+@pytest.mark.parametrize(("app", "attempts", "state"), [
+    ("flaky_app_retry_on_5xx", 2, "succeeded"),
+    ("flaky_app_retry_on_other", 1, "failed"),
+])
+def test_retry_on_app_failed_retries_a_5xx_answer(make_mw, tmp_path, app,
+                                                   attempts, state):
+    """backgrounder's docstring: a 5xx answer is an AppFailed, which
+    retry_on may name."""
+    mw = make_mw(app=getattr(retryfuncs, app))
+    path = counter(tmp_path)
+    answer = webtest.TestApp(mw).get("/", {"path": path}, status=303)
+    job = mw.get_job(answer.headers["Location"].rsplit("/", 1)[1])
+    wait_for_job(job, state=state)
+    assert attempts_made(path) == attempts

@@ -662,10 +662,27 @@ def backgrounder(
         request.form["report_id"]``: it must hold the user when the app's
         work or output depends on who asks. Keys are the app's, whatever the
         path. Only a digest of the app and the key is stored.
+    :param retries: attempts after the first, at most: a request whose app
+        raises, answers a 5xx status (:class:`~wsgi_bg.exceptions.AppFailed`)
+        or times out runs again (the same job: one id, one page; its output
+        gets a divider per attempt), after ``retry_delay`` seconds, then
+        twice that, and so on.
+    :param retry_delay: seconds before the second attempt.
+    :param retry_delay_max: the longest wait between two attempts (an hour
+        unless given).
+    :param retry_on: an exception class, or a tuple of them: only an attempt
+        that raises one of these runs again (a timeout always does); include
+        :class:`~wsgi_bg.exceptions.AppFailed` to retry 5xx answers.
+    :param retry_crashed: whether an attempt whose process died (killed, out
+        of memory, its worker gone) runs again; by default it ends the job
+        ``crashed``.
     :raises ImportError: if an import path cannot be resolved (at marking time).
+    :raises ValueError: if ``timeout``, ``retries``, ``retry_delay`` or
+        ``retry_delay_max`` is negative or not a number.
     :raises TypeError: if the target is not a module-level callable,
         ``show_args`` is not a bool, ``show_query`` is not a collection
-        of names, or ``unique`` is not a bool or a callable.
+        of names, ``unique`` is not a bool or a callable, or ``retry_on`` is
+        not an exception class or a tuple of them.
 
     .. versionchanged:: 0.2
         The query's values are hidden unless named in ``show_query``;
