@@ -1247,6 +1247,110 @@ def bench_page_cost(cfg: Config) -> Result:
     )
 
 
+# -- Huey beside us (issue 20 item 6) ----------------------------------------------
+
+
+@contextlib.contextmanager
+def huey_consumer(cfg: Config, db: str, delay: float) -> Iterator[Any]:
+    """A ``huey_consumer`` process (``-k process -w workers``) on a fresh
+    SQLite file, and the producer's side of it; stopped, and its workers
+    with it, on the way out."""
+    os.environ["WSGI_BG_BENCH_HUEY_DB"] = db
+    from . import hueyapp  # reads the variable: imported after it is set
+
+    consumer = shutil.which("huey_consumer", path=os.path.dirname(sys.executable))
+    if consumer is None:
+        raise RuntimeError("huey is not installed: pip install --group bench")
+    process = subprocess.Popen(
+        [consumer, "bench.hueyapp.huey", "-k", "process", "-w", str(cfg.workers),
+         "-q", "-n", "-C", "-d", str(delay), "-m", str(delay)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield hueyapp
+    finally:
+        # SIGINT: Huey's graceful stop, which ends its worker processes too.
+        os.killpg(process.pid, 2)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(30)
+
+
+def _huey_run(app: Any, n: int, timeout: float = 300) -> float:
+    """Jobs/s from the first enqueue until ``n`` results are stored."""
+    huey = app.huey
+    base = huey.result_count()
+    start = time.perf_counter()
+    for i in range(n):
+        app.noop(i)
+    deadline = time.monotonic() + timeout
+    while huey.result_count() - base < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("Huey's jobs did not finish")
+        time.sleep(0.005)
+    return n / (time.perf_counter() - start)
+
+
+def bench_huey(cfg: Config) -> Result:
+    """N trivial jobs: wsgi_bg's default store, Huey's fastest setup (SQLite,
+    fsync off, process consumer) and a bare pool, interleaved in one run."""
+    import tempfile
+
+    n = cfg.n(2000, 20)
+    reps = max(cfg.reps, 5)
+    ours, theirs, bare = [], [], []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        middleware(cfg, max_queued=n + 10, keep_finished=reps * n + 100) as mw,
+        huey_consumer(cfg, os.path.join(tmp, "huey.db"), 0.001) as app,
+        bare_pool(cfg) as pool,
+    ):
+        warm(mw, cfg)
+        _huey_run(app, cfg.workers * 4)  # every Huey worker started
+        store = mw.engine.store
+        for _ in range(reps):
+            base = store.counts()["succeeded"]
+            start = time.perf_counter()
+            for i in range(n):
+                mw.submit(noop, i)
+            deadline = time.monotonic() + 300
+            while store.counts()["succeeded"] - base < n:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("throughput jobs did not finish")
+                time.sleep(0.005)
+            ours.append(n / (time.perf_counter() - start))
+            wait_idle(mw)
+            theirs.append(_huey_run(app, n))
+            start = time.perf_counter()
+            futures = [pool.submit(noop, i) for i in range(n)]
+            wait(futures)
+            bare.append(n / (time.perf_counter() - start))
+    w, h, b = median(ours), median(theirs), median(bare)
+    return Result(
+        name="huey",
+        figures={"jobs_per_s": w, "n": n, "runs": [round(x) for x in ours],
+                 "bare_pool_jobs_per_s": b, "fraction_of_bare_pool": w / b},
+        reference={"huey_jobs_per_s": h, "runs": [round(x) for x in theirs]},
+        ratio=w / h,
+        ratio_meaning="wsgi_bg's jobs/s over Huey's (SqliteHuey, fsync off,"
+                      f" process consumer -w {cfg.workers})",
+        target=">= 1 (ahead of Huey)",
+        passed=w >= h,
+        rows=[
+            ("wsgi_bg jobs/s, submit to succeeded in store", rate(w),
+             f"runs {[round(x) for x in ours]}"),
+            ("Huey jobs/s, enqueue to result stored", rate(h),
+             f"runs {[round(x) for x in theirs]}"),
+            ("bare ProcessPoolExecutor jobs/s", rate(b),
+             f"wsgi_bg {w / b:.2f} of it, Huey {h / b:.2f}"),
+        ],
+    )
+
+
 BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "passthrough": bench_passthrough,
     "submit": bench_submit,
@@ -1259,6 +1363,7 @@ BENCHMARKS: dict[str, Callable[[Config], Result]] = {
     "pages": bench_pages,
     "rq": bench_rq,
     "page_cost": bench_page_cost,
+    "huey": bench_huey,
 }
 
 

@@ -7,6 +7,7 @@ import signal
 import time
 
 from wsgi_bg import background, backgrounder
+from wsgi_bg.exceptions import AppFailed
 
 
 def _attempt(path: str) -> int:
@@ -91,3 +92,20 @@ def flaky_app(environ, start_response):
     status = "503 Service Unavailable" if n == 1 else "200 OK"
     start_response(status, [("Content-Type", "text/plain")])
     return [f"served on attempt {n}\n".encode()]
+
+
+def _answers_503_once(environ, start_response):
+    from urllib.parse import parse_qs
+
+    n = _attempt(parse_qs(environ["QUERY_STRING"])["path"][0])
+    start_response("503 Service Unavailable" if n == 1 else "200 OK",
+                   [("Content-Type", "text/plain")])
+    return [f"served on attempt {n}\n".encode()]
+
+
+#: A 5xx answer is an AppFailed: named in retry_on, it runs again ...
+flaky_app_retry_on_5xx = backgrounder(
+    retries=1, retry_delay=0.2, retry_on=AppFailed)(_answers_503_once)
+#: ... and with retry_on naming other exceptions only, it does not.
+flaky_app_retry_on_other = backgrounder(
+    retries=1, retry_delay=0.2, retry_on=ConnectionError)(_answers_503_once)

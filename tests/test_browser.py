@@ -21,6 +21,7 @@ from helpers import wait_for
 from test_status import fake_job, hello_app
 from wsgi_bg.auth import allow_all
 from wsgi_bg.jobs import new_job_id
+from wsgi_bg.stores import Ending
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed")
@@ -148,7 +149,7 @@ def test_lines_appear_live_in_colour_and_time_ticks(mw, page):
         store.relay(job.id, "\x1b[2K 10%\r 60%\r100%\n", None)
         wait_text(page, "#output", "100%")
         assert "60%" not in text_of(page, "#output")
-        store.finish(job.id, "succeeded", pickle.dumps(42), None)
+        store.finish(job.id, Ending("succeeded", pickle.dumps(42)))
         wait_text(page, "#state", "succeeded")
         assert text_of(page, "#duration-label") == "Duration"
         assert not page.is_visible("#cancel")
@@ -338,7 +339,7 @@ def test_sixteen_open_pages_leave_a_four_thread_server_free(mw, context, console
             assert time.monotonic() - started < 1.0
         for job in jobs:
             mw.engine.store.relay(job.id, "end\n", None)
-            mw.engine.store.finish(job.id, "succeeded", pickle.dumps(None), None)
+            mw.engine.store.finish(job.id, Ending("succeeded", pickle.dumps(None)))
         for page in pages:  # every page stayed live
             wait_text(page, "#state", "succeeded", timeout=20)
             assert "end" in text_of(page, "#output")
@@ -429,7 +430,7 @@ def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
     store.relay(job_id, "fetching\n", None)
     with serving(mw) as base:
         page.goto(f"{base}/_jobs/{job_id}")
-        store.finish(job_id, "failed", None, "ConnectionError: refused")
+        store.finish(job_id, Ending("failed", error="ConnectionError: refused"))
         wait_text(page, "#attempt-info", "2 of 4 · next attempt in")
         shown = text_of(page, "#next-attempt")
         wait_for(lambda: text_of(page, "#next-attempt") not in ("", shown), 5,
@@ -440,7 +441,7 @@ def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
                  message="the retry to be due")
         store.start(job_id, 0)
         store.relay(job_id, "fetching again\n", None)
-        store.finish(job_id, "succeeded", pickle.dumps(1), None)
+        store.finish(job_id, Ending("succeeded", pickle.dumps(1)))
         wait_text(page, "#state", "succeeded")
         assert text_of(page, "#attempt-info") == "2 of 4"
         assert "──── attempt 2 of 4 ────" in text_of(page, "#output")

@@ -23,6 +23,7 @@ from redis_server import RedisServer
 from wsgi_bg import JobState, allow_all, allow_local, backgrounder
 from wsgi_bg.auth import default_authorize
 from wsgi_bg.status.metrics import CONTENT_TYPE, exposition, label_value
+from wsgi_bg.stores import Ending
 from wsgi_bg.stores.memory import MemoryStore
 from wsgi_bg.stores.protocol import BUCKETS, MAX_FUNCTIONS
 
@@ -264,7 +265,7 @@ def test_label_values_are_escaped_and_parse_back(name):
                   "cancel_requested": False, "cancel_grace": None, "url": None,
                   "pid": None}, 10)
     assert store.start("j", 1)
-    store.finish("j", "succeeded", None, None)
+    store.finish("j", Ending("succeeded"))
     families = list(text_string_to_metric_families(exposition(store)))
     finished = [s for f in families for s in f.samples
                 if s.name == "wsgi_bg_jobs_finished_total"]
@@ -346,7 +347,7 @@ def test_histograms_put_each_wait_in_its_bucket(store):
     """Buckets are ``le``: a wait of 50 s is in 60 and above, not in 30."""
     assert store.create(record("j", "f", created_at=time.time() - 50), 10)
     assert store.start("j", 123)
-    assert store.finish("j", "failed", None, "err") == "failed"
+    assert store.finish("j", Ending("failed", error="err")) == "failed"
     stats = store.stats()
     wait, duration = stats.queue_wait["f"], stats.duration["f"]
     assert wait.buckets == [0] * BUCKETS.index(60.0) + [1] + [0] * (
@@ -371,8 +372,8 @@ def test_figures_outlive_the_jobs_they_count(store):
 def test_every_way_a_running_job_ends_is_counted(store, state):
     assert store.create(record("j", "f"), 10)
     assert store.start("j", 123)
-    assert store.finish("j", state, None, None) == state
-    assert store.finish("j", "failed", None, None) is None  # once only
+    assert store.finish("j", Ending(state)) == state
+    assert store.finish("j", Ending("failed")) is None  # once only
     stats = store.stats()
     assert stats.finished == {("f", state): 1}
     assert stats.duration["f"].count == stats.queue_wait["f"].count == 1

@@ -29,7 +29,7 @@ from redis_server import RedisServer, free_port
 from wsgi_bg import BackgroundMiddleware, JobState, ResultUnavailable, allow_all
 from wsgi_bg.exceptions import StoreUnavailable
 from wsgi_bg.options import Settings
-from wsgi_bg.stores import open_backend
+from wsgi_bg.stores import Ending, open_backend
 from wsgi_bg.stores.signing import SECRET_KEY_ENV
 
 pytestmark = pytest.mark.redis
@@ -323,7 +323,7 @@ def test_a_finished_job_holds_about_max_output_bytes(redis_server, written, chun
         store.relay("j", "x" * chunk, None)
         sent += chunk
         peak = max(peak, used())
-    store.finish("j", "succeeded", None, None)
+    store.finish("j", Ending("succeeded"))
     try:
         # Redis's allocator rounds each value up to a size class (at most 25 %).
         assert used() <= 1.25 * limit + 4096, used() / limit

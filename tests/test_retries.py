@@ -16,6 +16,7 @@ import webtest
 import retryfuncs
 from helpers import wait_for
 from wsgi_bg import allow_all, background, backgrounder
+from wsgi_bg.stores import Ending
 from wsgi_bg.testing import wait_for_job
 
 # Also on the RQ runner (see conftest.py): these describe how jobs run.
@@ -160,14 +161,15 @@ def test_backoff_doubles_up_to_its_cap(make_mw):
             wait_for(lambda: job_id in store.claim_retries()[0], 10,
                      message=f"attempt {attempt} to be due")
         assert store.start(job_id, 4242)
-        assert store.finish(job_id, "failed", None, f"boom {attempt}") == "queued"
+        failed = Ending("failed", error=f"boom {attempt}")
+        assert store.finish(job_id, failed) == "queued"
         record = store.get(job_id)
         assert not store.start(job_id, 4242)  # waiting: only a claim frees it
         waits.append(record["retry_at"] - record["errors"][-1]["ended_at"])
     assert waits == pytest.approx([0.05, 0.1, 0.15, 0.15], abs=1e-3)
     wait_for(lambda: job_id in store.claim_retries()[0], 10, message="attempt 5")
     assert store.start(job_id, 4242)
-    assert store.finish(job_id, "failed", None, "boom 5") == "failed"
+    assert store.finish(job_id, Ending("failed", error="boom 5")) == "failed"
     stats = store.stats()
     assert stats.retries == {"tests.backoff": 4}
     assert stats.finished == {("tests.backoff", "failed"): 1}  # the end alone
@@ -302,3 +304,19 @@ def test_a_marked_apps_request_is_served_again(make_mw, tmp_path):
     assert "the app answered 503" in first["error"]
     assert mw.engine.store.read_output(job.id, 0)[0].endswith(
         "──── attempt 2 of 2 ────\nserved on attempt 2\n")
+
+
+@pytest.mark.parametrize(("app", "attempts", "state"), [
+    ("flaky_app_retry_on_5xx", 2, "succeeded"),
+    ("flaky_app_retry_on_other", 1, "failed"),
+])
+def test_retry_on_app_failed_retries_a_5xx_answer(make_mw, tmp_path, app,
+                                                   attempts, state):
+    """backgrounder's docstring: a 5xx answer is an AppFailed, which
+    retry_on may name."""
+    mw = make_mw(app=getattr(retryfuncs, app))
+    path = counter(tmp_path)
+    answer = webtest.TestApp(mw).get("/", {"path": path}, status=303)
+    job = mw.get_job(answer.headers["Location"].rsplit("/", 1)[1])
+    wait_for_job(job, state=state)
+    assert attempts_made(path) == attempts

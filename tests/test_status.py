@@ -19,6 +19,7 @@ import statusfuncs
 from helpers import wait_for
 from wsgi_bg.auth import allow_all, allow_local
 from wsgi_bg.jobs import TERMINAL_STATES, Job, new_job_id
+from wsgi_bg.stores import Ending
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -94,7 +95,7 @@ def fake_job(mw, *, state="running", output="", progress=None, name="tasks.fake"
         store.relay(job_id, output, progress)
     if state in TERMINAL_STATES:
         data = pickle.dumps(result) if state == "succeeded" else None
-        assert store.finish(job_id, state, data, error) == state
+        assert store.finish(job_id, Ending(state, data, error)) == state
     return mw.get_job(job_id)
 
 
@@ -500,7 +501,7 @@ def test_live_stream_sends_output_and_state_as_they_happen(mw):
     assert (event, data["progress"]) == ("state", {"done": 1, "total": 2,
                                                     "message": None})
     store.relay(job.id, "last\n", None)
-    store.finish(job.id, "succeeded", pickle.dumps(None), None)
+    store.finish(job.id, Ending("succeeded", pickle.dumps(None)))
     rest = [next_event(chunks) for _ in range(2)]
     assert rest[0] == ("output", {"text": "last\n", "next": 18})
     assert rest[1][0] == "state" and rest[1][1]["done"] is True
@@ -902,7 +903,7 @@ def test_polls_are_conditional(client, mw):
     assert news.json["output"] == "two\n" and news.headers["ETag"] != etag
     # A change of state alone is news too.
     etag = client.get(f"/_jobs/api/jobs/{job.id}?since=8").headers["ETag"]
-    mw.engine.store.finish(job.id, "succeeded", pickle.dumps(1), None)
+    mw.engine.store.finish(job.id, Ending("succeeded", pickle.dumps(1)))
     done = client.get(f"/_jobs/api/jobs/{job.id}?since=8",
                       headers={"If-None-Match": etag}, status=200)
     assert done.json["state"] == "succeeded"
@@ -922,7 +923,7 @@ def test_event_stream_lasts_one_window_then_resumes(mw):
     assert not job.done and status_app.open_streams == 0
     assert received[-1] == b": window ends\n\n"
     mw.engine.store.relay(job.id, "second\n", None)
-    mw.engine.store.finish(job.id, "succeeded", pickle.dumps(None), None)
+    mw.engine.store.finish(job.id, Ending("succeeded", pickle.dumps(None)))
     # The browser reconnects with the id of the last output event it saw.
     _, _, chunks, body = drive(status_app, f"/api/jobs/{job.id}/events",
                                {"HTTP_LAST_EVENT_ID": "6"})

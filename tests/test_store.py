@@ -11,6 +11,7 @@ import webtest
 
 import jobfuncs
 from wsgi_bg import JobState, allow_all
+from wsgi_bg.stores import Ending
 from wsgi_bg.stores.memory import MemoryStore, _Output
 
 
@@ -157,8 +158,8 @@ def test_store_lifecycle_and_finish_once(make_store):
     assert store.get("a")["started_at"] == started_at
     assert store.relay("a", "out\n", {"done": 1, "total": 2, "message": None}) == (
         False, None)
-    assert store.finish("a", "succeeded", b"x", None) == "succeeded"
-    assert store.finish("a", "failed", None, "again") is None  # exactly once
+    assert store.finish("a", Ending("succeeded", b"x")) == "succeeded"
+    assert store.finish("a", Ending("failed", error="again")) is None  # exactly once
     got = store.get("a")
     assert got["state"] == "succeeded" and got["pid"] is None
     assert got["progress"] == {"done": 1, "total": 2, "message": None}
@@ -177,7 +178,7 @@ def test_store_cancel(make_store):
     assert not store.start("q", 2)  # never runs
     assert store.request_cancel("r", 0.5) == "requested"
     assert store.relay("r", "", None) == (True, 0.5)
-    assert store.finish("r", "succeeded", b"x", None) == "cancelled"
+    assert store.finish("r", Ending("succeeded", b"x")) == "cancelled"
     assert store.get("r")["result"] is None
     assert store.request_cancel("r", None) == ""
 
@@ -188,10 +189,9 @@ def test_store_finish_and_start_is_finish_then_start(make_store):
     store.create(record("b"), 10)
     store.start("a", 7)
     store.relay("a", "one\n", None)
-    assert store.finish_and_start(
-        "a", "succeeded", b"r", None, "two\n", {"done": 1, "total": 1,
-                                               "message": None},
-        4, "'r'", "b", 8) == ("succeeded", True)
+    ending = Ending("succeeded", b"r", text="two\n", offset=4, shown="'r'",
+                    progress={"done": 1, "total": 1, "message": None})
+    assert store.finish_and_start("a", ending, "b", 8) == ("succeeded", True)
     a, b = store.get("a"), store.get("b")
     assert (a["state"], a["pid"], a["result"]) == ("succeeded", None, "'r'")
     assert a["progress"] == {"done": 1, "total": 1, "message": None}
@@ -203,8 +203,8 @@ def test_store_finish_and_start_is_finish_then_start(make_store):
     assert (counts["succeeded"], counts["running"], counts["queued"]) == (1, 1, 0)
     # The next job's start is refused as start's would be; the end still lands.
     store.create(record("c"), 10)
-    assert store.finish_and_start("b", "failed", None, "boom", "", None, None,
-                                  None, "b", 9) == ("failed", False)
+    assert store.finish_and_start("b", Ending("failed", error="boom"), "b", 9) == (
+        "failed", False)
     assert store.get("b")["state"] == "failed"
     assert store.counts()["running"] == 0
 
@@ -215,8 +215,8 @@ def test_store_finish_and_start_next_cancelled_while_queued(make_store):
     store.create(record("b"), 10)
     store.start("a", 1)
     assert store.request_cancel("b", None) == "cancelled"
-    assert store.finish_and_start("a", "succeeded", b"x", None, "", None, None,
-                                  "1", "b", 2) == ("succeeded", False)
+    assert store.finish_and_start("a", Ending("succeeded", b"x", shown="1"),
+                                  "b", 2) == ("succeeded", False)
     assert store.get("a")["state"] == "succeeded"
     b = store.get("b")
     assert (b["state"], b["pid"], b["started_at"]) == ("cancelled", None, None)
@@ -228,14 +228,14 @@ def test_store_finish_and_start_next_already_ended_or_unknown(make_store):
     for job in ("a", "b", "c"):
         store.create(record(job), 10)
     store.start("b", 3)
-    store.finish("b", "succeeded", None, None)
+    store.finish("b", Ending("succeeded"))
     store.start("a", 1)
-    assert store.finish_and_start("a", "failed", None, "no", "", None, None,
-                                  None, "b", 2) == ("failed", False)
+    assert store.finish_and_start("a", Ending("failed", error="no"), "b", 2) == (
+        "failed", False)
     assert (store.get("b")["state"], store.get("b")["pid"]) == ("succeeded", None)
     store.start("c", 4)
-    assert store.finish_and_start("c", "succeeded", None, None, "", None, None,
-                                  None, "missing", 2) == ("succeeded", False)
+    assert store.finish_and_start("c", Ending("succeeded"), "missing", 2) == (
+        "succeeded", False)
     assert store.get("missing") is None
 
 
@@ -245,9 +245,10 @@ def test_store_finish_and_start_of_an_ended_job_still_starts_the_next(make_store
     store.create(record("b"), 10)
     store.start("a", 1)
     store.request_cancel("a", 0.0)
-    assert store.finish("a", "cancelled", None, "killed") == "cancelled"
-    assert store.finish_and_start("a", "succeeded", b"x", None, "late\n", None,
-                                  None, "1", "b", 2) == (None, True)
+    assert store.finish("a", Ending("cancelled", error="killed")) == "cancelled"
+    assert store.finish_and_start(
+        "a", Ending("succeeded", b"x", text="late\n", shown="1"), "b", 2) == (
+        None, True)
     a = store.get("a")
     assert (a["state"], a["error"], a["output_size"]) == ("cancelled", "killed", 0)
     assert store.result("a") is None
@@ -260,8 +261,8 @@ def test_store_finish_and_start_keeps_the_cancel_outcome(make_store):
     store.create(record("b"), 10)
     store.start("a", 1)
     store.request_cancel("a", None)  # asked while running, then it returned
-    assert store.finish_and_start("a", "succeeded", b"x", None, "", None, None,
-                                  "1", "b", 2) == ("cancelled", True)
+    assert store.finish_and_start("a", Ending("succeeded", b"x", shown="1"),
+                                  "b", 2) == ("cancelled", True)
     assert store.get("a")["cancelled_how"] == "stopped"
 
 
@@ -301,10 +302,11 @@ def test_a_workers_store_is_the_servers_through_its_manager(wsgi_bg_middleware):
         store.create(record(job), 10)
     store.start("a", 1)
     store.request_cancel("c", None)
-    assert store.finish_and_start("a", "succeeded", b"x", None, "out\n", None,
-                                  None, "'x'", "b", 2) == ("succeeded", True)
-    assert store.finish_and_start("b", "failed", None, "no", "", None, None,
-                                  None, "c", 3) == ("failed", False)
+    # An Ending crosses to the manager and back, pickled.
+    ending = Ending("succeeded", b"x", text="out\n", shown="'x'")
+    assert store.finish_and_start("a", ending, "b", 2) == ("succeeded", True)
+    assert store.finish_and_start("b", Ending("failed", error="no"), "c", 3) == (
+        "failed", False)
     assert [local.get(job)["state"] for job in ("a", "b", "c")] == [
         "succeeded", "failed", "cancelled"]
     assert local.read_output("a", 0) == ("out\n", 4)
@@ -465,7 +467,7 @@ def test_store_drops_oldest_finished_past_max_jobs(make_store):
     store.start("j0", 1)  # running: never dropped
     for i in (1, 2, 3, 4, 5):
         store.start(f"j{i}", 1)
-        store.finish(f"j{i}", "succeeded", None, None)
+        store.finish(f"j{i}", Ending("succeeded"))
     kept = [r["id"] for r in store.list()]
     assert kept == ["j5", "j4", "j3", "j0"]
     assert store.get("j1") is None and store.read_output("j1", 0) is None
@@ -483,7 +485,7 @@ def test_store_drops_finished_after_ttl(make_store):
     store = make_store(job_ttl=0.2)
     store.create(record("old"), 10)
     store.start("old", 1)
-    store.finish("old", "succeeded", None, None)
+    store.finish("old", Ending("succeeded"))
     store.create(record("queued"), 10)
     assert store.get("old") is not None
     deadline = time.monotonic() + 5
@@ -500,7 +502,7 @@ def test_counts_leave_out_what_expired(make_store):
     store = make_store(job_ttl=0.2)
     store.create(record("old"), 10)
     store.start("old", 1)
-    store.finish("old", "succeeded", None, None)
+    store.finish("old", Ending("succeeded"))
     assert store.counts()["succeeded"] == 1
     deadline = time.monotonic() + 5
     while store.counts()["succeeded"]:  # only counts are read here
@@ -534,8 +536,8 @@ def test_view_reads_record_and_output_at_once(make_store):
     assert view is not None
     got, text, offset = view
     assert (got["state"], text, offset) == ("running", "bc", 3)
-    store.finish("v", "succeeded", None, None, "def\n", {"done": 1, "total": 1,
-                                                        "message": None})
+    store.finish("v", Ending("succeeded", text="def\n",
+                             progress={"done": 1, "total": 1, "message": None}))
     got, text, offset = store.view("v", 3)
     assert (got["state"], got["progress"]["done"], text, offset) == (
         "succeeded", 1, "def\n", 7)
@@ -603,11 +605,11 @@ def test_store_cancel_details(make_store):
     store.request_cancel("stopped", None)
     asked = store.get("stopped")["cancel_requested_at"]
     assert asked is not None and store.get("stopped")["state"] == "running"
-    assert store.finish("stopped", "succeeded", b"x", None) == "cancelled"
+    assert store.finish("stopped", Ending("succeeded", b"x")) == "cancelled"
     assert store.get("stopped")["cancelled_how"] == "stopped"
     running(store, "killed")
     store.request_cancel("killed", 0.5)
-    assert store.finish("killed", "cancelled", None, "killed") == "cancelled"
+    assert store.finish("killed", Ending("cancelled", error="killed")) == "cancelled"
     got = store.get("killed")
     assert (got["cancelled_how"], got["error"]) == ("killed", "killed")
 
@@ -618,7 +620,7 @@ def test_store_shutdown_stop_keeps_the_outcome(make_store):
     assert store.request_cancel("s", 2.0, shutdown=True) == "requested"
     assert store.relay("s", "", None) == (True, 2.0)
     assert store.get("s")["cancel_requested"] is False
-    assert store.finish("s", "succeeded", b"x", None, shown="1") == "succeeded"
+    assert store.finish("s", Ending("succeeded", b"x", shown="1")) == "succeeded"
     assert store.result("s") == b"x"
 
 
@@ -633,7 +635,7 @@ def paged(store, jobs: int = 30) -> None:
         if n % 3:
             store.start(job_id, 1)
         if n % 3 == 1:
-            store.finish(job_id, "failed", None, "boom")
+            store.finish(job_id, Ending("failed", error="boom"))
 
 
 def ids(found):
@@ -737,7 +739,7 @@ def test_store_page_skips_dropped_jobs(make_store):
 def test_store_rerun_links_both_records_in_the_create(make_store):
     store = make_store()
     running(store, "old")
-    store.finish("old", "failed", None, "boom")
+    store.finish("old", Ending("failed", error="boom"))
     assert store.get("old")["rerun_as"] is None
     assert store.create(dict(record("new"), rerun_of="old"), 10, b"call")
     assert store.get("new")["rerun_of"] == "old"

@@ -31,10 +31,9 @@ In the server, :data:`serving` is the request's middleware, for
 from __future__ import annotations
 
 import contextvars
-import reprlib
 from typing import TYPE_CHECKING, Any
 
-from .limits import MAX_MESSAGE_CHARS, bounded_number, shorten
+from .limits import progress_report
 
 if TYPE_CHECKING:
     from .middleware import BackgroundMiddleware
@@ -186,25 +185,10 @@ class CurrentJob:
         :raises ValueError: if one is NaN.
         """
         job = _require()
-        numbers: list[int | float | None] = []
-        for label, value in (("done", done), ("total", total)):
-            if value is None and label == "total":
-                numbers.append(None)
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(
-                    f"current_job.progress: {label} must be a number, got"
-                    f" {reprlib.repr(value)}"
-                )
-            try:
-                numbers.append(bounded_number(value))
-            except ValueError:
-                raise ValueError(
-                    f"current_job.progress: {label} must be a number, not NaN"
-                ) from None
-        report = {"done": numbers[0], "total": numbers[1],
-                  "message": None if message is None
-                  else shorten(str(message), MAX_MESSAGE_CHARS)}
+        try:
+            report = progress_report(done, total, message)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"current_job.progress: {exc}") from None
         job.report_progress(report)
 
     def __repr__(self) -> str:

@@ -42,7 +42,6 @@ from .exceptions import CallTooLarge, QueueFull, StoreUnavailable
 from .jobs import Job, JobState, new_job_id
 from .options import RetryPolicy, Settings, check_number
 from .runners import JobLost, LocalLink, Runner, open_runner, runs_here
-from .runners.processes import kill_group
 from .stores import Backend, Ending, Store, open_backend
 from .stores.signing import BadSignature
 
@@ -601,7 +600,7 @@ class Engine:
             try:
                 record = store.get(job_id)
                 if record is not None and record["state"] == JobState.QUEUED:
-                    store.finish(job_id, state, None, error)
+                    store.finish(job_id, Ending(state, error=error))
             except StoreUnavailable:
                 continue  # tried again soon
             except Exception:
@@ -670,14 +669,14 @@ class Engine:
                 ending = future.result()
                 if isinstance(ending, Ending):
                     # The store is this process's own: a plain call.
-                    ending.record(self._store, job_id)
+                    self._store.finish(job_id, ending)
                 return
             lost = exc if isinstance(exc, JobLost) else None
-            crashed = lost is None or lost.state == JobState.CRASHED
             try:
-                # (Not for a job shutdown killed, its processes too: a Redis
-                # store may be what hangs.)
-                record = self._store.get(job_id) if crashed else None
+                # Whether a lost job had started. (Not for a job shutdown
+                # killed, its processes too: a Redis store may be what hangs.)
+                record = (self._store.get(job_id) if lost is not None
+                          and lost.state == JobState.CRASHED else None)
             except StoreUnavailable:
                 record = None
             if (lost is not None and call is not None
@@ -691,10 +690,6 @@ class Engine:
                 threading.Thread(target=self._redispatch, args=(job_id,),
                                  name="wsgi_bg-resubmit", daemon=True).start()
                 return
-        if lost is not None and lost.orphans and record is not None and record["pid"]:
-            # Its job process died with the worker (its parent-death signal);
-            # what the job started, in its process group, did not.
-            kill_group(record["pid"])
         self._finish(job_id, lost.state if lost is not None else JobState.CRASHED.value,
                      str(lost) if lost is not None
                      else f"the worker process running this job failed: {exc!r}")
@@ -704,7 +699,7 @@ class Engine:
         # not raised into concurrent.futures' machinery.
         store = self._store
         try:
-            store.finish(job_id, state, None, error)
+            store.finish(job_id, Ending(state, error=error))
         except StoreUnavailable as exc:
             logger.error("wsgi_bg: could not record job %s as %s: %s",
                          job_id, state, exc)

@@ -14,7 +14,18 @@ class WsgiBgError(Exception):
     """Base class of the exceptions wsgi_bg defines."""
 
 
-class QueueFull(WsgiBgError, ServiceUnavailable):
+class _Unavailable(WsgiBgError, ServiceUnavailable):
+    """A ``503`` with ``Retry-After`` whose ``str()`` is its description
+    alone (Werkzeug's also names the status)."""
+
+    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
+        ServiceUnavailable.__init__(self, description, retry_after=retry_after)
+
+    def __str__(self) -> str:
+        return str(self.description)
+
+
+class QueueFull(_Unavailable):
     """More jobs are waiting than ``max_queued`` allows; nothing was queued.
 
     It is also Werkzeug's :exc:`~werkzeug.exceptions.ServiceUnavailable`: raised
@@ -23,12 +34,6 @@ class QueueFull(WsgiBgError, ServiceUnavailable):
     ``Retry-After`` header. Raise ``max_queued`` or ``max_workers`` if it
     happens under normal load.
     """
-
-    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
-        ServiceUnavailable.__init__(self, description, retry_after=retry_after)
-
-    def __str__(self) -> str:
-        return str(self.description)
 
 
 class CallTooLarge(WsgiBgError, ValueError):
@@ -52,7 +57,7 @@ class AppFailed(WsgiBgError):
     """A marked app, run as a job, answered with a 5xx status: the job failed."""
 
 
-class StoreUnavailable(WsgiBgError, ServiceUnavailable):
+class StoreUnavailable(_Unavailable):
     """The job store cannot be reached: Redis is down, hung or unreachable
     (calls time out after a few seconds). The default store, in the server
     process itself, never raises it.
@@ -62,12 +67,6 @@ class StoreUnavailable(WsgiBgError, ServiceUnavailable):
     store are answered ``503`` with ``Retry-After``. A Redis store recovers by
     itself once Redis answers again.
     """
-
-    def __init__(self, description: str | None = None, retry_after: int = 5) -> None:
-        ServiceUnavailable.__init__(self, description, retry_after=retry_after)
-
-    def __str__(self) -> str:
-        return str(self.description)
 
 
 class UnreadableRecord(WsgiBgError, InternalServerError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,13 +53,13 @@ def new_job_id() -> str:
     return secrets.token_urlsafe(_ID_BYTES)
 
 
+#: The shape of a job id (what the pages' routes match).
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{43}"
+
+
 def is_job_id(value: str) -> bool:
     """Whether ``value`` has the shape of a job id (cheap check before a lookup)."""
-    return (
-        len(value) == 43
-        and value.isascii()
-        and all(c.isalnum() or c in "-_" for c in value)
-    )
+    return re.fullmatch(JOB_ID_PATTERN, value) is not None
 
 
 class Job:

@@ -17,6 +17,7 @@ they hold for every store::
 from __future__ import annotations
 
 import math
+import reprlib
 import sys
 from typing import Any
 
@@ -73,26 +74,39 @@ def bounded_number(value: int | float) -> int | float:
     return value
 
 
-def bounded_progress(report: Any) -> dict[str, Any] | None:
-    """A progress report as stores keep it, bounded: ``{"done", "total",
-    "message"}`` with numbers from :func:`bounded_number` and a message of at
-    most :data:`MAX_MESSAGE_CHARS`; ``None`` for anything that is not a report
-    (a job's process may send anything)."""
-    if not isinstance(report, dict):
-        return None
+def progress_report(
+    done: Any, total: Any = None, message: Any = None
+) -> dict[str, Any]:
+    """A progress report as stores keep it: ``{"done", "total", "message"}``
+    with numbers from :func:`bounded_number` (``total`` may be ``None``) and
+    a message of at most :data:`MAX_MESSAGE_CHARS`.
+
+    :raises TypeError: if ``done`` or ``total`` is not a number.
+    :raises ValueError: if one is NaN.
+    """
     numbers: list[int | float | None] = []
-    for key in ("done", "total"):
-        value = report.get(key)
-        if value is None and key == "total":
+    for label, value in (("done", done), ("total", total)):
+        if value is None and label == "total":
             numbers.append(None)
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
+            raise TypeError(f"{label} must be a number, got {reprlib.repr(value)}")
         try:
             numbers.append(bounded_number(value))
         except ValueError:
-            return None
-    message = report.get("message")
+            raise ValueError(f"{label} must be a number, not NaN") from None
     if message is not None:
         message = shorten(str(message), MAX_MESSAGE_CHARS)
     return {"done": numbers[0], "total": numbers[1], "message": message}
+
+
+def bounded_progress(report: Any) -> dict[str, Any] | None:
+    """:func:`progress_report` of what a job's process sent as a report
+    (it may send anything); ``None`` for anything that is not a report."""
+    if not isinstance(report, dict):
+        return None
+    try:
+        return progress_report(report.get("done"), report.get("total"),
+                               report.get("message"))
+    except (TypeError, ValueError):
+        return None

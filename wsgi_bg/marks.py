@@ -44,6 +44,7 @@ from werkzeug.wrappers import Request
 from . import context
 from .engine import OPTIONS_ATTR, callable_name, unique_digest
 from .exceptions import AppFailed
+from .limits import shorten
 from .options import RETRY_DELAY_MAX, RetryPolicy, check_number, retry_policy
 
 if TYPE_CHECKING:
@@ -83,15 +84,14 @@ def _query_names(show_query: Any) -> tuple[str, ...]:
     return names
 
 
-def _check_show_args(show_args: Any) -> None:
+def _check_options(timeout: Any, show_args: Any, unique: Any, example: str) -> None:
+    """The checks :func:`background` and :func:`backgrounder` share."""
+    check_number("timeout", timeout, minimum=0, allow_none=True)
     if not isinstance(show_args, bool):
         raise TypeError(
             f"show_args must be True or False, got {show_args!r}: pass"
             " show_args=False to keep a job's arguments off its status pages"
         )
-
-
-def _check_unique(unique: Any, example: str) -> None:
     if not isinstance(unique, bool) and not callable(unique):
         raise TypeError(
             "unique must be True (one job per key made of the call), False, or"
@@ -339,9 +339,8 @@ def background(
         ``unique``; ``retries``, ``retry_delay``, ``retry_delay_max``,
         ``retry_on`` and ``retry_crashed``.
     """
-    check_number("timeout", timeout, minimum=0, allow_none=True)
-    _check_show_args(show_args)
-    _check_unique(unique, "unique=lambda user_id, *args, **kwargs: str(user_id)")
+    _check_options(timeout, show_args, unique,
+                   "unique=lambda user_id, *args, **kwargs: str(user_id)")
     retry = retry_policy(retries, retry_delay, retry_delay_max, retry_on,
                          retry_crashed)
 
@@ -475,14 +474,11 @@ def describe_request(
         parts.append(", ".join(shown))
     if named:
         parts.append("values not shown: " + ", ".join(sorted(named)))
-    text = " · ".join(parts)
-    return text if len(text) <= _MAX_REQUEST_CHARS else (
-        text[: _MAX_REQUEST_CHARS - 1] + "…")
+    return shorten(" · ".join(parts), _MAX_REQUEST_CHARS)
 
 
 def _short(value: str) -> str:
-    return value if len(value) <= _MAX_VALUE_CHARS else (
-        value[: _MAX_VALUE_CHARS - 1] + "…")
+    return shorten(value, _MAX_VALUE_CHARS)
 
 
 class AppResponse(dict[str, Any]):
@@ -666,10 +662,27 @@ def backgrounder(
         request.form["report_id"]``: it must hold the user when the app's
         work or output depends on who asks. Keys are the app's, whatever the
         path. Only a digest of the app and the key is stored.
+    :param retries: attempts after the first, at most: a request whose app
+        raises, answers a 5xx status (:class:`~wsgi_bg.exceptions.AppFailed`)
+        or times out runs again (the same job: one id, one page; its output
+        gets a divider per attempt), after ``retry_delay`` seconds, then
+        twice that, and so on.
+    :param retry_delay: seconds before the second attempt.
+    :param retry_delay_max: the longest wait between two attempts (an hour
+        unless given).
+    :param retry_on: an exception class, or a tuple of them: only an attempt
+        that raises one of these runs again (a timeout always does); include
+        :class:`~wsgi_bg.exceptions.AppFailed` to retry 5xx answers.
+    :param retry_crashed: whether an attempt whose process died (killed, out
+        of memory, its worker gone) runs again; by default it ends the job
+        ``crashed``.
     :raises ImportError: if an import path cannot be resolved (at marking time).
+    :raises ValueError: if ``timeout``, ``retries``, ``retry_delay`` or
+        ``retry_delay_max`` is negative or not a number.
     :raises TypeError: if the target is not a module-level callable,
         ``show_args`` is not a bool, ``show_query`` is not a collection
-        of names, or ``unique`` is not a bool or a callable.
+        of names, ``unique`` is not a bool or a callable, or ``retry_on`` is
+        not an exception class or a tuple of them.
 
     .. versionchanged:: 0.2
         The query's values are hidden unless named in ``show_query``;
@@ -677,45 +690,49 @@ def backgrounder(
 
     .. versionadded:: 0.1
     """
-    check_number("timeout", timeout, minimum=0, allow_none=True)
-    _check_show_args(show_args)
+    _check_options(timeout, show_args, unique,
+                   "unique=lambda request: request.form['report_id']")
     show_query = _query_names(show_query)
-    _check_unique(unique, "unique=lambda request: request.form['report_id']")
     request_unique = _unique_option(unique)
     retry = retry_policy(retries, retry_delay, retry_delay_max, retry_on,
                          retry_crashed)
 
     def mark(target: str | WSGIApplication) -> MarkedApp:
-        if isinstance(target, str):
-            try:
-                found = import_string(target)
-            except ImportStringError as exc:
-                raise ImportError(
-                    f"backgrounder({target!r}): cannot import it: {exc.exception!r}."
-                    " Give the app's import path as 'package.module:attribute'."
-                ) from None
-            if not callable(found):
-                raise TypeError(
-                    f"backgrounder({target!r}) found {found!r}, which is not a"
-                    " WSGI app (not callable)"
-                )
-            return MarkedApp(target, found, timeout, show_args, show_query,
-                             request_unique, retry)
-        _check_module_level(target, "@backgrounder")
-        qualname = getattr(target, "__qualname__", None)
-        module = getattr(target, "__module__", None)
-        if not isinstance(qualname, str) or not module or "." in qualname:
-            raise TypeError(
-                f"@backgrounder marks a module-level WSGI function; for an app"
-                f" object such as {target!r} pass its import path:"
-                " backgrounder('package.module:app')"
-            )
-        return MarkedApp(f"{module}:{qualname}", target, timeout, show_args,
-                         show_query, request_unique, retry)
+        return MarkedApp(*_app_ref(target), timeout, show_args, show_query,
+                         request_unique, retry)
 
     if target is not None:
         return mark(target)
     return mark
+
+
+def _app_ref(target: str | WSGIApplication) -> tuple[str, Any]:
+    """``(ref, app)`` of what :func:`backgrounder` marks: an import path and
+    the app found there, or a module-level WSGI function and its path."""
+    if isinstance(target, str):
+        try:
+            found = import_string(target)
+        except ImportStringError as exc:
+            raise ImportError(
+                f"backgrounder({target!r}): cannot import it: {exc.exception!r}."
+                " Give the app's import path as 'package.module:attribute'."
+            ) from None
+        if not callable(found):
+            raise TypeError(
+                f"backgrounder({target!r}) found {found!r}, which is not a"
+                " WSGI app (not callable)"
+            )
+        return target, found
+    _check_module_level(target, "@backgrounder")
+    qualname = getattr(target, "__qualname__", None)
+    module = getattr(target, "__module__", None)
+    if not isinstance(qualname, str) or not module or "." in qualname:
+        raise TypeError(
+            f"@backgrounder marks a module-level WSGI function; for an app"
+            f" object such as {target!r} pass its import path:"
+            " backgrounder('package.module:app')"
+        )
+    return f"{module}:{qualname}", target
 
 
 def run_app(app: MarkedApp, environ: dict[str, Any], body: bytes) -> AppResponse:

@@ -221,6 +221,34 @@ def _check_uwsgi_threads() -> None:
     )
 
 
+def _check_path(label: str, path: Any) -> None:
+    if (not isinstance(path, str) or not path.startswith("/")
+            or not path.strip("/") or "//" in path):
+        raise ValueError(
+            f"{label} must be a path such as '/_jobs' (starting with '/',"
+            f" not the root), got {path!r}"
+        )
+
+
+def _check_authorize(authorize: Any) -> None:
+    if not callable(authorize):
+        raise TypeError(
+            "authorize must be a callable (environ, action, job) -> bool,"
+            f" got {authorize!r}")
+
+
+def _old_max_jobs(max_jobs: int, keep_finished: int) -> int:
+    """``max_jobs``, the deprecated name of ``keep_finished``."""
+    if keep_finished != KEEP_FINISHED:
+        raise TypeError(
+            "max_jobs is the old name of keep_finished: pass keep_finished alone")
+    warnings.warn(
+        "BackgroundMiddleware(max_jobs=...) is deprecated: pass"
+        " keep_finished=... (the number of finished jobs kept)",
+        DeprecationWarning, stacklevel=3)
+    return max_jobs
+
+
 class BackgroundMiddleware:
     """Runs marked work in background processes and serves its status pages.
 
@@ -349,31 +377,14 @@ class BackgroundMiddleware:
                 " (its .app), or use it as it is; two middlewares around one"
                 " app would run jobs on the inner one"
             )
-        for label, path in (("prefix", prefix), ("status_url", status_url)):
-            if path is None and label == "status_url":
-                continue
-            if (not isinstance(path, str) or not path.startswith("/")
-                    or not path.strip("/") or "//" in path):
-                raise ValueError(
-                    f"{label} must be a path such as '/_jobs' (starting with '/',"
-                    f" not the root), got {path!r}"
-                )
-        if authorize is not None and not callable(authorize):
-            raise TypeError(
-                "authorize must be a callable (environ, action, job) -> bool,"
-                f" got {authorize!r}"
-            )
+        _check_path("prefix", prefix)
+        if status_url is not None:
+            _check_path("status_url", status_url)
+        if authorize is not None:
+            _check_authorize(authorize)
         check_number("max_body_bytes", max_body_bytes, minimum=0, integer=True)
         if max_jobs is not None:
-            if keep_finished != KEEP_FINISHED:
-                raise TypeError(
-                    "max_jobs is the old name of keep_finished: pass"
-                    " keep_finished alone")
-            warnings.warn(
-                "BackgroundMiddleware(max_jobs=...) is deprecated: pass"
-                " keep_finished=... (the number of finished jobs kept)",
-                DeprecationWarning, stacklevel=2)
-            keep_finished = max_jobs
+            keep_finished = _old_max_jobs(max_jobs, keep_finished)
         # Under uWSGI, sys.executable is uwsgi: point multiprocessing (the
         # forkserver, spawn) at the interpreter instead.
         _use_real_python()
@@ -417,10 +428,7 @@ class BackgroundMiddleware:
 
     @authorize.setter
     def authorize(self, authorize: Authorize) -> None:
-        if not callable(authorize):
-            raise TypeError(
-                "authorize must be a callable (environ, action, job) -> bool,"
-                f" got {authorize!r}")
+        _check_authorize(authorize)
         self.status_app.authorize = authorize
 
     # -- WSGI ---------------------------------------------------------------------
@@ -472,20 +480,18 @@ class BackgroundMiddleware:
         ``application/json``.
         """
         request = Request(environ)
+        as_json = request.accept_mimetypes.best_match(
+            ["text/html", "application/json"]) == "application/json"
         try:
             body = read_body(environ, self.max_body_bytes)  # 413 past the limit
             job = self._submit_request(app, request, body)
         except HTTPException as exc:  # 413, 431, or QueueFull's 503
             # As the status pages answer theirs: a page in their look, or JSON.
-            best = request.accept_mimetypes.best_match(
-                ["text/html", "application/json"])
             response = self.status_app.error_response(
-                request, exc, as_json=best == "application/json",
-                root=self._status_base())
+                request, exc, as_json=as_json, root=self._status_base())
             return response(environ, start_response)
         url = self.url_for(job.id)
-        best = request.accept_mimetypes.best_match(["text/html", "application/json"])
-        if best == "application/json":
+        if as_json:
             api_url = f"{self._status_base()}/api/jobs/{job.id}"
             response = Response(
                 json.dumps({"id": job.id, "url": url, "api_url": api_url}),

@@ -18,21 +18,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# A line break, a lone carriage return, or an escape sequence. ESC followed by
-# something that is no sequence matches alone (and is dropped). An OSC string
-# (window titles, hyperlinks) ends at BEL or ST, or at the end of the line.
-_TOKEN = re.compile(
-    r"(\r|\n|\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\r\n]*(?:\x07|\x1b\\)?"
-    r"|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-~])?)"
-)
+# An escape sequence. ESC followed by something that is no sequence matches
+# alone (and is dropped). An OSC string (window titles, hyperlinks) ends at BEL
+# or ST, or at the end of the line.
+_ESCAPE = (r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\r\n]*(?:\x07|\x1b\\)?"
+           r"|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-~])?")
+_ESCAPES = re.compile(_ESCAPE)
+# A line break, a lone carriage return, or an escape sequence.
+_TOKEN = re.compile(rf"(\r|\n|{_ESCAPE})")
 # The unfinished start of an escape sequence at the end of a chunk: kept back
 # until the next chunk completes it.
 _PARTIAL = re.compile(
     r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b\r\n]*\x1b?|[PX^_][^\x1b]*\x1b?|[ -/]*)?\Z"
-)
-_ESCAPES = re.compile(
-    r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\r\n]*(?:\x07|\x1b\\)?"
-    r"|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-~])?"
 )
 _SGR = re.compile(r"\x1b\[([0-9;:]*)m\Z")
 

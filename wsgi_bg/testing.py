@@ -405,8 +405,16 @@ def _find_middleware(obj: Any, depth: int = 0) -> BackgroundMiddleware | None:
     return None
 
 
-def _live_made() -> list[BackgroundMiddleware]:
-    return [mw for factory in _factories for mw in factory.made]
+def _only_made() -> BackgroundMiddleware:
+    """The one middleware the factories of the tests running now built."""
+    made = [mw for factory in _factories for mw in factory.made]
+    if len(made) != 1:
+        raise TypeError(
+            "start_job cannot tell which BackgroundMiddleware the client"
+            f" reaches (the wsgi_bg_middleware fixture built {len(made)}"
+            " in this test): pass it, start_job(client, method, path, mw=mw)"
+        )
+    return made[0]
 
 
 def _response_parts(response: Any) -> tuple[int, str | None, bytes]:
@@ -515,18 +523,7 @@ def start_job(
             " WebTest TestApp, a Flask or Werkzeug test client, a Django test"
             f" Client), got {client!r}"
         )
-    if mw is None:
-        mw = _find_middleware(client)
-    if mw is None:
-        candidates = _live_made()
-        if len(candidates) != 1:
-            raise TypeError(
-                "start_job cannot tell which BackgroundMiddleware the client"
-                f" reaches (the wsgi_bg_middleware fixture built {len(candidates)}"
-                " in this test): pass it, start_job(client, method, path,"
-                " mw=mw)"
-            )
-        mw = candidates[0]
+    mw = mw or _find_middleware(client) or _only_made()
     with serving(mw):
         response = send(path, **request_options)
     return job_from_response(response, mw)
@@ -555,7 +552,7 @@ def wait_for_job(
     .. versionadded:: 0.1
     """
     __tracebackhide__ = True
-    from .jobs import Job, JobState
+    from .jobs import Job
 
     if not isinstance(job, Job):
         raise TypeError(
@@ -563,20 +560,7 @@ def wait_for_job(
             " mw.submit() or mw.get_job(job_id)"
         )
     timeout = _check_timeout("timeout", timeout)
-    expected: JobState | None = None
-    if state is not None:
-        try:
-            expected = JobState(state)
-        except ValueError:
-            raise ValueError(
-                f"state must be a JobState or one of {[s.value for s in JobState]},"
-                f" or None, got {state!r}"
-            ) from None
-        if not expected.done:
-            raise ValueError(
-                f"state must be a terminal state, got {expected.value!r}: a job"
-                " is waited for until it ends"
-            )
+    expected = None if state is None else _terminal_state(state)
     try:
         job.wait(timeout)
     except TimeoutError:
@@ -592,6 +576,24 @@ def wait_for_job(
     return job
 
 
+def _terminal_state(state: JobState | str) -> JobState:
+    from .jobs import JobState
+
+    try:
+        expected = JobState(state)
+    except ValueError:
+        raise ValueError(
+            f"state must be a JobState or one of {[s.value for s in JobState]},"
+            f" or None, got {state!r}"
+        ) from None
+    if not expected.done:
+        raise ValueError(
+            f"state must be a terminal state, got {expected.value!r}: a job"
+            " is waited for until it ends"
+        )
+    return expected
+
+
 def _describe(job: Job, tail: int = 2000) -> str:
     parts = []
     error = job.error
@@ -605,23 +607,6 @@ def _describe(job: Job, tail: int = 2000) -> str:
 
 
 # -- job code alone --------------------------------------------------------------
-class _Tee(io.TextIOBase):
-    """One stream both sys.stdout and sys.stderr write to, in order, as a
-    job's fds 1 and 2 are one pipe."""
-
-    def __init__(self, sink: list[str]) -> None:
-        self._sink = sink
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._sink.append(text)
-        return len(text)
-
-
 class RecordedJob(context.JobContext):
     """The job :func:`job_context` gives code under test; it records what
     the code reports.
@@ -638,7 +623,9 @@ class RecordedJob(context.JobContext):
         #: Called with each report, after it is recorded: e.g. to cancel the
         #: job at some point, ``lambda report: job.cancel()``.
         self.on_progress: Callable[[dict[str, Any]], object] | None = None
-        self._output: list[str] = []
+        # What sys.stdout and sys.stderr both write to, in order, as a job's
+        # fds 1 and 2 are one pipe.
+        self._output = io.StringIO()
         self._cancel = cancel_requested
 
     @property
@@ -655,7 +642,7 @@ class RecordedJob(context.JobContext):
     @property
     def output(self) -> str:
         """What the code wrote to ``sys.stdout`` and ``sys.stderr``, in order."""
-        return "".join(self._output)
+        return self._output.getvalue()
 
     @property
     def cancel_requested(self) -> bool:
@@ -730,7 +717,7 @@ def job_context(
     previous = context.enter(job)
     try:
         if capture_output:
-            stream = _Tee(job._output)
+            stream = job._output
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield job
         else:

@@ -49,18 +49,15 @@ class JobLost(Exception):  # noqa: N818 - an outcome, as concurrent.futures' are
     ``state`` is how the job ends: ``"crashed"``, or ``"cancelled"`` when
     shutdown killed it (its processes with it). A crashed job whose record
     still says ``queued`` had not started: the engine hands it to the runner
-    again. ``orphans``: the process that ran the job is gone, and what the
-    job started in its process group may not be: the engine kills that group
-    (not when the runner's other processes are still ending, each killing
-    its own jobs' groups: a group killed before, its worker would be free
-    to take the next job).
+    again. What the job left running (its process group) is the runner's
+    to kill before it reports the loss, where it can (the pool runner's
+    :class:`~wsgi_bg.runners.pool.WorkerLost`): the engine controls no
+    process.
     """
 
-    def __init__(self, message: str, *, state: str = "crashed",
-                 orphans: bool = False) -> None:
+    def __init__(self, message: str, *, state: str = "crashed") -> None:
         super().__init__(message)
         self.state = state
-        self.orphans = orphans
 
 
 class Runner(Protocol):
@@ -144,7 +141,7 @@ def open_runner(settings: Settings, backend: Backend) -> Runner:
         from .pool import ProcessRunner
 
         return ProcessRunner(
-            max_workers=settings.max_workers,
+            backend=backend, max_workers=settings.max_workers,
             mp_context=multiprocessing.get_context(settings.start_method),
             executor_factory=settings.executor_factory,
             jobs_per_process=jobs_per_process, max_result_bytes=max_result_bytes,

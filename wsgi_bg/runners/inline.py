@@ -69,7 +69,7 @@ from .. import context
 from ..capture import Relay
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Link, Store
+from ..stores import Ending, Link, Store
 from . import results
 
 logger = logging.getLogger("wsgi_bg")
@@ -218,9 +218,9 @@ def run_inline(
         job.thread.join()
     state = JobState.FAILED.value if error is not None else JobState.SUCCEEDED.value
     text, progress, offset = job.relay.take(final=True)
-    ended = store.finish(job_id, state, result, error, text, progress, offset,
-                         shown=shown, cancel_seen=cancel_seen,
-                         retryable=retryable)
+    ended = store.finish(job_id, Ending(
+        state, result, error, text, progress, offset, shown=shown,
+        cancel_seen=cancel_seen, retryable=retryable))
     if escaping is not None:
         raise escaping
     return ended

@@ -26,7 +26,8 @@ Why one executor of one worker per worker, not one executor of
 a whole (``BrokenProcessPool``) when one of its workers dies, failing the jobs
 of every other worker. With one worker each, a worker killed from outside (an
 operator, the out-of-memory killer) fails only the job it ran
-(:class:`WorkerLost`, which says so), the job it held next goes back to the
+(:class:`WorkerLost`, which says so, told once what that job started is
+killed: its process group), the job it held next goes back to the
 front of the queue, a fresh executor takes the slot when a job needs one, and
 every other job goes on. Each worker holds at most two calls (the one it
 runs, and its next, already in its executor's call queue so that it starts at
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import time
@@ -80,11 +82,12 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Ending, Link
+from ..stores import Backend, Ending, Link
 from . import JobLost
 from .pool_worker import run_job, run_jobs, worker_init
 from .processes import children, describe_exitcode, kill_group
 
+logger = logging.getLogger("wsgi_bg")
 
 # -- the runner ----------------------------------------------------------------------
 class WorkerLost(JobLost, BrokenProcessPool):
@@ -114,8 +117,7 @@ class WorkerLost(JobLost, BrokenProcessPool):
                 " worker takes its place"
             )
         JobLost.__init__(self, text,
-                         state="cancelled" if shutting_down else "crashed",
-                         orphans=not shutting_down)
+                         state="cancelled" if shutting_down else "crashed")
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -217,10 +219,11 @@ class ProcessRunner:
     holds_queued = True
 
     def __init__(
-        self, *, max_workers: int | None, mp_context: BaseContext,
+        self, *, backend: Backend, max_workers: int | None, mp_context: BaseContext,
         executor_factory: Callable[[], Executor] | None,
         jobs_per_process: int = 1, max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
+        self.backend = backend  # to read a lost job's process group
         self.jobs_per_process = jobs_per_process
         self.max_result_bytes = max_result_bytes
         self.max_workers = max_workers
@@ -390,7 +393,7 @@ class ProcessRunner:
             outcomes = self._settle_all(call, [(None, error)] * len(call))
         if discard and executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-        _resolve_all(outcomes)
+        self._resolve_all(outcomes)
 
     # -- answers -----------------------------------------------------------------------
     def _answered(self, slot: _Slot, executor: ProcessPoolExecutor, call: _Call,
@@ -419,7 +422,7 @@ class ProcessRunner:
             if not self._closed:
                 self._refill(slot)
         self._send(slot)
-        _resolve_all(outcomes)
+        self._resolve_all(outcomes)
 
     def _broke(self, slot: _Slot, executor: Executor) -> None:
         """``slot``'s worker died: each job of the call it ran (if it began)
@@ -467,7 +470,7 @@ class ProcessRunner:
         # and on Python 3.13 this runs under the lock shutdown() takes.)
         for other in send:
             self._send(other)
-        _resolve_all(outcomes)
+        self._resolve_all(outcomes)
 
     def _settle_all(self, call: _Call,
                     answers: list[_Outcome]) -> list[tuple[_Job, _Outcome]]:
@@ -502,6 +505,33 @@ class ProcessRunner:
             error = job.failed  # none did, unless the one that failed
         job.done = True
         return result, error
+
+    def _resolve_all(self, outcomes: list[tuple[_Job, _Outcome]]) -> None:
+        """Give the jobs' futures their outcomes (outside the lock): a job
+        whose worker died gets the :class:`WorkerLost` once what it left is
+        killed (see :meth:`_kill_left`)."""
+        for job, (result, error) in outcomes:
+            if error is None:
+                job.future.set_result(result)
+                continue
+            if isinstance(error, WorkerLost) and not error.shutting_down:
+                self._kill_left(job.args[1])
+            job.future.set_exception(error)
+
+    def _kill_left(self, job_id: str) -> None:
+        """Kill the process group of the job ``job_id``, whose worker died:
+        its job process died with the worker (its parent-death signal), but
+        what the job started there did not. The group's id is the job
+        process's pid, which only the job's record holds. (Shutdown kills
+        the groups of the workers it kills itself: see :func:`_shut_down`.)"""
+        try:
+            record = self.backend.reader().get(job_id)
+        except Exception:  # noqa: BLE001 - the loss is told all the same
+            logger.exception("wsgi_bg: could not read job %s to kill what it"
+                             " left", job_id)
+            return
+        if record is not None and record["pid"]:
+            kill_group(record["pid"])
 
     # -- giving workers jobs -----------------------------------------------------------
     def _pop_waiting(self) -> _Job | None:
@@ -694,14 +724,6 @@ def _relay_user_outcome(outer: Future[Any], inner: Future[Any]) -> None:
             outer.set_result(inner.result())
         else:
             outer.set_exception(error)
-
-
-def _resolve_all(outcomes: list[tuple[_Job, _Outcome]]) -> None:
-    for job, (result, error) in outcomes:
-        if error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(error)
 
 
 def _shut_down(executors: list[Executor], timeout: float | None,

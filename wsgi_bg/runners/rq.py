@@ -83,7 +83,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from ..exceptions import StoreUnavailable, WsgiBgError
 from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
-from ..stores import Backend
+from ..stores import Backend, Ending
 from ..stores import redis as _store_redis
 from ..stores.redis import (
     SWEEP_SECONDS,
@@ -352,11 +352,10 @@ def perform_admitted(reference: str, settings: dict[str, Any]) -> str:
         payload = store.check_call(job_id, signed)
     except BadSignature as exc:
         raise JobEnded(reference, store.finish(
-            job_id, JobState.FAILED.value, None, str(exc))) from None
+            job_id, Ending(JobState.FAILED.value, error=str(exc)))) from None
     if payload is None:
-        raise JobEnded(reference, store.finish(
-            job_id, JobState.FAILED.value, None,
-            "the job's call is not in the store"))
+        raise JobEnded(reference, store.finish(job_id, Ending(
+            JobState.FAILED.value, error="the job's call is not in the store")))
     state = supervise(store, job_id, payload, settings["timeout"],
                       settings["grace"], settings.get("jobs_per_process", 1),
                       settings.get("max_result_bytes", MAX_RESULT_BYTES),

@@ -20,7 +20,7 @@ Data flow (compare :mod:`concurrent.futures.process`)::
                               │ batches → store.relay (renews the job's lease)
                             cancel ── control pipe ───►  current_job.cancel_requested
                             timeout / cancel: killpg(SIGKILL)
-                            store.finish(job, state)
+                            store.finish(job, ending)
 
 Why a job process apart from the worker: a bare
 :class:`~concurrent.futures.ProcessPoolExecutor` breaks as a whole
@@ -63,7 +63,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..capture import Relay
 from ..exceptions import StoreUnavailable
@@ -134,7 +134,7 @@ def supervise_to_end(
     refused."""
     ended = _Supervisor(store, job_id, timeout, grace).run(
         payload, jobs_per_process, max_result_bytes)
-    return None if ended is None else ended.ending()
+    return None if ended is None else ended.ending
 
 
 def supervise_all(
@@ -183,7 +183,7 @@ def supervise_all(
                 if ended.reuse and i + 1 < len(jobs):
                     held = ended  # the next job starts in its process
                 elif defer_last and i + 1 == len(jobs):
-                    outcomes[i] = (ended.ending(), None)
+                    outcomes[i] = (ended.ending, None)
                 else:
                     ended.record()
                     outcomes[i] = ended.outcome or (None, None)
@@ -282,41 +282,20 @@ _ORPHANED = "orphaned"
 class _Ended:
     """A job's end as its supervisor saw it, not yet in the store."""
 
-    __slots__ = ("store", "job_id", "state", "result", "error", "last", "shown",
-                 "reuse", "cancel_seen", "retryable", "outcome")
+    __slots__ = ("store", "job_id", "ending", "reuse", "outcome")
 
-    def __init__(
-        self, store: Store, job_id: str, state: str, result: bytes | None,
-        error: str | None, last: tuple[str, dict[str, Any] | None, int | None],
-        shown: str | None, reuse: bool, cancel_seen: bool = True,
-        retryable: bool = True,
-    ) -> None:
+    def __init__(self, store: Store, job_id: str, ending: Ending, reuse: bool) -> None:
         self.store = store
         self.job_id = job_id
-        self.state = state
-        self.result = result
-        self.error = error
-        self.last = last  # the output and progress not yet relayed, its offset
-        self.shown = shown
+        self.ending = ending
         self.reuse = reuse  # its process is kept warm for the next job
-        # Whether the job read its cancel: the store decides from it whether
-        # a job that succeeded after a cancel was asked stopped for it.
-        self.cancel_seen = cancel_seen
-        # Whether a failure may run again (the job's retry_on said so).
-        self.retryable = retryable
         #: Once recorded: what recording it gave, as supervise_all returns it.
         self.outcome: tuple[str | None, Exception | None] | None = None
-
-    def ending(self) -> Ending:
-        return Ending(self.state, self.result, self.error, *self.last,
-                      shown=self.shown, cancel_seen=self.cancel_seen,
-                      retryable=self.retryable)
 
     def finish(self) -> str | None:
         """Record it alone: the state stored, or ``None`` (it had ended);
         retried while the store cannot be reached."""
-        ending = self.ending()
-        return _retrying(lambda: ending.record(self.store, self.job_id),
+        return _retrying(lambda: self.store.finish(self.job_id, self.ending),
                          _FINISH_RETRY_SECONDS)
 
     def record(self) -> None:
@@ -337,9 +316,7 @@ class _Ended:
         idempotent for the same process)."""
         try:
             state, started = self.store.finish_and_start(
-                self.job_id, self.state, self.result, self.error, *self.last,
-                self.shown, next_id, pid, cancel_seen=self.cancel_seen,
-                retryable=self.retryable)
+                self.job_id, self.ending, next_id, pid)
         except Exception:  # noqa: BLE001 - unreachable, or an error: one by one
             self.record()
             return _retrying(lambda: self.store.start(next_id, pid),
@@ -358,9 +335,6 @@ class _Supervisor:
         self.timeout = timeout
         self.grace = grace
         self.tick = tick
-        self.shown: str | None = None  # the result's repr, when it succeeded
-        self.cancel_seen = True  # whether the job read its cancel, as it says
-        self.retryable = True  # whether its failure may run again (retry_on)
         # This worker's parent: the server process, or the forkserver that
         # lives as long as it. If it changes, that process is gone.
         self.parent = os.getppid() if watch_parent else None
@@ -398,15 +372,16 @@ class _Supervisor:
             os.close(out_w)
             os.close(ctl_r)
             out_w = ctl_r = -1
-            state, result, error, reuse = self._watch(process, out_r, ctl_w)
+            ending, reuse = _Watch(self, process, out_r, ctl_w).run()
         except BaseException:
             process.kill()
             process.reap()
             if after is not None and after.outcome is None:
                 after.record()  # the last job's end first: it ended first
-            self.store.finish(self.job_id, JobState.CRASHED.value, None,
-                              cap_text("the job's supervisor failed:\n"
-                                       + traceback.format_exc(), MAX_ERROR_CHARS))
+            self.store.finish(self.job_id, Ending(
+                JobState.CRASHED.value, error=cap_text(
+                    "the job's supervisor failed:\n" + traceback.format_exc(),
+                    MAX_ERROR_CHARS)))
             raise
         finally:
             for fd in (out_r, out_w, ctl_r, ctl_w):
@@ -414,22 +389,7 @@ class _Supervisor:
                     os.close(fd)
         if reuse:
             _warm = process
-        if error is not None:
-            # Bounded here, for every store and runner: pages read it with
-            # every record (a job may raise with a 20 MB message).
-            error = cap_text(error, MAX_ERROR_CHARS)
-        return _Ended(self.store, self.job_id, state, result, error, self.last,
-                      self.shown, reuse, self.cancel_seen, self.retryable)
-
-    def _watch(
-        self, process: _JobProcess, out_r: int, ctl_w: int
-    ) -> tuple[str, bytes | None, str | None, bool]:
-        """Watch the job sent to ``process`` to its end (see :class:`_Watch`)."""
-        watch = _Watch(self, process, out_r, ctl_w)
-        ended = watch.run()
-        self.last, self.shown, self.cancel_seen, self.retryable = (
-            watch.last, watch.shown, watch.cancel_seen, watch.retryable)
-        return ended
+        return _Ended(self.store, self.job_id, ending, reuse)
 
 
 class _Watch:
@@ -446,6 +406,7 @@ class _Watch:
             send_batch       output to the store; its answer may be a cancel
         settle_process       kept warm for the next job, or killed
         outcome              (state, pickled result, error, reuse)
+    and returns the job's :class:`~wsgi_bg.stores.Ending`.
     """
 
     def __init__(
@@ -475,15 +436,13 @@ class _Watch:
         self.asked_at: float | None = None  # when the job was asked to stop
         self.ended_by: str | None = None  # why it was killed
         self.status: int | None = None  # its process's exit status, once reaped
-        # The output and progress not yet relayed, and its offset: set at the
-        # end, for the store's call that records the outcome.
-        self.last: tuple[str, dict[str, Any] | None, int] = ("", None, 0)
         self.shown: str | None = None  # the result's repr, when it succeeded
         self.cancel_seen = True  # whether the job read its cancel, as it says
         self.retryable = True  # whether its failure may run again (retry_on)
 
-    def run(self) -> tuple[str, bytes | None, str | None, bool]:
-        """Watch to the end; ``(state, pickled result, error, reuse)``."""
+    def run(self) -> tuple[Ending, bool]:
+        """Watch to the end; how the job ended, and whether its process runs
+        the next job."""
         try:
             while not self.over():
                 self.wait_and_read()
@@ -497,8 +456,16 @@ class _Watch:
             self.relay_progress()
         finally:
             self.sel.close()
-        self.last = self.relay.take(final=True)  # goes to the store with the outcome
-        return self.outcome(reuse)
+        state, result, error, reuse = self.outcome(reuse)
+        if error is not None:
+            # Bounded here, for every store and runner: pages read it with
+            # every record (a job may raise with a 20 MB message).
+            error = cap_text(error, MAX_ERROR_CHARS)
+        # The output and progress not yet relayed go with the end.
+        text, progress, offset = self.relay.take(final=True)
+        return Ending(state, result, error, text, progress, offset,
+                      shown=self.shown, cancel_seen=self.cancel_seen,
+                      retryable=self.retryable), reuse
 
     def over(self) -> bool:
         """Whether the job said how it ended, or its process ended."""

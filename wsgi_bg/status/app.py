@@ -68,7 +68,7 @@ import time
 import warnings
 from collections.abc import Callable, Generator, Iterable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from werkzeug.exceptions import (
@@ -84,7 +84,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from ..jobs import Job, record_to_dict
+from ..jobs import JOB_ID_PATTERN, Job, record_to_dict
 from ..stores.protocol import SEARCH_SCAN
 from ..stores.signing import BadSignature
 from . import metrics, render
@@ -136,12 +136,14 @@ _METRICS_REFUSED = (
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+T = TypeVar("T")
+
 
 class JobIdConverter(BaseConverter):
     """Matches only strings shaped like a job id (43 URL-safe characters), so
     anything else is a 404 before any lookup."""
 
-    regex = r"[A-Za-z0-9_-]{43}"
+    regex = JOB_ID_PATTERN
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -230,6 +232,21 @@ def parse_offset(value: str | None, what: str, *, minimum: int = 0,
     return number
 
 
+def _wants_html(request: Request) -> bool:
+    """Whether a POST comes from a page's own form (no script): it asks for
+    HTML over JSON."""
+    return request.accept_mimetypes.best_match(
+        ["application/json", "text/html"]) == "text/html"
+
+
+def _stored(job_id: str, read: Callable[[], T]) -> T:
+    """``read()``; a job dropped meanwhile (:exc:`LookupError`) is a 404."""
+    try:
+        return read()
+    except LookupError:
+        raise NotFound(f"job {job_id} is no longer stored") from None
+
+
 #: The furthest job into the list a page may start at: stores page in Lua,
 #: whose numbers are doubles printed with 14 digits (``1e+20``), and no store
 #: keeps anywhere near this many jobs.
@@ -288,13 +305,6 @@ class StatusApp:
         #: run again and read the metrics; may be replaced at any time.
         self.authorize: Authorize = authorize
         self._url_for = url_for
-        self.heartbeat = StatusApp.heartbeat
-        self.poll_interval = StatusApp.poll_interval
-        self.list_limit = StatusApp.list_limit
-        self.max_streams = StatusApp.max_streams
-        self.stream_window = StatusApp.stream_window
-        self.per_page = StatusApp.per_page
-        self.page_output_chars = StatusApp.page_output_chars
         folder = resources.files(__package__).joinpath("static")
         self._files = {
             name: (folder.joinpath(name).read_bytes(), mimetype)
@@ -370,9 +380,7 @@ class StatusApp:
             # API clients get JSON; the pages' own forms (cancel, run again:
             # a POST asking for HTML) a page.
             as_json = request.path.startswith("/api/") and not (
-                request.method == "POST"
-                and request.accept_mimetypes.best_match(
-                    ["application/json", "text/html"]) == "text/html")
+                request.method == "POST" and _wants_html(request))
         if as_json:
             # API clients get the same message as JSON.
             body = {"error": exc.name, "message": exc.description}
@@ -382,7 +390,7 @@ class StatusApp:
             page = render.error_page(
                 request.script_root if root is None else root, code, exc.name,
                 str(exc.description or ""),
-                may_list=self._may_list(request),
+                may_list=self._may(request, "list", None),
                 retry_after=response.headers.get("Retry-After"),
             )
             response.set_data(page)
@@ -466,10 +474,6 @@ class StatusApp:
                 " BackgroundMiddleware; its traceback is in the server's log"
             ) from None
 
-    def _may_list(self, request: Request) -> bool:
-        """Whether this visitor may see the list (to link it)."""
-        return self._may(request, "list", None)
-
     def _may(self, request: Request, action: str, job: Job | None) -> bool:
         """Whether this visitor may do ``action`` (to offer it)."""
         return self._answer(action, lambda name: self._may_once(request, name, job))
@@ -542,7 +546,7 @@ class StatusApp:
         data, output, offset = self._view(request, job_id, 0)
         page = render.job_page(
             request.script_root, data, output, offset,
-            may_list=self._may_list(request), now=time.time(),
+            may_list=self._may(request, "list", None), now=time.time(),
             notice=self._notice(request),
             may_rerun=self._may(request, "rerun",
                                 Job(self._engine, job_id)),
@@ -572,11 +576,7 @@ class StatusApp:
 
     def _raw_output(self, request: Request, job_id: str) -> Response:
         job = self._job(request, job_id, "view")
-        try:
-            text = job.output
-            name = job.name
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+        text, name = _stored(job_id, lambda: (job.output, job.name))
         response = Response(render.clean_text(text), mimetype="text/plain")
         stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
         response.headers.set("Content-Disposition", "attachment",
@@ -589,10 +589,7 @@ class StatusApp:
         # event it saw is where it really is.
         last = parse_offset(request.headers.get("Last-Event-ID"), "Last-Event-ID")
         job = self._job(request, job_id, "view")
-        try:
-            job.state  # noqa: B018 - gone already: 404, not an empty stream
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
+        _stored(job_id, lambda: job.state)  # gone already: 404, not an empty stream
         if self._streams >= self.max_streams:
             raise ServiceUnavailable(
                 f"{self.max_streams} event streams are open (max_streams): poll"
@@ -622,12 +619,8 @@ class StatusApp:
         check_same_origin(request)
         job = self._job(request, job_id, "cancel")
         cancelled = job.cancel()
-        try:
-            state = job.state.value
-        except LookupError:
-            raise NotFound(f"job {job_id} is no longer stored") from None
-        best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-        if best == "text/html":
+        state = _stored(job_id, lambda: job.state.value)
+        if _wants_html(request):
             # The page's form (no script): back to the page, as a GET.
             return redirect(f"{request.script_root}/{job_id}", 303)
         return self._json({"cancelled": cancelled, "state": state})
@@ -648,8 +641,7 @@ class StatusApp:
         except (LookupError, BadSignature) as exc:
             raise Conflict(str(exc)) from None
         url = f"{request.script_root}/{new.id}"
-        best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-        if best == "text/html":
+        if _wants_html(request):
             # The page's form (no script): on to the new job's page.
             return redirect(url, 303)
         response = self._json({"id": new.id, "url": url}, status=202)

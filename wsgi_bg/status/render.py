@@ -21,14 +21,15 @@ import datetime
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from markupsafe import Markup, escape
 
+from ..jobs import JobState
 from ..terminal import STYLE_CLASSES, Screen, Segment, tail
 
 #: The states a job may be in, in the order the pages list them.
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out",
-          "crashed")
+STATES = tuple(state.value for state in JobState)
 
 #: How a job asked to cancel ended, as ``cancelled_how`` says it.
 CANCELLED_HOW = {
@@ -387,12 +388,84 @@ def _document(
 
 
 def _query(state: str, search: str, page: int) -> str:
-    from urllib.parse import urlencode
-
     params = [(k, v) for k, v in (("state", state), ("q", search)) if v]
     if page > 1:
         params.append(("page", str(page)))
     return "?" + urlencode(params) if params else ""
+
+
+def _epoch(value: Any) -> str:
+    """An epoch as a ``data-`` attribute the script reads; ``""`` for none."""
+    return repr(float(value)) if isinstance(value, int | float) else ""
+
+
+def _list_row(root: str, job: Mapping[str, Any], now: float | None) -> Markup:
+    """One job's row of the list: state, name and id (and why it failed),
+    created, duration (counted on by the script while it runs), progress."""
+    done = bool(job["done"])
+    summary = error_summary(job.get("error")) if job["state"] != "succeeded" else ""
+    return Markup(
+        '<tr class="job"><td class="state">{badge}</td>'
+        '<td class="what"><a class="name" href="{root}/{id}">{name}</a>'
+        '<div class="jobid">{short}…</div>{error}</td>'
+        '<td class="created">{created}</td>'
+        '<td class="duration"{running}>{duration}</td>'
+        '<td class="progress-cell">{progress}</td></tr>\n'
+    ).format(
+        badge=_badge(job["state"]), root=root, id=job["id"], name=job["name"],
+        short=job["id"][:8], created=_time(job["created_at"]),
+        running=_attr("data-started", "" if done else _epoch(job["started_at"])),
+        duration=format_duration(job["started_at"], job["ended_at"] if done else now),
+        error=Markup('<div class="error-line">{}</div>').format(summary)
+        if summary else Markup(""),
+        progress=_progress(job["progress"], ids=False)
+        if job["progress"] else Markup(""),
+    )
+
+
+def _filters(root: str, counts: Mapping[str, int], state: str, search: str) -> Markup:
+    """The list's filters: a chip per state (with its count; a state
+    without jobs only when filtered on), and the search form."""
+    on = {True: Markup(" on"), False: Markup("")}
+    chips = [Markup('<a class="chip{}" href="{}/{}">All <b>{}</b></a>').format(
+        on[not state], root, _query("", search, 1), sum(counts.values()))]
+    chips += [
+        Markup('<a class="chip{}" href="{}/{}">{} <b>{}</b></a>').format(
+            on[name == state], root, _query(name, search, 1), _badge(name),
+            counts.get(name, 0))
+        for name in STATES if counts.get(name, 0) or name == state]
+    options = Markup("").join(
+        Markup('<option value="{}"{}>{}</option>').format(
+            name, Markup(" selected") if name == state else Markup(""),
+            name.replace("_", " ") if name else "any state")
+        for name in ("", *STATES)
+    )
+    return Markup(
+        '<nav class="counts" aria-label="States">{chips}</nav>\n'
+        '<form class="filters" method="get" action="{root}/" role="search">'
+        '<input type="search" name="q" value="{q}" placeholder="Search by name"'
+        ' aria-label="Search by name">'
+        '<select name="state" aria-label="State">{options}</select>'
+        '<button type="submit">Filter</button></form>\n'
+    ).format(chips=Markup("").join(chips), root=root, q=search, options=options)
+
+
+def _paging(root: str, state: str, search: str, page: int, shown: int,
+            per_page: int, total: int) -> Markup:
+    """Where this page is in the list, with links to the newer and older."""
+    pages = max(1, math.ceil(total / per_page)) if per_page else 1
+    first = (page - 1) * per_page + 1
+    links = Markup(" ").join(
+        part for part in (
+            Markup('<a rel="prev" href="{}/{}">← Newer</a>').format(
+                root, _query(state, search, page - 1)) if page > 1 else None,
+            Markup('<span class="where">{}–{} of {} · page {} of {}</span>').format(
+                first, first + shown - 1, total, page, pages),
+            Markup('<a rel="next" href="{}/{}">Older →</a>').format(
+                root, _query(state, search, page + 1)) if page < pages else None,
+        ) if part is not None
+    )
+    return Markup('<p class="paging" id="paging">{}</p>\n').format(links)
 
 
 def list_page(
@@ -419,92 +492,133 @@ def list_page(
     """
     jobs = list(jobs)
     total = len(jobs) if total is None else total
-    rows = []
-    active = False
-    for job in jobs:
-        done = bool(job["done"])
-        active = active or not done
-        end = job["ended_at"] if done else now
-        summary = error_summary(job.get("error")) if job["state"] != "succeeded" else ""
-        rows.append(Markup(
-            '<tr class="job"><td class="state">{badge}</td>'
-            '<td class="what"><a class="name" href="{root}/{id}">{name}</a>'
-            '<div class="jobid">{short}…</div>{error}</td>'
-            '<td class="created">{created}</td>'
-            '<td class="duration"{running}>{duration}</td>'
-            '<td class="progress-cell">{progress}</td></tr>\n'
-        ).format(
-            badge=_badge(job["state"]), root=root, id=job["id"], name=job["name"],
-            short=job["id"][:8], created=_time(job["created_at"]),
-            running=_attr("data-started", "" if done or job["started_at"] is None
-                          else repr(float(job["started_at"]))),
-            duration=format_duration(job["started_at"], end),
-            error=Markup('<div class="error-line">{}</div>').format(summary)
-            if summary else Markup(""),
-            progress=_progress(job["progress"], ids=False)
-            if job["progress"] else Markup(""),
-        ))
-    everything = sum(counts.values())
-    chips = [Markup('<a class="chip{}" href="{}/{}">All <b>{}</b></a>').format(
-        Markup(" on") if not state else Markup(""), root, _query("", search, 1),
-        everything)]
-    for name in STATES:
-        number = counts.get(name, 0)
-        if number or name == state:
-            chips.append(Markup(
-                '<a class="chip{}" href="{}/{}">{} <b>{}</b></a>'
-            ).format(Markup(" on") if name == state else Markup(""), root,
-                     _query(name, search, 1), _badge(name), number))
-    options = Markup("").join(
-        Markup('<option value="{}"{}>{}</option>').format(
-            name, Markup(" selected") if name == state else Markup(""),
-            name.replace("_", " ") if name else "any state")
-        for name in ("", *STATES)
-    )
-    form = Markup(
-        '<form class="filters" method="get" action="{root}/" role="search">'
-        '<input type="search" name="q" value="{q}" placeholder="Search by name"'
-        ' aria-label="Search by name">'
-        '<select name="state" aria-label="State">{options}</select>'
-        '<button type="submit">Filter</button></form>\n'
-    ).format(root=root, q=search, options=options)
-    pages = max(1, math.ceil(total / per_page)) if per_page else 1
-    first = (page - 1) * per_page + 1
-    if rows:
+    if jobs:
         table = Markup(
             '<table class="jobs">\n<thead><tr><th>State</th><th>Job</th>'
             "<th>Created</th><th>Duration</th><th>Progress</th>"
             "</tr></thead>\n<tbody>\n{}</tbody>\n</table>\n"
-        ).format(Markup("").join(rows))
-        links = Markup(" ").join(
-            part for part in (
-                Markup('<a rel="prev" href="{}/{}">← Newer</a>').format(
-                    root, _query(state, search, page - 1)) if page > 1 else None,
-                Markup('<span class="where">{}–{} of {} · page {} of {}</span>').format(
-                    first, first + len(rows) - 1, total, page, pages),
-                Markup('<a rel="next" href="{}/{}">Older →</a>').format(
-                    root, _query(state, search, page + 1)) if page < pages else None,
-            ) if part is not None
-        )
-        where = Markup('<p class="paging" id="paging">{}</p>\n').format(links)
+        ).format(Markup("").join(_list_row(root, job, now) for job in jobs))
+        table += _paging(root, state, search, page, len(jobs), per_page, total)
     elif state or search or page > 1:
         table = Markup('<p class="empty">No job matches. <a href="{}/">Show all'
                        " jobs</a></p>\n").format(root)
-        where = Markup("")
     else:
         table = Markup('<p class="empty">No jobs yet.</p>\n')
-        where = Markup("")
+    active = not all(job["done"] for job in jobs)
     main = Markup(
-        '{notice}<h1>Jobs</h1>\n<nav class="counts" aria-label="States">{chips}</nav>\n'
-        "{form}{table}{where}"
-    ).format(notice=_notice(notice), chips=Markup("").join(chips), form=form,
-             table=table, where=where)
-    main = Markup('<div id="jobs" data-active="{}" data-now="{}">\n{}</div>\n').format(
-        "true" if active else "false", repr(float(now)) if now is not None else "",
-        main,
-    )
+        '<div id="jobs" data-active="{active}" data-now="{now}">\n'
+        "{notice}<h1>Jobs</h1>\n{filters}{table}</div>\n"
+    ).format(active="true" if active else "false", now=_epoch(now),
+             notice=_notice(notice), filters=_filters(root, counts, state, search),
+             table=table)
     return _document(root, "Jobs", main, refresh=5 if active else 0, may_list=True,
                      page="list-page")
+
+
+def _job_facts(root: str, job: Mapping[str, Any], now: float | None) -> Markup:
+    """The ``<dl>`` of a job page: its times, attempt, arguments, cancel and
+    runs again."""
+    done = bool(job["done"])
+    if "args" not in job:
+        arguments = Markup("")
+    elif job["args"] is None:
+        arguments = Markup('<dt>Arguments</dt><dd class="args muted">hidden'
+                           " (<code>show_args=False</code>)</dd>")
+    else:
+        arguments = Markup('<dt>Arguments</dt><dd class="args"><code>{}</code></dd>'
+                           ).format(job["args"])
+    # (Its key is never shown: the record holds only a digest of it.)
+    unique = Markup(
+        '<dt>Unique</dt><dd id="unique">one job per key: while this job waits'
+        " or runs, the same call returns it</dd>") if job.get("unique") else Markup("")
+    requested = job.get("cancel_requested_at")
+    how = CANCELLED_HOW.get(str(job.get("cancelled_how")), "")
+    cancel_info = Markup(
+        '<dt id="cancel-dt"{hide}>Cancel</dt><dd id="cancel-info"{hide}>'
+        'requested {at}<span id="cancel-how">{how}</span></dd>'
+    ).format(hide=_hidden(requested is None), at=_time(requested, "cancel-at"),
+             how=f" · {how}" if how else "")
+    reruns = Markup("").join(
+        Markup('<dt>{label}</dt><dd><a id="{eid}" class="jobid" href="{root}/{id}">'
+               "{id}</a></dd>").format(label=label, eid=element_id, root=root,
+                                       id=job[key])
+        for label, key, element_id in (("Run again of", "rerun_of", "rerun-of"),
+                                       ("Run again as", "rerun_as", "rerun-as"))
+        if job.get(key))
+    attempt, wait = attempt_text(job, now)
+    attempt_info = Markup(
+        '<dt id="attempt-dt"{hide}>Attempt</dt><dd id="attempt-info"{hide}>'
+        '<span id="attempt">{attempt}</span><span id="next-attempt"'
+        ' data-at="{at}">{wait}</span></dd>').format(
+            hide=_hidden(not attempt), attempt=attempt, wait=wait,
+            at=_epoch(job.get("retry_at")))
+    return Markup(
+        '<dl class="times">'
+        "<dt>Created</dt><dd>{created}</dd>"
+        "<dt>Started</dt><dd>{started}</dd>"
+        "<dt>Ended</dt><dd>{ended}</dd>"
+        '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
+        "{attempt_info}{arguments}{unique}{cancel_info}{reruns}</dl>\n"
+    ).format(
+        created=_time(job["created_at"], "created"),
+        started=_time(job["started_at"], "started"),
+        ended=_time(job["ended_at"], "ended"),
+        duration_label="Duration" if done else "Elapsed",
+        duration=format_duration(job["started_at"], job["ended_at"] if done else now),
+        attempt_info=attempt_info, arguments=arguments, unique=unique,
+        cancel_info=cancel_info, reruns=reruns,
+    )
+
+
+def _job_actions(api: str, job: Mapping[str, Any], may_rerun: bool) -> Markup:
+    """A job page's forms: run again (shown once the job is done), cancel
+    (while it is not)."""
+    done = bool(job["done"])
+    rerun = Markup(
+        '<form id="rerun" class="rerun" method="post" action="{api}/rerun"{hide}>'
+        '<button type="submit">Run again</button></form>\n'
+    ).format(api=api, hide=_hidden(not done)) if may_rerun else Markup("")
+    return rerun + Markup(
+        '<form id="cancel" class="cancel" method="post" action="{api}/cancel"'
+        '{hide_cancel}><button type="submit">Cancel job</button>'
+        '<span id="cancel-note" class="note"{hide_note}> cancel requested…</span>'
+        "</form>\n"
+    ).format(api=api, hide_cancel=_hidden(done),
+             hide_note=_hidden(done or not job.get("cancel_requested")))
+
+
+def _output_panel(
+    api: str, done: bool, screen: Screen, skipped: int, unshown: int
+) -> Markup:
+    """A job page's output: its head (follow, raw output), the bar over
+    lines not drawn, and the lines drawn."""
+    return Markup(
+        '<div class="output-head"><h2>Output</h2>'
+        '<span class="tools"><label class="follow"{hide_follow}>'
+        '<input type="checkbox" id="follow" checked> Follow</label>'
+        '<a id="raw" href="{api}/output.txt" download>Raw output</a></span></div>\n'
+        "{earlier}"
+        # No white space between the lines: the panel keeps it (pre-wrap).
+        '<div id="output" class="output" role="log" data-first="{first}">{lines}'
+        "</div>\n"
+    ).format(api=api, hide_follow=_hidden(done), earlier=_earlier(skipped, unshown),
+             first=skipped + 1, lines=output_lines(screen, skipped + 1))
+
+
+def _job_end(job: Mapping[str, Any]) -> Markup:
+    """A job page's result, error and earlier attempts' errors (each hidden
+    until there is one)."""
+    return Markup(
+        '<section id="result-box"{hide_result}><h2>Result</h2>'
+        '<pre id="result" class="result">\n{result}</pre></section>\n'
+        '<section id="error-box"{hide_error}><h2>Error</h2>'
+        '<pre id="error" class="error">\n{error}</pre></section>\n'
+        "{attempts}"
+    ).format(
+        hide_result=_hidden(job["result"] is None), result=job["result"] or "",
+        hide_error=_hidden(not job["error"]), error=job["error"] or "",
+        attempts=_attempts(job.get("errors") or []),
+    )
 
 
 def job_page(
@@ -537,7 +651,6 @@ def job_page(
     :param max_output_chars: characters of output drawn at most.
     :param max_output_lines: lines of output drawn at most.
     """
-    job_id = job["id"]
     done = bool(job["done"])
     screen = Screen()
     shown, skipped = tail(output, max_output_chars, max_output_lines)
@@ -545,54 +658,7 @@ def job_page(
     # An escape sequence cut at the end is re-read by the script with what
     # follows it.
     offset -= len(screen.unfinished)
-    api = f"{root}/api/jobs/{job_id}"
-    end = job["ended_at"] if done else now
-    if "args" in job:
-        args = job["args"]
-        arguments = Markup(
-            '<dt>Arguments</dt><dd class="args"><code>{}</code></dd>'
-        ).format(args) if args is not None else Markup(
-            '<dt>Arguments</dt><dd class="args muted">hidden'
-            " (<code>show_args=False</code>)</dd>")
-    else:
-        arguments = Markup("")
-    # (Its key is never shown: the record holds only a digest of it.)
-    unique = Markup(
-        '<dt>Unique</dt><dd id="unique">one job per key: while this job waits'
-        " or runs, the same call returns it</dd>") if job.get("unique") else Markup("")
-    requested = job.get("cancel_requested_at")
-    how = CANCELLED_HOW.get(str(job.get("cancelled_how")), "")
-    cancel_info = Markup(
-        '<dt id="cancel-dt"{hide}>Cancel</dt><dd id="cancel-info"{hide}>'
-        'requested <time id="cancel-at"{iso}>{at}</time>'
-        '<span id="cancel-how">{how}</span></dd>'
-    ).format(hide=_hidden(requested is None), iso=_attr("datetime", format_time(
-        requested)[0]), at=format_time(requested)[1],
-        how=f" · {how}" if how else "")
-    back = Markup('<a class="back" href="{}/">← All jobs</a>\n').format(root) \
-        if may_list else Markup("")
-    reruns = Markup("")
-    for label, other, element_id in (
-        ("Run again of", job.get("rerun_of"), "rerun-of"),
-        ("Run again as", job.get("rerun_as"), "rerun-as"),
-    ):
-        if other:
-            reruns += Markup(
-                '<dt>{label}</dt><dd><a id="{eid}" class="jobid" href="{root}/{id}">'
-                "{id}</a></dd>").format(label=label, eid=element_id, root=root,
-                                        id=other)
-    rerun = Markup(
-        '<form id="rerun" class="rerun" method="post" action="{api}/rerun"{hide}>'
-        '<button type="submit">Run again</button></form>\n'
-    ).format(api=api, hide=_hidden(not done)) if may_rerun else Markup("")
-    attempt, wait = attempt_text(job, now)
-    attempt_info = Markup(
-        '<dt id="attempt-dt"{hide}>Attempt</dt><dd id="attempt-info"{hide}>'
-        '<span id="attempt">{attempt}</span><span id="next-attempt"'
-        ' data-at="{at}">{wait}</span></dd>').format(
-            hide=_hidden(not attempt), attempt=attempt, wait=wait,
-            at=repr(float(job["retry_at"])) if isinstance(
-                job.get("retry_at"), int | float) else "")
+    api = f"{root}/api/jobs/{job['id']}"
     main = Markup(
         '{back}{notice}'
         '<div id="lost" class="banner error" role="alert" hidden></div>\n'
@@ -601,60 +667,27 @@ def job_page(
         ' data-cr="{cr}">\n'
         '<h1>{badge} <span class="name">{name}</span></h1>\n'
         '<p class="jobid">{id}</p>\n'
-        '<dl class="times">'
-        "<dt>Created</dt><dd>{created}</dd>"
-        "<dt>Started</dt><dd>{started}</dd>"
-        "<dt>Ended</dt><dd>{ended}</dd>"
-        '<dt id="duration-label">{duration_label}</dt><dd id="duration">{duration}</dd>'
-        "{attempt_info}{arguments}{unique}{cancel_info}{reruns}</dl>\n"
+        "{facts}"
         '<p id="job-notice" class="banner warn" role="status"{hide_job_notice}>'
         "{job_notice}</p>\n"
-        "{progress}\n{rerun}"
-        '<form id="cancel" class="cancel" method="post" action="{api}/cancel"'
-        '{hide_cancel}><button type="submit">Cancel job</button>'
-        '<span id="cancel-note" class="note"{hide_note}> cancel requested…</span>'
-        "</form>\n"
-        '<div class="output-head"><h2>Output</h2>'
-        '<span class="tools"><label class="follow"{hide_follow}>'
-        '<input type="checkbox" id="follow" checked> Follow</label>'
-        '<a id="raw" href="{api}/output.txt" download>Raw output</a></span></div>\n'
-        "{earlier}"
-        # No white space between the lines: the panel keeps it (pre-wrap).
-        '<div id="output" class="output" role="log" data-first="{first}">{lines}'
-        "</div>\n"
-        '<section id="result-box"{hide_result}><h2>Result</h2>'
-        '<pre id="result" class="result">\n{result}</pre></section>\n'
-        '<section id="error-box"{hide_error}><h2>Error</h2>'
-        '<pre id="error" class="error">\n{error}</pre></section>\n'
-        "{attempts}"
+        "{progress}\n{actions}{output}{end}"
         '<p class="api">JSON: <a href="{api}">{api}</a></p>\n'
         "</article>\n"
     ).format(
-        back=back, notice=_notice(notice),
-        api=api, offset=offset, done="true" if done else "false",
-        now=repr(float(now)) if now is not None else "",
-        started_at=repr(float(job["started_at"])) if job["started_at"] is not None
-        else "",
-        sgr=_sgr(screen), cr="1" if screen.pending_cr else "0",
-        badge=_badge(job["state"], "state"), name=job["name"], id=job_id,
-        created=_time(job["created_at"], "created"),
-        started=_time(job["started_at"], "started"),
-        ended=_time(job["ended_at"], "ended"),
-        duration_label="Duration" if done else "Elapsed",
-        duration=format_duration(job["started_at"], end),
-        arguments=arguments, unique=unique, cancel_info=cancel_info,
-        reruns=reruns, rerun=rerun,
-        attempt_info=attempt_info, attempts=_attempts(job.get("errors") or []),
-        progress=_progress(job["progress"], ids=True),
+        back=Markup('<a class="back" href="{}/">← All jobs</a>\n').format(root)
+        if may_list else Markup(""),
+        notice=_notice(notice), api=api, offset=offset,
+        done="true" if done else "false", now=_epoch(now),
+        started_at=_epoch(job["started_at"]), sgr=_sgr(screen),
+        cr="1" if screen.pending_cr else "0",
+        badge=_badge(job["state"], "state"), name=job["name"], id=job["id"],
+        facts=_job_facts(root, job, now),
         hide_job_notice=_hidden(not job.get("notice")),
         job_notice=job.get("notice") or "",
-        hide_cancel=_hidden(done),
-        hide_note=_hidden(done or not job.get("cancel_requested")),
-        hide_follow=_hidden(done),
-        lines=output_lines(screen, skipped + 1), first=skipped + 1,
-        earlier=_earlier(skipped, len(output) - len(shown)),
-        hide_result=_hidden(job["result"] is None), result=job["result"] or "",
-        hide_error=_hidden(not job["error"]), error=job["error"] or "",
+        progress=_progress(job["progress"], ids=True),
+        actions=_job_actions(api, job, may_rerun),
+        output=_output_panel(api, done, screen, skipped, len(output) - len(shown)),
+        end=_job_end(job),
     )
     return _document(root, str(job["name"]), main, refresh=0 if done else 2,
                      may_list=may_list, page="job-page")

@@ -37,6 +37,7 @@ from .output import decode, dropped_marker, encode_output, head_cut, tail_cut
 from .protocol import (
     MAX_ERRORS_KEPT,
     SEARCH_SCAN,
+    Ending,
     JobStats,
     Page,
     Record,
@@ -228,41 +229,27 @@ class MemoryStore:
         if progress is not None:
             record["progress"] = progress
 
-    def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str = "", progress: dict[str, Any] | None = None,
-        offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True, retryable: bool = True,
-    ) -> str | None:
+    def finish(self, job_id: str, ending: Ending) -> str | None:
         with self._lock:
-            return self._finish(job_id, state, result, error, text, progress,
-                                offset, shown, cancel_seen, retryable)
+            return self._finish(job_id, ending)
 
     def finish_and_start(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
-        retryable: bool = True,
+        self, job_id: str, ending: Ending, next_id: str, pid: int
     ) -> tuple[str | None, bool]:
         with self._lock:
-            return (self._finish(job_id, state, result, error, text, progress,
-                                 offset, shown, cancel_seen, retryable),
-                    self._start(next_id, pid))
+            return self._finish(job_id, ending), self._start(next_id, pid)
 
-    def _finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, cancel_seen: bool = True, retryable: bool = True,
-    ) -> str | None:
+    def _finish(self, job_id: str, ending: Ending) -> str | None:
         record = self._records.get(job_id)
         if record is None or record["state"] in TERMINAL_STATES:
             return None
-        self._add(record, text, progress, offset)
-        wait = retry_wait(record, state, retryable)
+        self._add(record, ending.text, ending.progress, ending.offset)
+        wait = retry_wait(record, ending.state, ending.retryable)
         if wait is not None:
-            return self._retry(record, state, error, wait)
+            return self._retry(record, ending.state, ending.error, wait)
         self._outputs[job_id].compact()
-        state, error, how = cancel_outcome(record, state, error, cancel_seen)
+        state, error, how = cancel_outcome(record, ending.state, ending.error,
+                                           ending.cancel_seen)
         record["cancelled_how"] = how
         if record["state"] == JobState.QUEUED:
             self._queued -= 1
@@ -271,9 +258,9 @@ class MemoryStore:
         self._stats.observe(record, state, now)
         succeeded = state == JobState.SUCCEEDED
         record.update(state=state, ended_at=now, error=error, pid=None,
-                      result=shown if succeeded else None)
-        if succeeded and result is not None:
-            self._results[job_id] = result
+                      result=ending.shown if succeeded else None)
+        if succeeded and ending.result is not None:
+            self._results[job_id] = ending.result
         self._finished[job_id] = now
         self._let_go(record)
         self._prune()

@@ -240,6 +240,34 @@ class JobStats:
                 max(0.0, started - created))
 
 
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a job's attempt ended, as whoever ran it saw it: what
+    :meth:`Store.finish` records. ``state``, the pickled ``result`` (of a
+    job that succeeded) and ``error`` (the traceback, or why it ended);
+    ``text``, ``progress`` and ``offset``, the output and progress not yet
+    relayed (``offset``: where ``text`` starts in the attempt's output);
+    ``shown``, the result's repr; ``cancel_seen``, whether the job read its
+    cancel; ``retryable``, whether a failure may run again. An end decided
+    without the job (a sweep, a cancel, a lost worker) is
+    ``Ending(state, error=why)``.
+
+    Picklable (it crosses to and from pool workers).
+
+    .. versionadded:: 0.2
+    """
+
+    state: str
+    result: bytes | None = None
+    error: str | None = None
+    text: str = ""
+    progress: dict[str, Any] | None = None
+    offset: int | None = None
+    shown: str | None = None
+    cancel_seen: bool = True
+    retryable: bool = True
+
+
 class Store(Protocol):
     """Records are plain dicts with at least :data:`RECORD_FIELDS`. Each method
     is atomic with respect to the others, across every process using the
@@ -301,21 +329,16 @@ class Store(Protocol):
         if the store has more, a try that timed out had landed after all,
         and that much of ``text`` is not added again."""
 
-    def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str = "", progress: dict[str, Any] | None = None,
-        offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True, retryable: bool = True,
-    ) -> str | None:
-        """End a job, once, with its last output and progress (as
-        :meth:`relay` would add them), its pickled ``result`` (kept apart
-        from the record: see :meth:`result`) and ``shown``, the result's
-        ``repr`` for pages. A job whose cancel was requested ends cancelled
-        (``cancelled_how`` ``"stopped"``), except one that succeeded with
-        ``cancel_seen`` false (its code never read the cancel: it completed
-        its work), which stays succeeded with its result, ``cancelled_how``
-        ``"completed"``. Return the state stored, or ``None`` if the job had
-        already ended.
+    def finish(self, job_id: str, ending: Ending) -> str | None:
+        """End a job, once, as ``ending`` says: in its ``state``, with its
+        last output and progress (as :meth:`relay` would add them), its
+        pickled ``result`` (kept apart from the record: see :meth:`result`)
+        and ``shown``, the result's ``repr`` for pages. A job whose cancel
+        was requested ends cancelled (``cancelled_how`` ``"stopped"``),
+        except one that succeeded with ``cancel_seen`` false (its code never
+        read the cancel: it completed its work), which stays succeeded with
+        its result, ``cancelled_how`` ``"completed"``. Return the state
+        stored, or ``None`` if the job had already ended.
 
         An attempt that may run again does not end the job: one that ended
         ``failed`` (and ``retryable``: its exception is one of the job's
@@ -329,15 +352,16 @@ class Store(Protocol):
         ``progress`` cleared, and no owner (any process may run it: see
         :meth:`claim_retries`). The answer is then ``"queued"``; the finished
         figures of :meth:`stats` count only a job's final end, its retries
-        apart."""
+        apart.
+
+        .. versionchanged:: 0.2
+            The end is one :class:`Ending`, not nine arguments.
+        """
 
     def finish_and_start(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
-        retryable: bool = True,
+        self, job_id: str, ending: Ending, next_id: str, pid: int
     ) -> tuple[str | None, bool]:
-        """:meth:`finish` of ``job_id`` (the same arguments), then
+        """:meth:`finish` of ``job_id`` as ``ending`` says, then
         :meth:`start` of ``next_id`` in process group ``pid``, as one atomic
         change: one round trip where a worker runs jobs back to back, and no
         reader sees the next job running while the last one still runs.
@@ -432,34 +456,6 @@ class Store(Protocol):
 
         .. versionadded:: 0.2
         """
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """A job's end as its supervisor saw it, to be recorded with
-    :meth:`Store.finish` (:meth:`record`): its state, pickled result and
-    error; ``text``, ``progress`` and ``offset``, the output and progress not
-    yet relayed (``offset``: where ``text`` starts in the job's output);
-    ``shown``, the result's repr; ``cancel_seen``, whether the job read its
-    cancel; ``retryable``, whether a failure may run again (see
-    :meth:`Store.finish`)."""
-
-    state: str
-    result: bytes | None = None
-    error: str | None = None
-    text: str = ""
-    progress: dict[str, Any] | None = None
-    offset: int | None = None
-    shown: str | None = None
-    cancel_seen: bool = True
-    retryable: bool = True
-
-    def record(self, store: Store, job_id: str) -> str | None:
-        """Record it: the state stored, or ``None`` (the job had ended)."""
-        return store.finish(job_id, self.state, self.result, self.error,
-                            self.text, self.progress, self.offset,
-                            shown=self.shown, cancel_seen=self.cancel_seen,
-                            retryable=self.retryable)
 
 
 class Link(Protocol):

@@ -88,6 +88,7 @@ from .protocol import (
     MAX_FUNCTION_BYTES,
     MAX_FUNCTIONS,
     SEARCH_SCAN,
+    Ending,
     Histogram,
     JobStats,
     Page,
@@ -444,45 +445,33 @@ class RedisStore:
         return bool(stop), json.loads(grace)
 
     @_reaching
-    def finish(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str = "", progress: dict[str, Any] | None = None,
-        offset: int | None = None, shown: str | None = None,
-        cancel_seen: bool = True, retryable: bool = True,
-    ) -> str | None:
-        stored = self._scripts["finish"](args=self._args(*self._finish_args(
-            job_id, state, result, error, text, progress, offset, shown,
-            cancel_seen, retryable)))
+    def finish(self, job_id: str, ending: Ending) -> str | None:
+        stored = self._scripts["finish"](args=self._args(
+            *self._finish_args(job_id, ending)))
         return None if stored is None else stored.decode()
 
     @_reaching
     def finish_and_start(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, next_id: str, pid: int, cancel_seen: bool = True,
-        retryable: bool = True,
+        self, job_id: str, ending: Ending, next_id: str, pid: int
     ) -> tuple[str | None, bool]:
         stored, started = self._scripts["finish_and_start"](args=self._args(
-            *self._finish_args(job_id, state, result, error, text, progress,
-                               offset, shown, cancel_seen, retryable),
+            *self._finish_args(job_id, ending),
             next_id, _dump(pid), repr(time.time())))
         return (stored.decode() or None), bool(started)
 
-    def _finish_args(
-        self, job_id: str, state: str, result: bytes | None, error: str | None,
-        text: str, progress: dict[str, Any] | None, offset: int | None,
-        shown: str | None, cancel_seen: bool, retryable: bool = True,
-    ) -> list[Any]:
+    def _finish_args(self, job_id: str, ending: Ending) -> list[Any]:
         """The arguments of the finish script's ``finish(a)``."""
+        state, error, result = ending.state, ending.error, ending.result
         if_cancelled = "cancelled while running" + (
             f"; the job then ended {state}:\n{error}" if error else "")
         signed = b"" if result is None else self._signer.sign(
             "result", job_id, result, namespace=self.namespace)
         return [job_id, state, _dump(error), _dump(if_cancelled),
-                encode_output(text), _dump_progress(progress),
-                _dump(shown), signed, "1" if result is not None else "0",
-                repr(time.time()), "" if offset is None else offset,
-                "1" if cancel_seen else "0", "1" if retryable else "0"]
+                encode_output(ending.text), _dump_progress(ending.progress),
+                _dump(ending.shown), signed, "1" if result is not None else "0",
+                repr(time.time()), "" if ending.offset is None else ending.offset,
+                "1" if ending.cancel_seen else "0",
+                "1" if ending.retryable else "0"]
 
     @_reaching
     def claim_retries(
