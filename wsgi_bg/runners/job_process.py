@@ -42,7 +42,7 @@ from .processes import become_subreaper, die_with_parent
 from .results import Unpicklable, dump_result, shown
 
 
-def main(sock: socket.socket, jobs_per_process: int) -> None:
+def main(sock: socket.socket, jobs_per_process: int, parent: int) -> None:
     """The job process: runs the jobs its supervisor sends, one at a time, with
     fds 1 and 2 on each job's own pipe. Never returns.
 
@@ -57,7 +57,7 @@ def main(sock: socket.socket, jobs_per_process: int) -> None:
     """
     code = 0
     try:
-        home = _Home(sock)
+        home = _Home(sock, parent)
         for done in range(1, jobs_per_process + 1):
             received = wire.recv_job(sock)
             if received is None:
@@ -87,10 +87,12 @@ class _Home:
     job run on its own pipe (:meth:`run_job`), then checked and put back for
     the next (:meth:`clean`)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        parent = os.getppid()
+    def __init__(self, sock: socket.socket, parent: int) -> None:
         os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
         die_with_parent()
+        # ``parent`` is the supervisor's pid as it knew it before forking: read
+        # here, getppid() would already name init if the supervisor died before
+        # this process first ran (a job sent to it would then run orphaned).
         if os.getppid() != parent:
             os._exit(1)
         become_subreaper()  # orphans a job leaves stay ours

@@ -215,10 +215,11 @@ class _JobProcess:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()  # or the child would print it again
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             ours.close()
-            job_process.main(theirs, jobs_per_process)
+            job_process.main(theirs, jobs_per_process, parent)
         theirs.close()
         try:
             os.setpgid(pid, pid)  # also done by the child: no window for killpg
