@@ -197,3 +197,45 @@ def test_a_multiprocessing_lock_a_job_keeps_is_not_leaked(make_mw):
                  message=f"{path} to be unlinked")
     assert "resource_tracker" not in job.output and "leaked" not in job.output
     assert _run(mw, jobfuncs.add, 1, 1) == 2
+
+
+# P, a supervisor that forks its job process J, hands it a long job and dies
+# before J has run a line of its own (J waits for that, as a loaded machine
+# may make it): J must see that its supervisor is gone, and not run the job.
+_SUPERVISOR_DIES_FIRST = """
+import os, pickle, sys, time
+from wsgi_bg.runners import job_process, supervisor
+
+me = os.getpid()
+real = job_process._Home.__init__
+
+def late(self, *args):
+    while os.getppid() == me:
+        time.sleep(0.005)
+    real(self, *args)
+
+job_process._Home.__init__ = late
+process = supervisor._JobProcess(1)
+out_r, out_w = os.pipe()
+ctl_r, ctl_w = os.pipe()
+process.send_job("j", pickle.dumps((time.sleep, (300,), {})), [out_w, ctl_r], 1024)
+print(process.pid, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_job_process_whose_supervisor_died_before_it_ran_runs_nothing():
+    import subprocess
+    import sys
+
+    parent = subprocess.run([sys.executable, "-c", _SUPERVISOR_DIES_FIRST],
+                            capture_output=True, text=True, timeout=30)
+    assert parent.returncode == 0, parent.stderr
+    pid = int(parent.stdout)
+    try:
+        wait_for(lambda: _gone(pid), 10,
+                 message="the job process of a dead supervisor to exit")
+    finally:
+        if not _gone(pid):
+            os.kill(pid, 9)

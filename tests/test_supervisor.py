@@ -13,6 +13,7 @@ from helpers import wait_for
 from wsgi_bg import JobState
 from wsgi_bg.runners import wire
 from wsgi_bg.runners.supervisor import _Supervisor, _Watch
+from wsgi_bg.stores import Ending
 from wsgi_bg.stores.memory import MemoryStore
 
 
@@ -72,17 +73,43 @@ def test_the_jobs_end_message_ends_the_watch_and_keeps_its_process(watched):
     os.write(out_w, b"hello\n")
     os.close(out_w)  # the job process let go of the pipe before saying so
     value = pickle.dumps({"n": 1})
-    wire.send_message(process.other_end.fileno(),
-                      ("result", (value, "{'n': 1}"), False, False))
+    wire.send_end(process.other_end.fileno(), wire.JobEnd(
+        value, "{'n': 1}", None, retryable=True, cancel_seen=False, retire=False))
     while not watch.over():
         watch.wait_and_read()
     assert watch.settle_process() is True  # returned cleanly: kept warm
     assert process.kills == 0
     watch.sel.close()
-    assert watch.outcome(True) == (JobState.SUCCEEDED.value, value, None, True)
-    assert watch.shown == "{'n': 1}"
-    assert watch.cancel_seen is False
-    assert watch.relay.take(final=True)[0] == "hello\n"
+    assert watch.outcome(True) == (Ending(
+        JobState.SUCCEEDED.value, value, None, "hello\n", None, 0,
+        shown="{'n': 1}", cancel_seen=False), True)
+
+
+def test_a_retiring_job_process_is_not_kept(watched):
+    store, process, (out_r, out_w), (_, ctl_w) = watched
+    watch = _watch(store, process, out_r, ctl_w)
+    os.close(out_w)
+    wire.send_end(process.other_end.fileno(), wire.JobEnd(
+        None, None, "Traceback: boom", retryable=False, retire=True))
+    while not watch.over():
+        watch.wait_and_read()
+    assert watch.settle_process() is False  # it said it retires: killed
+    assert process.kills == 1
+    watch.sel.close()
+    ending, reuse = watch.outcome(False)
+    assert (ending.state, ending.error, ending.retryable, reuse) == (
+        JobState.FAILED.value, "Traceback: boom", False, False)
+
+
+def test_progress_reports_reach_the_relay_latest_only(watched):
+    store, process, (out_r, _), (_, ctl_w) = watched
+    watch = _watch(store, process, out_r, ctl_w)
+    for done in (1, 2):
+        wire.send_progress(process.other_end.fileno(),
+                           {"done": done, "total": 2, "message": None})
+    watch.wait_and_read()  # both frames are in the socket already: one read
+    assert watch.messages.progress() == [{"done": 2, "total": 2, "message": None}]
+    watch.sel.close()
 
 
 def test_a_cancel_in_the_stores_answer_asks_the_job_then_kills_after_grace(watched):
@@ -99,9 +126,10 @@ def test_a_cancel_in_the_stores_answer_asks_the_job_then_kills_after_grace(watch
     watch.enforce_limits(102.0)
     assert process.kills == 1 and watch.over()
     watch.sel.close()
-    state, result, error, reuse = watch.outcome(False)
-    assert (state, result, reuse) == (JobState.CANCELLED.value, None, False)
-    assert error.startswith("stopped: still running cancel_grace seconds")
+    ending, reuse = watch.outcome(False)
+    assert (ending.state, ending.result, reuse) == (
+        JobState.CANCELLED.value, None, False)
+    assert ending.error.startswith("stopped: still running cancel_grace seconds")
 
 
 def test_a_passed_timeout_kills_the_job(watched):
@@ -113,10 +141,10 @@ def test_a_passed_timeout_kills_the_job(watched):
     watch.enforce_limits(watch.deadline)
     assert process.kills == 1
     watch.sel.close()
-    state, _, error, _ = watch.outcome(False)
-    assert state == JobState.TIMED_OUT.value
-    assert error == ("timed out: still running after its timeout of 0.5 s;"
-                     " its process was killed")
+    ending, _ = watch.outcome(False)
+    assert ending.state == JobState.TIMED_OUT.value
+    assert ending.error == ("timed out: still running after its timeout of 0.5 s;"
+                            " its process was killed")
 
 
 def test_a_stopping_host_asks_the_job_and_bounds_its_time(watched):
@@ -136,6 +164,7 @@ def test_a_process_that_died_without_a_word_crashed_the_job(watched):
     watch.reap_unwatched()
     assert watch.over()
     watch.sel.close()
-    assert watch.outcome(False) == (
-        JobState.CRASHED.value, None,
-        "the job's process exited with code 11 before the job returned", False)
+    ending, reuse = watch.outcome(False)
+    assert (ending.state, ending.result, reuse) == (JobState.CRASHED.value, None, False)
+    assert ending.error == (
+        "the job's process exited with code 11 before the job returned")

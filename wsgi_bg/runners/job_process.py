@@ -10,13 +10,13 @@ Data flow (the supervisor's side is in its module; the frames in
                                       supervisor, keeps its orphans
     send_job ── socket ───────────► recv_job ─► fds 1+2 → the job's pipe
                                       current_job (context) reports over ↓
-    MessageReader ◄── socket ─────── ("progress", report)
+    MessageReader ◄── socket ─────── send_progress(report)
     relay ◄── output pipe ────────── print, logging, os.system
     cancel ── control pipe ─────────► current_job.cancel_requested
                                       _run: unpickle the call, call it,
                                       check the result (runners.results)
-    MessageReader ◄── socket ─────── (kind, value, retire, cancel_seen,
-                                      retryable)
+    MessageReader ◄── socket ─────── JobEnd(result, shown, error,
+                                      retryable, cancel_seen, retire)
     kill the group, if it retires   ◄ put back cwd, environ, sys.path
 
 The call is unpickled only here: an import that hangs, starts threads or
@@ -42,7 +42,7 @@ from .processes import become_subreaper, die_with_parent
 from .results import Unpicklable, dump_result, shown
 
 
-def main(sock: socket.socket, jobs_per_process: int) -> None:
+def main(sock: socket.socket, jobs_per_process: int, parent: int) -> None:
     """The job process: runs the jobs its supervisor sends, one at a time, with
     fds 1 and 2 on each job's own pipe. Never returns.
 
@@ -57,17 +57,16 @@ def main(sock: socket.socket, jobs_per_process: int) -> None:
     """
     code = 0
     try:
-        home = _Home(sock)
+        home = _Home(sock, parent)
         for done in range(1, jobs_per_process + 1):
             received = wire.recv_job(sock)
             if received is None:
                 break
-            kind, value, flushed, cancel_seen, retryable = home.run_job(*received)
+            end, flushed = home.run_job(*received)
             retire = done == jobs_per_process or not flushed or not home.clean()
             if retire:  # before saying so: the supervisor then kills the group
                 _let_go_of_multiprocessing()
-            wire.send_message(home.msg_fd,
-                              (kind, value, retire, cancel_seen, retryable))
+            wire.send_end(home.msg_fd, end._replace(retire=retire))
             if retire:
                 break
     except BaseException:
@@ -87,10 +86,12 @@ class _Home:
     job run on its own pipe (:meth:`run_job`), then checked and put back for
     the next (:meth:`clean`)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        parent = os.getppid()
+    def __init__(self, sock: socket.socket, parent: int) -> None:
         os.setpgid(0, 0)  # own process group: killpg reaches the job's children too
         die_with_parent()
+        # ``parent`` is the supervisor's pid as it knew it before forking: read
+        # here, getppid() would already name init if the supervisor died before
+        # this process first ran (a job sent to it would then run orphaned).
         if os.getppid() != parent:
             os._exit(1)
         become_subreaper()  # orphans a job leaves stay ours
@@ -116,12 +117,9 @@ class _Home:
         # flush what they hold into its output.
         self.kept: list[Any] = []
 
-    def run_job(
-        self, job_id: str, payload: bytes, max_result_bytes: int, fds: list[int],
-    ) -> tuple[str, Any, bool, bool, bool]:
-        """Run one job with fds 1 and 2 on its pipe: ``(kind, value, whether
-        its streams flushed, whether it saw a cancel, whether a failure may
-        run again)``."""
+    def run_job(self, job: wire.Handoff, fds: list[int]) -> tuple[wire.JobEnd, bool]:
+        """Run one job with fds 1 and 2 on its pipe: how it ended (not yet
+        whether this process retires), and whether its streams flushed."""
         out_w, ctl_r = fds
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -130,16 +128,15 @@ class _Home:
         # re-wrap them (``io.TextIOWrapper(sys.stdout.buffer)``).
         streams = sys.stdout, sys.stderr = _job_stream(1), _job_stream(2)
         os.set_blocking(ctl_r, False)
-        context.enter(_PipeContext(job_id, self.msg_fd, ctl_r))
-        kind, value, retryable = _run(payload, max_result_bytes)
+        context.enter(_PipeContext(job.job_id, self.msg_fd, ctl_r))
+        end = _run(job.payload, job.max_result_bytes)
         flushed = _let_go_of_streams(streams, self.kept)
         sys.stdin = self.stdin
         sys.stdout, sys.stderr = self.idle
         os.dup2(self.null_w, 1)  # let go of the job's pipe: its end for the supervisor
         os.dup2(self.null_w, 2)
         os.close(ctl_r)
-        cancel_seen = context.leave_job()
-        return kind, value, flushed, cancel_seen, retryable
+        return end._replace(cancel_seen=context.leave_job()), flushed
 
     def clean(self) -> bool:
         """Whether the last job left nothing running (no thread, no process,
@@ -163,7 +160,7 @@ class _PipeContext(context.JobContext):
         self.control_fd = control_fd  # non-blocking; a byte arrives on cancel
 
     def report_progress(self, report: dict[str, Any]) -> None:
-        wire.send_message(self.msg_fd, ("progress", report))
+        wire.send_progress(self.msg_fd, report)
 
     def poll_cancel(self) -> bool:
         try:
@@ -326,11 +323,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
             signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
 
 
-def _run(
-    payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES
-) -> tuple[str, Any, bool]:
-    """Run one job's call: ``("result", (pickled value, its repr), True)``
-    or ``("error", text, whether the job's retry_on lets it run again)``."""
+def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> wire.JobEnd:
+    """Run one job's call: its pickled value and repr, or the error and
+    whether the job's retry_on lets it run again."""
     retry_on: tuple[type[BaseException], ...] | None = None
     try:
         fn, args, kwargs, *rest = pickle.loads(payload)
@@ -338,14 +333,16 @@ def _run(
         value = fn(*args, **kwargs)
     except BaseException as exc:
         # The traceback from the job's own frames on: ours is noise to users.
-        return "error", "".join(traceback.format_exception(
-            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next)), (
-            retry_on is None or isinstance(exc, retry_on))
+        error = "".join(traceback.format_exception(
+            type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
+        return wire.JobEnd(None, None, error,
+                           retryable=retry_on is None or isinstance(exc, retry_on))
     try:
-        return "result", (dump_result(value, max_result_bytes), shown(value)), True
+        return wire.JobEnd(dump_result(value, max_result_bytes), shown(value), None,
+                           retryable=True)
     except Unpicklable as exc:
         # (the same value again: no retry makes it picklable)
-        return "error", str(exc), False
+        return wire.JobEnd(None, None, str(exc), retryable=False)
 
 
 def _redirect_stdio(out_fd: int) -> None:

@@ -215,10 +215,11 @@ class _JobProcess:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
                 stream.flush()  # or the child would print it again
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             ours.close()
-            job_process.main(theirs, jobs_per_process)
+            job_process.main(theirs, jobs_per_process, parent)
         theirs.close()
         try:
             os.setpgid(pid, pid)  # also done by the child: no window for killpg
@@ -236,7 +237,7 @@ class _JobProcess:
     def send_job(
         self, job_id: str, payload: bytes, fds: list[int], max_result_bytes: int
     ) -> None:
-        wire.send_job(self.sock, job_id, payload, fds, max_result_bytes)
+        wire.send_job(self.sock, wire.Handoff(job_id, payload, max_result_bytes), fds)
 
     def kill(self) -> None:
         """SIGKILL the process and its group: a job's own children end with it."""
@@ -405,8 +406,8 @@ class _Watch:
             enforce_limits   orphaned, timed out, cancel_grace over: kill
             send_batch       output to the store; its answer may be a cancel
         settle_process       kept warm for the next job, or killed
-        outcome              (state, pickled result, error, reuse)
-    and returns the job's :class:`~wsgi_bg.stores.Ending`.
+        outcome              the job's :class:`~wsgi_bg.stores.Ending`
+                             (why_ended: if it said nothing), and reuse
     """
 
     def __init__(
@@ -436,9 +437,6 @@ class _Watch:
         self.asked_at: float | None = None  # when the job was asked to stop
         self.ended_by: str | None = None  # why it was killed
         self.status: int | None = None  # its process's exit status, once reaped
-        self.shown: str | None = None  # the result's repr, when it succeeded
-        self.cancel_seen = True  # whether the job read its cancel, as it says
-        self.retryable = True  # whether its failure may run again (retry_on)
 
     def run(self) -> tuple[Ending, bool]:
         """Watch to the end; how the job ended, and whether its process runs
@@ -456,16 +454,7 @@ class _Watch:
             self.relay_progress()
         finally:
             self.sel.close()
-        state, result, error, reuse = self.outcome(reuse)
-        if error is not None:
-            # Bounded here, for every store and runner: pages read it with
-            # every record (a job may raise with a 20 MB message).
-            error = cap_text(error, MAX_ERROR_CHARS)
-        # The output and progress not yet relayed go with the end.
-        text, progress, offset = self.relay.take(final=True)
-        return Ending(state, result, error, text, progress, offset,
-                      shown=self.shown, cancel_seen=self.cancel_seen,
-                      retryable=self.retryable), reuse
+        return self.outcome(reuse)
 
     def over(self) -> bool:
         """Whether the job said how it ended, or its process ended."""
@@ -571,7 +560,8 @@ class _Watch:
             # before saying so: what it wrote is in the pipe now, and the
             # pipe is at its end unless something the job started still
             # holds it. Then, and only then, the process may run another job.
-            reuse = _drain(self.out_r, self.relay.feed) and not self.messages.retire
+            reuse = (_drain(self.out_r, self.relay.feed)
+                     and not self.messages.final.retire)
         if not reuse:
             self.process.kill()  # the job's strays, if any: its processes end with it
             self.process.reap()
@@ -580,38 +570,43 @@ class _Watch:
                        until=time.monotonic() + _DRAIN_SECONDS)
         return reuse
 
-    def outcome(self, reuse: bool) -> tuple[str, bytes | None, str | None, bool]:
-        """How the job ended: what it said, else why it was killed, else how
-        its process ended."""
+    def outcome(self, reuse: bool) -> tuple[Ending, bool]:
+        """How the job ended (what it said, else why it was killed, else how
+        its process ended), with the output and progress not yet relayed;
+        and whether its process runs the next job."""
+        # The output and progress not yet relayed go with the end.
+        text, progress, offset = self.relay.take(final=True)
         final = self.messages.final
-        if final is not None:
-            self.cancel_seen = self.messages.cancel_seen
-            self.retryable = self.messages.retryable
-            kind, value = final
-            if kind == "result":
-                self.shown = value[1]
-                return JobState.SUCCEEDED.value, value[0], None, reuse
-            return JobState.FAILED.value, None, value, reuse
+        if final is None:
+            state, why = self.why_ended()
+            return Ending(state, None, why, text, progress, offset), False
+        # Bounded here, for every store and runner: pages read it with
+        # every record (a job may raise with a 20 MB message).
+        error = None if final.error is None else cap_text(final.error, MAX_ERROR_CHARS)
+        return Ending(
+            JobState.SUCCEEDED.value if error is None else JobState.FAILED.value,
+            final.result, error, text, progress, offset, shown=final.shown,
+            cancel_seen=final.cancel_seen, retryable=final.retryable), reuse
+
+    def why_ended(self) -> tuple[str, str]:
+        """The state and error of a job that said nothing of its end: why it
+        was killed, else how its process ended."""
         if self.ended_by == JobState.TIMED_OUT.value:
-            return self.ended_by, None, (
+            return self.ended_by, (
                 f"timed out: still running after its timeout of {self.timeout} s;"
-                " its process was killed"
-            ), False
+                " its process was killed")
         if self.ended_by == _ORPHANED:
-            return JobState.CRASHED.value, None, (
+            return JobState.CRASHED.value, (
                 "the process its supervisor serves (the server process, or the"
                 " RQ worker) stopped (killed or exited) while the job ran; the"
-                " job's process was killed with it"
-            ), False
+                " job's process was killed with it")
         if self.ended_by == JobState.CANCELLED.value:
-            return self.ended_by, None, (
+            return self.ended_by, (
                 "stopped: still running cancel_grace seconds after it was asked"
                 " to stop (a cancel, or the server or RQ worker shutting down);"
-                " its process was killed"
-            ), False
-        return JobState.CRASHED.value, None, (
-            f"the job's process {_describe(self.status)} before the job returned"
-        ), False
+                " its process was killed")
+        return JobState.CRASHED.value, (
+            f"the job's process {_describe(self.status)} before the job returned")
 
 
 def _drain(fd: int, feed: Callable[[bytes], None], until: float | None = None) -> bool:
