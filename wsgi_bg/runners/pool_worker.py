@@ -9,7 +9,9 @@ executor; :func:`worker_init` sets the worker up first::
     server (runners.pool)          pool worker (this module)       job process
     ─────────────────────          ─────────────────────────       ───────────
     ProcessPoolExecutor(1,         worker_init: ^C ignored, dies
-      initializer=worker_init) ─►    with the forkserver, store link
+      initializer=worker_init) ─►    with the forkserver, store link,
+                                     wsgi_bg's API imported (for
+                                     every job process it forks)
     submit(run_jobs, calls) ─────► run_jobs ─► supervise_all ────► (runners.
                                      each job's store: the link,      supervisor,
                                      connected once per process       job_process)
