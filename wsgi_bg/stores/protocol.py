@@ -479,7 +479,9 @@ class Backend(Protocol):
     shared: bool
 
     def reader(self) -> Store:
-        """The store to read before :meth:`start` (nothing started yet)."""
+        """A store for reads, usable before :meth:`start` (nothing started
+        yet) and after it (a runner reading a record): it owns no jobs, so
+        it must not create or start any."""
 
     def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
         """Start what the store needs (processes, threads); the store to use
