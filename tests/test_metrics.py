@@ -279,17 +279,23 @@ def echo_path(environ, start_response):
     return [environ["PATH_INFO"].encode()]
 
 
-def test_a_marked_apps_paths_are_labels_escaped(make_mw):
-    """A marked app's jobs are named by method and path: what a client
-    sends, quotes, backslashes and line feeds included."""
+def test_a_marked_app_counts_under_its_import_path_whatever_the_path(make_mw):
+    """A marked app's jobs are named by method and path (what a client sends:
+    ids, quotes, line feeds), but counted under the app: one series per app,
+    not one per request."""
     mw = make_mw(echo_path, authorize=allow_all)
     client = webtest.TestApp(mw)
-    started = client.get("/a%22b%5Cc%0Ad", status=303)
-    job = mw.get_job(started.headers["Location"].rsplit("/", 1)[1])
-    assert job.wait(timeout=20).state is JobState.SUCCEEDED
-    samples, _ = scrape(mw)
-    assert value(samples, "wsgi_bg_jobs_finished_total",
-                 function='GET /a"b\\c\nd', outcome="succeeded") == 1
+    for path in ("/reports/1", "/reports/2", "/a%22b%5Cc%0Ad"):
+        started = client.get(path, status=303)
+        job = mw.get_job(started.headers["Location"].rsplit("/", 1)[1])
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED
+    assert mw.rerun(job.id).wait(timeout=20).state is JobState.SUCCEEDED
+    samples, answer = scrape(mw)
+    assert "/reports/" not in answer.text  # security.md: no path requested
+    finished = {labels: v for (name, labels), v in samples.items()
+                if name == "wsgi_bg_jobs_finished_total"}
+    assert finished == {
+        (("function", "test_metrics:echo_path"), ("outcome", "succeeded")): 4}
 
 
 # -- bounds -------------------------------------------------------------------------
@@ -334,6 +340,19 @@ def test_functions_past_the_bound_count_as_other(store):
     assert len(finished) == MAX_FUNCTIONS + 1
     assert finished[("other", "cancelled")] == 5
     assert finished[("GET /reports/0", "cancelled")] == 2
+
+
+def test_a_jobs_function_labels_it_else_its_name(store):
+    """A record's ``function`` is its label; one stored without it (by an
+    earlier version) is labelled by its name."""
+    for n in range(3):
+        assert store.create(dict(record(f"j{n}", f"GET /r/{n}"),
+                                 function="reports:app"), 10)
+        assert store.request_cancel(f"j{n}", None) == "cancelled"
+    assert store.create(record("old", "GET /r/9"), 10)
+    assert store.request_cancel("old", None) == "cancelled"
+    assert store.stats().finished == {("reports:app", "cancelled"): 3,
+                                      ("GET /r/9", "cancelled"): 1}
 
 
 def test_long_names_are_cut_at_a_character_boundary(store):

@@ -58,6 +58,10 @@ def test_succeeds_on_the_third_attempt(make_mw, tmp_path):
     for n, e in enumerate(data["errors"], 1):
         assert f"ConnectionError: service down (attempt {n})" in e["error"]
     assert data["error"] is None
+    assert job.attempt == 3
+    # The list says which attempt it ended on.
+    listed = webtest.TestApp(mw.status_app).get("/").text
+    assert '<div class="attempt">attempt 3 of 4</div>' in listed
     # Every attempt's output stays, each after a divider.
     assert data["output"] == (
         "attempt 1 starts\n──── attempt 2 of 4 ────\nattempt 2 starts\n"
@@ -87,12 +91,15 @@ def test_exhausted_retries_end_failed_with_every_error(make_mw, tmp_path):
 
 
 def test_retry_on_limits_which_exceptions_run_again(make_mw, tmp_path):
-    mw = make_mw()
+    mw = make_mw(authorize=allow_all)
     path = counter(tmp_path)
     job = mw.submit(retryfuncs.wrong_kind, path)
     wait_for_job(job, state="failed")
     assert "KeyError" in job.error
     assert job.to_dict()["attempt"] == 1 and job.to_dict()["errors"] == []
+    assert job.attempt == 1
+    # One attempt: the list's row says nothing of attempts.
+    assert 'class="attempt"' not in webtest.TestApp(mw.status_app).get("/").text
     assert attempts_made(path) == 1
 
 
@@ -121,15 +128,18 @@ def test_a_crash_runs_again_only_when_asked(make_mw, tmp_path):
 
 
 def test_cancel_stops_a_job_between_attempts(make_mw, tmp_path):
-    mw = make_mw()
+    mw = make_mw(authorize=allow_all)
     path = counter(tmp_path)
     job = mw.submit(retryfuncs.waits_long, path)
     record = waiting_for(mw, job, 2)
     assert record["retry_at"] > time.time() + 20  # retry_delay=30
+    assert (job.state, job.attempt) == ("queued", 2)
     pages = webtest.TestApp(mw.status_app)
     page = pages.get(f"/{job.id}").text
     assert re.search(r'<span id="attempt">2 of 4</span><span id="next-attempt"'
                      r' data-at="[0-9.]+"> · next attempt in (29|30) s</span>', page)
+    assert re.search(r'<div class="attempt">attempt 2 of 4 · next attempt in'
+                     r' (29|30) s</div>', pages.get("/").text)
     assert pages.get(f"/api/jobs/{job.id}").json["retry_at"] == record["retry_at"]
     assert job.cancel()
     wait_for_job(job, state="cancelled")

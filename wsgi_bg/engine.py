@@ -352,7 +352,7 @@ class Engine:
         url_for: Callable[[str], str | None] | None = None,
         show_args: bool | None = None, shown_args: str | None = None,
         max_call_bytes: int | None = None, unique: str | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | None = None, function: str | None = None,
     ) -> Job:
         """Queue ``fn(*args, **kwargs)``; see :meth:`BackgroundMiddleware.submit`.
 
@@ -367,6 +367,8 @@ class Engine:
             the one ``fn``'s own ``unique`` option makes.
         :param retry: how failed attempts run again, instead of ``fn``'s own
             (:func:`~wsgi_bg.options.retry_policy` makes one).
+        :param function: what the job runs, for its metrics' label, instead
+            of ``fn``'s ``module.qualname`` (a marked app's import path).
         :raises CallTooLarge: past it; nothing is queued.
         """
         options = getattr(fn, OPTIONS_ATTR, None) or {}
@@ -401,6 +403,7 @@ class Engine:
         job_id = new_job_id()
         record = {
             "id": job_id, "name": name,
+            "function": function or callable_name(fn),
             "unique": unique,
             "created_at": time.time(), "started_at": None, "ended_at": None,
             "result": None, "error": None, "progress": None, "timeout": timeout,
@@ -432,7 +435,8 @@ class Engine:
         runner = self._start()
         new_id = new_job_id()
         new = {
-            "id": new_id, "name": record["name"], "created_at": time.time(),
+            "id": new_id, "name": record["name"],
+            "function": record.get("function"), "created_at": time.time(),
             "started_at": None, "ended_at": None, "result": None, "error": None,
             "progress": None, "timeout": record["timeout"],
             "cancel_requested": False, "cancel_grace": None,

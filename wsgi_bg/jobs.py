@@ -212,6 +212,17 @@ class Job:
         return self._record()["url"]  # type: ignore[no-any-return]
 
     @property
+    def attempt(self) -> int:
+        """Which attempt the job is on (or ended on), from 1: see
+        :func:`~wsgi_bg.background`'s ``retries``. While a failed attempt
+        waits for its next, :attr:`state` is ``queued`` and this is the
+        next attempt's number.
+
+        .. versionadded:: 0.2
+        """
+        return int(self._record().get("attempt") or 1)
+
+    @property
     def cancel_requested(self) -> bool:
         """Whether :meth:`cancel` was called while the job was running."""
         return bool(self._record()["cancel_requested"])

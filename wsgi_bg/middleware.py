@@ -513,6 +513,7 @@ class BackgroundMiddleware:
             return self.engine.submit(
                 run_app, (app, snapshot_environ(request.environ), body), {},
                 name=f"{request.method} {request.script_root}{request.path}",
+                function=app.ref,
                 timeout=app.timeout, url_for=self.url_for,
                 show_args=app.show_args,
                 # Never the environ and the body: cookies, credentials, forms.

@@ -17,6 +17,7 @@ from werkzeug.serving import make_server
 
 from wsgi_bg import BackgroundMiddleware, allow_all
 from wsgi_bg.jobs import new_job_id
+from wsgi_bg.stores import Ending
 
 HERE = Path(__file__).parent
 CHROMIUM = sys.argv[1] if len(sys.argv) > 1 else "/usr/bin/chromium"
@@ -62,7 +63,8 @@ def add(store, name, state, output="", progress=None, error=None, result=None,
     if output or progress:
         store.relay(job_id, output, progress)
     if state not in ("queued", "running"):
-        store.finish(job_id, state, pickle.dumps(result) if result else None, error)
+        store.finish(job_id, Ending(state, pickle.dumps(result) if result else None,
+                                    error))
     return job_id
 
 
@@ -84,10 +86,10 @@ def add_retrying(store):
     store.start(job_id, 0)
     store.relay(job_id, "fetching orders since 2026-12-05\nGET"
                 " https://api.example.com/orders?page=1\n", None)
-    store.finish(job_id, "failed", None,
-                 "Traceback (most recent call last):\n  File \"shop.py\", line 31,"
-                 " in sync_orders\n    page = client.orders(since, page=1)\n"
-                 "ConnectionError: api.example.com: connection refused\n")
+    store.finish(job_id, Ending(
+        "failed", error="Traceback (most recent call last):\n  File \"shop.py\","
+        " line 31, in sync_orders\n    page = client.orders(since, page=1)\n"
+        "ConnectionError: api.example.com: connection refused\n"))
     return job_id
 
 

@@ -404,8 +404,9 @@ def _list_row(root: str, job: Mapping[str, Any], now: float | None) -> Markup:
     created, duration (counted on by the script while it runs), progress."""
     done = bool(job["done"])
     summary = error_summary(job.get("error")) if job["state"] != "succeeded" else ""
+    attempt, wait = attempt_text(job, now)
     return Markup(
-        '<tr class="job"><td class="state">{badge}</td>'
+        '<tr class="job"><td class="state">{badge}{attempt}</td>'
         '<td class="what"><a class="name" href="{root}/{id}">{name}</a>'
         '<div class="jobid">{short}…</div>{error}</td>'
         '<td class="created">{created}</td>'
@@ -413,6 +414,9 @@ def _list_row(root: str, job: Mapping[str, Any], now: float | None) -> Markup:
         '<td class="progress-cell">{progress}</td></tr>\n'
     ).format(
         badge=_badge(job["state"]), root=root, id=job["id"], name=job["name"],
+        # Past its first attempt, or waiting for its next: which, and when.
+        attempt=Markup('<div class="attempt">attempt {}{}</div>').format(attempt, wait)
+        if attempt and (wait or (job.get("attempt") or 1) > 1) else Markup(""),
         short=job["id"][:8], created=_time(job["created_at"]),
         running=_attr("data-started", "" if done else _epoch(job["started_at"])),
         duration=format_duration(job["started_at"], job["ended_at"] if done else now),

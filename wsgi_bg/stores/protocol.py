@@ -34,6 +34,12 @@ RECORD_FIELDS = (
     "notice", "unique",
 )
 
+#: An optional field: ``function``, what the job runs, by which its metrics
+#: are labelled (:func:`function_label`): ``module.qualname`` of a function, a marked
+#: app's import path ``module:attribute``. A record without it (stored by an
+#: earlier version) is labelled by its ``name``.
+FUNCTION_FIELD = "function"
+
 #: Optional fields: ``rerun_of``, the id of the job this one runs again (set
 #: by whoever creates it), and ``rerun_as``, the id of its latest run again
 #: (set by :meth:`Store.create` of that run, in the same call).
@@ -150,12 +156,15 @@ MAX_FUNCTION_BYTES = 200
 OTHER_FUNCTION = "other"
 
 
-def function_label(name: Any) -> str:
-    """The label a job named ``name`` is counted under: its name, cut to
-    :data:`MAX_FUNCTION_BYTES` bytes (a store checks the :data:`MAX_FUNCTIONS`
-    bound itself); :data:`OTHER_FUNCTION` for a name that is no text (a
-    record changed outside wsgi_bg). The Redis store's ``observe`` in
-    ``lua/lib.lua`` mirrors it."""
+def function_label(record: Record) -> str:
+    """The label the job ``record`` is counted under: its
+    :data:`FUNCTION_FIELD`, else its name, cut to :data:`MAX_FUNCTION_BYTES`
+    bytes (a store checks the :data:`MAX_FUNCTIONS` bound itself);
+    :data:`OTHER_FUNCTION` for one that is no text (a record changed outside
+    wsgi_bg). The Redis store's ``label_of`` in ``lua/lib.lua`` mirrors it."""
+    name = record.get(FUNCTION_FIELD)
+    if name is None:
+        name = record.get("name")
     if not isinstance(name, str):
         return OTHER_FUNCTION
     data = name.encode("utf-8", "replace")[:MAX_FUNCTION_BYTES]
@@ -211,7 +220,7 @@ class JobStats:
     functions: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def _label(self, record: Record) -> str:
-        label = function_label(record.get("name"))
+        label = function_label(record)
         if label != OTHER_FUNCTION and label not in self.functions:
             if len(self.functions) < MAX_FUNCTIONS:
                 self.functions.add(label)
@@ -479,7 +488,9 @@ class Backend(Protocol):
     shared: bool
 
     def reader(self) -> Store:
-        """The store to read before :meth:`start` (nothing started yet)."""
+        """A store for reads, usable before :meth:`start` (nothing started
+        yet) and after it (a runner reading a record): it owns no jobs, so
+        it must not create or start any."""
 
     def start(self, ctx: BaseContext, *, holds_queued: bool = True) -> Store:
         """Start what the store needs (processes, threads); the store to use

@@ -168,7 +168,9 @@ end
 
 -- The label job id's figures are counted under.
 local function label_of(id)
-  local raw = redis.call('HGET', k('job', id), 'name')
+  -- Its function, else (a record of an earlier version) its name.
+  local raw = redis.call('HMGET', k('job', id), 'function', 'name')
+  raw = (raw[1] and raw[1] ~= 'null') and raw[1] or raw[2]
   -- (a record changed outside wsgi_bg counts as 'other', and ends all the same)
   local ok, name = pcall(cjson.decode, raw or '')
   local label = 'other'
