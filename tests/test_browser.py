@@ -535,6 +535,8 @@ def test_the_no_rq_worker_notice_comes_and_goes_on_an_open_page(
             expect(each.locator("#cancel-info")).to_contain_text(
                 "cancelled before it started")
             expect(each.locator("#cancel")).to_be_hidden()
+            # Never started: no duration, as "Started" says.
+            expect(each.locator("#duration")).to_have_text("—")
         assert watching.evaluate("window.opened") is True
 
         # A worker starts the other job: its notice goes, its page follows it.
