@@ -21,7 +21,6 @@ from bench.suite import FourThreads  # a server with 4 request threads
 from conftest import TEST_SECRET_KEY
 from helpers import wait_for
 from rq_workers import RQWorkers
-from test_rq_runner import rq_mw  # noqa: F401  (the fixture)
 from test_status import fake_job, hello_app
 from wsgi_bg.auth import allow_all
 from wsgi_bg.jobs import new_job_id
@@ -464,7 +463,7 @@ def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
 # -- the RQ runner: a job no worker listens for ------------------------------------
 
 @pytest.fixture
-def rq_context(rq_mw, console):  # noqa: F811  (the imported fixture)
+def rq_context(rq_mw, console):
     # After rq_mw: the browser ends before its middleware checks that no
     # process is left.
     with chromium() as browser:
@@ -476,7 +475,7 @@ def rq_context(rq_mw, console):  # noqa: F811  (the imported fixture)
 @pytest.mark.redis
 @pytest.mark.timeout(180)
 def test_the_no_rq_worker_notice_comes_and_goes_on_an_open_page(
-        rq_mw, rq_context, console, redis_server, tmp_path):  # noqa: F811
+        rq_mw, rq_context, console, redis_server, tmp_path):
     """A job queued where no RQ worker listens: its open page shows the
     notice, with the command that starts a worker, as soon as the server
     says it, and hides it once the job is cancelled (from the page's
@@ -488,12 +487,6 @@ def test_the_no_rq_worker_notice_comes_and_goes_on_an_open_page(
     mw = rq_mw(queue=queue, authorize=allow_all)
     gate = tmp_path / "gate"
 
-    def site(environ, start_response):
-        # rq_mw wraps a job function, not an app: the browser's /favicon.ico
-        # gets an app's answer, not a 500 (a console error).
-        app = hello_app if environ["PATH_INFO"] == "/favicon.ico" else mw
-        return app(environ, start_response)
-
     def opened(job):
         page = console.watch(rq_context.new_page())
         page.goto(f"{base}/_jobs/{job.id}")
@@ -503,7 +496,7 @@ def test_the_no_rq_worker_notice_comes_and_goes_on_an_open_page(
         page.evaluate("window.opened = true")  # gone if the page reloads
         return page
 
-    with serving(site) as base:
+    with serving(mw) as base:
         job = mw.submit(statusfuncs.gated, str(gate))
         page = opened(job)
         dropped = mw.submit(statusfuncs.gated, str(gate))
