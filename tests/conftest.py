@@ -190,5 +190,33 @@ def stop_rq_jobs(mw: BackgroundMiddleware, queue, timeout: float = 20.0) -> None
 
 
 @pytest.fixture
+def rq_mw(redis_server, session_middleware):
+    """Middlewares on the Redis store and the RQ runner, queueing on
+    ``queue`` (the session workers' by default), each test in a namespace of
+    its own; this test's jobs end with it."""
+    import redis
+    import rq
+
+    namespace = f"t-{uuid.uuid4().hex[:12]}"
+    made = []
+
+    def make(queue=RQ_TEST_QUEUE, **options) -> BackgroundMiddleware:
+        connection = redis.Redis.from_url(redis_server.url)
+        options.setdefault("store", redis_server.url)
+        options.setdefault("namespace", namespace)
+        options.setdefault("secret_key", TEST_SECRET_KEY)
+        options.setdefault("cancel_grace", 1.0)
+        options.setdefault("runner", rq.Queue(queue, connection=connection))
+        mw = session_middleware(hello_app, **options)
+        made.append(mw)
+        return mw
+
+    yield make
+    for mw in made:
+        stop_rq_jobs(mw, mw.engine._runner.queue if mw.engine.started else
+                     rq.Queue("unused", connection=redis_server.client()))
+
+
+@pytest.fixture
 def mw(make_mw) -> BackgroundMiddleware:
     return make_mw()

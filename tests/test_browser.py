@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -17,7 +18,9 @@ from werkzeug.serving import make_server
 
 import statusfuncs
 from bench.suite import FourThreads  # a server with 4 request threads
+from conftest import TEST_SECRET_KEY
 from helpers import wait_for
+from rq_workers import RQWorkers
 from test_status import fake_job, hello_app
 from wsgi_bg.auth import allow_all
 from wsgi_bg.jobs import new_job_id
@@ -39,15 +42,24 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
         "--disable-sync", "--no-first-run"]
 
 
+@contextmanager
+def chromium():
+    """Chromium, driven by Playwright, closed on the way out."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def browser(make_mw):
     # One browser per test, set up after the middleware fixture and so ended
     # before it checks that no process is left: Chromium and Playwright's
     # driver are this test process's children too.
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @contextmanager
@@ -446,3 +458,92 @@ def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
         assert text_of(page, "#attempt-info") == "2 of 4"
         assert "──── attempt 2 of 4 ────" in text_of(page, "#output")
         assert "fetching again" in text_of(page, "#output")
+
+
+# -- the RQ runner: a job no worker listens for ------------------------------------
+
+@pytest.fixture
+def rq_context(rq_mw, console):
+    # After rq_mw: the browser ends before its middleware checks that no
+    # process is left.
+    with chromium() as browser:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+def test_the_no_rq_worker_notice_comes_and_goes_on_an_open_page(
+        rq_mw, rq_context, console, redis_server, tmp_path):
+    """A job queued where no RQ worker listens: its open page shows the
+    notice, with the command that starts a worker, as soon as the server
+    says it, and hides it once the job is cancelled (from the page's
+    button, or elsewhere) or a worker starts it, then follows the job to
+    its end; never reloaded."""
+    expect = sync_api.expect
+    # No worker listens there; a long name, as a namespace may give.
+    queue = f"wsgi_bg.orders_service_production_reporting_{uuid.uuid4().hex[:8]}"
+    mw = rq_mw(queue=queue, authorize=allow_all)
+    gate = tmp_path / "gate"
+
+    def opened(job):
+        page = console.watch(rq_context.new_page())
+        page.goto(f"{base}/_jobs/{job.id}")
+        # Opened before the notice (the server sets it once a job has waited
+        # 5 s): the page's script must show it.
+        assert page.locator("#job-notice").is_hidden()
+        page.evaluate("window.opened = true")  # gone if the page reloads
+        return page
+
+    with serving(mw) as base:
+        job = mw.submit(statusfuncs.gated, str(gate))
+        page = opened(job)
+        dropped = mw.submit(statusfuncs.gated, str(gate))
+        clicked, watching = opened(dropped), opened(dropped)  # two tabs
+        for each in (page, clicked, watching):
+            notice = each.locator("#job-notice")
+            expect(notice).to_be_visible(timeout=30_000)
+            expect(notice).to_contain_text(f"no RQ worker listens on queue {queue}")
+            expect(notice).to_contain_text(
+                f"rq worker -w wsgi_bg.rq_worker.Worker {queue}")
+            expect(each.locator("#state")).to_have_text("queued")
+
+        # On a phone the notice wraps, the queue's long name too.
+        page.set_viewport_size({"width": 390, "height": 844})
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide in a 390 px viewport"
+        box = page.locator("#job-notice").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+        assert page.locator("#job-notice").evaluate(
+            "el => el.scrollWidth <= el.clientWidth"), "the notice overflows its box"
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+        # Cancelled from the page's button (a form: its tab comes back from
+        # the POST); the other tab sees it live. The notice goes in both.
+        clicked.click("#cancel button")
+        for each in (clicked, watching):
+            expect(each.locator("#state")).to_have_text("cancelled", timeout=15_000)
+            expect(each.locator("#job-notice")).to_be_hidden()
+            expect(each.locator("#cancel-info")).to_contain_text(
+                "cancelled before it started")
+            expect(each.locator("#cancel")).to_be_hidden()
+            # Never started: no duration, as "Started" says.
+            expect(each.locator("#duration")).to_have_text("—")
+        assert watching.evaluate("window.opened") is True
+
+        # A worker starts the other job: its notice goes, its page follows it.
+        expect(page.locator("#job-notice")).to_be_visible()
+        workers = RQWorkers(redis_server.url, queue, TEST_SECRET_KEY, count=1).start()
+        try:
+            expect(page.locator("#state")).to_have_text("running", timeout=30_000)
+            expect(page.locator("#job-notice")).to_be_hidden()
+            expect(page.locator("#output")).to_contain_text("started")
+            gate.touch()
+            expect(page.locator("#state")).to_have_text("succeeded", timeout=30_000)
+            expect(page.locator("#output")).to_contain_text("finished")
+            expect(page.locator("#result")).to_have_text("'done'")
+            expect(page.locator("#job-notice")).to_be_hidden()
+        finally:
+            workers.stop()
+        assert page.evaluate("window.opened") is True

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import jobfuncs
-from conftest import RQ_TEST_QUEUE, TEST_SECRET_KEY, stop_rq_jobs
+from conftest import RQ_TEST_QUEUE, TEST_SECRET_KEY
 from helpers import SESSION_PIDS, wait_for
 from rq_workers import PYTHONPATH, ROOT, WSGI_BG_WORKER, RQWorkers, rq_command
 from wsgi_bg import BackgroundMiddleware, JobState
@@ -32,30 +32,6 @@ rq = pytest.importorskip("rq")
 redis = pytest.importorskip("redis")
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def rq_mw(redis_server, session_middleware):
-    """Middlewares queueing on ``queue`` (the session workers' by default),
-    each test in a namespace of its own; this test's jobs end with it."""
-    namespace = f"t-{uuid.uuid4().hex[:12]}"
-    made = []
-
-    def make(queue=RQ_TEST_QUEUE, **options):
-        connection = redis.Redis.from_url(redis_server.url)
-        options.setdefault("store", redis_server.url)
-        options.setdefault("namespace", namespace)
-        options.setdefault("secret_key", TEST_SECRET_KEY)
-        options.setdefault("cancel_grace", 1.0)
-        options.setdefault("runner", rq.Queue(queue, connection=connection))
-        mw = session_middleware(jobfuncs.hello, **options)
-        made.append(mw)
-        return mw
-
-    yield make
-    for mw in made:
-        stop_rq_jobs(mw, mw.engine._runner.queue if mw.engine.started else
-                     rq.Queue("unused", connection=redis_server.client()))
 
 
 def _rq_job(mw, job):

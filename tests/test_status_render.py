@@ -384,6 +384,15 @@ def test_running_job_page_counts_elapsed_time_from_the_server_clock():
     assert '<dt id="duration-label">Duration</dt><dd id="duration">3.0 s</dd>' in done
 
 
+def test_a_job_that_has_not_started_says_so_in_its_duration_as_in_started():
+    queued = job_page("", job_dict(state="queued", started_at=None), "", 0, now=2e9)
+    assert '<dt>Started</dt><dd><time id="started">—</time></dd>' in queued
+    assert '<dt id="duration-label">Elapsed</dt><dd id="duration">—</dd>' in queued
+    never = job_page("", job_dict(state="cancelled", done=True, started_at=None,
+                                  ended_at=1_700_000_004.0), "", 0, now=2e9)
+    assert '<dt id="duration-label">Duration</dt><dd id="duration">—</dd>' in never
+
+
 @pytest.mark.parametrize(("args", "shown"), [
     pytest.param("(2026, month=<b>)", "<code>(2026, month=&lt;b&gt;)</code>",
                  id="shown"),

@@ -568,7 +568,9 @@ def _job_facts(root: str, job: Mapping[str, Any], now: float | None) -> Markup:
         started=_time(job["started_at"], "started"),
         ended=_time(job["ended_at"], "ended"),
         duration_label="Duration" if done else "Elapsed",
-        duration=format_duration(job["started_at"], job["ended_at"] if done else now),
+        # "—" until it starts (and for one that never did), as Started says.
+        duration=format_duration(job["started_at"], job["ended_at"] if done else now)
+        or "—",
         attempt_info=attempt_info, arguments=arguments, unique=unique,
         cancel_info=cancel_info, reruns=reruns,
     )

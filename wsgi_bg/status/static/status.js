@@ -387,7 +387,7 @@
       started = job.started_at;
       if (job.done) {
         byId("duration-label").textContent = "Duration";
-        byId("duration").textContent = duration(job.started_at, job.ended_at);
+        byId("duration").textContent = duration(job.started_at, job.ended_at) || "\u2014";
       } else {
         tick();
       }
