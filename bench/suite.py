@@ -314,6 +314,26 @@ def bench_submit(cfg: Config) -> Result:
 # -- 3. throughput -----------------------------------------------------------------
 
 
+def _pool_cpu(mw: BackgroundMiddleware) -> tuple[float, float, float]:
+    """CPU seconds so far of this process (the server), of the pool's
+    workers, and of the job processes they ran (reaped, and alive now)."""
+    times = psutil.Process().cpu_times()
+    server, workers, jobs = times.user + times.system, 0.0, 0.0
+    runner = mw.engine._runner
+    for pid in runner.worker_pids() if runner is not None else []:
+        try:
+            worker = psutil.Process(pid)
+            times = worker.cpu_times()
+            workers += times.user + times.system
+            jobs += times.children_user + times.children_system
+            for child in worker.children():
+                times = child.cpu_times()
+                jobs += times.user + times.system
+        except psutil.Error:
+            continue  # gone meanwhile: what it used is lost to the figure
+    return server, workers, jobs
+
+
 def bench_throughput(cfg: Config) -> Result:
     """N trivial jobs until all succeeded in the store vs a bare pool's results."""
     n = cfg.n(2000, 20)
@@ -321,6 +341,7 @@ def bench_throughput(cfg: Config) -> Result:
     # docs/performance.md): five interleaved runs, the median of each side.
     reps = max(cfg.reps, 5)
     ours, bare, submit_loop = [], [], []
+    cpu = [0.0, 0.0, 0.0]  # server, workers, job processes, over our runs
     with (
         middleware(cfg, max_queued=n + 10, keep_finished=reps * n + 100) as mw,
         bare_pool(cfg) as pool,
@@ -329,6 +350,7 @@ def bench_throughput(cfg: Config) -> Result:
         store = mw.engine.store
         for _ in range(reps):
             base = store.counts()["succeeded"]
+            before = _pool_cpu(mw)
             start = time.perf_counter()
             for i in range(n):
                 mw.submit(noop, i)
@@ -339,6 +361,8 @@ def bench_throughput(cfg: Config) -> Result:
                     raise TimeoutError("throughput jobs did not finish")
                 time.sleep(0.005)
             ours.append(n / (time.perf_counter() - start))
+            cpu = [total + after - was for total, after, was
+                   in zip(cpu, _pool_cpu(mw), before, strict=True)]
             submit_loop.append((submitted - start) / n)
             wait_idle(mw)
             start = time.perf_counter()
@@ -352,6 +376,7 @@ def bench_throughput(cfg: Config) -> Result:
                 future.result()  # a failed noop would make the reference a lie
     w, b = median(ours), median(bare)
     per_submit = median(submit_loop)
+    server_us, workers_us, jobs_us = (x / (reps * n) * 1e6 for x in cpu)
     return Result(
         name="throughput",
         figures={
@@ -359,6 +384,9 @@ def bench_throughput(cfg: Config) -> Result:
             "n": n,
             "submit_call_us": per_submit * 1e6,
             "runs": [round(x) for x in ours],
+            "cpu_us_per_job": {"server": server_us, "workers": workers_us,
+                               "job_processes": jobs_us,
+                               "total": server_us + workers_us + jobs_us},
         },
         reference={"bare_pool_jobs_per_s": b, "bare_pool_best_jobs_per_s": max(bare),
                    "runs": [round(x) for x in bare]},
@@ -373,6 +401,12 @@ def bench_throughput(cfg: Config) -> Result:
                 "submit() call, server side",
                 f"{per_submit * 1e6:.0f} us",
                 f"n={n}, {cfg.workers} workers",
+            ),
+            (
+                "CPU per job",
+                f"{server_us + workers_us + jobs_us:.0f} us",
+                f"server {server_us:.0f}, workers {workers_us:.0f},"
+                f" job processes {jobs_us:.0f} us",
             ),
         ],
     )

@@ -228,6 +228,21 @@ def change_cwd_env(path):
     return os.getpid()
 
 
+def env_of(*names):
+    """This job's pid and the values of the variables ``names``."""
+    return os.getpid(), [os.environ.get(name) for name in names]
+
+
+def change_env(changes):
+    """Set each variable of ``changes`` to its value; ``None`` removes it."""
+    for name, value in changes.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
+    return os.getpid()
+
+
 def leave_thread(flag):
     """Start a thread that outlives the job (until ``flag`` exists)."""
     import threading
@@ -293,10 +308,11 @@ def signal_handlers():
                         signal.SIGHUP, signal.SIGUSR1)}
 
 
-def set_handler():
+def set_handler(handler="function"):
     import signal
 
-    signal.signal(signal.SIGUSR1, lambda *a: None)
+    signal.signal(signal.SIGUSR1,
+                  signal.SIG_IGN if handler == "SIG_IGN" else lambda *a: None)
     return os.getpid()
 
 

@@ -33,6 +33,28 @@ def test_clean_jobs_share_a_process_with_cwd_and_env_put_back(make_mw, tmp_path)
     assert _run(mw, jobfuncs.pid_cwd_env) == (pid, cwd, None)
 
 
+def test_a_job_changing_or_removing_a_variable_leaves_the_next_its_own(make_mw):
+    """What a job does to variables it inherited is undone for the next job
+    in the same process, as for one it added."""
+    mw = make_mw(max_workers=1)
+    pid, before = _run(mw, jobfuncs.env_of, "PATH", "HOME")
+    assert None not in before
+    assert _run(mw, jobfuncs.change_env, {"PATH": None, "HOME": "/nowhere"}) == pid
+    assert _run(mw, jobfuncs.env_of, "PATH", "HOME") == (pid, before)
+
+
+def test_a_fresh_job_process_has_wsgi_bgs_api_imported_already(make_mw):
+    """A job's module imports wsgi_bg's API (``background``, ``current_job``):
+    the pool worker imports it once, so that no fresh job process (one per
+    max_jobs_per_process jobs) imports it again (~20 ms each); the job's own
+    module it does not import (that is the job's, under its timeout)."""
+    mw = make_mw(max_workers=1, max_jobs_per_process=1)
+    seen = ("sorted(m for m in ('wsgi_bg.marks', 'wsgi_bg.engine')"
+            " if m in __import__('sys').modules)")
+    for _ in range(2):
+        assert _run(mw, eval, seen) == ["wsgi_bg.engine", "wsgi_bg.marks"]
+
+
 def test_one_job_per_process_gives_fresh_processes(make_mw):
     mw = make_mw(max_workers=1, max_jobs_per_process=1)
     first = _run(mw, jobfuncs.pid_cwd_env)[0]
@@ -84,9 +106,10 @@ def test_a_job_replacing_stdout_does_not_silence_the_next(make_mw):
     assert job.output == "visible\n"
 
 
-def test_a_job_setting_a_signal_handler_retires_its_process(make_mw):
+@pytest.mark.parametrize("handler", ["function", "SIG_IGN"])
+def test_a_job_setting_a_signal_handler_retires_its_process(make_mw, handler):
     mw = make_mw(max_workers=1)
-    pid = _run(mw, jobfuncs.set_handler)
+    pid = _run(mw, jobfuncs.set_handler, handler)
     assert _run(mw, jobfuncs.print_pid) != pid
 
 
