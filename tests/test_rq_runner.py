@@ -428,6 +428,18 @@ def test_the_job_outlives_the_web_process(rq_mw, rq_workers, tmp_path):
 
 
 # -- wsgi_bg's worker class ---------------------------------------------------------
+def test_a_job_process_has_wsgi_bgs_api_imported_already(rq_mw, rq_workers):
+    """As a pool worker does, wsgi_bg's worker imports what a job's module
+    imports of wsgi_bg (``background``, ``current_job``) before it forks:
+    no fresh job process imports it again (20-50 ms each), even with no
+    WSGI_BG_PRELOAD (the session's workers have none)."""
+    seen = ("sorted(m for m in ('wsgi_bg.marks', 'wsgi_bg.engine')"
+            " if m in __import__('sys').modules)")
+    job = rq_mw().submit(eval, seen).wait(timeout=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result == ["wsgi_bg.engine", "wsgi_bg.marks"]
+
+
 def _plain_rq_result(queue, fn, *args):
     """Run ``fn(*args)`` as a plain RQ job on ``queue``; its return value."""
     rq_job = queue.enqueue(fn, *args)

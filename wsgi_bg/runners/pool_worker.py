@@ -27,7 +27,6 @@ server's multiprocessing temporary directory, then the worker ends.
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import select
@@ -40,17 +39,9 @@ from typing import Any
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Ending, Link, Store
 from .processes import children, die_with_parent, kill_group, wait_for_exit
-from .supervisor import supervise, supervise_all, supervise_to_end
+from .supervisor import preload_api, supervise, supervise_all, supervise_to_end
 
 _store_cache: dict[str, Store] = {}
-
-#: wsgi_bg's own modules that a job's module imports (``from wsgi_bg import
-#: background, current_job``), imported once here: each job process is forked
-#: from this worker and has them for free. Else every fresh job process (one
-#: per ``max_jobs_per_process`` jobs) imported them on its first job: ~20 ms,
-#: ~200 µs a job in a burst of trivial jobs with the default of 100. Never a
-#: job's own module: that is the job's to import, under its timeout.
-_PRELOAD = ("wsgi_bg.marks", "wsgi_bg.context", "wsgi_bg.jobs", "wsgi_bg.exceptions")
 
 
 def _worker_store(link: Link, server: tuple[int, str] | None = None) -> Store:
@@ -61,8 +52,7 @@ def _worker_store(link: Link, server: tuple[int, str] | None = None) -> Store:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the server's to handle
         if server is not None and _server is None:
             _end_with_server(*server, via_forkserver=False)
-        for module in _PRELOAD:
-            importlib.import_module(module)
+        preload_api()
         store = _store_cache[link.key] = link.connect()
     return store
 
