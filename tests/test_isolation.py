@@ -402,9 +402,9 @@ def test_a_copy_that_fails_to_start_does_not_decide_a_taken_over_job(
     real = ProcessPoolExecutor.submit
 
     def submit(self, fn, /, *args, **kwargs):
-        for call in args[0]:
-            handed[call[1]] = handed.get(call[1], 0) + 1
-            if handed[call[1]] > 1:  # a second copy
+        for _link, call in args[0]:
+            handed[call.job_id] = handed.get(call.job_id, 0) + 1
+            if handed[call.job_id] > 1:  # a second copy
                 raise BlockingIOError(11, "Resource temporarily unavailable")
         return real(self, fn, *args, **kwargs)
 

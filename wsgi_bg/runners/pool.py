@@ -86,6 +86,7 @@ from ..stores import Backend, Ending, Link
 from . import JobLost
 from .pool_worker import run_job, run_jobs, worker_init
 from .processes import children, describe_exitcode, kill_group
+from .supervisor import JobCall
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -158,8 +159,8 @@ class _Job:
 
     __slots__ = ("future", "args", "size", "copies", "failed", "done", "refused")
 
-    def __init__(self, future: Future[str | Ending | None], args: tuple[Any, ...],
-                 size: int) -> None:
+    def __init__(self, future: Future[str | Ending | None],
+                 args: tuple[Link, JobCall], size: int) -> None:
         self.future = future
         self.args = args
         self.size = size  # its payload's bytes
@@ -292,8 +293,8 @@ class ProcessRunner:
         self, job_id: str, payload: bytes, timeout: float | None, grace: float,
         name: str, created_at: float, attempt: int = 1,
     ) -> Future[str | Ending | None]:
-        args = (self._link(), job_id, payload, timeout, grace,
-                self.jobs_per_process, self.max_result_bytes)
+        args = (self._link(), JobCall(job_id, payload, timeout, grace,
+                                      self.jobs_per_process, self.max_result_bytes))
         if self.executor is not None:
             return self._submit_to_user_executor(args)
         if not self._slots:
@@ -515,7 +516,7 @@ class ProcessRunner:
                 job.future.set_result(result)
                 continue
             if isinstance(error, WorkerLost) and not error.shutting_down:
-                self._kill_left(job.args[1])
+                self._kill_left(job.args[1].job_id)
             job.future.set_exception(error)
 
     def _kill_left(self, job_id: str) -> None:
@@ -651,7 +652,7 @@ class ProcessRunner:
                 self._send(slot)
 
     def _submit_to_user_executor(
-        self, args: tuple[Link, str, bytes, float | None, float, int, int]
+        self, args: tuple[Link, JobCall]
     ) -> Future[str | Ending | None]:
         """``executor_factory``'s executor runs the job: a fresh one if it
         broke (a worker died), and its loss told as a

@@ -36,10 +36,15 @@ import threading
 import traceback
 from typing import Any
 
-from ..limits import MAX_RESULT_BYTES
 from ..stores import Ending, Link, Store
 from .processes import children, die_with_parent, kill_group, wait_for_exit
-from .supervisor import preload_api, supervise, supervise_all, supervise_to_end
+from .supervisor import (
+    JobCall,
+    preload_api,
+    supervise,
+    supervise_all,
+    supervise_to_end,
+)
 
 _store_cache: dict[str, Store] = {}
 
@@ -160,10 +165,7 @@ def _kill_job_process(pid: int) -> None:
 
 
 def run_job(
-    link: Link, job_id: str, payload: bytes,
-    timeout: float | None, grace: float, jobs_per_process: int = 1,
-    max_result_bytes: int = MAX_RESULT_BYTES,
-    server: tuple[int, str] | None = None,
+    link: Link, call: JobCall, server: tuple[int, str] | None = None,
 ) -> str | Ending | None:
     """Run one job to its end and record it; the task function given to an
     ``executor_factory``'s executor, whose workers got no initializer of
@@ -176,14 +178,16 @@ def run_job(
     (:attr:`~wsgi_bg.stores.Link.ends_in_answer`).
     """
     store = _worker_store(link, server)
-    run = supervise_to_end if link.ends_in_answer else supervise
-    return run(store, job_id, payload, timeout, grace, jobs_per_process,
-               max_result_bytes)
+    if link.ends_in_answer:
+        return supervise_to_end(store, call)
+    return supervise(store, call)
 
 
-def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | None]]:
-    """Run several jobs one after another, each as :func:`run_job` (the
-    arguments of each in ``calls``); the pool's task function when jobs
+def run_jobs(
+    calls: list[tuple[Link, JobCall]],
+) -> list[tuple[Any, BaseException | None]]:
+    """Run several jobs one after another, each ``(link, call)`` as
+    :func:`run_job` runs it; the pool's task function when jobs
     wait, so that one hand-off to a worker serves several (as the
     ``chunksize`` of :meth:`concurrent.futures.Executor.map` does).
 
@@ -195,20 +199,20 @@ def run_jobs(calls: list[tuple[Any, ...]]) -> list[tuple[Any, BaseException | No
     makes the store calls :func:`run_job` makes.
     """
     jobs = []
-    defer = all(link.ends_in_answer for link, *_ in calls)
-    for link, *rest in calls:
+    defer = all(link.ends_in_answer for link, _ in calls)
+    for link, call in calls:
         try:
             store = _worker_store(link)
         except Exception:  # noqa: BLE001 - each job's own failure, as run_job's
             break
-        jobs.append((store, *rest))
+        jobs.append((store, call))
     else:
         return [(state, None if error is None else _sendable(error))
                 for state, error in supervise_all(jobs, defer_last=defer)]
     outcomes: list[tuple[Any, BaseException | None]] = []
-    for args in calls:
+    for link, call in calls:
         try:
-            outcomes.append((run_job(*args), None))
+            outcomes.append((run_job(link, call), None))
         except Exception as exc:  # noqa: BLE001 - that job's future's
             outcomes.append((None, _sendable(exc)))
     return outcomes

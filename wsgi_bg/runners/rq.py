@@ -93,7 +93,7 @@ from ..stores.redis import (
     connection_settings,
 )
 from ..stores.signing import BadSignature, Signer, resolve_secret_key
-from .supervisor import supervise
+from .supervisor import JobCall, supervise
 
 logger = logging.getLogger("wsgi_bg")
 
@@ -356,10 +356,11 @@ def perform_admitted(reference: str, settings: dict[str, Any]) -> str:
     if payload is None:
         raise JobEnded(reference, store.finish(job_id, Ending(
             JobState.FAILED.value, error="the job's call is not in the store")))
-    state = supervise(store, job_id, payload, settings["timeout"],
-                      settings["grace"], settings.get("jobs_per_process", 1),
-                      settings.get("max_result_bytes", MAX_RESULT_BYTES),
-                      tick=tick, watch_parent=False)
+    state = supervise(store, JobCall(
+        job_id, payload, settings["timeout"], settings["grace"],
+        settings.get("jobs_per_process", 1),
+        settings.get("max_result_bytes", MAX_RESULT_BYTES)),
+        tick=tick, watch_parent=False)
     if state in (JobState.SUCCEEDED.value, JobState.QUEUED.value):
         return state
     if state is None:  # cancelled before it started, or ended meanwhile

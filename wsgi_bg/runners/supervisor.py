@@ -12,7 +12,8 @@ Data flow (compare :mod:`concurrent.futures.process`)::
 
     runner (pool worker,    supervisor (this module)       job process
     wsgi_bg's RQ worker)    ────────────────────────       (job_process)
-    supervise(job, call) ─► fork (if none is warm) ───►  own process group
+    supervise(store,      ─► fork (if none is warm) ───►  own process group
+      JobCall)
                             store.start(job, pid)
                             job + fds ── socket ──────►  fds 1+2 → the job's pipe
                             relay ◄── output pipe ─────  print, logging, os.system
@@ -64,7 +65,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..capture import Relay
 from ..exceptions import StoreUnavailable
@@ -96,16 +97,30 @@ def _retrying(call: Callable[[], T], seconds: float) -> T:
                 raise
             time.sleep(1.0)
 
+class JobCall(NamedTuple):
+    """One job as a supervisor runs it: what a pool or RQ worker is given."""
+
+    job_id: str
+    #: The pickled call, ``(fn, args, kwargs)``: unpickled in the job process.
+    payload: bytes
+    #: Seconds it may run, or ``None``.
+    timeout: float | None
+    #: Seconds a cancelled job may take to stop before it is killed.
+    grace: float
+    #: Jobs a job process runs before a fresh one takes over.
+    jobs_per_process: int = 1
+    #: A result's pickled bytes at most: more fails the job in its process.
+    max_result_bytes: int = MAX_RESULT_BYTES
+
+
 def supervise(
-    store: Store, job_id: str, payload: bytes, timeout: float | None,
-    grace: float, jobs_per_process: int = 1,
-    max_result_bytes: int = MAX_RESULT_BYTES, *,
+    store: Store, call: JobCall, *,
     tick: Callable[[], float | None] | None = None, watch_parent: bool = True,
 ) -> str | None:
-    """Run one job's pickled call (``payload``: ``(fn, args, kwargs)``) in a
-    job process of this one, to its end, and record it in ``store``. A result
-    of more than ``max_result_bytes`` pickled bytes fails the job in its own
-    process: it never reaches this one, nor the store.
+    """Run one job, ``call``, in a job process of this one, to its end, and
+    record it in ``store``. A result of more than ``call.max_result_bytes``
+    pickled bytes fails the job in its own process: it never reaches this
+    one, nor the store.
 
     ``tick``, for a supervisor inside a long-lived process of another program
     (an RQ worker): called on every turn of the loop while the job runs (at
@@ -119,32 +134,28 @@ def supervise(
     Returns the final state, or ``None`` if the job was cancelled before it
     started or had already ended.
     """
-    ended = _Supervisor(store, job_id, timeout, grace, tick, watch_parent).run(
-        payload, jobs_per_process, max_result_bytes)
+    ended = _Supervisor(store, call.job_id, call.timeout, call.grace, tick,
+                        watch_parent).run(call.payload, call.jobs_per_process,
+                                          call.max_result_bytes)
     return None if ended is None else ended.finish()
 
 
-def supervise_to_end(
-    store: Store, job_id: str, payload: bytes, timeout: float | None,
-    grace: float, jobs_per_process: int = 1,
-    max_result_bytes: int = MAX_RESULT_BYTES,
-) -> Ending | None:
+def supervise_to_end(store: Store, call: JobCall) -> Ending | None:
     """:func:`supervise` a pool worker's job, whose end is not recorded here
     but returned, for the server to record (see
     :attr:`~wsgi_bg.stores.Link.ends_in_answer`); ``None`` if its start was
     refused."""
-    ended = _Supervisor(store, job_id, timeout, grace).run(
-        payload, jobs_per_process, max_result_bytes)
+    ended = _Supervisor(store, call.job_id, call.timeout, call.grace).run(
+        call.payload, call.jobs_per_process, call.max_result_bytes)
     return None if ended is None else ended.ending
 
 
 def supervise_all(
-    jobs: Sequence[tuple[Store, str, bytes, float | None, float, int, int]],
-    defer_last: bool = False,
+    jobs: Sequence[tuple[Store, JobCall]], defer_last: bool = False,
 ) -> list[tuple[str | Ending | None, Exception | None]]:
-    """Run ``jobs`` one after another, each as :func:`supervise` runs it
-    (``(store, job_id, payload, timeout, grace, jobs_per_process,
-    max_result_bytes)``): what a pool worker given several jobs at once does.
+    """Run ``jobs``, each ``(store, call)``, one after another, as
+    :func:`supervise` runs each: what a pool worker given several jobs at
+    once does.
 
     Where a job follows one whose process is kept warm for it, the end of
     the one and the start of the other are recorded in one store call
@@ -164,15 +175,15 @@ def supervise_all(
         (None, None)] * len(jobs)
     held: _Ended | None = None  # the last job's end, to go with the next start
     try:
-        for i, (store, job_id, payload, timeout, grace, per_process,
-                max_result_bytes) in enumerate(jobs):
+        for i, (store, call) in enumerate(jobs):
             if held is not None and held.store is not store:
                 held.record()  # (another store: no call holds both)
             after = held if held is not None and held.outcome is None else None
             ended: _Ended | None = None
             try:
-                ended = _Supervisor(store, job_id, timeout, grace).run(
-                    payload, per_process, max_result_bytes, after=after)
+                ended = _Supervisor(store, call.job_id, call.timeout, call.grace).run(
+                    call.payload, call.jobs_per_process, call.max_result_bytes,
+                    after=after)
             except Exception as exc:  # noqa: BLE001 - that job's outcome
                 outcomes[i] = (None, exc)
             if held is not None:
