@@ -109,3 +109,26 @@ flaky_app_retry_on_5xx = backgrounder(
 #: ... and with retry_on naming other exceptions only, it does not.
 flaky_app_retry_on_other = backgrounder(
     retries=1, retry_delay=0.2, retry_on=ConnectionError)(_answers_503_once)
+
+
+@background(retries=1, retry_delay=0.3)
+def fails_then_waits(path: str, gate: str) -> str:
+    """Fails its first attempt; the second prints its pid and waits for
+    ``gate``."""
+    n = _attempt(path)
+    print(f"attempt {n} pid {os.getpid()}", flush=True)
+    if n == 1:
+        raise ConnectionError("down")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return f"attempt {n} done"
+
+
+def blocks(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def prints_pid_and_waits(seconds: float) -> None:
+    print(f"pid {os.getpid()}", flush=True)
+    time.sleep(seconds)

@@ -6,16 +6,20 @@ output), waits its backoff, and runs again wherever a process takes it.
 """
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import signal
 import time
 import uuid
 
 import pytest
 import webtest
 
+import jobfuncs
 import retryfuncs
 from helpers import wait_for
-from wsgi_bg import allow_all, background, backgrounder
+from wsgi_bg import JobState, allow_all, background, backgrounder
 from wsgi_bg.stores import Ending
 from wsgi_bg.testing import wait_for_job
 
@@ -125,6 +129,41 @@ def test_a_crash_runs_again_only_when_asked(make_mw, tmp_path):
     (first,) = retried.to_dict()["errors"]
     assert first["state"] == "crashed"
     assert attempts_made(asked) == 2
+
+
+@pytest.mark.pool_only
+@pytest.mark.timeout(90)
+def test_a_dead_worker_costs_no_later_attempt_on_another(make_mw, tmp_path):
+    """A worker answers for the jobs it was given together at once: when it
+    dies, an earlier job of that hand-off that failed and runs again, now
+    as attempt 2 on the other worker, is not lost with it (it was killed,
+    with its process group, and ended crashed: the review's repro)."""
+    import psutil
+
+    mw = make_mw(max_workers=2)
+    path, gate = counter(tmp_path), str(tmp_path / "gate")
+    busy = [mw.submit(retryfuncs.blocks, 1.5) for _ in range(2)]
+    held = [mw.submit(jobfuncs.add, i, 1) for i in range(2)]  # one held next to each
+    # Waiting, then handed out two by two: [job, long] to one worker.
+    job = mw.submit(retryfuncs.fails_then_waits, path, gate)
+    long = mw.submit(retryfuncs.prints_pid_and_waits, 60)
+    rest = [mw.submit(jobfuncs.add, i, 2) for i in range(2)]
+    wait_for(lambda: "attempt 2 pid " in job.output and "pid " in long.output, 30,
+             message="attempt 2 and the long job to run")
+    second = int(job.output.split("attempt 2 pid ")[1].split()[0])
+    long_pid = int(long.output.split("pid ")[1].split()[0])
+    doomed = psutil.Process(long_pid).ppid()
+    assert psutil.Process(second).ppid() != doomed, (
+        "attempt 2 runs on the long job's worker: the hand-offs changed, the"
+        " test must arrange them anew")
+    os.kill(doomed, signal.SIGKILL)
+    assert long.wait(timeout=30).state is JobState.CRASHED
+    assert psutil.pid_exists(second) and job.state is JobState.RUNNING
+    pathlib.Path(gate).touch()
+    assert job.wait(timeout=30).result == "attempt 2 done"
+    assert job.attempt == 2
+    for other in (*busy, *held, *rest):
+        assert other.wait(timeout=30).state is JobState.SUCCEEDED
 
 
 def test_cancel_stops_a_job_between_attempts(make_mw, tmp_path):

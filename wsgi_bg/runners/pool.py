@@ -81,6 +81,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ..jobs import JobState
 from ..limits import MAX_RESULT_BYTES
 from ..stores import Backend, Ending, Link
 from . import JobLost
@@ -157,12 +158,14 @@ class _Job:
     that one may be the copy that runs it.
     """
 
-    __slots__ = ("future", "args", "size", "copies", "failed", "done", "refused")
+    __slots__ = ("future", "args", "attempt", "size", "copies", "failed", "done",
+                 "refused")
 
     def __init__(self, future: Future[str | Ending | None],
-                 args: tuple[Link, JobCall], size: int) -> None:
+                 args: tuple[Link, JobCall], size: int, attempt: int = 1) -> None:
         self.future = future
         self.args = args
+        self.attempt = attempt  # which attempt of the job this is
         self.size = size  # its payload's bytes
         self.copies = 0  # calls holding a copy, not yet answered
         # A copy failed (its worker died, or it raised) while another was
@@ -299,7 +302,7 @@ class ProcessRunner:
             return self._submit_to_user_executor(args)
         if not self._slots:
             raise RuntimeError("the pool runner is not started")
-        job = _Job(Future(), args, len(payload))
+        job = _Job(Future(), args, len(payload), attempt)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool runner was shut down")
@@ -510,29 +513,39 @@ class ProcessRunner:
     def _resolve_all(self, outcomes: list[tuple[_Job, _Outcome]]) -> None:
         """Give the jobs' futures their outcomes (outside the lock): a job
         whose worker died gets the :class:`WorkerLost` once what it left is
-        killed (see :meth:`_kill_left`)."""
+        killed, unless its attempt had ended (see :meth:`_lost`)."""
         for job, (result, error) in outcomes:
+            if (error is not None and isinstance(error, WorkerLost)
+                    and not error.shutting_down and not self._lost(job)):
+                error, result = None, None  # ended before: it answers "ended"
             if error is None:
                 job.future.set_result(result)
                 continue
-            if isinstance(error, WorkerLost) and not error.shutting_down:
-                self._kill_left(job.args[1].job_id)
             job.future.set_exception(error)
 
-    def _kill_left(self, job_id: str) -> None:
-        """Kill the process group of the job ``job_id``, whose worker died:
-        its job process died with the worker (its parent-death signal), but
-        what the job started there did not. The group's id is the job
-        process's pid, which only the job's record holds. (Shutdown kills
-        the groups of the workers it kills itself: see :func:`_shut_down`.)"""
+    def _lost(self, job: _Job) -> bool:
+        """Whether ``job``, whose worker died before answering for it, was
+        lost with it: not if its record shows that this attempt had ended (a
+        worker answers for a whole call at once, so a job that ended early
+        in the call, and may since run again as a later attempt, on another
+        worker or in another server process, is in the call's loss too).
+        If it was running, kill its process group: its job process died
+        with the worker (its parent-death signal), but what the job started
+        there did not; the group's id is the job process's pid, which only
+        the job's record holds. (Shutdown kills the groups of the workers it
+        kills itself: see :func:`_shut_down`.)"""
+        job_id = job.args[1].job_id
         try:
             record = self.backend.reader().get(job_id)
         except Exception:  # noqa: BLE001 - the loss is told all the same
             logger.exception("wsgi_bg: could not read job %s to kill what it"
                              " left", job_id)
-            return
-        if record is not None and record["pid"]:
+            return True
+        if record is None or (record.get("attempt") or 1) != job.attempt:
+            return False  # dropped, or at a later attempt: this one ended
+        if record["state"] == JobState.RUNNING and record["pid"]:
             kill_group(record["pid"])
+        return record["state"] in (JobState.QUEUED, JobState.RUNNING)
 
     # -- giving workers jobs -----------------------------------------------------------
     def _pop_waiting(self) -> _Job | None:
