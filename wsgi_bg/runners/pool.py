@@ -136,10 +136,14 @@ _DEPTH = 2
 #: Jobs at most in one call when jobs wait (spread evenly over the workers),
 #: and their payloads' bytes at most, beyond the first job's. (48, not 16:
 #: in a burst of trivial jobs the executors' threads in the server spend
-#: ~7 µs a job instead of ~13; jobs held behind a long one among them are
-#: taken over all the same.)
+#: ~7 µs a job instead of ~13.)
 _CHUNK = 48
 _CHUNK_BYTES = 262144
+#: Jobs at most a free worker takes over at once from behind a long one.
+#: Fewer than _CHUNK: a job taken over is not taken over again, so those
+#: behind a second long job among them wait for it (with 48, all 45 short
+#: jobs behind two long ones in the review's test waited > 4 s; with 16, 14).
+_TAKE_OVER = 16
 #: Seconds a job may wait behind another worker's job while a worker is free
 #: before that one takes it over (see ProcessRunner._take_over).
 _STUCK_AFTER = 0.05
@@ -213,9 +217,12 @@ class ProcessRunner:
     started); else, when every worker has a job, to a worker as its next
     call; else it waits here, first in, first out, until a worker answers,
     which then takes the jobs waiting at its turn as one call (up to
-    ``_CHUNK``, an even share of them). A job held behind a busy worker's
-    first one is taken over by a free worker after ``_STUCK_AFTER`` seconds,
-    so that no job waits behind a long one.
+    ``_CHUNK``, an even share of them). Jobs held behind a busy worker's
+    first one are taken over by a free worker after ``_STUCK_AFTER``
+    seconds, up to ``_TAKE_OVER`` at a time, so that no job waits behind a
+    long one while a worker is free; a job taken over once is not taken over
+    again (its two copies race for its start), so one held behind a second
+    long job among those taken over waits for it.
     """
 
     kind = "pool"
@@ -621,7 +628,7 @@ class ProcessRunner:
             if not held:
                 continue  # ended, taken over already, or cannot start
             if now - slot.since >= _STUCK_AFTER:
-                return held[:_CHUNK]
+                return held[:_TAKE_OVER]
             if soonest is None:
                 soonest = slot.since
         if idle and soonest is not None:
