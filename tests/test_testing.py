@@ -152,6 +152,17 @@ def test_job_context_gives_current_job_and_records():
         _ = current_job.id
 
 
+def test_job_context_keeps_the_output_of_code_that_closes_its_stdout():
+    """As a job process does, whatever the code does to its streams: closing
+    sys.stdout (a report writer's ``with open(...)`` on it) loses nothing."""
+    import sys
+
+    with job_context() as job:
+        print("report written")
+        sys.stdout.close()
+    assert job.output == "report written\n"
+
+
 def test_job_context_with_a_chosen_id_and_no_capture(capsys):
     with job_context("job-1", capture_output=False) as job:
         testingfuncs.count_to(1)

@@ -607,6 +607,23 @@ def _describe(job: Job, tail: int = 2000) -> str:
 
 
 # -- job code alone --------------------------------------------------------------
+class _Tee(io.TextIOBase):
+    """One stream both sys.stdout and sys.stderr write to, in order, as a
+    job's fds 1 and 2 are one pipe."""
+
+    def __init__(self, sink: list[str]) -> None:
+        self._sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._sink.append(text)
+        return len(text)
+
+
 class RecordedJob(context.JobContext):
     """The job :func:`job_context` gives code under test; it records what
     the code reports.
@@ -623,9 +640,7 @@ class RecordedJob(context.JobContext):
         #: Called with each report, after it is recorded: e.g. to cancel the
         #: job at some point, ``lambda report: job.cancel()``.
         self.on_progress: Callable[[dict[str, Any]], object] | None = None
-        # What sys.stdout and sys.stderr both write to, in order, as a job's
-        # fds 1 and 2 are one pipe.
-        self._output = io.StringIO()
+        self._output: list[str] = []
         self._cancel = cancel_requested
 
     @property
@@ -642,7 +657,7 @@ class RecordedJob(context.JobContext):
     @property
     def output(self) -> str:
         """What the code wrote to ``sys.stdout`` and ``sys.stderr``, in order."""
-        return self._output.getvalue()
+        return "".join(self._output)
 
     @property
     def cancel_requested(self) -> bool:
@@ -717,7 +732,7 @@ def job_context(
     previous = context.enter(job)
     try:
         if capture_output:
-            stream = job._output
+            stream = _Tee(job._output)
             with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
                 yield job
         else:
