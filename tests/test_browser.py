@@ -442,8 +442,13 @@ def test_a_retrying_job_counts_down_to_its_next_attempt(mw, page):
     store.relay(job_id, "fetching\n", None)
     with serving(mw) as base:
         page.goto(f"{base}/_jobs/{job_id}")
+        wait_for(lambda: text_of(page, "#duration").endswith(" s"), 5,
+                 message="attempt 1's elapsed time to show")
         store.finish(job_id, Ending("failed", error="ConnectionError: refused"))
         wait_text(page, "#attempt-info", "2 of 4 · next attempt in")
+        # Waiting for attempt 2, not started: no elapsed time, as Started says.
+        wait_for(lambda: text_of(page, "#duration") == "—", 5,
+                 message="the elapsed time to go while the retry waits")
         shown = text_of(page, "#next-attempt")
         wait_for(lambda: text_of(page, "#next-attempt") not in ("", shown), 5,
                  message="the wait to count down")

@@ -336,8 +336,9 @@
 
     function tick() {
       countdown();
-      if (done || !finite(started)) { return; }
-      byId("duration").textContent = elapsed(started, skew);
+      if (done) { return; }
+      // Not started (or waiting for its next attempt): "—", as Started says.
+      byId("duration").textContent = finite(started) ? elapsed(started, skew) : "\u2014";
     }
 
     // A job that may run again: "2 of 4", and "next attempt in 8 s" while a
