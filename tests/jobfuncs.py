@@ -351,3 +351,16 @@ def named_lock():
     lock = multiprocessing.Lock()
     _KEPT_LOCKS.append(lock)
     return lock._semlock.name
+
+
+class Adder:
+    """A callable object as a job: named after its class."""
+
+    def __init__(self, secret):
+        self.secret = secret
+
+    def __call__(self, a):
+        return a + 1
+
+    def __repr__(self):
+        return f"Adder({self.secret!r})"

@@ -298,6 +298,26 @@ def test_a_marked_app_counts_under_its_import_path_whatever_the_path(make_mw):
         (("function", "test_metrics:echo_path"), ("outcome", "succeeded")): 4}
 
 
+def test_a_partial_or_callable_is_named_after_its_code_never_its_arguments(make_mw):
+    """security.md: metrics (and pages with show_args=False) reveal no
+    argument. A functools.partial's repr holds its arguments, and a
+    callable object's its own: neither names the job."""
+    import functools
+
+    mw = make_mw(authorize=allow_all)
+    jobs = [mw.submit(functools.partial(jobfuncs.add, "s3cret-arg"), "!"),
+            mw.submit(jobfuncs.Adder("s3cret-state"), 1)]
+    for job in jobs:
+        assert job.wait(timeout=20).state is JobState.SUCCEEDED, job.error
+    assert [job.name for job in jobs] == ["jobfuncs.add", "jobfuncs.Adder"]
+    samples, answer = scrape(mw)
+    assert "s3cret" not in answer.text
+    assert value(samples, "wsgi_bg_jobs_finished_total", function="jobfuncs.add",
+                 outcome="succeeded") == 1
+    assert value(samples, "wsgi_bg_jobs_finished_total",
+                 function="jobfuncs.Adder", outcome="succeeded") == 1
+
+
 # -- bounds -------------------------------------------------------------------------
 @pytest.fixture
 def redis_store(redis_server):

@@ -172,10 +172,16 @@ def unique_digest(name: str, key: str) -> str:
 
 
 def callable_name(fn: Any) -> str:
-    """``module.qualname`` of a function, for names and messages."""
+    """``module.qualname`` of a function, for names, metrics labels and
+    messages; never its ``repr``, which can hold its arguments: a
+    :func:`functools.partial` is named after its function, another callable
+    object after its class."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not isinstance(getattr(fn, "__qualname__", None), str):
+        fn = type(fn)  # a callable instance
     module = getattr(fn, "__module__", None) or "?"
-    qualname = getattr(fn, "__qualname__", None) or repr(fn)
-    return f"{module}.{qualname}"
+    return f"{module}.{fn.__qualname__}"
 
 
 def dump_call(
