@@ -308,10 +308,10 @@ def signal_handlers():
                         signal.SIGHUP, signal.SIGUSR1)}
 
 
-def set_handler(handler="function"):
+def set_handler(handler="function", signum="SIGUSR1"):
     import signal
 
-    signal.signal(signal.SIGUSR1,
+    signal.signal(getattr(signal, signum),
                   signal.SIG_IGN if handler == "SIG_IGN" else lambda *a: None)
     return os.getpid()
 

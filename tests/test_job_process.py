@@ -107,9 +107,13 @@ def test_a_job_replacing_stdout_does_not_silence_the_next(make_mw):
 
 
 @pytest.mark.parametrize("handler", ["function", "SIG_IGN"])
-def test_a_job_setting_a_signal_handler_retires_its_process(make_mw, handler):
+@pytest.mark.parametrize("signum", ["SIGUSR1", "SIGWINCH", "SIGRTMIN"])
+def test_a_job_setting_a_signal_handler_retires_its_process(make_mw, handler,
+                                                             signum):
+    """Any signal's: a handler the next job would inherit (the guide's
+    "something running")."""
     mw = make_mw(max_workers=1)
-    pid = _run(mw, jobfuncs.set_handler, handler)
+    pid = _run(mw, jobfuncs.set_handler, handler, signum)
     assert _run(mw, jobfuncs.print_pid) != pid
 
 

@@ -318,9 +318,9 @@ def _signal_handlers() -> list[Any]:
 _getsignal: Any = getattr(signal, "_signal", signal).getsignal
 
 
-# The handlers a job may set and a next job would inherit.
-_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGUSR1,
-            signal.SIGUSR2, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE)
+# The handlers a job may set and a next job would inherit: every signal's
+# (62 on Linux, ~1.5 µs to read with the interpreter's own getsignal).
+_SIGNALS = tuple(sorted(signal.valid_signals()))
 
 
 def _run(payload: bytes, max_result_bytes: int = MAX_RESULT_BYTES) -> wire.JobEnd:
