@@ -334,6 +334,37 @@ def _pool_cpu(mw: BackgroundMiddleware) -> tuple[float, float, float]:
     return server, workers, jobs
 
 
+def _burst(mw: BackgroundMiddleware, n: int) -> tuple[float, float]:
+    """``n`` trivial jobs through ``mw``: jobs/s from the first submit until
+    all succeeded in the store, and seconds per ``submit()`` call."""
+    store = mw.engine.store
+    base = store.counts()["succeeded"]
+    start = time.perf_counter()
+    for i in range(n):
+        mw.submit(noop, i)
+    submitted = time.perf_counter()
+    deadline = time.monotonic() + 300
+    while store.counts()["succeeded"] - base < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError("throughput jobs did not finish")
+        time.sleep(0.005)
+    return n / (time.perf_counter() - start), (submitted - start) / n
+
+
+def _bare_burst(pool: ProcessPoolExecutor, n: int) -> float:
+    """``n`` trivial jobs through a bare pool: jobs/s until all returned."""
+    start = time.perf_counter()
+    futures = [pool.submit(noop, i) for i in range(n)]
+    # Wait for all at once, as a plain use would: result() in turn wakes
+    # this thread once per future, which costs the bare pool (its
+    # server-side threads share one GIL) a few percent.
+    wait(futures)
+    rate_ = n / (time.perf_counter() - start)
+    for future in futures:
+        future.result()  # a failed noop would make the reference a lie
+    return rate_
+
+
 def bench_throughput(cfg: Config) -> Result:
     """N trivial jobs until all succeeded in the store vs a bare pool's results."""
     n = cfg.n(2000, 20)
@@ -347,33 +378,15 @@ def bench_throughput(cfg: Config) -> Result:
         bare_pool(cfg) as pool,
     ):
         warm(mw, cfg)
-        store = mw.engine.store
         for _ in range(reps):
-            base = store.counts()["succeeded"]
             before = _pool_cpu(mw)
-            start = time.perf_counter()
-            for i in range(n):
-                mw.submit(noop, i)
-            submitted = time.perf_counter()
-            deadline = time.monotonic() + 300
-            while store.counts()["succeeded"] - base < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("throughput jobs did not finish")
-                time.sleep(0.005)
-            ours.append(n / (time.perf_counter() - start))
+            rate_, per_submit = _burst(mw, n)
+            ours.append(rate_)
             cpu = [total + after - was for total, after, was
                    in zip(cpu, _pool_cpu(mw), before, strict=True)]
-            submit_loop.append((submitted - start) / n)
+            submit_loop.append(per_submit)
             wait_idle(mw)
-            start = time.perf_counter()
-            futures = [pool.submit(noop, i) for i in range(n)]
-            # Wait for all at once, as a plain use would: result() in turn
-            # wakes this thread once per future, which costs the bare pool
-            # (its server-side threads share one GIL) a few percent.
-            wait(futures)
-            bare.append(n / (time.perf_counter() - start))
-            for future in futures:
-                future.result()  # a failed noop would make the reference a lie
+            bare.append(_bare_burst(pool, n))
     w, b = median(ours), median(bare)
     per_submit = median(submit_loop)
     server_us, workers_us, jobs_us = (x / (reps * n) * 1e6 for x in cpu)
@@ -1311,24 +1324,11 @@ def bench_huey(cfg: Config) -> Result:
     ):
         warm(mw, cfg)
         _huey_run(app, cfg.workers * 4)  # every Huey worker started
-        store = mw.engine.store
         for _ in range(reps):
-            base = store.counts()["succeeded"]
-            start = time.perf_counter()
-            for i in range(n):
-                mw.submit(noop, i)
-            deadline = time.monotonic() + 300
-            while store.counts()["succeeded"] - base < n:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("throughput jobs did not finish")
-                time.sleep(0.005)
-            ours.append(n / (time.perf_counter() - start))
+            ours.append(_burst(mw, n)[0])
             wait_idle(mw)
             theirs.append(_huey_run(app, n))
-            start = time.perf_counter()
-            futures = [pool.submit(noop, i) for i in range(n)]
-            wait(futures)
-            bare.append(n / (time.perf_counter() - start))
+            bare.append(_bare_burst(pool, n))
     w, h, b = median(ours), median(theirs), median(bare)
     return Result(
         name="huey",
