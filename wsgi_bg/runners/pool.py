@@ -522,13 +522,13 @@ class ProcessRunner:
         whose worker died gets the :class:`WorkerLost` once what it left is
         killed, unless its attempt had ended (see :meth:`_lost`)."""
         for job, (result, error) in outcomes:
-            if (error is not None and isinstance(error, WorkerLost)
-                    and not error.shutting_down and not self._lost(job)):
-                error, result = None, None  # ended before: it answers "ended"
+            if (isinstance(error, WorkerLost) and not error.shutting_down
+                    and not self._lost(job)):
+                error = None  # its attempt ended before: it answers "ended"
             if error is None:
                 job.future.set_result(result)
-                continue
-            job.future.set_exception(error)
+            else:
+                job.future.set_exception(error)
 
     def _lost(self, job: _Job) -> bool:
         """Whether ``job``, whose worker died before answering for it, was
